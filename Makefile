@@ -1,0 +1,26 @@
+# One venv in the repo root; every target runs from it.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+DEMO   := demo
+
+.PHONY: install test demo bench seed-comparison clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+test: install
+	$(BIN)/pytest -q
+
+demo: install
+	bash scripts/demo.sh $(DEMO)
+
+clean:
+	rm -rf $(VENV) $(DEMO) build *.egg-info forecaster.egg-info .pytest_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,121 @@
+"""The `forecaster` command line: parse, call the library, print.
+
+Heavy imports (torch, onnx, onnxruntime) live inside the commands that need
+them, so `--help` is instant and the scoring path never loads torch.
+Every option can also come from the environment as FORECASTER_<OPTION>.
+"""
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import ForecasterError
+
+
+def option(*decls, **kwargs):
+    """click.option whose environment variable is FORECASTER_<LONG NAME>."""
+    long_name = next(d for d in decls if d.startswith("--")).split("/")[0]
+    kwargs.setdefault("envvar", "FORECASTER_" + long_name[2:].upper().replace("-", "_"))
+    kwargs.setdefault("show_envvar", True)
+    return click.option(*decls, **kwargs)
+
+
+db_option = option("--db", default="sqlite:///forecaster.db", show_default=True, metavar="URL",
+                   help="SQLAlchemy database URL.")
+quiet_option = option("--quiet", "-q", is_flag=True, help="Print only the result lines (for scripts).")
+
+
+def reports_errors(func):
+    """Turn library errors into `Error: <one line>` and a non-zero exit."""
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except ForecasterError as exc:
+            raise click.ClickException(str(exc)) from None
+    return wrapper
+
+
+def open_store(url: str):
+    from . import store
+    return store.connect(url)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="forecaster")
+def main():
+    """Next-day close forecasts from daily OHLC history: ingest prices, train a
+    stacked LSTM, export it to ONNX, and score every night into SQL."""
+
+
+@main.command("sample-data")
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@option("--tickers", default=5, show_default=True, type=click.IntRange(1), help="How many tickers.")
+@option("--days", default=750, show_default=True, type=click.IntRange(1),
+        help="Business days of history per ticker.")
+@option("--seed", default=0, show_default=True, type=int, help="Same seed, same files.")
+@option("--ar", default=0.0, show_default=True, type=click.FloatRange(-0.99, 0.99),
+        help="AR(1) coefficient of daily log-returns (0: a pure random walk).")
+@reports_errors
+def sample_data(out_dir, tickers, days, seed, ar):
+    """Write synthetic OHLC files to OUT_DIR/Stocks/<ticker>.us.txt (dataset layout)."""
+    from .sample import write_sample_data
+    paths = write_sample_data(out_dir, tickers=tickers, days=days, seed=seed, ar=ar)
+    click.echo(f"wrote {len(paths)} files of {days} days to {out_dir / 'Stocks'}")
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@db_option
+@quiet_option
+@reports_errors
+def ingest(paths, db, quiet):
+    """Load new rows from PATHS (*.txt / *.csv files; folders searched recursively).
+
+    Unchanged files are skipped without being read; appended files cost only
+    their new rows. Bad rows are set aside in `rejected_rows` with their file,
+    line and reason; the good rows and other files still go in.
+    """
+    from .ingest import ingest as run_ingest
+    engine = open_store(db)
+    report = run_ingest(engine, paths, progress=not quiet)
+    for line in report.problems:
+        click.echo(f"unreadable: {line}", err=True)
+    click.echo(report.summary())
+
+
+@main.command()
+@click.argument("query")
+@db_option
+@option("--limit", default=50, show_default=True, type=click.IntRange(1), help="Rows to print at most.")
+@reports_errors
+def sql(query, db, limit):
+    """Run a read-only SQL QUERY against the database and print the rows.
+
+    Example: forecaster sql "select * from latest_predictions"
+    """
+    from .query import run_query
+    columns, rows, more = run_query(open_store(db), query, limit=limit)
+    click.echo(format_table(columns, rows))
+    if more:
+        click.echo(f"... (first {limit} rows shown)")
+
+
+def format_table(columns: list[str], rows: list[tuple]) -> str:
+    def cell(v):
+        if isinstance(v, float):
+            return f"{v:.4f}"
+        return "" if v is None else str(v)
+    text = [[cell(v) for v in r] for r in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in text]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in text]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""Library errors. Each is one sentence for a person; only the CLI turns them
+into exit codes."""
+
+
+class ForecasterError(Exception):
+    """Base class: something a user can act on, described in one line."""
+
+
+class StoreError(ForecasterError):
+    """The database cannot be opened, written or has the wrong schema."""
+
+
+class SourceError(ForecasterError):
+    """An input path does not exist or holds nothing we can read."""
+
+
+class DataError(ForecasterError):
+    """The prices at hand cannot support what was asked (unknown ticker, too little history)."""
+
+
+class CheckpointError(ForecasterError):
+    """A checkpoint file is missing, unreadable or not a forecaster checkpoint."""
+
+
+class ModelFileError(ForecasterError):
+    """An ONNX model file is missing, corrupt, or does not match its own metadata."""
+
+
+class ParityError(ForecasterError):
+    """Two implementations of the same model disagree beyond the tolerance."""
+
+    def __init__(self, what: str, max_abs: float, max_rel: float, tolerance: float):
+        self.max_abs, self.max_rel, self.tolerance = max_abs, max_rel, tolerance
+        super().__init__(
+            f"{what}: largest difference {max_abs:.3g} (relative {max_rel:.3g}) "
+            f"exceeds the tolerance {tolerance:g}")
+
+
+class DeviceError(ForecasterError):
+    """The requested execution device cannot be used."""
+
+
+class AlreadyRunning(ForecasterError):
+    """Another daemon holds this database."""

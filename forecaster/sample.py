@@ -1,0 +1,63 @@
+"""Deterministic synthetic daily OHLC in the public dataset's layout.
+
+The demo and most tests run on this, so a fresh clone needs nothing from
+outside. Closes follow a geometric random walk whose daily log-returns may
+carry AR(1) memory (`ar`): with ar=0 the naive forecast is optimal; with
+ar=0.6 yesterday's move predicts today's, which a working model must learn.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+DEFAULT_END = dt.date(2017, 11, 10)  # the public dataset's last day
+
+
+def generate_ohlc(days: int, seed: int, *, ar: float = 0.0, end: dt.date = DEFAULT_END,
+                  start_price: float | None = None, daily_vol: float | None = None) -> pd.DataFrame:
+    """One ticker's history: Date, Open, High, Low, Close, Volume, OpenInt on business days."""
+    if days < 1:
+        raise ValueError("days must be at least 1")
+    rng = np.random.default_rng(seed)
+    vol = daily_vol if daily_vol is not None else rng.uniform(0.008, 0.025)
+    price0 = start_price if start_price is not None else rng.uniform(10, 200)
+    shocks = rng.normal(0.0002, vol, days)
+    returns = np.empty(days)
+    prev = 0.0
+    for t in range(days):  # AR(1) is a recurrence; days are few enough for a loop
+        prev = ar * prev + shocks[t]
+        returns[t] = prev
+    close = np.maximum(price0 * np.exp(np.cumsum(returns)), 0.05)
+    prev_close = np.concatenate([[price0], close[:-1]])
+    open_ = np.maximum(prev_close * np.exp(rng.normal(0, vol * 0.3, days)), 0.05)
+    high = np.maximum(open_, close) * np.exp(np.abs(rng.normal(0, vol * 0.5, days)))
+    low = np.minimum(open_, close) * np.exp(-np.abs(rng.normal(0, vol * 0.5, days)))
+    volume = rng.lognormal(11, 1, days).astype(np.int64)
+    dates = pd.bdate_range(end=pd.Timestamp(end), periods=days)
+    # Rounding is monotonic, so High >= max(Open, Close) >= ... still holds after it.
+    return pd.DataFrame({
+        "Date": dates.strftime("%Y-%m-%d"),
+        "Open": open_.round(4), "High": high.round(4), "Low": low.round(4), "Close": close.round(4),
+        "Volume": volume, "OpenInt": 0,
+    })
+
+
+def ticker_name(i: int) -> str:
+    return f"syn{i:04d}"
+
+
+def write_sample_data(out_dir: str | Path, *, tickers: int = 5, days: int = 750, seed: int = 0,
+                      ar: float = 0.0, end: dt.date = DEFAULT_END) -> list[Path]:
+    """Write `tickers` files `<out_dir>/Stocks/synNNNN.us.txt`; returns their paths."""
+    folder = Path(out_dir) / "Stocks"
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(tickers):
+        frame = generate_ohlc(days, seed * 100_003 + i, ar=ar, end=end)
+        path = folder / f"{ticker_name(i)}.us.txt"
+        frame.to_csv(path, index=False, lineterminator="\n")
+        paths.append(path)
+    return paths

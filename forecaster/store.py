@@ -1,0 +1,255 @@
+"""The database: schema, engine settings, views.
+
+SQLAlchemy Core only, so any URL works; SQLite gets WAL, a busy timeout and
+`BEGIN IMMEDIATE` so that two writers queue instead of failing with
+"database is locked" halfway through a transaction.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import sqlalchemy as sa
+from sqlalchemy import event
+
+from .errors import StoreError
+
+SCHEMA_VERSION = 1
+DEFAULT_URL = "sqlite:///forecaster.db"
+BUSY_TIMEOUT_MS = 60_000
+
+metadata = sa.MetaData()
+
+schema_info = sa.Table(
+    "schema_info", metadata,
+    sa.Column("version", sa.Integer, nullable=False),
+)
+
+prices = sa.Table(
+    "prices", metadata,
+    sa.Column("ticker", sa.String, primary_key=True),
+    # ISO "YYYY-MM-DD" text: sorts and compares as a date on every backend.
+    sa.Column("date", sa.String(10), primary_key=True),
+    sa.Column("open", sa.Float, nullable=False),
+    sa.Column("high", sa.Float, nullable=False),
+    sa.Column("low", sa.Float, nullable=False),
+    sa.Column("close", sa.Float, nullable=False),
+    sa.Column("volume", sa.Float),
+    sa.Index("ix_prices_date", "date"),
+)
+
+# One row per ticker, kept in step with `prices` inside the same transaction,
+# so the nightly run finds fresh and stale tickers without scanning history.
+tickers = sa.Table(
+    "tickers", metadata,
+    sa.Column("ticker", sa.String, primary_key=True),
+    sa.Column("first_date", sa.String(10), nullable=False),
+    sa.Column("last_date", sa.String(10), nullable=False),
+    sa.Column("n_rows", sa.Integer, nullable=False),
+)
+
+rejected_rows = sa.Table(
+    "rejected_rows", metadata,
+    sa.Column("rejection_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("source", sa.String, nullable=False),
+    sa.Column("line", sa.Integer),  # NULL when the whole file was unreadable
+    sa.Column("ticker", sa.String),
+    sa.Column("raw", sa.Text),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("rejected_at", sa.String, nullable=False),
+)
+
+# What was ingested from where: lets an unchanged file be skipped from its
+# size and mtime alone, and an appended file be read from its old end.
+source_files = sa.Table(
+    "source_files", metadata,
+    sa.Column("path", sa.String, primary_key=True),
+    sa.Column("ticker", sa.String, nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("mtime_ns", sa.BigInteger, nullable=False),
+    sa.Column("lines", sa.Integer, nullable=False),
+    sa.Column("tail_sha256", sa.String(64), nullable=False),
+    sa.Column("rows_added", sa.Integer, nullable=False),
+    sa.Column("rows_rejected", sa.Integer, nullable=False),
+    sa.Column("ingested_at", sa.String, nullable=False),
+)
+
+models = sa.Table(
+    "models", metadata,
+    sa.Column("model_id", sa.String(64), primary_key=True),  # sha256 of the ONNX file
+    sa.Column("path", sa.String, nullable=False),
+    sa.Column("created_at", sa.String, nullable=False),
+    sa.Column("metadata", sa.Text, nullable=False),  # JSON
+)
+
+runs = sa.Table(
+    "runs", metadata,
+    sa.Column("run_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("started_at", sa.String, nullable=False),
+    sa.Column("finished_at", sa.String),
+    sa.Column("status", sa.String(16), nullable=False),  # running | succeeded | failed
+    sa.Column("as_of", sa.String(10)),
+    sa.Column("model_id", sa.String(64)),
+    sa.Column("device", sa.String(16)),
+    sa.Column("n_predictions", sa.Integer),
+    sa.Column("message", sa.Text),
+    sa.Column("host", sa.String),
+    sa.Column("pid", sa.Integer),
+    sa.CheckConstraint("status IN ('running', 'succeeded', 'failed')", name="ck_runs_status"),
+)
+
+predictions = sa.Table(
+    "predictions", metadata,
+    sa.Column("prediction_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("run_id", sa.Integer, sa.ForeignKey("runs.run_id"), nullable=False),
+    sa.Column("model_id", sa.String(64), sa.ForeignKey("models.model_id"), nullable=False),
+    sa.Column("ticker", sa.String, nullable=False),
+    sa.Column("as_of", sa.String(10), nullable=False),
+    sa.Column("target_date", sa.String(10), nullable=False),
+    sa.Column("predicted_close", sa.Float, nullable=False),
+    sa.Column("last_close", sa.Float, nullable=False),
+    # e.g. "out_of_range": the window moved further than anything seen in training.
+    sa.Column("flags", sa.String),
+    sa.UniqueConstraint("model_id", "ticker", "as_of", name="uq_predictions_model_ticker_asof"),
+    sa.Index("ix_predictions_ticker_asof", "ticker", "as_of"),
+)
+
+VIEWS = {
+    "latest_predictions": """
+        SELECT ticker, as_of, target_date, predicted_close, last_close, model_id, run_id, flags
+        FROM (
+            SELECT p.*, ROW_NUMBER() OVER (
+                PARTITION BY p.ticker ORDER BY p.as_of DESC, p.run_id DESC) AS rn
+            FROM predictions p
+        ) AS ranked
+        WHERE rn = 1
+    """,
+    # Each prediction with the next close stored after its as_of (NULL while
+    # that day has not arrived). error = predicted - actual; naive_error is
+    # the same for "tomorrow's close = today's close".
+    "prediction_outcomes": """
+        SELECT p.ticker, p.as_of, p.target_date, p.predicted_close, p.last_close,
+               nx.date AS actual_date, nx.close AS actual_close,
+               p.predicted_close - nx.close AS error,
+               p.last_close - nx.close AS naive_error,
+               p.model_id, p.run_id, p.flags
+        FROM predictions p
+        LEFT JOIN prices nx
+          ON nx.ticker = p.ticker
+         AND nx.date = (SELECT MIN(q.date) FROM prices q
+                        WHERE q.ticker = p.ticker AND q.date > p.as_of)
+    """,
+}
+
+
+def _configure_sqlite(engine: sa.Engine) -> None:
+    """WAL + busy timeout + foreign keys on every connection; writers take the
+    write lock at BEGIN so two writers queue instead of deadlocking."""
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):
+        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
+        cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        cur.execute("PRAGMA journal_mode = WAL")
+        cur.execute("PRAGMA synchronous = NORMAL")
+        cur.execute("PRAGMA foreign_keys = ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn):
+        # Readers stay DEFERRED so they never wait on a writer (WAL snapshot).
+        immediate = conn.get_execution_options().get("immediate", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+@contextmanager
+def write_transaction(engine: sa.Engine) -> Iterator[sa.Connection]:
+    """One atomic write: commits on success, rolls back on any exception.
+
+    On SQLite it takes the write lock at BEGIN, so concurrent writers wait
+    (up to the busy timeout) instead of failing mid-transaction.
+    """
+    with engine.connect() as conn:
+        conn.execution_options(immediate=True)
+        with conn.begin():
+            yield conn
+
+
+def connect(url: str = DEFAULT_URL, *, create: bool = True) -> sa.Engine:
+    """An engine for `url` with the schema in place (created when missing).
+
+    Raises StoreError with a one-line reason when the database cannot be
+    opened or was written by an incompatible version.
+    """
+    try:
+        engine = sa.create_engine(url)
+    except Exception as exc:  # bad URL, missing driver
+        raise StoreError(f"cannot open database {url!r}: {exc}") from None
+    if engine.dialect.name == "sqlite":
+        _configure_sqlite(engine)
+    try:
+        with write_transaction(engine) as conn:
+            if create:
+                _ensure_schema(conn)
+            else:
+                _check_version(conn)
+    except StoreError:
+        raise
+    except sa.exc.SQLAlchemyError as exc:
+        raise StoreError(f"cannot open database {url!r}: {_first_line(exc)}") from None
+    return engine
+
+
+def _ensure_schema(conn: sa.Connection) -> None:
+    inspector = sa.inspect(conn)
+    if not inspector.has_table("schema_info"):
+        metadata.create_all(conn)
+        for name, sql in VIEWS.items():
+            conn.exec_driver_sql(f"CREATE VIEW {name} AS {sql}")
+        conn.execute(schema_info.insert().values(version=SCHEMA_VERSION))
+        return
+    _check_version(conn)
+
+
+def _check_version(conn: sa.Connection) -> None:
+    version = conn.execute(sa.select(schema_info.c.version)).scalar()
+    if version != SCHEMA_VERSION:
+        raise StoreError(
+            f"database schema version is {version}, this forecaster expects {SCHEMA_VERSION}")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc)
+    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+
+
+def bulk_insert(conn: sa.Connection, table: sa.Table, records: list[tuple]) -> None:
+    """Insert many rows given as tuples in the table's column order.
+
+    On SQLite this goes straight to the driver's executemany: building a dict
+    per row through SQLAlchemy would cost more than the insert itself.
+    """
+    if not records:
+        return
+    names = [c.name for c in table.columns]
+    if conn.dialect.name == "sqlite":
+        marks = ", ".join("?" * len(names))
+        conn.exec_driver_sql(f"INSERT INTO {table.name} ({', '.join(names)}) VALUES ({marks})", records)
+    else:
+        conn.execute(table.insert(), [dict(zip(names, r)) for r in records])
+
+
+def describe(engine: sa.Engine) -> dict:
+    """Counts a person wants after an ingest: rows, tickers, date range, rejects."""
+    with engine.connect() as conn:
+        n_prices = conn.execute(sa.select(sa.func.count()).select_from(prices)).scalar()
+        per_ticker = conn.execute(
+            sa.select(tickers.c.ticker, tickers.c.first_date, tickers.c.last_date, tickers.c.n_rows)
+            .order_by(tickers.c.ticker)).all()
+        n_rejected = conn.execute(sa.select(sa.func.count()).select_from(rejected_rows)).scalar()
+    return {
+        "rows": n_prices,
+        "tickers": [dict(r._mapping) for r in per_ticker],
+        "rejected_rows": n_rejected,
+    }

@@ -1,0 +1,67 @@
+import pytest
+from click.testing import CliRunner
+
+from forecaster.cli import main
+
+from conftest import REAL_ROWS
+
+
+def invoke(*args, env=None):
+    return CliRunner().invoke(main, [str(a) for a in args], env=env, catch_exceptions=False)
+
+
+def all_commands():
+    return sorted(main.commands)
+
+
+@pytest.mark.parametrize("name", all_commands())
+def test_every_command_and_option_has_help(name):
+    command = main.commands[name]
+    assert command.help, f"{name} has no help"
+    for param in command.params:
+        if param.param_type_name == "option":
+            assert param.help, f"{name} {param.opts} has no help"
+    assert invoke(name, "--help").exit_code == 0
+
+
+def test_sample_data_then_ingest_then_sql(tmp_path, db_url):
+    out = tmp_path / "s"
+    assert invoke("sample-data", out, "--tickers", 2, "--days", 30).exit_code == 0
+    result = invoke("ingest", out, "--db", db_url)
+    assert result.exit_code == 0
+    assert "files read: 2" in result.output and "rows added: 60" in result.output
+    result = invoke("sql", "select ticker, n_rows from tickers order by ticker", "--db", db_url)
+    assert result.output.splitlines()[2:] == ["syn0000  30    ", "syn0001  30    "]
+
+
+def test_ingest_real_data(shared_data, db_url):
+    result = invoke("ingest", shared_data, "--db", db_url)
+    assert result.exit_code == 0 and f"rows added: {REAL_ROWS}," in result.output
+
+
+def test_db_from_environment(tmp_path, sample_dir):
+    url = f"sqlite:///{tmp_path / 'env.db'}"
+    assert invoke("ingest", sample_dir, env={"FORECASTER_DB": url}).exit_code == 0
+    assert (tmp_path / "env.db").exists()
+
+
+def test_missing_path_exits_non_zero_with_one_line(tmp_path, db_url):
+    result = invoke("ingest", tmp_path / "nope", "--db", db_url)
+    assert result.exit_code == 1
+    assert result.output == f"Error: {tmp_path / 'nope'}: no such file or folder\n"
+
+
+def test_unopenable_database(tmp_path, sample_dir):
+    result = invoke("ingest", sample_dir, "--db", f"sqlite:///{tmp_path}/no/such/dir.db")
+    assert result.exit_code == 1 and result.output.startswith("Error: cannot open database")
+
+
+def test_sql_refuses_a_broken_query(db_url):
+    result = invoke("sql", "select * from nope", "--db", db_url)
+    assert result.exit_code == 1 and "query failed: no such table: nope" in result.output
+
+
+def test_python_dash_m_works():
+    import subprocess, sys
+    out = subprocess.run([sys.executable, "-m", "forecaster", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "Usage: forecaster" in out.stdout

@@ -1,0 +1,110 @@
+import datetime as dt
+
+import pytest
+
+from forecaster.sources import (UnreadableFile, parse_header, parse_rows, split_header,
+                                ticker_from_path)
+from pathlib import Path
+
+HEADER = "Date,Open,High,Low,Close,Volume,OpenInt"
+TODAY = dt.date(2020, 1, 1)
+
+
+def parse(lines: list[str], header: str = HEADER):
+    parsed = parse_rows("\n".join(lines) + "\n", parse_header(header), first_line=2, today=TODAY)
+    assert parsed.n_read == sum(1 for l in lines if l.strip())  # accounting adds up
+    return parsed
+
+
+def only_reason(lines):
+    parsed = parse(lines)
+    assert len(parsed.rejects) == 1, parsed.rejects
+    return parsed.rejects[0]
+
+
+GOOD = "2017-01-03,10,11,9,10.5,100,0"
+
+
+@pytest.mark.parametrize("row, reason", [
+    ("2017-01-04,,11,9,10.5,100,0", "missing open"),
+    ("2017-01-04,abc,11,9,10.5,100,0", "non-numeric open 'abc'"),
+    ("2017-01-04,10,11,9,inf,100,0", "close is not finite (inf)"),
+    ("2017-01-04,10,11,9,nan,100,0", "close is not finite (nan)"),
+    ("2017-01-04,0,11,9,10.5,100,0", "open is not positive (0)"),
+    ("2017-01-04,10,11,9,-1,100,0", "close is not positive (-1)"),
+    ("2017-01-04,10,8,9,8.5,100,0", "high 8 is below low 9"),
+    ("2017-01-04,10,10.2,9,10.5,100,0", "high 10.2 is below open/close 10.5"),
+    ("2017-01-04,10,11,10.2,10.5,100,0", "low 10.2 is above open/close 10"),
+    ("2017-02-30,10,11,9,10.5,100,0", "impossible or unrecognised date '2017-02-30' (expected YYYY-MM-DD)"),
+    ("01/04/2017,10,11,9,10.5,100,0", "impossible or unrecognised date '01/04/2017' (expected YYYY-MM-DD)"),
+    ("2021-01-04,10,11,9,10.5,100,0", "date 2021-01-04 is in the future"),
+    ("2017-01-04,10,11,9,10.5,lots,0", "non-numeric volume 'lots'"),
+    ("2017-01-04,10,11,9,10.5,-5,0", "volume is negative (-5)"),
+    ("2017-01-04,10,11,9", "expected 7 fields, found 4"),
+])
+def test_each_rule_sets_the_row_aside_with_its_reason(row, reason):
+    rejection = only_reason([GOOD, row])
+    assert rejection.reason == reason
+    assert rejection.line == 3 and rejection.raw == row
+
+
+def test_zero_volume_and_empty_volume_are_valid():
+    parsed = parse([GOOD, "2017-01-04,10,11,9,10.5,0,0", "2017-01-05,10,11,9,10.5,,0"])
+    assert not parsed.rejects and len(parsed.rows) == 3
+
+
+def test_same_date_with_different_values_sets_all_its_lines_aside():
+    parsed = parse([GOOD, "2017-01-04,10,11,9,10,1,0", "2017-01-03,10,11,9,10.6,100,0"])
+    assert [r.line for r in parsed.rejects] == [2, 4]
+    assert all("appears on lines 2, 4 with different values" in r.reason for r in parsed.rejects)
+    assert parsed.rows["date"].tolist() == ["2017-01-04"]
+
+
+def test_an_identical_repeat_keeps_the_first_line():
+    parsed = parse([GOOD, GOOD])
+    assert parsed.rows["line"].tolist() == [2]
+    assert parsed.rejects[0].reason == "repeats line 2 (2017-01-03)"
+
+
+def test_rows_in_any_order_come_out_sorted():
+    parsed = parse(["2017-01-05,10,11,9,10,1,0", GOOD, "2017-01-04,10,11,9,10,1,0"])
+    assert parsed.rows["date"].tolist() == ["2017-01-03", "2017-01-04", "2017-01-05"]
+    assert parsed.rows["line"].tolist() == [3, 4, 2]
+
+
+@pytest.mark.parametrize("header", [
+    "date,open,high,low,close,volume,openint",
+    "\ufeffDATE,OPEN,HIGH,LOW,CLOSE,VOLUME,OPENINT\r",
+    ",Open,High,Low,Close,Volume,OpenInt",
+    "Date,Open,High,Low,Close,Adj Close,Volume",
+])
+def test_vendor_headers(header):
+    h = parse_header(header)
+    assert h.positions["date"] == 0 and h.positions["close"] == 4
+    assert not parse([GOOD], header).rejects
+
+
+def test_volume_column_is_optional():
+    parsed = parse(["2017-01-03,10,11,9,10.5"], "Date,Open,High,Low,Close")
+    assert parsed.rows["volume"].isna().all() and len(parsed.rows) == 1
+
+
+def test_crlf_lines():
+    first, body = split_header(HEADER + "\r\n" + GOOD + "\r\n")
+    parsed = parse_rows(body, parse_header(first), first_line=2, today=TODAY)
+    assert parsed.rows["close"].tolist() == [10.5]
+
+
+@pytest.mark.parametrize("header, missing", [
+    ("Date,Open,High,Low,Volume", "Close"),
+    ("Open,High,Low,Close", "Date"),
+])
+def test_header_without_a_needed_column_is_unreadable(header, missing):
+    with pytest.raises(UnreadableFile, match=f"header has no {missing} column"):
+        parse_header(header)
+
+
+def test_ticker_is_the_lowercased_name_up_to_the_first_dot():
+    assert ticker_from_path(Path("x/Stocks/AAPL.us.txt")) == "aapl"
+    with pytest.raises(UnreadableFile):
+        ticker_from_path(Path(".us.txt"))
