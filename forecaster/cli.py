@@ -87,6 +87,61 @@ def ingest(paths, db, quiet):
     click.echo(report.summary())
 
 
+def parse_tickers(text: str | None) -> list[str]:
+    return [t.strip().lower() for t in (text or "").split(",") if t.strip()]
+
+
+@main.command()
+@option("--tickers", metavar="A,B", help="Comma-separated tickers to train one model on.")
+@option("--all", "all_tickers", is_flag=True, help="Train on every ticker in the database.")
+@option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+        help="Checkpoint to write, e.g. exports/NAME.pt; metrics and plots go beside it.")
+@option("--data", multiple=True, type=click.Path(path_type=Path),
+        help="Ingest these files/folders first (repeatable).")
+@db_option
+@option("--seq-len", default=20, show_default=True, type=click.IntRange(2), help="Days in each input window.")
+@option("--hidden", default=32, show_default=True, type=click.IntRange(1), help="LSTM hidden size.")
+@option("--layers", default=2, show_default=True, type=click.IntRange(1), help="Stacked LSTM layers.")
+@option("--epochs", default=100, show_default=True, type=click.IntRange(1), help="Training epochs.")
+@option("--lr", default=0.01, show_default=True, type=click.FloatRange(0, min_open=True),
+        help="Adam learning rate.")
+@option("--batch-size", default=256, show_default=True, type=click.IntRange(0),
+        help="Windows per gradient step; 0 = the whole training set (the tutorial's choice).")
+@option("--test-fraction", default=0.2, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
+        help="Share of each ticker's latest windows held out for the test.")
+@option("--scaling", default="relative", show_default=True, type=click.Choice(["relative", "minmax"]),
+        help="relative: each window divided by its last close; minmax: per ticker/column to [-1, 1] "
+             "fitted on training rows.")
+@option("--seed", default=0, show_default=True, type=int, help="Seed for weights and shuffling.")
+@quiet_option
+@reports_errors
+def train(tickers, all_tickers, out, data, db, seq_len, hidden, layers, epochs, lr, batch_size,
+          test_fraction, scaling, seed, quiet):
+    """Fit one stacked LSTM on the chosen tickers and report held-out accuracy
+    next to the naive forecast (tomorrow's close = today's close).
+
+    Writes the checkpoint (--out), NAME.metrics.json, NAME.loss.png and one
+    NAME.test.<ticker>.png per ticker beside it.
+    """
+    if bool(tickers) == all_tickers:
+        raise click.UsageError("give either --tickers A,B or --all")
+    engine = open_store(db)
+    from .training_job import TrainJob, run_training  # torch: only once the cheap checks passed
+    if data:
+        from .ingest import ingest as run_ingest
+        click.echo(run_ingest(engine, data, progress=not quiet).summary(), err=quiet)
+    from .train import TrainConfig
+    config = TrainConfig(seq_len=seq_len, hidden=hidden, layers=layers, epochs=epochs, lr=lr,
+                         batch_size=batch_size, test_fraction=test_fraction, scaling=scaling, seed=seed)
+    job = run_training(engine, TrainJob(tickers=parse_tickers(tickers), all_tickers=all_tickers,
+                                        config=config, out=out), progress=not quiet)
+    for line in job.warnings:
+        click.echo(f"warning: {line}", err=True)
+    click.echo(job.table)
+    click.echo(job.verdict)
+    click.echo(f"wrote {', '.join(str(p) for p in job.written)}")
+
+
 @main.command()
 @click.argument("query")
 @db_option

@@ -1,0 +1,233 @@
+"""Training: config, data, scaling, model, loop, evaluation, checkpoint.
+
+Fixes the tutorial's mistakes: scaling is fitted on training rows only, the
+best epoch is chosen on a validation slice from the end of the training part,
+gradients are clipped, every ticker is scored on held-out days next to the
+naive forecast, and the checkpoint carries everything needed to rebuild it.
+"""
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import platform
+import random
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from . import __version__
+from .metrics import accuracy
+from .model import MinMaxForecaster, ModelConfig, build_forecaster, predict
+from .windows import FEATURES, Series, Split, check_history, data_hash, fit_scaling, make_windows, split
+
+PARITY_WINDOWS_PER_TICKER = 64
+PARITY_WINDOWS_MAX = 512
+
+
+@dataclass
+class TrainConfig:
+    seq_len: int = 20
+    hidden: int = 32
+    layers: int = 2
+    epochs: int = 100
+    lr: float = 0.01
+    batch_size: int = 256          # 0: the whole training set as one batch (the tutorial)
+    test_fraction: float = 0.2
+    val_fraction: float = 0.1
+    seed: int = 0
+    scaling: str = "relative"
+    clip_norm: float = 1.0
+
+    def model_config(self) -> ModelConfig:
+        return ModelConfig(seq_len=self.seq_len, hidden=self.hidden, layers=self.layers,
+                           scaling=self.scaling)
+
+
+@dataclass
+class TickerData:
+    """One ticker's raw windows and where its split falls."""
+    series: Series
+    windows: np.ndarray   # (n, seq_len, 4) raw prices
+    targets: np.ndarray   # (n,) next close
+    split: Split
+    index: int            # row in the minmax table
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module
+    metrics: dict
+    history: dict
+    checkpoint: dict
+    predictions: dict = field(default_factory=dict)  # ticker -> test dates, actual, predicted, last
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def prepare(series: dict[str, Series], config: TrainConfig) -> dict[str, TickerData]:
+    data = {}
+    for i, (ticker, s) in enumerate(series.items()):
+        check_history(s, config.seq_len)
+        windows, targets = make_windows(s.ohlc, config.seq_len)
+        data[ticker] = TickerData(s, windows, targets,
+                                  split(len(targets), config.test_fraction, config.val_fraction), i)
+    return data
+
+
+def train(series: dict[str, Series], config: TrainConfig, *, progress: bool = False) -> TrainResult:
+    """Fit one model on all `series` and evaluate it on each ticker's held-out days."""
+    seed_everything(config.seed)
+    data = prepare(series, config)
+    scaling = fit_scaling(config.scaling, series, {t: d.split for t, d in data.items()}, config.seq_len)
+    model = build_forecaster(config.model_config(), scaling)
+
+    x_train, y_train = _scaled(model, data, "train")
+    x_val, y_val = _scaled(model, data, "val")
+    history = _fit(model, x_train, y_train, x_val, y_val, config, progress)
+
+    metrics, predictions = evaluate(model, data)
+    checkpoint = {
+        "model_config": asdict(config.model_config()),
+        "train_config": asdict(config),
+        "state_dict": model.net.state_dict(),
+        "scaling": scaling,
+        "features": list(FEATURES),
+        "provenance": provenance(data, config),
+        "metrics": metrics,
+        "history": history,
+        **parity_windows(data),
+    }
+    return TrainResult(model, metrics, history, checkpoint, predictions)
+
+
+def _part(d: TickerData, part: str) -> slice:
+    s = d.split
+    return {"train": slice(0, s.train_end), "val": slice(s.train_end, s.val_end),
+            "test": slice(s.val_end, s.n)}[part]
+
+
+def _scaled(model: nn.Module, data: dict[str, TickerData], part: str):
+    """Scaled (inputs, targets) of one part, all tickers stacked, as float32 tensors."""
+    xs, ys = [], []
+    for d in data.values():
+        window = torch.as_tensor(np.ascontiguousarray(d.windows[_part(d, part)]), dtype=torch.float32)
+        target = torch.tensor(d.targets[_part(d, part)], dtype=torch.float32)
+        with torch.no_grad():
+            if isinstance(model, MinMaxForecaster):
+                idx = torch.full((len(window),), d.index, dtype=torch.long)
+                xs.append(model.scale_inputs(window, idx))
+                ys.append(model.scale_target(target, window, idx))
+            else:
+                xs.append(model.scale_inputs(window))
+                ys.append(model.scale_target(target, window))
+    return torch.cat(xs), torch.cat(ys)
+
+
+def _fit(model, x_train, y_train, x_val, y_val, config: TrainConfig, progress: bool) -> dict:
+    """Adam on MSE with clipped gradients; keeps the weights of the best validation epoch."""
+    net = model.net
+    optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
+    loss_fn = nn.MSELoss()
+    batch = config.batch_size if config.batch_size > 0 else len(x_train)
+    shuffler = torch.Generator().manual_seed(config.seed)
+    history = {"train_loss": [], "val_loss": [], "best_epoch": 0}
+    # Epoch 0 (the untrained weights) is a candidate too: if no epoch improves
+    # on it, validation says training did not help, and we keep it.
+    best_loss, best_state = _loss(net, loss_fn, x_val, y_val), copy.deepcopy(net.state_dict())
+    history["initial_val_loss"] = best_loss
+
+    bar = tqdm(range(1, config.epochs + 1), desc="train", unit="epoch", disable=not progress, leave=False)
+    for epoch in bar:
+        net.train()
+        order = torch.randperm(len(x_train), generator=shuffler)
+        total = 0.0
+        for start in range(0, len(order), batch):
+            idx = order[start:start + batch]
+            optimizer.zero_grad()
+            loss = loss_fn(net(x_train[idx]), y_train[idx])
+            loss.backward()
+            nn.utils.clip_grad_norm_(net.parameters(), config.clip_norm)
+            optimizer.step()
+            total += loss.item() * len(idx)
+        val_loss = _loss(net, loss_fn, x_val, y_val)
+        history["train_loss"].append(total / len(x_train))
+        history["val_loss"].append(val_loss)
+        if val_loss < best_loss:  # a later blow-up can never replace a good epoch
+            best_loss, best_state, history["best_epoch"] = val_loss, copy.deepcopy(net.state_dict()), epoch
+        bar.set_postfix(train=f"{total / len(x_train):.4f}", val=f"{val_loss:.4f}",
+                        best=history["best_epoch"])
+    net.load_state_dict(best_state)
+    net.eval()
+    return history
+
+
+def _loss(net, loss_fn, x, y) -> float:
+    net.eval()
+    with torch.no_grad():
+        return loss_fn(net(x), y).item()
+
+
+def evaluate(model: nn.Module, data: dict[str, TickerData]) -> tuple[dict, dict]:
+    """Per-ticker and overall held-out metrics, in price units, beside naive."""
+    per_ticker, predictions = {}, {}
+    seq_len = next(iter(data.values())).windows.shape[1]
+    for ticker, d in data.items():
+        part = _part(d, "test")
+        windows, actual = d.windows[part], d.targets[part]
+        predicted = predict(model, np.ascontiguousarray(windows),
+                            np.full(len(windows), d.index)).double().numpy()
+        last = windows[:, -1, 3]
+        dates = d.series.dates[d.split.val_end + seq_len:]
+        m = accuracy(predicted, actual, last)
+        per_ticker[ticker] = {
+            "test_rmse": m["rmse"], "test_mae": m["mae"],
+            "naive_rmse": m["naive_rmse"], "naive_mae": m["naive_mae"],
+            "ratio": m["ratio"], "direction_accuracy": m["direction_accuracy"],
+            "naive_direction_accuracy": m["naive_direction_accuracy"],
+            "n_test": m["n"], "test_start": str(dates[0]), "test_end": str(dates[-1]),
+        }
+        predictions[ticker] = {"dates": dates, "actual": actual, "predicted": predicted, "last": last}
+    ratios = [m["ratio"] for m in per_ticker.values()]
+    overall = {
+        "n_tickers": len(per_ticker),
+        "n_test": sum(m["n_test"] for m in per_ticker.values()),
+        "mean_ratio": float(np.mean(ratios)),
+        "median_ratio": float(np.median(ratios)),
+        "tickers_worse_than_naive": sum(r > 1 for r in ratios),
+    }
+    return {"tickers": per_ticker, "overall": overall}, predictions
+
+
+def provenance(data: dict[str, TickerData], config: TrainConfig) -> dict:
+    """Where the model came from: tickers, date ranges, data hash, library versions."""
+    def last_training_date(d):
+        return str(d.series.dates[d.split.last_training_row(config.seq_len)])
+    return {
+        "tickers": {t: {"first_date": str(d.series.dates[0]), "last_date": str(d.series.dates[-1]),
+                        "rows": len(d.series), "train_end_date": last_training_date(d)}
+                    for t, d in data.items()},
+        "data_sha256": data_hash({t: d.series for t, d in data.items()}),
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "versions": {"forecaster": __version__, "torch": str(torch.__version__), "numpy": str(np.__version__),
+                     "python": platform.python_version()},
+    }
+
+
+def parity_windows(data: dict[str, TickerData]) -> dict:
+    """A few held-out raw windows kept in the checkpoint, so export can check
+    ONNX against torch on real data without a database."""
+    windows, index = [], []
+    for d in data.values():
+        test = d.windows[_part(d, "test")][-PARITY_WINDOWS_PER_TICKER:]
+        windows.append(test)
+        index.extend([d.index] * len(test))
+    stacked = np.concatenate(windows)[-PARITY_WINDOWS_MAX:]
+    return {"parity_windows": torch.as_tensor(np.ascontiguousarray(stacked), dtype=torch.float32),
+            "parity_ticker_index": torch.as_tensor(index[-PARITY_WINDOWS_MAX:], dtype=torch.long)}

@@ -1,0 +1,92 @@
+"""One `forecaster train` job: pick tickers, train, write the checkpoint, the
+metrics file and the plots, and say plainly how the model compares with naive."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from . import checkpoint, plots
+from .errors import DataError
+from .train import TrainConfig, train
+from .windows import all_tickers as stored_tickers
+from .windows import load_series, min_rows
+
+MAX_TICKER_PLOTS = 20
+
+
+@dataclass
+class TrainJob:
+    tickers: list[str]
+    all_tickers: bool
+    config: TrainConfig
+    out: Path
+
+
+@dataclass
+class TrainOutcome:
+    metrics: dict
+    table: str
+    verdict: str
+    written: list[Path]
+    warnings: list[str] = field(default_factory=list)
+
+
+def run_training(engine: sa.Engine, job: TrainJob, *, progress: bool = False) -> TrainOutcome:
+    warnings: list[str] = []
+    if job.all_tickers:
+        series = load_series(engine, stored_tickers(engine))
+        short = [t for t, s in series.items() if len(s) < min_rows(job.config.seq_len)]
+        for t in short:
+            warnings.append(f"skipping {t}: {len(series.pop(t))} rows, fewer than "
+                            f"{min_rows(job.config.seq_len)} needed")
+        if not series:
+            raise DataError("no ticker in the database has enough history to train on")
+    else:
+        series = load_series(engine, job.tickers)
+
+    result = train(series, job.config, progress=progress)
+    out = Path(job.out)
+    checkpoint.save(out, result.checkpoint)
+    metrics = {**result.metrics, "config": asdict(job.config),
+               "best_epoch": result.history["best_epoch"]}
+    metrics_path = out.with_suffix(".metrics.json")
+    metrics_path.write_text(json.dumps(metrics, indent=2) + "\n")
+    written = [out, metrics_path, plots.loss_curves(result.history, out.with_suffix(".loss.png"))]
+    for ticker in list(result.predictions)[:MAX_TICKER_PLOTS]:
+        p = result.predictions[ticker]
+        m = result.metrics["tickers"][ticker]
+        written.append(plots.forecast_vs_actual(
+            ticker, p["dates"], p["actual"], p["predicted"], p["last"],
+            out.with_suffix(f".test.{ticker}.png"),
+            title=f"{ticker}: held-out next-day close (RMSE {m['test_rmse']:.3f} vs naive "
+                  f"{m['naive_rmse']:.3f}, ratio {m['ratio']:.3f})"))
+    if len(result.predictions) > MAX_TICKER_PLOTS:
+        warnings.append(f"plotted the first {MAX_TICKER_PLOTS} of {len(result.predictions)} tickers")
+    return TrainOutcome(metrics, format_table(result.metrics), verdict(result.metrics), written, warnings)
+
+
+def format_table(metrics: dict) -> str:
+    head = (f"{'ticker':<10}{'n_test':>7}  {'test days':<23}{'rmse':>9}{'naive':>9}{'ratio':>8}"
+            f"{'mae':>9}{'naive':>9}{'dir.acc':>8}")
+    lines = [head, "-" * len(head)]
+    for ticker, m in metrics["tickers"].items():
+        flag = "  worse than naive" if m["ratio"] > 1 else ""
+        lines.append(f"{ticker:<10}{m['n_test']:>7}  {m['test_start'] + '..' + m['test_end']:<23}"
+                     f"{m['test_rmse']:>9.4f}{m['naive_rmse']:>9.4f}{m['ratio']:>8.3f}"
+                     f"{m['test_mae']:>9.4f}{m['naive_mae']:>9.4f}{m['direction_accuracy']:>8.3f}{flag}")
+    return "\n".join(lines)
+
+
+def verdict(metrics: dict) -> str:
+    o = metrics["overall"]
+    worse = o["tickers_worse_than_naive"]
+    summary = (f"mean RMSE ratio to naive over {o['n_tickers']} ticker(s): {o['mean_ratio']:.3f} "
+               f"(median {o['median_ratio']:.3f}; below 1 beats naive)")
+    if worse == 0:
+        return f"The model beats the naive forecast on every ticker. {summary}"
+    if worse == o["n_tickers"]:
+        return f"The model is WORSE than the naive forecast on every ticker. {summary}"
+    return f"The model is worse than the naive forecast on {worse} of {o['n_tickers']} tickers. {summary}"

@@ -1,0 +1,137 @@
+"""From stored prices to model inputs: per-ticker series, windows, targets and
+a chronological split that keeps the future out of training.
+
+A window i holds rows [i, i + seq_len) and its target is the close of row
+i + seq_len. Windows are split in time order: train | validation | test.
+Everything fitted (scalers) sees only rows up to the last training target.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import sqlalchemy as sa
+
+from . import store
+from .errors import DataError
+
+FEATURES = ("open", "high", "low", "close")
+CLOSE = FEATURES.index("close")
+MIN_WINDOWS = 10  # below this a ticker cannot give train, validation and test windows
+
+
+@dataclass
+class Series:
+    """One ticker's history in date order."""
+    ticker: str
+    dates: np.ndarray  # (n,) ISO date strings
+    ohlc: np.ndarray   # (n, 4) float64, FEATURES order
+
+    def __len__(self) -> int:
+        return len(self.dates)
+
+
+@dataclass
+class Split:
+    """Window index ranges: [0, train) [train, val) [val, n)."""
+    train_end: int
+    val_end: int
+    n: int
+
+    @property
+    def n_test(self) -> int:
+        return self.n - self.val_end
+
+    def last_training_row(self, seq_len: int) -> int:
+        """The last row any training or validation window (or its target) touches."""
+        return self.val_end - 1 + seq_len
+
+
+def load_series(engine: sa.Engine, tickers: list[str]) -> dict[str, Series]:
+    """Prices for `tickers` from the store; unknown tickers are a DataError."""
+    p = store.prices.c
+    out: dict[str, Series] = {}
+    with engine.connect() as conn:
+        known = set(conn.execute(sa.select(store.tickers.c.ticker)).scalars())
+        unknown = [t for t in tickers if t not in known]
+        if unknown:
+            raise DataError(f"unknown ticker{'s' * (len(unknown) > 1)} {', '.join(unknown)}: "
+                            f"not in the database ({len(known)} tickers stored)")
+        for ticker in tickers:
+            rows = conn.execute(sa.select(p.date, p.open, p.high, p.low, p.close)
+                                .where(p.ticker == ticker).order_by(p.date)).all()
+            out[ticker] = Series(ticker, np.array([r[0] for r in rows], dtype=object),
+                                 np.array([r[1:] for r in rows], dtype=np.float64).reshape(-1, 4))
+    return out
+
+
+def all_tickers(engine: sa.Engine) -> list[str]:
+    with engine.connect() as conn:
+        return list(conn.execute(sa.select(store.tickers.c.ticker).order_by(store.tickers.c.ticker)).scalars())
+
+
+def min_rows(seq_len: int) -> int:
+    return seq_len + MIN_WINDOWS
+
+
+def check_history(series: Series, seq_len: int) -> None:
+    if len(series) < min_rows(seq_len):
+        raise DataError(
+            f"ticker {series.ticker} has {len(series)} rows; with --seq-len {seq_len} it needs at "
+            f"least {min_rows(seq_len)} (seq_len + {MIN_WINDOWS} windows for train, validation and test)")
+
+
+def make_windows(ohlc: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """(windows (n-seq_len, seq_len, 4), next closes (n-seq_len,)) as views where possible."""
+    n = len(ohlc) - seq_len
+    if n <= 0:
+        return np.empty((0, seq_len, ohlc.shape[1])), np.empty(0)
+    windows = np.lib.stride_tricks.sliding_window_view(ohlc[:-1], seq_len, axis=0)
+    return windows.transpose(0, 2, 1), ohlc[seq_len:, CLOSE]
+
+
+def split(n_windows: int, test_fraction: float, val_fraction: float) -> Split:
+    """Chronological: the last `test_fraction` of windows is the test set; the
+    validation slice is the end of what remains (never taken from the test)."""
+    n_test = max(1, int(round(n_windows * test_fraction)))
+    n_trainval = n_windows - n_test
+    n_val = max(1, int(round(n_trainval * val_fraction)))
+    if n_trainval - n_val < 1:
+        raise DataError(f"{n_windows} windows are too few to split into train, validation and test")
+    return Split(train_end=n_trainval - n_val, val_end=n_trainval, n=n_windows)
+
+
+def data_hash(series: dict[str, Series]) -> str:
+    """sha256 over the tickers, dates and prices used: provenance for a checkpoint."""
+    h = hashlib.sha256()
+    for ticker in sorted(series):
+        s = series[ticker]
+        h.update(ticker.encode())
+        h.update("\n".join(s.dates.tolist()).encode())
+        h.update(np.ascontiguousarray(s.ohlc, dtype="<f8").tobytes())
+    return h.hexdigest()
+
+
+def fit_scaling(method: str, series: dict[str, Series], splits: dict[str, Split], seq_len: int) -> dict:
+    """Scaling numbers as plain data, fitted on training rows only.
+
+    relative: one gain = 1 / std of the next-day relative close move over the
+              training windows of all tickers.
+    minmax:   per ticker and column, the low and high of its training rows.
+    """
+    if method == "relative":
+        moves = []
+        for ticker, s in series.items():
+            windows, targets = make_windows(s.ohlc, seq_len)
+            end = splits[ticker].val_end
+            moves.append(targets[:end] / windows[:end, -1, CLOSE] - 1.0)
+        std = float(np.std(np.concatenate(moves)))
+        return {"method": "relative", "gain": 1.0 / max(std, 1e-6)}
+    if method == "minmax":
+        tickers = list(series)
+        fit_rows = [series[t].ohlc[: splits[t].last_training_row(seq_len) + 1] for t in tickers]
+        return {"method": "minmax", "tickers": tickers,
+                "lows": [rows.min(axis=0).tolist() for rows in fit_rows],
+                "highs": [rows.max(axis=0).tolist() for rows in fit_rows]}
+    raise DataError(f"unknown scaling {method!r}: choose relative or minmax")
