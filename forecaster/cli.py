@@ -143,6 +143,73 @@ def train(tickers, all_tickers, out, data, db, seq_len, hidden, layers, epochs, 
 
 
 @main.command()
+@click.argument("checkpoint_path", metavar="CHECKPOINT", type=click.Path(dir_okay=False, path_type=Path))
+@option("--out", type=click.Path(dir_okay=False, path_type=Path),
+        help="ONNX file to write [default: CHECKPOINT with .onnx].")
+@option("--opset", default=20, show_default=True, type=click.IntRange(14), help="ONNX opset version.")
+@option("--tolerance", default=1e-4, show_default=True, type=click.FloatRange(0),
+        help="Largest relative difference allowed between ONNX Runtime and torch.")
+@reports_errors
+def export(checkpoint_path, out, opset, tolerance):
+    """Write CHECKPOINT as one self-contained ONNX file, after checking it
+    against torch on held-out windows; on a mismatch nothing is written."""
+    from .export import export as run_export
+    result = run_export(checkpoint_path, out or checkpoint_path.with_suffix(".onnx"), opset=opset,
+                        tolerance=tolerance)
+    click.echo(f"wrote {result.path} (sha256 {result.sha256})")
+    click.echo(f"ONNX Runtime vs torch on {result.n_checked} held-out windows: largest difference "
+               f"{result.max_abs:.3g} (relative {result.max_rel:.3g})")
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@option("--tickers", metavar="A,B", help="Check on these tickers' latest windows from --db "
+                                         "instead of random windows.")
+@db_option
+@option("--windows", default=256, show_default=True, type=click.IntRange(1), help="How many windows to check.")
+@option("--seed", default=0, show_default=True, type=int, help="Seed for the random windows.")
+@option("--tolerance", default=1e-4, show_default=True, type=click.FloatRange(0),
+        help="Largest relative difference allowed.")
+@reports_errors
+def verify(model, tickers, db, windows, seed, tolerance):
+    """Run MODEL in ONNX Runtime and the tutorial's LSTM equations (NumPy, with
+    the file's own weights) on the same windows; print the largest difference.
+    Exits non-zero above the tolerance."""
+    from .verify import verify as run_verify
+    names = parse_tickers(tickers)
+    result = run_verify(model, engine=open_store(db) if names else None, tickers=names,
+                        n_windows=windows, seed=seed, tolerance=tolerance)
+    click.echo(f"ONNX Runtime vs NumPy reference on {result.source}: largest difference "
+               f"{result.max_abs:.3g} (relative {result.max_rel:.3g}), within {tolerance:g}")
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@option("--json", "as_json", is_flag=True, help="Print the metadata as JSON.")
+@reports_errors
+def info(model, as_json):
+    """Print what MODEL was trained on, its held-out metrics and its sha256."""
+    import json
+    from .verify import describe
+    meta = describe(model)
+    if as_json:
+        click.echo(json.dumps(meta, indent=2))
+        return
+    training = meta["training"]
+    click.echo(f"model     {meta['path']}\nsha256    {meta['sha256']}\ncreated   {meta['created_at']}")
+    click.echo(f"network   {meta['model_config']['layers']}x{meta['model_config']['hidden']} LSTM, "
+               f"seq_len {meta['seq_len']}, features {', '.join(meta['features'])}")
+    click.echo(f"scaling   {meta['scaling']['method']}")
+    click.echo(f"data      sha256 {training['data_sha256']}")
+    for ticker, t in training["tickers"].items():
+        m = meta["metrics"].get("tickers", {}).get(ticker, {})
+        click.echo(f"  {ticker:<10} {t['first_date']}..{t['last_date']} ({t['rows']} rows, trained to "
+                   f"{t['train_end_date']})  held-out RMSE {m.get('test_rmse', float('nan')):.4f} vs naive "
+                   f"{m.get('naive_rmse', float('nan')):.4f}")
+    click.echo(f"versions  {', '.join(f'{k} {v}' for k, v in meta['versions'].items())}")
+
+
+@main.command()
 @click.argument("query")
 @db_option
 @option("--limit", default=50, show_default=True, type=click.IntRange(1), help="Rows to print at most.")

@@ -93,13 +93,14 @@ def train(series: dict[str, Series], config: TrainConfig, *, progress: bool = Fa
     history = _fit(model, x_train, y_train, x_val, y_val, config, progress)
 
     metrics, predictions = evaluate(model, data)
+    extent = float(max(x_train.abs().max(), x_val.abs().max()))
     checkpoint = {
         "model_config": asdict(config.model_config()),
         "train_config": asdict(config),
         "state_dict": model.net.state_dict(),
         "scaling": scaling,
         "features": list(FEATURES),
-        "provenance": provenance(data, config),
+        "provenance": {**provenance(data, config), "train_input_extent": extent},
         "metrics": metrics,
         "history": history,
         **parity_windows(data),

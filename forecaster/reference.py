@@ -1,0 +1,126 @@
+"""The tutorial's LSTM gate equations in NumPy: an independent oracle.
+
+Weights come from the ONNX file's own initializers, the scaling from its
+metadata; no torch and no ONNX Runtime are involved. For each step t:
+
+    I_t  = sigmoid(X_t W_xi + H_{t-1} W_hi + b_i)      input gate
+    F_t  = sigmoid(X_t W_xf + H_{t-1} W_hf + b_f)      forget gate
+    O_t  = sigmoid(X_t W_xo + H_{t-1} W_ho + b_o)      output gate
+    C~_t = tanh(X_t W_xc + H_{t-1} W_hc + b_c)         candidate memory
+    C_t  = F_t * C_{t-1} + I_t * C~_t
+    H_t  = O_t * tanh(C_t)
+
+ONNX stores the four blocks in the order (i, o, f, c) and the bias as two
+halves (input and recurrent) that are added.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from .errors import ModelFileError
+from .scoring import METADATA_PREFIX
+
+CLOSE = 3
+
+
+@dataclass
+class LSTMLayer:
+    W: np.ndarray  # (4H, F) input weights, ONNX gate order i, o, f, c
+    R: np.ndarray  # (4H, H) recurrent weights
+    b: np.ndarray  # (4H,)   input bias + recurrent bias
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def lstm_layer(x: np.ndarray, layer: LSTMLayer) -> np.ndarray:
+    """(B, T, F) -> (B, T, H), zero initial state."""
+    batch, steps, _ = x.shape
+    hidden = layer.R.shape[1]
+    W_i, W_o, W_f, W_c = np.split(layer.W, 4)
+    R_i, R_o, R_f, R_c = np.split(layer.R, 4)
+    b_i, b_o, b_f, b_c = np.split(layer.b, 4)
+    H = np.zeros((batch, hidden))
+    C = np.zeros((batch, hidden))
+    out = np.empty((batch, steps, hidden))
+    for t in range(steps):
+        X = x[:, t]
+        I = sigmoid(X @ W_i.T + H @ R_i.T + b_i)
+        F = sigmoid(X @ W_f.T + H @ R_f.T + b_f)
+        O = sigmoid(X @ W_o.T + H @ R_o.T + b_o)
+        C_tilde = np.tanh(X @ W_c.T + H @ R_c.T + b_c)
+        C = F * C + I * C_tilde
+        H = O * np.tanh(C)
+        out[:, t] = H
+    return out
+
+
+@dataclass
+class ReferenceModel:
+    layers: list[LSTMLayer]
+    head_weight: np.ndarray  # (1, H)
+    head_bias: np.ndarray    # (1,)
+    scaling: dict
+
+    def __call__(self, ohlc: np.ndarray, ticker_index: np.ndarray | None = None) -> np.ndarray:
+        """Next close in price units for raw windows (B, T, 4), in float64."""
+        x = np.asarray(ohlc, dtype=np.float64)
+        if self.scaling["method"] == "relative":
+            gain = self.scaling["gain"]
+            last = x[:, -1:, CLOSE:CLOSE + 1]
+            h = (x / last - 1.0) * gain
+        else:
+            low = np.asarray(self.scaling["lows"])[ticker_index]
+            span = np.maximum(np.asarray(self.scaling["highs"])[ticker_index] - low, 1e-9)
+            h = 2.0 * (x - low[:, None, :]) / span[:, None, :] - 1.0
+        for layer in self.layers:
+            h = lstm_layer(h, layer)
+        y = h[:, -1] @ self.head_weight.T[:, 0] + self.head_bias[0]
+        if self.scaling["method"] == "relative":
+            return x[:, -1, CLOSE] * (1.0 + y / self.scaling["gain"])
+        return (y + 1.0) / 2.0 * span[:, CLOSE] + low[:, CLOSE]
+
+
+def _by_suffix(consts: dict, suffix: str) -> np.ndarray:
+    """The one constant whose name ends with `suffix` (exporters prefix module paths)."""
+    found = [v for k, v in consts.items() if k == suffix or k.endswith("." + suffix)]
+    if len(found) != 1:
+        raise ModelFileError(f"the file has {len(found)} constants named like {suffix!r}, expected one")
+    return found[0]
+
+
+def from_onnx(model: onnx.ModelProto) -> ReferenceModel:
+    """Read the LSTM stack, the linear head and the scaling out of an exported file."""
+    consts = {i.name: numpy_helper.to_array(i).astype(np.float64) for i in model.graph.initializer}
+    for node in model.graph.node:  # some exporters keep weights in Constant nodes
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            consts[node.output[0]] = numpy_helper.to_array(node.attribute[0].t).astype(np.float64)
+
+    layers = []
+    for node in (n for n in model.graph.node if n.op_type == "LSTM"):
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        if attrs.get("direction", b"forward") not in (b"forward", "forward") or attrs.get("layout", 0) != 0:
+            raise ModelFileError(f"LSTM node {node.name} is not a forward, batch-second LSTM")
+        if len(node.input) > 7 and node.input[7]:
+            raise ModelFileError(f"LSTM node {node.name} has peepholes, which the tutorial's LSTM does not")
+        try:
+            W, R = consts[node.input[1]][0], consts[node.input[2]][0]
+            B = consts[node.input[3]][0] if len(node.input) > 3 and node.input[3] else np.zeros(2 * R.shape[0])
+        except KeyError as exc:
+            raise ModelFileError(f"LSTM node {node.name}: weight {exc} is not a constant in the file") from None
+        layers.append(LSTMLayer(W, R, B[: R.shape[0]] + B[R.shape[0]:]))
+    if not layers:
+        raise ModelFileError("the graph has no LSTM node")
+    meta = {p.key[len(METADATA_PREFIX):]: p.value for p in model.metadata_props
+            if p.key.startswith(METADATA_PREFIX)}
+    head_w, head_b = (_by_suffix(consts, f"net.head.{name}") for name in ("weight", "bias"))
+    if "scaling" not in meta:
+        raise ModelFileError("the file has no forecaster scaling metadata")
+    scaling = json.loads(meta["scaling"])
+    return ReferenceModel(layers, head_w, head_b, scaling)

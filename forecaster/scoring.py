@@ -1,0 +1,136 @@
+"""Scoring with ONNX Runtime: the model file, its metadata, the device.
+
+Nothing here imports torch: a scoring machine needs onnxruntime only.
+The file is read once; its sha256 (the model_id everywhere) and the session
+come from the same bytes, and a session built from bytes cannot follow
+external-data paths, so only a self-contained file can load.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from .errors import DeviceError, ModelFileError
+
+METADATA_PREFIX = "forecaster."
+METADATA_FORMAT = 1
+DEVICES = ("auto", "cpu", "cuda")
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class ModelFile:
+    """A loaded, checked ONNX forecaster and the device it really runs on."""
+    path: Path
+    sha256: str
+    metadata: dict
+    session: ort.InferenceSession
+    device: str  # "cuda" or "cpu": what the session really uses
+
+    @property
+    def seq_len(self) -> int:
+        return int(self.metadata["seq_len"])
+
+    @property
+    def uses_ticker_index(self) -> bool:
+        return self.metadata["scaling"]["method"] == "minmax"
+
+    @property
+    def training_tickers(self) -> list[str]:
+        return list(self.metadata["training"]["tickers"])
+
+    @property
+    def train_input_extent(self) -> float:
+        return float(self.metadata["train_input_extent"])
+
+    def score(self, ohlc: np.ndarray, ticker_index: np.ndarray | None = None
+              ) -> tuple[np.ndarray, np.ndarray]:
+        """(next close, largest |scaled input|) for raw windows (B, seq_len, 4)."""
+        ohlc = np.ascontiguousarray(ohlc, dtype=np.float32)
+        feeds = {"ohlc": ohlc}
+        if self.uses_ticker_index:
+            feeds["ticker_index"] = np.ascontiguousarray(ticker_index, dtype=np.int64)
+        next_close, extent = self.session.run(["next_close", "input_extent"], feeds)
+        return next_close.astype(np.float64), extent.astype(np.float64)
+
+
+def load_model(path: str | Path, device: str = "cpu") -> ModelFile:
+    """Open and check an ONNX forecaster; ModelFileError says what is wrong with it."""
+    path = Path(path)
+    if device not in DEVICES:
+        raise DeviceError(f"unknown device {device!r}: choose {', '.join(DEVICES)}")
+    try:
+        blob = path.read_bytes()
+    except OSError as exc:
+        raise ModelFileError(f"{path}: cannot read model file ({exc.strerror})") from None
+    session, used = _session(blob, path, device)
+    metadata = _metadata(session, path)
+    _check_signature(session, metadata, path)
+    return ModelFile(path, hashlib.sha256(blob).hexdigest(), metadata, session, used)
+
+
+def _session(blob: bytes, path: Path, device: str) -> tuple[ort.InferenceSession, str]:
+    want_cuda = device == "cuda" or (device == "auto" and CUDA in ort.get_available_providers())
+    providers = [CUDA, CPU] if want_cuda else [CPU]
+    options = ort.SessionOptions()
+    # onnxruntime-gpu without CUDA libraries only logs a C++ line and falls
+    # back to CPU; we check what it really picked below instead.
+    options.log_severity_level = 3 if want_cuda else 2
+    try:
+        session = ort.InferenceSession(blob, sess_options=options, providers=providers)
+    except Exception as exc:
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelFileError(f"{path}: not a loadable ONNX model ({text[:300]})") from None
+    used = "cuda" if session.get_providers()[0] == CUDA else "cpu"
+    if device == "cuda" and used != "cuda":
+        raise DeviceError(
+            "CUDA was requested but ONNX Runtime cannot use it here "
+            f"(available providers: {', '.join(ort.get_available_providers())}; the session fell back "
+            "to CPU). Install the CUDA libraries (see README, GPU install) or use --device cpu/auto")
+    return session, used
+
+
+def _metadata(session: ort.InferenceSession, path: Path) -> dict:
+    raw = session.get_modelmeta().custom_metadata_map
+    fields = {k[len(METADATA_PREFIX):]: v for k, v in raw.items() if k.startswith(METADATA_PREFIX)}
+    if not fields:
+        raise ModelFileError(f"{path}: an ONNX file, but not a forecaster model (no forecaster metadata)")
+    if fields.get("format_version") != str(METADATA_FORMAT):
+        raise ModelFileError(f"{path}: model metadata format {fields.get('format_version')} is not "
+                             f"supported (expected {METADATA_FORMAT})")
+    try:
+        meta = {k: (json.loads(v) if k in ("features", "model_config", "scaling", "training",
+                                           "metrics", "versions") else v) for k, v in fields.items()}
+        int(meta["seq_len"]), float(meta["train_input_extent"]), meta["scaling"]["method"]
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ModelFileError(f"{path}: model metadata is incomplete or malformed ({exc})") from None
+    return meta
+
+
+def _check_signature(session: ort.InferenceSession, meta: dict, path: Path) -> None:
+    """The graph's inputs and outputs must be what the metadata says."""
+    inputs = {i.name: i for i in session.get_inputs()}
+    outputs = {o.name for o in session.get_outputs()}
+    expected_inputs = {"ohlc", "ticker_index"} if meta["scaling"]["method"] == "minmax" else {"ohlc"}
+    if set(inputs) != expected_inputs or not {"next_close", "input_extent"} <= outputs:
+        raise ModelFileError(f"{path}: graph inputs {sorted(inputs)} / outputs {sorted(outputs)} do not "
+                             f"match a forecaster with {meta['scaling']['method']} scaling")
+    shape = inputs["ohlc"].shape
+    seq_len, n_features = int(meta["seq_len"]), len(meta["features"])
+    if len(shape) != 3 or shape[1] != seq_len or shape[2] != n_features:
+        raise ModelFileError(f"{path}: graph input ohlc has shape {shape}, but the metadata says "
+                             f"seq_len {seq_len} and {n_features} features")

@@ -1,0 +1,181 @@
+import os
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from click.testing import CliRunner
+from onnx import numpy_helper
+
+from forecaster import checkpoint
+from forecaster import export as export_mod
+from forecaster.cli import main
+from forecaster.errors import ParityError
+from forecaster.export import export
+from forecaster.model import ModelConfig, build_forecaster
+from forecaster.reference import LSTMLayer, lstm_layer
+from forecaster.scoring import load_model
+from forecaster.train import TrainConfig, train
+from forecaster.verify import random_windows, verify
+
+from helpers import synthetic_series
+
+
+def make_checkpoint(path, scaling="relative"):
+    """A tiny trained model whose weights are then randomised, so that every
+    part of the network shows in its output (a zero head would hide the LSTM)."""
+    series = {t: synthetic_series(t, days=150, seed=i) for i, t in enumerate(["aa", "bb"])}
+    result = train(series, TrainConfig(epochs=1, hidden=8, layers=2, scaling=scaling))
+    gen = torch.Generator().manual_seed(0)
+    state = {k: torch.randn(v.shape, generator=gen) * 0.3 for k, v in result.checkpoint["state_dict"].items()}
+    checkpoint.save(path, {**result.checkpoint, "state_dict": state})
+    return path
+
+
+@pytest.fixture(scope="module", params=["relative", "minmax"])
+def exported(request, tmp_path_factory):
+    """(checkpoint, exported ONNX) per scaling, made once: exporting takes seconds."""
+    folder = tmp_path_factory.mktemp(request.param)
+    ckpt = make_checkpoint(folder / "m.pt", request.param)
+    export(ckpt, folder / "m.onnx")
+    return ckpt, folder / "m.onnx"
+
+
+@pytest.fixture
+def ckpt(exported, tmp_path):
+    """A private copy of the checkpoint, for tests that export themselves."""
+    return shutil.copy(exported[0], tmp_path / exported[0].name)
+
+
+@pytest.fixture
+def onnx_path(exported, tmp_path):
+    return shutil.copy(exported[1], tmp_path / "m.onnx")
+
+
+def torch_model(path):
+    data = checkpoint.load(path)
+    return build_forecaster(ModelConfig(**data["model_config"]), data["scaling"], data["state_dict"]), data
+
+
+def test_export_then_verify_round_trip(ckpt, tmp_path):
+    result = export(ckpt, tmp_path / "m.onnx")
+    assert result.max_rel <= 1e-4 and result.n_checked > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([ckpt.name, "m.onnx"])
+    outcome = verify(tmp_path / "m.onnx", n_windows=300)
+    assert outcome.max_rel <= 1e-4 and outcome.n_windows == 300
+
+
+@pytest.mark.parametrize("batch", [1, 7, 1000])
+def test_any_batch_size_matches_torch(exported, batch):
+    ckpt, onnx_path = exported
+    model, data = torch_model(ckpt)
+    onnx_model = load_model(onnx_path)
+    windows = random_windows(batch, 20, seed=batch)
+    index = np.arange(batch) % 2
+    got, _ = onnx_model.score(windows, index)
+    with torch.no_grad():
+        args = (torch.tensor(windows),) + ((torch.tensor(index),) if data["scaling"]["method"] == "minmax" else ())
+        expected = model(*args).double().numpy()
+    assert got.shape == (batch,)
+    np.testing.assert_allclose(got, expected, rtol=1e-4)
+    assert np.abs(got - windows[:, -1, 3]).max() > 1e-3  # the network really contributes
+
+
+def test_the_file_is_self_contained_and_loads_from_another_folder(onnx_path, tmp_path, monkeypatch):
+    elsewhere = tmp_path / "other"
+    elsewhere.mkdir()
+    shutil.move(tmp_path / "m.onnx", elsewhere / "moved.onnx")
+    monkeypatch.chdir(tmp_path)
+    model = onnx.load(str(elsewhere / "moved.onnx"))
+    assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+    assert load_model(elsewhere / "moved.onnx").seq_len == 20
+
+
+def test_scaling_inside_the_graph_matches_the_checkpoint(exported, tmp_path):
+    ckpt, onnx_path = exported
+    shutil.copy(onnx_path, tmp_path / "m.onnx")
+    model, data = torch_model(ckpt)
+    inits = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(tmp_path / "m.onnx")).graph.initializer}
+    by_suffix = lambda s: next(v for k, v in inits.items() if k.endswith(s))
+    if data["scaling"]["method"] == "relative":
+        np.testing.assert_allclose(by_suffix("gain"), data["scaling"]["gain"], rtol=1e-6)
+    else:  # the exporter folds the tables into anonymous constants: find them by value
+        tables = [v for v in inits.values() if v.shape == (2, 4)]
+        lows = np.array(data["scaling"]["lows"])
+        spans = np.array(data["scaling"]["highs"]) - lows
+        assert any(np.allclose(t, lows, rtol=1e-6) for t in tables)
+        assert any(np.allclose(t, spans, rtol=1e-6) for t in tables)
+    # ...and the scaled inputs the graph computes equal torch's.
+    windows = random_windows(50, 20, seed=3)
+    index = np.arange(50) % 2
+    _, extent = load_model(tmp_path / "m.onnx").score(windows, index)
+    with torch.no_grad():
+        args = (torch.tensor(windows),) + ((torch.tensor(index),) if data["scaling"]["method"] == "minmax" else ())
+        scaled = model.scale_inputs(*args).abs().amax(dim=(1, 2)).double().numpy()
+    np.testing.assert_allclose(extent, scaled, rtol=1e-6)
+
+
+def test_a_corrupted_scaling_initializer_makes_verify_fail(onnx_path, tmp_path):
+    model = onnx.load(str(tmp_path / "m.onnx"))
+    for init in model.graph.initializer:
+        if init.name.endswith("gain") or list(init.dims) == [2, 4]:  # relative gain / minmax tables
+            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * 1.01, init.name))
+    onnx.save(model, str(tmp_path / "bad.onnx"))
+    with pytest.raises(ParityError, match="ONNX Runtime vs the NumPy reference: largest difference"):
+        verify(tmp_path / "bad.onnx")
+    result = CliRunner().invoke(main, ["verify", str(tmp_path / "bad.onnx")])
+    assert result.exit_code == 1 and "exceeds the tolerance 0.0001" in result.output
+
+
+def test_a_forced_mismatch_makes_export_fail_and_leaves_no_file(tmp_path, monkeypatch):
+    ckpt = make_checkpoint(tmp_path / "m.pt")
+    real = export_mod._to_onnx
+
+    def tampered(*args, **kwargs):
+        proto = real(*args, **kwargs)
+        lstm = next(n for n in proto.graph.node if n.op_type == "LSTM")
+        init = next(i for i in proto.graph.initializer if i.name == lstm.input[1])
+        init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * 1.5, init.name))
+        return proto
+
+    monkeypatch.setattr(export_mod, "_to_onnx", tampered)
+    with pytest.raises(ParityError, match=r"ONNX Runtime vs torch: largest difference .* exceeds"):
+        export(ckpt, tmp_path / "out.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]
+
+
+def test_numpy_reference_matches_torch_lstm_on_the_same_weights():
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(4, 16, 2, batch_first=True).double()
+    x = torch.randn(5, 12, 4, dtype=torch.float64)
+    expected = lstm(x)[0].detach().numpy()
+
+    def onnx_order(w):  # torch packs (i, f, g, o); ONNX wants (i, o, f, c)
+        i, f, g, o = np.split(w.detach().numpy(), 4)
+        return np.concatenate([i, o, f, g])
+
+    h = x.numpy()
+    for k in range(2):
+        layer = LSTMLayer(onnx_order(getattr(lstm, f"weight_ih_l{k}")), onnx_order(getattr(lstm, f"weight_hh_l{k}")),
+                          onnx_order(getattr(lstm, f"bias_ih_l{k}")) + onnx_order(getattr(lstm, f"bias_hh_l{k}")))
+        h = lstm_layer(h, layer)
+    np.testing.assert_allclose(h, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_info_shows_the_metadata(onnx_path, tmp_path):
+    result = CliRunner().invoke(main, ["info", str(tmp_path / "m.onnx")])
+    assert result.exit_code == 0
+    sha = load_model(tmp_path / "m.onnx").sha256
+    assert f"sha256    {sha}" in result.output
+    assert "2x8 LSTM, seq_len 20, features open, high, low, close" in result.output
+    assert "aa         " in result.output and "held-out RMSE" in result.output
+
+
+def test_export_cli(tmp_path):
+    ckpt = make_checkpoint(tmp_path / "m.pt")
+    result = CliRunner().invoke(main, ["export", str(ckpt)])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "m.onnx").exists() and "held-out windows: largest difference" in result.output
+    missing = CliRunner().invoke(main, ["export", str(tmp_path / "nope.pt")])
+    assert missing.exit_code == 1 and missing.output == f"Error: {tmp_path / 'nope.pt'}: no such checkpoint file\n"
