@@ -209,6 +209,100 @@ def info(model, as_json):
     click.echo(f"versions  {', '.join(f'{k} {v}' for k, v in meta['versions'].items())}")
 
 
+device_option = option("--device", default="auto", show_default=True,
+                       type=click.Choice(["auto", "cpu", "cuda"]),
+                       help="auto: CUDA when ONNX Runtime can really use it, else CPU; cuda: fail "
+                            "unless CUDA is active; cpu: never try CUDA.")
+model_option = option("--model", required=True, type=click.Path(dir_okay=False, path_type=Path),
+                      help="The exported ONNX model.")
+data_option = option("--data", multiple=True, type=click.Path(path_type=Path),
+                     help="Ingest new rows from these files/folders first (repeatable).")
+calendar_option = option("--calendar", default="XNYS", show_default=True,
+                         help="Exchange calendar for the next trading day (exchange_calendars code).")
+
+
+@main.command()
+@model_option
+@data_option
+@option("--as-of", help="Score this date (YYYY-MM-DD) [default: the newest date in prices].")
+@option("--from", "start", metavar="D1", help="Backfill: score every date with prices from D1...")
+@option("--to", "end", metavar="D2", help="...to D2 (inclusive), each as of its own date.")
+@device_option
+@calendar_option
+@db_option
+@quiet_option
+@reports_errors
+def predict(model, data, as_of, start, end, device, calendar, db, quiet):
+    """One nightly run: ingest new rows, score every ticker with a close on
+    as_of and enough history, and write next-day predictions.
+
+    Each as_of commits whole or not at all; a rerun adds nothing. Tickers
+    without a close on as_of are reported as stale, not scored.
+    """
+    from .nightly import predict as run_predict
+    if as_of and (start or end):
+        raise click.UsageError("give --as-of or --from/--to, not both")
+    engine = open_store(db)
+    outcome = run_predict(engine, model, as_of=as_of, start=start, end=end, data=data, device=device,
+                          calendar=calendar, progress=not quiet)
+    if outcome.ingest and not quiet:
+        click.echo(outcome.ingest.summary())
+    for run_id in outcome.recovered:
+        click.echo(f"marked abandoned run {run_id} as failed", err=True)
+    for run in outcome.runs:
+        click.echo(f"run {run.run_id} on {run.device} in {run.seconds:.2f}s: {run.message}")
+
+
+@main.command()
+@option("--since", metavar="DATE", help="Only predictions made as of this date or later.")
+@option("--ticker", help="Only this ticker.")
+@option("--model-id", help="Only this model (sha256, as in `forecaster info`).")
+@option("--plot", type=click.Path(dir_okay=False, path_type=Path),
+        help="Write predicted vs actual closes as a PNG here.")
+@db_option
+@reports_errors
+def report(since, ticker, model_id, plot, db):
+    """Realized accuracy of stored predictions against the naive forecast:
+    N, RMSE, MAE, naive RMSE, their ratio and direction accuracy, per ticker
+    and overall."""
+    from .report import build_report, plot_report
+    rep = build_report(open_store(db), since=since, ticker=ticker, model_id=model_id)
+    if rep.overall["n"] == 0:
+        click.echo(f"no prediction has an outcome yet ({rep.pending} waiting for their next close)")
+        return
+    columns = ["ticker", "n", "rmse", "mae", "naive_rmse", "ratio", "direction_accuracy"]
+    rows = [tuple(r[c] for c in columns) for r in rep.per_ticker.to_dict("records")]
+    rows.append(tuple(["ALL"] + [rep.overall[c] for c in columns[1:]]))
+    click.echo(format_table(columns, rows))
+    click.echo(f"{rep.pending} predictions still wait for their next close")
+    if plot:
+        click.echo(f"wrote {plot_report(rep, plot)}")
+
+
+@main.command()
+@model_option
+@data_option
+@option("--cron", default="0 22 * * 1-5", show_default=True,
+        help="When to run, as a crontab line (minute hour day month weekday).")
+@option("--timezone", default="America/New_York", show_default=True, help="Time zone of --cron.")
+@option("--misfire-grace", default=3600, show_default=True, type=click.IntRange(1),
+        help="Seconds a late run may still start (e.g. after a suspend).")
+@device_option
+@calendar_option
+@db_option
+@reports_errors
+def daemon(model, data, cron, timezone, misfire_grace, device, calendar, db):
+    """Run `predict` on a schedule until stopped (SIGTERM/SIGINT exit 0).
+
+    On start it catches up every as_of after this model's last succeeded
+    run, then waits for the schedule. One daemon per database: a second one
+    exits at once, naming the holder.
+    """
+    from .daemon import DaemonConfig, run_daemon
+    run_daemon(DaemonConfig(db_url=db, model=model, data=list(data), cron=cron, timezone=timezone,
+                            misfire_grace=misfire_grace, device=device, calendar=calendar))
+
+
 @main.command()
 @click.argument("query")
 @db_option

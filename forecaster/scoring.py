@@ -83,15 +83,21 @@ def load_model(path: str | Path, device: str = "cpu") -> ModelFile:
     return ModelFile(path, hashlib.sha256(blob).hexdigest(), metadata, session, used)
 
 
+def nvidia_driver_present() -> bool:
+    """Without the kernel driver CUDA cannot work, and asking ONNX Runtime to
+    try anyway costs over a second of failed library loading."""
+    return Path("/proc/driver/nvidia/version").exists()
+
+
 def _session(blob: bytes, path: Path, device: str) -> tuple[ort.InferenceSession, str]:
-    want_cuda = device == "cuda" or (device == "auto" and CUDA in ort.get_available_providers())
+    want_cuda = device == "cuda" or (
+        device == "auto" and CUDA in ort.get_available_providers() and nvidia_driver_present())
     providers = [CUDA, CPU] if want_cuda else [CPU]
-    options = ort.SessionOptions()
-    # onnxruntime-gpu without CUDA libraries only logs a C++ line and falls
-    # back to CPU; we check what it really picked below instead.
-    options.log_severity_level = 3 if want_cuda else 2
+    # onnxruntime-gpu without usable CUDA libraries logs C++ errors and falls
+    # back to CPU; under "auto" we check what it picked instead of showing them.
+    ort.set_default_logger_severity(4 if device == "auto" else 3)
     try:
-        session = ort.InferenceSession(blob, sess_options=options, providers=providers)
+        session = ort.InferenceSession(blob, providers=providers)
     except Exception as exc:
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelFileError(f"{path}: not a loadable ONNX model ({text[:300]})") from None

@@ -135,3 +135,37 @@ def fit_scaling(method: str, series: dict[str, Series], splits: dict[str, Split]
                 "lows": [rows.min(axis=0).tolist() for rows in fit_rows],
                 "highs": [rows.max(axis=0).tolist() for rows in fit_rows]}
     raise DataError(f"unknown scaling {method!r}: choose relative or minmax")
+
+
+@dataclass
+class ScoringBatch:
+    """The windows one nightly run scores, and the tickers it cannot."""
+    tickers: list[str]
+    windows: np.ndarray                  # (n, seq_len, 4) float32, rows dated <= as_of
+    last_close: np.ndarray               # (n,) float64: the stored close on as_of, unrounded
+    skipped: dict[str, str]              # ticker -> reason (a row on as_of, too little history)
+    stale: list[str]                     # tickers with history but no row on as_of
+
+
+def latest_windows(engine: sa.Engine, as_of: str, seq_len: int) -> ScoringBatch:
+    """Point in time: for each ticker with a close on `as_of`, its last
+    `seq_len` rows dated <= as_of, whatever else the database holds."""
+    p, t = store.prices.c, store.tickers.c
+    with engine.connect() as conn:
+        fresh = list(conn.execute(sa.select(p.ticker).where(p.date == as_of).order_by(p.ticker)).scalars())
+        known = conn.execute(sa.select(t.ticker).where(t.first_date <= as_of).order_by(t.ticker)).scalars()
+        fresh_set = set(fresh)
+        stale = [k for k in known if k not in fresh_set]
+        query = (sa.select(p.open, p.high, p.low, p.close)
+                 .where(p.ticker == sa.bindparam("ticker"), p.date <= as_of)
+                 .order_by(p.date.desc()).limit(seq_len))
+        tickers, windows, skipped = [], [], {}
+        for ticker in fresh:
+            rows = conn.execute(query, {"ticker": ticker}).all()
+            if len(rows) < seq_len:
+                skipped[ticker] = f"only {len(rows)} rows up to {as_of}, the model needs {seq_len}"
+                continue
+            tickers.append(ticker)
+            windows.append(rows[::-1])
+    array = np.asarray(windows, dtype=np.float64).reshape(len(windows), seq_len, len(FEATURES))
+    return ScoringBatch(tickers, array.astype(np.float32), array[:, -1, CLOSE].copy(), skipped, stale)

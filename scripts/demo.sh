@@ -1,14 +1,24 @@
 #!/usr/bin/env bash
 # The whole story on synthetic data the project makes itself (no downloads):
-# sample data -> ingest -> what is in the database.
+# sample data -> ingest -> train -> export -> verify -> nightly predictions -> SQL and report.
 set -euo pipefail
 out=${1:-demo}
 fc=".venv/bin/forecaster"
 export FORECASTER_DB="sqlite:///$out/forecaster.db"
 rm -rf "$out"; mkdir -p "$out"
 
-echo "== 1. sample data"; $fc sample-data "$out/data" --tickers 8 --days 1000 --seed 0
-echo "== 2. ingest";      $fc ingest "$out/data"
-echo "== 3. the database"
-$fc sql "select * from tickers"
-$fc sql "select count(*) as price_rows, (select count(*) from rejected_rows) as rejected from prices"
+echo "== 1. sample data (8 tickers, 1000 business days, AR(1) returns: there is something to learn)"
+$fc sample-data "$out/data" --tickers 8 --days 1000 --seed 0 --ar 0.3
+echo "== 2. ingest";  $fc ingest "$out/data" --quiet
+echo "== 3. train one model on all tickers (30 epochs for a quick demo; the default is 100)"
+$fc train --all --epochs 30 --out "$out/exports/demo.pt" --quiet
+echo "== 4. export to ONNX (checked against torch) and verify against the NumPy LSTM equations"
+$fc export "$out/exports/demo.pt"
+$fc verify "$out/exports/demo.onnx"
+echo "== 5. nightly predictions: a backfill of the last weeks, then tonight's run"
+$fc predict --model "$out/exports/demo.onnx" --from 2017-10-16 --to 2017-11-09 --quiet | tail -n 2
+$fc predict --model "$out/exports/demo.onnx"
+echo "== 6. what is predicted for the next trading day"
+$fc sql "select ticker, as_of, target_date, round(predicted_close, 4) as predicted, last_close from latest_predictions"
+echo "== 7. how good were the stored predictions"
+$fc report --plot "$out/report.png"

@@ -33,6 +33,15 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A small exported ONNX model (relative scaling, randomised weights), made once."""
+    from forecaster.export import export
+    from helpers import make_checkpoint
+    folder = tmp_path_factory.mktemp("model")
+    return export(make_checkpoint(folder / "tiny.pt"), folder / "tiny.onnx").path
+
+
 @pytest.fixture
 def sample_dir(tmp_path) -> Path:
     out = tmp_path / "sample"

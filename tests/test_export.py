@@ -19,18 +19,7 @@ from forecaster.scoring import load_model
 from forecaster.train import TrainConfig, train
 from forecaster.verify import random_windows, verify
 
-from helpers import synthetic_series
-
-
-def make_checkpoint(path, scaling="relative"):
-    """A tiny trained model whose weights are then randomised, so that every
-    part of the network shows in its output (a zero head would hide the LSTM)."""
-    series = {t: synthetic_series(t, days=150, seed=i) for i, t in enumerate(["aa", "bb"])}
-    result = train(series, TrainConfig(epochs=1, hidden=8, layers=2, scaling=scaling))
-    gen = torch.Generator().manual_seed(0)
-    state = {k: torch.randn(v.shape, generator=gen) * 0.3 for k, v in result.checkpoint["state_dict"].items()}
-    checkpoint.save(path, {**result.checkpoint, "state_dict": state})
-    return path
+from helpers import make_checkpoint, synthetic_series
 
 
 @pytest.fixture(scope="module", params=["relative", "minmax"])

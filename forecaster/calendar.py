@@ -1,0 +1,31 @@
+"""Trading days from a maintained exchange calendar (exchange_calendars),
+not a hand-written holiday list. NYSE ("XNYS") by default."""
+from __future__ import annotations
+
+import datetime as dt
+import functools
+
+import pandas as pd
+
+from .errors import DataError
+
+DEFAULT_CALENDAR = "XNYS"
+
+
+@functools.lru_cache(maxsize=8)
+def _calendar(name: str, start_year: int):
+    import exchange_calendars as xcals  # half a second to import: only when needed
+    try:
+        # The library's default window is the last 20 years; our data goes further back.
+        return xcals.get_calendar(name, start=f"{start_year}-01-01")
+    except xcals.errors.InvalidCalendarName:
+        raise DataError(f"unknown exchange calendar {name!r} (e.g. XNYS, XLON, XTKS)") from None
+
+
+def next_trading_day(as_of: str, calendar: str = DEFAULT_CALENDAR) -> str:
+    """The first session strictly after `as_of` (ISO date), as an ISO date."""
+    day = dt.date.fromisoformat(as_of)
+    cal = _calendar(calendar, min(day.year - 1, 2000))
+    if day + dt.timedelta(days=1) > cal.last_session.date():
+        raise DataError(f"{as_of} is beyond the end of the {calendar} calendar ({cal.last_session.date()})")
+    return cal.date_to_session(pd.Timestamp(day + dt.timedelta(days=1)), direction="next").strftime("%Y-%m-%d")

@@ -1,0 +1,131 @@
+"""The daemon in real subprocesses (short timeouts, no sleeping on the schedule),
+and its cron schedule against a fixed clock."""
+import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+import time
+from zoneinfo import ZoneInfo
+
+import pytest
+import sqlalchemy as sa
+
+from forecaster import store
+from forecaster.daemon import make_trigger
+from forecaster.ingest import ingest
+from forecaster.nightly import predict
+
+NY = ZoneInfo("America/New_York")
+
+
+def start_daemon(db_url, model, log_path, *extra):
+    log = open(log_path, "w")
+    return subprocess.Popen([sys.executable, "-m", "forecaster", "daemon", "--model", str(model),
+                             "--db", db_url, "--device", "cpu", *extra],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_for(log_path, text, proc, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        content = log_path.read_text()
+        if text in content:
+            return content
+        if proc.poll() is not None:
+            pytest.fail(f"daemon exited {proc.returncode} before {text!r}:\n{content}")
+        time.sleep(0.1)
+    proc.kill()
+    pytest.fail(f"no {text!r} within {timeout}s:\n{log_path.read_text()}")
+
+
+def runs(engine):
+    with engine.connect() as conn:
+        return [tuple(r) for r in conn.exec_driver_sql(
+            "SELECT as_of, status, n_predictions FROM runs ORDER BY run_id")]
+
+
+@pytest.fixture
+def stocked(engine, shared_data):
+    ingest(engine, [shared_data])
+    return engine
+
+
+def test_catch_up_then_refuse_a_second_daemon_then_stop_on_sigterm(stocked, db_url, tiny_model, tmp_path):
+    predict(stocked, tiny_model, as_of="2017-11-07", device="cpu")  # the last night that ran
+    first = start_daemon(db_url, tiny_model, tmp_path / "first.log")
+    try:
+        log = wait_for(tmp_path / "first.log", "next run at", first)
+        # The three missed nights were scored once each, in order.
+        assert runs(stocked) == [("2017-11-07", "succeeded", 9), ("2017-11-08", "succeeded", 9),
+                                 ("2017-11-09", "succeeded", 9), ("2017-11-10", "succeeded", 9)]
+        assert "as_of 2017-11-10: 9 predictions for 2017-11-13" in log
+
+        second = subprocess.run([sys.executable, "-m", "forecaster", "daemon", "--model", str(tiny_model),
+                                 "--db", db_url], capture_output=True, text=True, timeout=60)
+        assert second.returncode == 1
+        assert f"another daemon already runs on this database (pid {first.pid} on" in second.stderr
+
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=15) == 0
+        assert "SIGTERM received" in (tmp_path / "first.log").read_text()
+    finally:
+        if first.poll() is None:
+            first.kill()
+
+
+def test_a_killed_daemon_does_not_block_the_next_one(stocked, db_url, tiny_model, tmp_path):
+    first = start_daemon(db_url, tiny_model, tmp_path / "a.log")
+    wait_for(tmp_path / "a.log", "next run at", first)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait(timeout=10)
+    second = start_daemon(db_url, tiny_model, tmp_path / "b.log")
+    try:
+        log = wait_for(tmp_path / "b.log", "next run at", second)
+        assert "nothing owed" in log  # the first one had already scored the newest night
+        assert runs(stocked) == [("2017-11-10", "succeeded", 9)]
+        second.send_signal(signal.SIGINT)
+        assert second.wait(timeout=15) == 0
+    finally:
+        if second.poll() is None:
+            second.kill()
+
+
+def fire_times(cron, start, n=4, tz="America/New_York"):
+    trigger = make_trigger(cron, tz)
+    out, now = [], start
+    for _ in range(n):
+        now = trigger.get_next_fire_time(None, now)
+        out.append(now)
+        now = now + dt.timedelta(seconds=1)
+    return out
+
+
+def test_weekday_evenings_skip_the_weekend():
+    friday_noon = dt.datetime(2026, 11, 27, 12, 0, tzinfo=NY)
+    times = fire_times("0 22 * * 1-5", friday_noon, 3)
+    assert [t.strftime("%a %H:%M") for t in times] == ["Fri 22:00", "Mon 22:00", "Tue 22:00"]
+
+
+def test_the_dst_week_keeps_22_00_local():
+    # US clocks move forward on Sunday 2026-03-08: 22:00 local is 03:00 UTC before, 02:00 after.
+    friday = dt.datetime(2026, 3, 6, 12, 0, tzinfo=NY)
+    times = fire_times("0 22 * * 1-5", friday, 3)
+    assert [t.strftime("%Y-%m-%d %H:%M") for t in times] == ["2026-03-06 22:00", "2026-03-09 22:00", "2026-03-10 22:00"]
+    utc = [t.astimezone(dt.timezone.utc).hour for t in times]
+    assert utc == [3, 2, 2]
+
+
+@pytest.mark.parametrize("field, names", [
+    ("1-5", "mon,tue,wed,thu,fri"), ("0,6", "sun,sat"), ("7", "sun"), ("5-7", "sun,fri,sat"),
+    ("*/2", "sun,tue,thu,sat"), ("mon-fri", "mon,tue,wed,thu,fri"), ("*", "*"),
+])
+def test_crontab_weekday_numbers_mean_what_cron_means(field, names):
+    from forecaster.daemon import crontab_weekdays
+    assert crontab_weekdays(field) == names
+
+
+def test_a_bad_schedule_is_a_clear_error():
+    from forecaster.errors import ForecasterError
+    with pytest.raises(ForecasterError, match="bad schedule"):
+        make_trigger("not a cron", "America/New_York")

@@ -1,0 +1,159 @@
+"""Nightly runs on the real tickers: two nights, reruns, backfill, devices."""
+import shutil
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+from click.testing import CliRunner
+
+from forecaster import store
+from forecaster.calendar import next_trading_day
+from forecaster.cli import main
+from forecaster.errors import DataError, DeviceError
+from forecaster.nightly import owed_dates, predict
+from forecaster.scoring import load_model
+
+
+def cut_copy(shared_data, dest, last_date):
+    """The real files with only the rows up to `last_date`; returns the rows cut off per file."""
+    cut = {}
+    for src in shared_data.rglob("*.us.txt"):
+        lines = src.read_text().splitlines(keepends=True)
+        keep = [lines[0]] + [l for l in lines[1:] if l[:10] <= last_date]
+        cut[src.name] = [l for l in lines[1:] if l[:10] > last_date]
+        target = dest / src.parent.name / src.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text("".join(keep))
+    return cut
+
+
+def append_next_day(dest, cut):
+    for path in dest.rglob("*.us.txt"):
+        if cut[path.name]:
+            with open(path, "a") as fh:
+                fh.write(cut[path.name].pop(0))
+
+
+def rows(engine, sql, **params):
+    with engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(sa.text(sql), params)]
+
+
+def test_two_nights_on_real_data(engine, shared_data, tiny_model, tmp_path):
+    data = tmp_path / "data"
+    cut = cut_copy(shared_data, data, "2017-11-08")
+
+    night1 = predict(engine, tiny_model, data=[data], device="cpu")
+    [run1] = night1.runs
+    assert (run1.as_of, run1.target_date, run1.n_predictions) == ("2017-11-08", "2017-11-09", 9)
+    assert run1.stale == ["actx"] and night1.ingest.rows_added == 29_116 - 18  # 9 tickers x 2 days cut
+
+    append_next_day(data, cut)
+    night2 = predict(engine, tiny_model, data=[data], device="cpu")
+    [run2] = night2.runs
+    assert night2.ingest.rows_added == 9 and night2.ingest.files_skipped == 1  # actx unchanged
+    assert (run2.as_of, run2.target_date, run2.n_predictions) == ("2017-11-09", "2017-11-10", 9)
+
+    again = predict(engine, tiny_model, data=[data], device="cpu").runs[0]
+    assert (again.n_predictions, again.n_already) == (0, 9)
+    assert "9 already stored by an earlier run of this model" in again.message
+
+    # One prediction per fresh ticker per night, none for actx, all in succeeded runs.
+    assert rows(engine, "SELECT as_of, COUNT(*) FROM predictions GROUP BY as_of ORDER BY as_of") == [
+        ("2017-11-08", 9), ("2017-11-09", 9)]
+    assert rows(engine, "SELECT COUNT(*) FROM predictions WHERE ticker = 'actx'") == [(0,)]
+    assert rows(engine, "SELECT status, n_predictions, device FROM runs ORDER BY run_id") == [
+        ("succeeded", 9, "cpu"), ("succeeded", 9, "cpu"), ("succeeded", 0, "cpu")]
+
+    # Outcomes join the next stored close: aaxj closed 76.24 on 2017-11-09 (from the file).
+    [(actual_date, actual, last, error, naive_error, predicted)] = rows(
+        engine, "SELECT actual_date, actual_close, last_close, error, naive_error, predicted_close "
+                "FROM prediction_outcomes WHERE ticker = 'aaxj' AND as_of = '2017-11-08'")
+    expected_close = float(next(l for l in (shared_data / "ETFs/aaxj.us.txt").read_text().splitlines()
+                                if l.startswith("2017-11-09")).split(",")[4])
+    assert (actual_date, actual) == ("2017-11-09", expected_close)
+    assert error == pytest.approx(predicted - actual) and naive_error == pytest.approx(last - actual)
+    # The latest night's prediction is pending (its next close is not stored yet).
+    assert rows(engine, "SELECT actual_close FROM prediction_outcomes WHERE ticker='aaxj' AND as_of='2017-11-09'") == [(None,)]
+    assert rows(engine, "SELECT as_of FROM latest_predictions WHERE ticker = 'aaxj'") == [("2017-11-09",)]
+
+
+def test_backfill_is_point_in_time(engine, shared_data, tiny_model):
+    from forecaster.ingest import ingest
+    ingest(engine, [shared_data])
+    outcome = predict(engine, tiny_model, start="2017-10-02", end="2017-10-06", device="cpu")
+    assert [r.as_of for r in outcome.runs] == ["2017-10-02", "2017-10-03", "2017-10-04", "2017-10-05", "2017-10-06"]
+    # actx trades thinly: no row on 10-02 or 10-03, its last row on 10-04.
+    assert [r.n_predictions for r in outcome.runs] == [9, 9, 10, 9, 9]
+    assert [r.stale for r in outcome.runs] == [["actx"], ["actx"], [], ["actx"], ["actx"]]
+    # Each prediction's last close is the close on its own as_of, not the newest one.
+    mismatched = rows(engine, "SELECT COUNT(*) FROM predictions p JOIN prices x "
+                              "ON x.ticker = p.ticker AND x.date = p.as_of WHERE x.close != p.last_close")
+    assert mismatched == [(0,)] and rows(engine, "SELECT COUNT(*) FROM predictions") == [(46,)]
+    assert outcome.runs[-1].target_date == "2017-10-09"  # Friday -> Monday
+
+
+def test_point_in_time_ignores_later_rows(engine, shared_data, tiny_model):
+    from forecaster.ingest import ingest
+    ingest(engine, [shared_data])
+    model = load_model(tiny_model, "cpu")
+    run = predict(engine, tiny_model, as_of="2017-06-01", device="cpu").runs[0]
+    [(last_close, predicted)] = rows(engine, "SELECT last_close, predicted_close FROM predictions WHERE ticker='aaxj'")
+    [(close,)] = rows(engine, "SELECT close FROM prices WHERE ticker='aaxj' AND date='2017-06-01'")
+    window = np.array(rows(engine, "SELECT open, high, low, close FROM prices WHERE ticker='aaxj' AND date <= '2017-06-01' "
+                                   "ORDER BY date DESC LIMIT 20")[::-1], dtype=np.float32)
+    assert last_close == close and run.target_date == "2017-06-02"
+    assert predicted == pytest.approx(model.score(window[None])[0][0], rel=1e-6)
+
+
+@pytest.mark.parametrize("as_of, target", [
+    ("2017-11-10", "2017-11-13"),  # Friday -> Monday
+    ("2016-11-23", "2016-11-25"),  # Thanksgiving
+    ("2016-12-23", "2016-12-27"),  # Christmas observed on Monday
+    ("2015-07-02", "2015-07-06"),  # Independence Day observed on Friday
+    ("1990-12-31", "1991-01-02"),  # older than the library's default window
+])
+def test_target_date_skips_weekends_and_holidays(as_of, target):
+    assert next_trading_day(as_of) == target
+
+
+def test_devices(engine, sample_dir, tiny_model):
+    from forecaster.ingest import ingest
+    ingest(engine, [sample_dir])
+    with pytest.raises(DeviceError, match="CUDA was requested but ONNX Runtime cannot use it here"):
+        predict(engine, tiny_model, device="cuda")
+    assert rows(engine, "SELECT status, device, n_predictions FROM runs") == [("failed", "cuda", 0)]
+    assert predict(engine, tiny_model, device="auto").runs[0].device == "cpu"
+    assert rows(engine, "SELECT device FROM runs WHERE status = 'succeeded'") == [("cpu",)]
+    assert rows(engine, "SELECT COUNT(*) FROM predictions") == [(3,)]
+
+
+def test_an_empty_database_is_a_clear_error(engine, tiny_model):
+    with pytest.raises(DataError, match="the database holds no prices yet: ingest some first, or pass --data"):
+        predict(engine, tiny_model, device="cpu")
+
+
+def test_owed_dates_follow_the_runs_ledger(engine, shared_data, tiny_model):
+    from forecaster.ingest import ingest
+    ingest(engine, [shared_data])
+    model_id = load_model(tiny_model).sha256
+    assert owed_dates(engine, model_id) == ["2017-11-10"]  # no run yet: the newest only
+    predict(engine, tiny_model, as_of="2017-11-07", device="cpu")
+    assert owed_dates(engine, model_id) == ["2017-11-08", "2017-11-09", "2017-11-10"]
+
+
+def test_predict_cli_and_report(tmp_path, shared_data, tiny_model, db_url):
+    runner = CliRunner()
+    result = runner.invoke(main, ["predict", "--model", str(tiny_model), "--data", str(shared_data),
+                                  "--from", "2017-10-20", "--to", "2017-11-10", "--db", db_url, "-q"])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("run ") == 16 and "1 stale (no close on 2017-11-10): actx" in result.output
+    report = runner.invoke(main, ["report", "--db", db_url, "--since", "2017-11-01", "--plot", str(tmp_path / "r.png")])
+    assert report.exit_code == 0, report.output
+    assert "ALL" in report.output and "9 predictions still wait for their next close" in report.output
+    assert (tmp_path / "r.png").stat().st_size > 0
+    # 7 as_of dates from 2017-11-01 have a next close (11-01..11-09), for 9 tickers: N = 63.
+    assert any(line.startswith("ALL") and line.split()[1] == "63" for line in report.output.splitlines())
+    both = runner.invoke(main, ["predict", "--model", str(tiny_model), "--as-of", "2017-11-10",
+                                "--from", "2017-11-01", "--db", db_url])
+    assert both.exit_code == 2 and "give --as-of or --from/--to, not both" in both.output
