@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   := demo
 
-.PHONY: install test demo bench seed-comparison clean
+.PHONY: install test demo bench seed-comparison scaling-comparison clean
 
 install: $(STAMP)
 
@@ -24,3 +24,9 @@ demo: install
 clean:
 	rm -rf $(VENV) $(DEMO) build *.egg-info forecaster.egg-info .pytest_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+scaling-comparison: install
+	$(BIN)/python benchmarks/scaling_comparison.py --variants "scaling=relative;scaling=minmax"
+
+seed-comparison: install
+	$(BIN)/python benchmarks/seed_comparison.py

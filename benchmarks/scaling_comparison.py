@@ -25,8 +25,9 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--data", default=str(SHARED))
-    ap.add_argument("--variants", default="relative:256,minmax:256",
-                    help="comma list of scaling:batch_size (0 = full batch)")
+    ap.add_argument("--variants", default="scaling=relative;scaling=minmax",
+                    help="';'-separated variants, each a ','-separated list of TrainConfig "
+                         "fields, e.g. 'scaling=relative,batch_size=0;scaling=minmax'")
     ap.add_argument("--epochs", type=int, default=100)
     ap.add_argument("--out", help="also write the table as JSON here")
     args = ap.parse_args()
@@ -37,13 +38,12 @@ def main() -> int:
         tickers = all_tickers(engine)
         series = load_series(engine, tickers)
         results = {}
-        for variant in args.variants.split(","):
-            scaling, batch = variant.split(":")
+        for variant in args.variants.split(";"):
+            fields = {k: _typed(k, v) for k, v in (kv.split("=") for kv in variant.split(","))}
             ratios, seconds = {}, 0.0
             for t in tickers:
                 start = time.perf_counter()
-                r = train({t: series[t]}, TrainConfig(scaling=scaling, batch_size=int(batch),
-                                                      epochs=args.epochs))
+                r = train({t: series[t]}, TrainConfig(**{"epochs": args.epochs, **fields}))
                 seconds += time.perf_counter() - start
                 ratios[t] = r.metrics["tickers"][t]["ratio"]
             results[variant] = {"ratios": ratios, "mean_ratio": float(np.mean(list(ratios.values()))),
@@ -61,6 +61,11 @@ def main() -> int:
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2))
     return 0
+
+
+def _typed(name: str, value: str):
+    """Cast a command-line value to the type of TrainConfig's field default."""
+    return type(getattr(TrainConfig(), name))(value)
 
 
 if __name__ == "__main__":

@@ -13,18 +13,18 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import os
+import itertools
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
-import pandas as pd
 import sqlalchemy as sa
 from tqdm import tqdm
 
 from . import store
-from .sources import (ParsedRows, Rejection, UnreadableFile, decode, find_files, parse_header,
+from .sources import (ParsedRows, Rejection, Rows, UnreadableFile, decode, find_files, parse_header,
                       parse_rows, split_header, ticker_from_path)
 
 TAIL_BYTES = 4096          # how much of a file's old end must match to trust an append
@@ -53,9 +53,17 @@ class IngestReport:
 class _FileResult:
     path: str
     ticker: str | None
-    rows: pd.DataFrame | None
+    rows: Rows | None
     rejects: list[Rejection]
     ledger: dict | None
+
+
+@dataclass
+class _Summary:
+    """A ticker's row in `tickers`, kept in memory during one ingest."""
+    first_date: str
+    last_date: str
+    n_rows: int
 
 
 def ingest(engine: sa.Engine, paths: Iterable[str | Path], *, progress: bool = False,
@@ -65,6 +73,8 @@ def ingest(engine: sa.Engine, paths: Iterable[str | Path], *, progress: bool = F
     report = IngestReport()
     with engine.connect() as conn:
         ledger = {r.path: r for r in conn.execute(sa.select(store.source_files))}
+        summaries = {r.ticker: _Summary(r.first_date, r.last_date, r.n_rows)
+                     for r in conn.execute(sa.select(store.tickers))}
     pending: list[_FileResult] = []
     pending_rows = 0
     bar = tqdm(files, desc="ingest", unit="file", disable=not progress or len(files) < PROGRESS_MIN_FILES,
@@ -78,10 +88,10 @@ def ingest(engine: sa.Engine, paths: Iterable[str | Path], *, progress: bool = F
         pending.append(result)
         pending_rows += 0 if result.rows is None else len(result.rows)
         if pending_rows >= FLUSH_ROWS or len(pending) >= FLUSH_FILES:
-            _write(engine, pending, report)
+            _write(engine, pending, summaries, report)
             pending, pending_rows = [], 0
     if pending:
-        _write(engine, pending, report)
+        _write(engine, pending, summaries, report)
     return report
 
 
@@ -149,101 +159,101 @@ def _last_byte(fh, end: int) -> bytes:
     return fh.read(1)
 
 
-def _write(engine: sa.Engine, results: list[_FileResult], report: IngestReport) -> None:
+def _write(engine: sa.Engine, results: list[_FileResult], summaries: dict[str, _Summary],
+           report: IngestReport) -> None:
+    """One transaction for a batch of files: each file's rows, rejections and
+    ledger entry land together or not at all."""
     now = _now()
+    prices, rejects, ledgers, dates = [], [], [], Counter()
+    changed: dict[str, _Summary] = {}
     with store.write_transaction(engine) as conn:
         for res in results:
-            rejects = list(res.rejects)
+            file_rejects = list(res.rejects)
             added = 0
             if res.rows is not None and len(res.rows):
-                new_rows, unchanged, conflicts = _split_against_stored(conn, res.ticker, res.rows)
-                rejects.extend(conflicts)
+                new, unchanged, conflicts = _split_against_stored(conn, res.ticker, res.rows,
+                                                                  summaries.get(res.ticker))
+                file_rejects.extend(conflicts)
                 report.rows_unchanged += unchanged
-                added = _insert_prices(conn, res.ticker, new_rows)
+                added = len(new)
+                if added:
+                    prices.extend(_price_tuples(res.ticker, new))
+                    dates.update(new.dates.tolist())
+                    changed[res.ticker] = summaries[res.ticker] = _merged(summaries.get(res.ticker), new)
             if res.ticker is None:
                 report.files_unreadable += 1
-                report.problems.append(f"{res.path}: {rejects[0].reason}")
+                report.problems.append(f"{res.path}: {file_rejects[0].reason}")
             else:
                 report.files_read += 1
             if res.ledger is not None:
-                _save_ledger(conn, res.ledger, added, len(rejects), now)
-            _insert_rejects(conn, res.path, res.ticker, rejects, now)
+                ledgers.append({**res.ledger, "ingested_at": now, "rows_added": added,
+                                "rows_rejected": len(file_rejects)})
+            rejects.extend({"source": res.path, "line": r.line, "ticker": res.ticker, "raw": r.raw,
+                            "reason": r.reason, "rejected_at": now} for r in file_rejects)
             report.rows_added += added
-            report.rows_rejected += sum(r.line is not None for r in rejects)
+            report.rows_rejected += sum(r.line is not None for r in file_rejects)
+        store.bulk_insert(conn, store.prices, prices)
+        if rejects:
+            conn.execute(store.rejected_rows.insert(), rejects)
+        sf = store.source_files
+        store.upsert(conn, sf, ledgers, ["path"], {
+            **{c: (lambda ex, c=c: ex[c]) for c in ("ticker", "size", "mtime_ns", "lines", "tail_sha256",
+                                                   "ingested_at")},
+            "rows_added": lambda ex: sf.c.rows_added + ex.rows_added,
+            "rows_rejected": lambda ex: sf.c.rows_rejected + ex.rows_rejected})
+        store.upsert(conn, store.tickers, [{"ticker": t, **vars(s)} for t, s in changed.items()], ["ticker"])
+        pd_ = store.price_dates
+        store.upsert(conn, pd_, [{"date": d, "n_rows": n} for d, n in sorted(dates.items())], ["date"],
+                     {"n_rows": lambda ex: pd_.c.n_rows + ex.n_rows})
 
 
-def _split_against_stored(conn, ticker: str, rows: pd.DataFrame):
-    """(rows not yet stored, count identical to stored, conflicts set aside)."""
-    first = conn.execute(sa.select(store.tickers.c.first_date).where(
-        store.tickers.c.ticker == ticker)).scalar()
-    if first is None:
+def _merged(summary: _Summary | None, rows: Rows) -> _Summary:
+    first, last = rows.dates[0], rows.dates[-1]  # rows are sorted by date
+    if summary is None:
+        return _Summary(first, last, len(rows))
+    return _Summary(min(first, summary.first_date), max(last, summary.last_date), summary.n_rows + len(rows))
+
+
+def _split_against_stored(conn, ticker: str, rows: Rows, summary: _Summary | None):
+    """(rows not yet stored, count identical to stored, conflicts set aside).
+    A pure append (every date after the stored ones) needs no query."""
+    if summary is None or rows.dates[0] > summary.last_date:
         return rows, 0, []
     p = store.prices.c
-    stored = pd.DataFrame(conn.execute(
+    stored = {r[0]: r[1:] for r in conn.execute(
         sa.select(p.date, p.open, p.high, p.low, p.close, p.volume)
-        .where(p.ticker == ticker, p.date >= rows["date"].min(), p.date <= rows["date"].max())
-    ).all(), columns=["date", "open", "high", "low", "close", "volume"])
-    if stored.empty:
+        .where(p.ticker == ticker, p.date >= rows.dates[0], p.date <= rows.dates[-1]))}
+    if not stored:
         return rows, 0, []
-    merged = rows.merge(stored, on="date", how="left", suffixes=("", "_stored"), indicator=True)
-    is_stored = (merged["_merge"] == "both").to_numpy()
-    differs = np.zeros(len(merged), dtype=bool)
-    for col in ("open", "high", "low", "close", "volume"):
-        a, b = merged[col].to_numpy(), merged[f"{col}_stored"].to_numpy()
-        differs |= ~((a == b) | (np.isnan(a) & np.isnan(b)))
-    conflict = is_stored & differs
-    conflicts = [
-        Rejection(int(r.line), _row_text(r),
-                  f"differs from the stored row for {r.date} (stored close {r.close_stored:g}, "
-                  f"file {r.close:g}); the stored row is kept")
-        for r in merged[conflict].itertuples()]
-    return rows[~is_stored].reset_index(drop=True), int((is_stored & ~differs).sum()), conflicts
+    fresh, unchanged, conflicts = [], 0, []
+    for i, date in enumerate(rows.dates):
+        old = stored.get(date)
+        if old is None:
+            fresh.append(i)
+            continue
+        new = rows.values[i]
+        old = np.array([np.nan if x is None else x for x in old], dtype=np.float64)
+        if np.array_equal(new, old, equal_nan=True):
+            unchanged += 1
+        else:
+            conflicts.append(Rejection(
+                int(rows.lines[i]), _row_text(date, new),
+                f"differs from the stored row for {date} (stored close {old[3]:g}, file {new[3]:g}); "
+                "the stored row is kept"))
+    return rows.take(np.array(fresh, dtype=np.int64)), unchanged, conflicts
 
 
-def _row_text(r) -> str:
-    volume = "" if pd.isna(r.volume) else f"{r.volume:g}"
-    return f"{r.date},{r.open:g},{r.high:g},{r.low:g},{r.close:g},{volume}"
+def _row_text(date: str, v: np.ndarray) -> str:
+    volume = "" if np.isnan(v[4]) else f"{v[4]:g}"
+    return f"{date},{v[0]:g},{v[1]:g},{v[2]:g},{v[3]:g},{volume}"
 
 
-def _insert_prices(conn, ticker: str, rows: pd.DataFrame) -> int:
-    if rows.empty:
-        return 0
-    volume = rows["volume"].astype(object).where(rows["volume"].notna(), None)
-    records = list(zip([ticker] * len(rows), rows["date"], rows["open"].tolist(),
-                       rows["high"].tolist(), rows["low"].tolist(), rows["close"].tolist(),
-                       volume.tolist()))
-    store.bulk_insert(conn, store.prices, records)
-    _update_ticker_summary(conn, ticker, rows["date"].min(), rows["date"].max(), len(rows))
-    return len(rows)
-
-
-def _update_ticker_summary(conn, ticker: str, first: str, last: str, added: int) -> None:
-    t = store.tickers
-    row = conn.execute(sa.select(t).where(t.c.ticker == ticker)).first()
-    if row is None:
-        conn.execute(t.insert().values(ticker=ticker, first_date=first, last_date=last, n_rows=added))
-    else:
-        conn.execute(t.update().where(t.c.ticker == ticker).values(
-            first_date=min(first, row.first_date), last_date=max(last, row.last_date),
-            n_rows=row.n_rows + added))
-
-
-def _save_ledger(conn, ledger: dict, added: int, rejected: int, now: str) -> None:
-    sf = store.source_files
-    fields = {k: v for k, v in ledger.items() if k != "path"}
-    updated = conn.execute(sf.update().where(sf.c.path == ledger["path"]).values(
-        **fields, ingested_at=now,
-        rows_added=sf.c.rows_added + added, rows_rejected=sf.c.rows_rejected + rejected))
-    if updated.rowcount == 0:
-        conn.execute(sf.insert().values(**ledger, ingested_at=now, rows_added=added,
-                                        rows_rejected=rejected))
-
-
-def _insert_rejects(conn, source: str, ticker: str | None, rejects: list[Rejection], now: str) -> None:
-    if rejects:
-        conn.execute(store.rejected_rows.insert(), [
-            {"source": source, "line": r.line, "ticker": ticker, "raw": r.raw, "reason": r.reason,
-             "rejected_at": now} for r in rejects])
+def _price_tuples(ticker: str, rows: Rows) -> list[tuple]:
+    """Rows as tuples in `prices` column order (zip over columns: no per-row Python work)."""
+    o, h, l, c, v = rows.values.T
+    volume = v.tolist() if not np.isnan(v).any() else [None if x != x else x for x in v.tolist()]
+    return list(zip(itertools.repeat(ticker, len(rows)), rows.dates.tolist(), o.tolist(), h.tolist(),
+                    l.tolist(), c.tolist(), volume))
 
 
 def _now() -> str:

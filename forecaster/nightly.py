@@ -99,17 +99,17 @@ def as_of_dates(engine: sa.Engine, as_of: str | None, start: str | None, end: st
     for value in (as_of, start, end):
         if value is not None:
             _check_date(value)
+    d = store.price_dates.c
     with engine.connect() as conn:
         if start or end:
-            p = store.prices.c
-            dates = list(conn.execute(sa.select(p.date).distinct().where(
-                p.date >= (start or "0000-00-00"), p.date <= (end or "9999-99-99")).order_by(p.date)).scalars())
+            dates = list(conn.execute(sa.select(d.date).where(
+                d.date >= (start or "0000-00-00"), d.date <= (end or "9999-99-99")).order_by(d.date)).scalars())
             if not dates:
                 raise DataError(f"no prices stored between {start or 'the start'} and {end or 'the end'}")
             return dates
         if as_of:
             return [as_of]
-        newest = conn.execute(sa.select(sa.func.max(store.tickers.c.last_date))).scalar()
+        newest = conn.execute(sa.select(sa.func.max(d.date))).scalar()
     if newest is None:
         raise DataError("the database holds no prices yet: ingest some first, or pass --data")
     return [newest]
@@ -119,14 +119,14 @@ def owed_dates(engine: sa.Engine, model_id: str) -> list[str]:
     """Every as_of with prices after the last succeeded run of this model;
     with no run yet, the newest as_of only. This ledger, not the scheduler,
     decides what is still owed after downtime or a crash."""
-    r, p = store.runs.c, store.prices.c
+    r, d = store.runs.c, store.price_dates.c
     with engine.connect() as conn:
         last = conn.execute(sa.select(sa.func.max(r.as_of)).where(
             r.model_id == model_id, r.status == "succeeded")).scalar()
         if last is None:
-            newest = conn.execute(sa.select(sa.func.max(store.tickers.c.last_date))).scalar()
+            newest = conn.execute(sa.select(sa.func.max(d.date))).scalar()
             return [newest] if newest else []
-        return list(conn.execute(sa.select(p.date).distinct().where(p.date > last).order_by(p.date)).scalars())
+        return list(conn.execute(sa.select(d.date).where(d.date > last).order_by(d.date)).scalars())
 
 
 def run_one(engine: sa.Engine, model: ModelFile, as_of: str, calendar: str = DEFAULT_CALENDAR) -> RunResult:

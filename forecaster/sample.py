@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy.signal import lfilter
 
 DEFAULT_END = dt.date(2017, 11, 10)  # the public dataset's last day
 
@@ -25,11 +26,7 @@ def generate_ohlc(days: int, seed: int, *, ar: float = 0.0, end: dt.date = DEFAU
     vol = daily_vol if daily_vol is not None else rng.uniform(0.008, 0.025)
     price0 = start_price if start_price is not None else rng.uniform(10, 200)
     shocks = rng.normal(0.0002, vol, days)
-    returns = np.empty(days)
-    prev = 0.0
-    for t in range(days):  # AR(1) is a recurrence; days are few enough for a loop
-        prev = ar * prev + shocks[t]
-        returns[t] = prev
+    returns = lfilter([1.0], [1.0, -ar], shocks)  # r_t = ar * r_{t-1} + shock_t
     close = np.maximum(price0 * np.exp(np.cumsum(returns)), 0.05)
     prev_close = np.concatenate([[price0], close[:-1]])
     open_ = np.maximum(prev_close * np.exp(rng.normal(0, vol * 0.3, days)), 0.05)

@@ -11,7 +11,9 @@ text and a reason; nothing is dropped silently.
 from __future__ import annotations
 
 import datetime as dt
+import io
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -40,9 +42,26 @@ class Header:
     n_fields: int
 
 
+VALUES = ("open", "high", "low", "close", "volume")
+
+
+@dataclass
+class Rows:
+    """Kept rows as plain arrays, sorted by date, one row per date."""
+    dates: np.ndarray   # (n,) ISO date strings
+    values: np.ndarray  # (n, 5) float64 in VALUES order; volume NaN when not given
+    lines: np.ndarray   # (n,) int64 file line numbers
+
+    def __len__(self) -> int:
+        return len(self.dates)
+
+    def take(self, index) -> "Rows":
+        return Rows(self.dates[index], self.values[index], self.lines[index])
+
+
 @dataclass
 class ParsedRows:
-    rows: pd.DataFrame  # ROW_COLUMNS + "line", sorted by date, one row per date
+    rows: Rows
     rejects: list[Rejection] = field(default_factory=list)
 
     @property
@@ -109,108 +128,164 @@ def split_header(text: str) -> tuple[str, str]:
     return first, rest
 
 
+FAST_PATH_BYTES = 4096  # below this, plain Python beats pandas' fixed costs
+
+
 def parse_rows(body: str, header: Header, *, first_line: int, today: dt.date | None = None
                ) -> ParsedRows:
     """Parse and validate the data lines in `body`; `first_line` is the file
     line number of its first line (for messages)."""
     today = today or dt.date.today()
-    raw_lines = body.split("\n")
+    fields = None
+    if len(body) >= FAST_PATH_BYTES:
+        fields = _fields_fast(body, header, first_line)
+    if fields is None:
+        fields = _fields_by_line(body, header, first_line)
+    return _validate(fields, header, today)
+
+
+@dataclass
+class _Fields:
+    """Every non-blank line, typed: what validation works on."""
+    lines: np.ndarray        # (n,) int64 line numbers
+    date_text: np.ndarray    # (n,) str
+    values: np.ndarray       # (n, 5) float64, NaN where missing or not a number
+    width_ok: np.ndarray     # (n,) bool: the line has the header's number of fields
+    raw_line: callable       # i -> the line's text, for messages (only bad rows ask)
+
+
+def _fields_by_line(body: str, header: Header, first_line: int) -> _Fields:
     numbers, texts = [], []
-    for offset, raw in enumerate(raw_lines):
+    for offset, raw in enumerate(body.split("\n")):
         text = raw.rstrip("\r")
         if text.strip():
             numbers.append(first_line + offset)
             texts.append(text)
-    if not texts:
-        return ParsedRows(_empty_rows())
-
-    fields = [t.split(",") for t in texts]
-    line_no = np.asarray(numbers, dtype=np.int64)
-    reasons: list[str | None] = [None] * len(texts)
-
-    width_ok = np.fromiter((len(f) == header.n_fields for f in fields), bool, len(fields))
-    for i in np.flatnonzero(~width_ok):
-        reasons[i] = f"expected {header.n_fields} fields, found {len(fields[i])}"
-
-    good = np.flatnonzero(width_ok)
-    columns = {}
-    for name, pos in header.positions.items():
-        columns[name] = np.array([fields[i][pos].strip() for i in good], dtype=object)
-    frame = _typed_frame(columns, len(good))
-    for j, reason in _row_problems(frame, columns, today):
-        reasons[good[j]] = reason
-
-    keep = np.array([r is None for r in reasons])
-    kept_idx = np.flatnonzero(keep[good])
-    rows = frame.iloc[kept_idx].copy()
-    rows["line"] = line_no[good[kept_idx]]
-    rows = rows.reset_index(drop=True)
-
-    rejects = [Rejection(int(line_no[i]), texts[i], r) for i, r in enumerate(reasons) if r]
-    rows, dup_rejects = _resolve_duplicate_dates(rows, texts, line_no)
-    rejects.extend(dup_rejects)
-    rejects.sort(key=lambda r: r.line)
-    return ParsedRows(rows.sort_values("date", kind="stable").reset_index(drop=True), rejects)
+    split = [t.split(",") for t in texts]
+    width_ok = np.fromiter((len(f) == header.n_fields for f in split), bool, len(split))
+    pos = header.positions
+    date_text = np.array([f[pos["date"]].strip() if ok else "" for f, ok in zip(split, width_ok)], dtype=object)
+    values = np.full((len(split), len(VALUES)), np.nan)
+    for j, name in enumerate(VALUES):
+        if name in pos:
+            column = [f[pos[name]].strip() if ok else "" for f, ok in zip(split, width_ok)]
+            values[:, j] = _floats(column)
+    return _Fields(np.asarray(numbers, dtype=np.int64), date_text, values, width_ok, texts.__getitem__)
 
 
-def _empty_rows() -> pd.DataFrame:
-    frame = pd.DataFrame({c: pd.Series(dtype=float) for c in ROW_COLUMNS})
-    frame["date"] = frame["date"].astype(object)
-    frame["line"] = pd.Series(dtype=np.int64)
-    return frame
+def _floats(texts: list[str]) -> np.ndarray:
+    """Numbers from text; NaN for anything that is not one (reasons come later)."""
+    if len(texts) > 256:
+        return pd.to_numeric(pd.Series(texts, dtype=object), errors="coerce").to_numpy(dtype=np.float64)
+    out = np.empty(len(texts))
+    for i, t in enumerate(texts):
+        try:
+            out[i] = float(t) if "_" not in t else np.nan  # float() would take "1_000"
+        except ValueError:
+            out[i] = np.nan
+    return out
 
 
-def _typed_frame(columns: dict[str, np.ndarray], n: int) -> pd.DataFrame:
-    parsed = pd.to_datetime(pd.Series(columns["date"], dtype=object), format="%Y-%m-%d",
-                            errors="coerce")
-    frame = pd.DataFrame({"date": parsed.dt.strftime("%Y-%m-%d").to_numpy(dtype=object)})
-    for name in (*PRICE_COLUMNS, "volume"):
-        if name in columns:
-            frame[name] = pd.to_numeric(pd.Series(columns[name], dtype=object),
-                                        errors="coerce").astype(float)
-        else:
-            frame[name] = np.full(n, np.nan)
-    return frame
+def _fields_fast(body: str, header: Header, first_line: int) -> _Fields | None:
+    """The C CSV parser, for large clean files. None (use the line path) when
+    the body has blank lines, quotes, a line of the wrong width, or text where
+    a number belongs: those files get exact per-line messages instead."""
+    if '"' in body or _BLANK_LINE.search(body) or body.startswith(("\n", "\r\n")):
+        return None
+    data = np.frombuffer(body.encode(), dtype=np.uint8)
+    ends = np.flatnonzero(data == 10)
+    n = len(ends) + (0 if body.endswith("\n") else 1)
+    commas_per_line = np.bincount(np.searchsorted(ends, np.flatnonzero(data == 44)), minlength=n)
+    if len(commas_per_line) != n or not (commas_per_line == header.n_fields - 1).all():
+        return None
+    pos = header.positions
+    used = sorted(pos.values())
+    try:
+        frame = pd.read_csv(io.StringIO(body), header=None, usecols=used, engine="c",
+                            dtype={p: (str if p == pos["date"] else np.float64) for p in used},
+                            keep_default_na=False, na_values={p: [""] for p in used})
+    except (ValueError, pd.errors.ParserError):
+        return None
+    if len(frame) != n:
+        return None
+    values = np.full((n, len(VALUES)), np.nan)
+    for j, name in enumerate(VALUES):
+        if name in pos:
+            values[:, j] = frame[pos[name]].to_numpy(dtype=np.float64)
+    date_text = frame[pos["date"]].fillna("").to_numpy(dtype=object)
+    lines = body.split("\n")
+    return _Fields(np.arange(first_line, first_line + n, dtype=np.int64), date_text, values,
+                   np.ones(n, dtype=bool), lambda i: lines[i].rstrip("\r"))
 
 
-def _row_problems(frame: pd.DataFrame, columns: dict[str, np.ndarray], today: dt.date
-                  ) -> Iterator[tuple[int, str]]:
-    """(row index, reason) for every row that breaks a rule; the first rule broken wins."""
-    n = len(frame)
-    if n == 0:
-        return
-    bad = np.zeros(n, dtype=bool)
-    reasons = np.empty(n, dtype=object)
+_BLANK_LINE = re.compile(r"\n[ \t\r]*\n")
+
+
+def iso_dates(texts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(valid mask, yyyymmdd ints) for "YYYY-MM-DD" strings, checked with
+    NumPy on the digits: same answer for one row or ten million."""
+    n = len(texts)
+    # Fixed-width UCS-4 codes, one row per string; an 11th code point that is
+    # not 0 means the string was longer than 10 characters.
+    codes = np.array(list(texts), dtype="U11").view(np.uint32).reshape(n, 11).astype(np.int64)
+    b = codes[:, :10]
+    digit = (b >= 48) & (b <= 57)
+    shape_ok = (digit[:, [0, 1, 2, 3, 5, 6, 8, 9]].all(axis=1) & (b[:, 4] == 45) & (b[:, 7] == 45)
+                & (codes[:, 10] == 0))
+    d = b - 48
+    year = d[:, 0] * 1000 + d[:, 1] * 100 + d[:, 2] * 10 + d[:, 3]
+    month = d[:, 5] * 10 + d[:, 6]
+    day = d[:, 8] * 10 + d[:, 9]
+    leap = (year % 4 == 0) & ((year % 100 != 0) | (year % 400 == 0))
+    month_days = np.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31])[np.clip(month, 0, 12)] + (leap & (month == 2))
+    valid = shape_ok & (year >= 1) & (month >= 1) & (month <= 12) & (day >= 1) & (day <= month_days)
+    return valid, np.where(valid, year * 10000 + month * 100 + day, 0)
+
+
+def _validate(f: _Fields, header: Header, today: dt.date) -> ParsedRows:
+    n = len(f.lines)
+    bad = ~f.width_ok
+    reasons: dict[int, str] = {int(i): f"expected {header.n_fields} fields, found "
+                               f"{len(f.raw_line(int(i)).split(','))}" for i in np.flatnonzero(bad)}
 
     def flag(mask: np.ndarray, reason_of) -> None:
+        nonlocal bad
         new = np.asarray(mask, dtype=bool) & ~bad
-        for j in np.flatnonzero(new):
-            reasons[j] = reason_of(j)
-        bad[new] = True
+        for i in np.flatnonzero(new):
+            reasons[int(i)] = reason_of(int(i))
+        bad = bad | new
 
-    date_text = columns["date"]
-    flag(frame["date"].isna().to_numpy(),
-         lambda j: (f"missing date" if not date_text[j] else
-                    f"impossible or unrecognised date {date_text[j]!r} (expected YYYY-MM-DD)"))
-    for name in PRICE_COLUMNS:
-        text = columns[name]
-        values = frame[name].to_numpy()
-        flag(~np.isfinite(values), lambda j, name=name, text=text: _number_problem(name, text[j]))
-        flag(values <= 0, lambda j, name=name, v=values: f"{name} is not positive ({v[j]:g})")
-    if "volume" in columns:
-        text, values = columns["volume"], frame["volume"].to_numpy()
+    def field_text(i: int, name: str) -> str:
+        return f.raw_line(i).split(",")[header.positions[name]].strip()
+
+    date_ok, date_int = iso_dates(f.date_text)
+    flag(~date_ok, lambda i: "missing date" if not f.date_text[i] else
+         f"impossible or unrecognised date {f.date_text[i]!r} (expected YYYY-MM-DD)")
+    o, h, l, c, v = (f.values[:, j] for j in range(len(VALUES)))
+    for j, name in enumerate(PRICE_COLUMNS):
+        values = f.values[:, j]
+        flag(~np.isfinite(values), lambda i, name=name: _number_problem(name, field_text(i, name)))
+        flag(values <= 0, lambda i, values=values, name=name: f"{name} is not positive ({values[i]:g})")
+    if "volume" in header.positions:
         # An empty volume is allowed (NULL); text that is not a number is not.
-        flag(np.array([t != "" for t in text]) & ~np.isfinite(values),
-             lambda j: _number_problem("volume", text[j]))
-        flag(values < 0, lambda j: f"volume is negative ({values[j]:g})")
-    o, h, l, c = (frame[k].to_numpy() for k in PRICE_COLUMNS)
-    flag(h < l, lambda j: f"high {h[j]:g} is below low {l[j]:g}")
-    flag(h < np.maximum(o, c), lambda j: f"high {h[j]:g} is below open/close {max(o[j], c[j]):g}")
-    flag(l > np.minimum(o, c), lambda j: f"low {l[j]:g} is above open/close {min(o[j], c[j]):g}")
-    flag((frame["date"] > today.isoformat()).to_numpy(),
-         lambda j: f"date {frame['date'].iat[j]} is in the future")
-    for j in np.flatnonzero(bad):
-        yield int(j), reasons[j]
+        unparsed = np.flatnonzero(np.isnan(v) & ~bad)
+        text_given = np.zeros(n, dtype=bool)
+        text_given[unparsed] = [field_text(int(i), "volume") != "" for i in unparsed]
+        flag(text_given | np.isinf(v), lambda i: _number_problem("volume", field_text(i, "volume")))
+        flag(v < 0, lambda i: f"volume is negative ({v[i]:g})")
+    flag(h < l, lambda i: f"high {h[i]:g} is below low {l[i]:g}")
+    flag(h < np.maximum(o, c), lambda i: f"high {h[i]:g} is below open/close {max(o[i], c[i]):g}")
+    flag(l > np.minimum(o, c), lambda i: f"low {l[i]:g} is above open/close {min(o[i], c[i]):g}")
+    today_int = today.year * 10000 + today.month * 100 + today.day
+    flag(date_int > today_int, lambda i: f"date {f.date_text[i]} is in the future")
+
+    keep = np.flatnonzero(~bad)
+    rejects = [Rejection(int(f.lines[i]), f.raw_line(i), r) for i, r in reasons.items()]
+    keep, dup_rejects = _resolve_duplicate_dates(keep, date_int, f)
+    rejects.extend(dup_rejects)
+    rejects.sort(key=lambda r: r.line)
+    keep = keep[np.argsort(date_int[keep], kind="stable")]
+    return ParsedRows(Rows(f.date_text[keep], f.values[keep], f.lines[keep]), rejects)
 
 
 def _number_problem(name: str, text: str) -> str:
@@ -222,30 +297,27 @@ def _number_problem(name: str, text: str) -> str:
         return f"non-numeric {name} {text[:40]!r}"
     if not math.isfinite(value):
         return f"{name} is not finite ({text[:40]})"
-    return f"{name} {text[:40]!r} is not a plain number"
+    return f"non-numeric {name} {text[:40]!r}"
 
 
-def _resolve_duplicate_dates(rows: pd.DataFrame, texts: list[str], line_no: np.ndarray
-                             ) -> tuple[pd.DataFrame, list[Rejection]]:
+def _resolve_duplicate_dates(keep: np.ndarray, date_int: np.ndarray, f: _Fields
+                             ) -> tuple[np.ndarray, list[Rejection]]:
     """A date given twice with the same values keeps its first line; given with
     different values it is ambiguous, and every line for it is set aside."""
-    dup = rows["date"].duplicated(keep=False).to_numpy()
-    if not dup.any():
-        return rows, []
-    text_of_line = dict(zip(line_no.tolist(), texts))
-    rejects, drop = [], []
-    values = list(ROW_COLUMNS)
-    for date, group in rows[dup].groupby("date", sort=False):
-        lines = group["line"].tolist()
-        same = (group[values].fillna(-1.0).nunique(dropna=False) <= 1).all()
-        if same:
-            for idx, ln in zip(group.index[1:], lines[1:]):
-                drop.append(idx)
-                rejects.append(Rejection(ln, text_of_line[ln], f"repeats line {lines[0]} ({date})"))
-        else:
-            listed = ", ".join(map(str, lines))
-            for idx, ln in zip(group.index, lines):
-                drop.append(idx)
-                rejects.append(Rejection(
-                    ln, text_of_line[ln], f"date {date} appears on lines {listed} with different values"))
-    return rows.drop(index=drop), rejects
+    dates = date_int[keep]
+    unique, counts = np.unique(dates, return_counts=True)
+    if (counts == 1).all():
+        return keep, []
+    rejects, drop = [], set()
+    for date in unique[counts > 1]:
+        group = keep[dates == date]  # in file order
+        first = group[0]
+        same = all(np.array_equal(f.values[g], f.values[first], equal_nan=True) for g in group[1:])
+        iso = f.date_text[first]
+        listed = ", ".join(str(f.lines[g]) for g in group)
+        for g in (group[1:] if same else group):
+            drop.add(int(g))
+            reason = (f"repeats line {f.lines[first]} ({iso})" if same else
+                      f"date {iso} appears on lines {listed} with different values")
+            rejects.append(Rejection(int(f.lines[g]), f.raw_line(int(g)), reason))
+    return np.array([k for k in keep if int(k) not in drop], dtype=np.int64), rejects

@@ -35,7 +35,18 @@ prices = sa.Table(
     sa.Column("low", sa.Float, nullable=False),
     sa.Column("close", sa.Float, nullable=False),
     sa.Column("volume", sa.Float),
-    sa.Index("ix_prices_date", "date"),
+    # Clustered on (ticker, date): one B-tree, appends land together, and a
+    # ticker's last N rows are one short range scan. No index on date alone:
+    # inserting ticker by ticker would scatter writes all over it.
+    sqlite_with_rowid=False,
+)
+
+# The distinct trading dates present in `prices`, kept in the same
+# transaction, so "which dates exist" never scans millions of price rows.
+price_dates = sa.Table(
+    "price_dates", metadata,
+    sa.Column("date", sa.String(10), primary_key=True),
+    sa.Column("n_rows", sa.Integer, nullable=False),
 )
 
 # One row per ticker, kept in step with `prices` inside the same transaction,
@@ -238,6 +249,24 @@ def bulk_insert(conn: sa.Connection, table: sa.Table, records: list[tuple]) -> N
         conn.exec_driver_sql(f"INSERT INTO {table.name} ({', '.join(names)}) VALUES ({marks})", records)
     else:
         conn.execute(table.insert(), [dict(zip(names, r)) for r in records])
+
+
+def upsert(conn: sa.Connection, table: sa.Table, rows: list[dict], keys: list[str],
+           update: dict | None = None) -> None:
+    """INSERT ... ON CONFLICT (keys) DO UPDATE, on SQLite and PostgreSQL alike.
+
+    `update` maps column -> a function of the statement's `excluded` row
+    (default: take the new value for every non-key column)."""
+    if not rows:
+        return
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    stmt = insert(table)
+    setters = ({c: fn(stmt.excluded) for c, fn in update.items()} if update else
+               {c.name: stmt.excluded[c.name] for c in table.columns if c.name not in keys})
+    conn.execute(stmt.on_conflict_do_update(index_elements=keys, set_=setters), rows)
 
 
 def describe(engine: sa.Engine) -> dict:

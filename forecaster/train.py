@@ -40,6 +40,7 @@ class TrainConfig:
     seed: int = 0
     scaling: str = "relative"
     clip_norm: float = 1.0
+    weight_decay: float = 0.0
 
     def model_config(self) -> ModelConfig:
         return ModelConfig(seq_len=self.seq_len, hidden=self.hidden, layers=self.layers,
@@ -134,7 +135,7 @@ def _scaled(model: nn.Module, data: dict[str, TickerData], part: str):
 def _fit(model, x_train, y_train, x_val, y_val, config: TrainConfig, progress: bool) -> dict:
     """Adam on MSE with clipped gradients; keeps the weights of the best validation epoch."""
     net = model.net
-    optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
+    optimizer = torch.optim.Adam(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     loss_fn = nn.MSELoss()
     batch = config.batch_size if config.batch_size > 0 else len(x_train)
     shuffler = torch.Generator().manual_seed(config.seed)

@@ -149,23 +149,29 @@ class ScoringBatch:
 
 def latest_windows(engine: sa.Engine, as_of: str, seq_len: int) -> ScoringBatch:
     """Point in time: for each ticker with a close on `as_of`, its last
-    `seq_len` rows dated <= as_of, whatever else the database holds."""
+    `seq_len` rows dated <= as_of, whatever else the database holds.
+
+    One short range scan of the (ticker, date) key per ticker whose stored
+    dates span as_of; cost grows with tickers, not with years of history."""
     p, t = store.prices.c, store.tickers.c
+    query = (sa.select(p.date, p.open, p.high, p.low, p.close)
+             .where(p.ticker == sa.bindparam("ticker"), p.date <= as_of)
+             .order_by(p.date.desc()).limit(seq_len))
+    tickers, windows, skipped, stale = [], [], {}, []
     with engine.connect() as conn:
-        fresh = list(conn.execute(sa.select(p.ticker).where(p.date == as_of).order_by(p.ticker)).scalars())
-        known = conn.execute(sa.select(t.ticker).where(t.first_date <= as_of).order_by(t.ticker)).scalars()
-        fresh_set = set(fresh)
-        stale = [k for k in known if k not in fresh_set]
-        query = (sa.select(p.open, p.high, p.low, p.close)
-                 .where(p.ticker == sa.bindparam("ticker"), p.date <= as_of)
-                 .order_by(p.date.desc()).limit(seq_len))
-        tickers, windows, skipped = [], [], {}
-        for ticker in fresh:
-            rows = conn.execute(query, {"ticker": ticker}).all()
-            if len(rows) < seq_len:
-                skipped[ticker] = f"only {len(rows)} rows up to {as_of}, the model needs {seq_len}"
+        spans = conn.execute(sa.select(t.ticker, t.last_date).where(t.first_date <= as_of)
+                             .order_by(t.ticker)).all()
+        for ticker, last_date in spans:
+            if last_date < as_of:
+                stale.append(ticker)
                 continue
-            tickers.append(ticker)
-            windows.append(rows[::-1])
+            rows = conn.execute(query, {"ticker": ticker}).all()
+            if not rows or rows[0][0] != as_of:
+                stale.append(ticker)  # a gap in its history on as_of
+            elif len(rows) < seq_len:
+                skipped[ticker] = f"only {len(rows)} rows up to {as_of}, the model needs {seq_len}"
+            else:
+                tickers.append(ticker)
+                windows.append([r[1:] for r in reversed(rows)])
     array = np.asarray(windows, dtype=np.float64).reshape(len(windows), seq_len, len(FEATURES))
     return ScoringBatch(tickers, array.astype(np.float32), array[:, -1, CLOSE].copy(), skipped, stale)

@@ -1,5 +1,7 @@
 import datetime as dt
 
+import numpy as np
+
 import pytest
 
 from forecaster.sources import (UnreadableFile, parse_header, parse_rows, split_header,
@@ -25,7 +27,7 @@ def only_reason(lines):
 GOOD = "2017-01-03,10,11,9,10.5,100,0"
 
 
-@pytest.mark.parametrize("row, reason", [
+RULES = [
     ("2017-01-04,,11,9,10.5,100,0", "missing open"),
     ("2017-01-04,abc,11,9,10.5,100,0", "non-numeric open 'abc'"),
     ("2017-01-04,10,11,9,inf,100,0", "close is not finite (inf)"),
@@ -41,11 +43,37 @@ GOOD = "2017-01-03,10,11,9,10.5,100,0"
     ("2017-01-04,10,11,9,10.5,lots,0", "non-numeric volume 'lots'"),
     ("2017-01-04,10,11,9,10.5,-5,0", "volume is negative (-5)"),
     ("2017-01-04,10,11,9", "expected 7 fields, found 4"),
-])
+]
+
+
+@pytest.mark.parametrize("row, reason", RULES)
 def test_each_rule_sets_the_row_aside_with_its_reason(row, reason):
     rejection = only_reason([GOOD, row])
     assert rejection.reason == reason
     assert rejection.line == 3 and rejection.raw == row
+
+
+def many_good_rows(n=300):
+    """Distinct valid 2015 dates: enough bytes for the C-parser fast path."""
+    import pandas as pd
+    return [f"{d:%Y-%m-%d},10,11,9,10.5,100,0" for d in pd.bdate_range("2015-01-01", periods=n)]
+
+
+@pytest.mark.parametrize("row, reason", RULES)
+def test_each_rule_gives_the_same_reason_inside_a_large_file(row, reason):
+    lines = many_good_rows() + [row]
+    parsed = parse(lines)
+    assert [(r.line, r.reason, r.raw) for r in parsed.rejects] == [(len(lines) + 1, reason, row)]
+    assert len(parsed.rows) == 300
+
+
+def test_a_large_clean_file_parses_like_a_small_one():
+    lines = many_good_rows()
+    big = parse(lines)
+    small = [parse([l]) for l in lines[:5]]
+    assert big.rows.dates[:5].tolist() == [p.rows.dates[0] for p in small]
+    np.testing.assert_array_equal(big.rows.values[:5], np.vstack([p.rows.values for p in small]))
+    assert big.rows.lines[:5].tolist() == [2, 3, 4, 5, 6]
 
 
 def test_zero_volume_and_empty_volume_are_valid():
@@ -57,19 +85,19 @@ def test_same_date_with_different_values_sets_all_its_lines_aside():
     parsed = parse([GOOD, "2017-01-04,10,11,9,10,1,0", "2017-01-03,10,11,9,10.6,100,0"])
     assert [r.line for r in parsed.rejects] == [2, 4]
     assert all("appears on lines 2, 4 with different values" in r.reason for r in parsed.rejects)
-    assert parsed.rows["date"].tolist() == ["2017-01-04"]
+    assert parsed.rows.dates.tolist() == ["2017-01-04"]
 
 
 def test_an_identical_repeat_keeps_the_first_line():
     parsed = parse([GOOD, GOOD])
-    assert parsed.rows["line"].tolist() == [2]
+    assert parsed.rows.lines.tolist() == [2]
     assert parsed.rejects[0].reason == "repeats line 2 (2017-01-03)"
 
 
 def test_rows_in_any_order_come_out_sorted():
     parsed = parse(["2017-01-05,10,11,9,10,1,0", GOOD, "2017-01-04,10,11,9,10,1,0"])
-    assert parsed.rows["date"].tolist() == ["2017-01-03", "2017-01-04", "2017-01-05"]
-    assert parsed.rows["line"].tolist() == [3, 4, 2]
+    assert parsed.rows.dates.tolist() == ["2017-01-03", "2017-01-04", "2017-01-05"]
+    assert parsed.rows.lines.tolist() == [3, 4, 2]
 
 
 @pytest.mark.parametrize("header", [
@@ -86,13 +114,13 @@ def test_vendor_headers(header):
 
 def test_volume_column_is_optional():
     parsed = parse(["2017-01-03,10,11,9,10.5"], "Date,Open,High,Low,Close")
-    assert parsed.rows["volume"].isna().all() and len(parsed.rows) == 1
+    assert np.isnan(parsed.rows.values[:, 4]).all() and len(parsed.rows) == 1
 
 
 def test_crlf_lines():
     first, body = split_header(HEADER + "\r\n" + GOOD + "\r\n")
     parsed = parse_rows(body, parse_header(first), first_line=2, today=TODAY)
-    assert parsed.rows["close"].tolist() == [10.5]
+    assert parsed.rows.values[:, 3].tolist() == [10.5]
 
 
 @pytest.mark.parametrize("header, missing", [
