@@ -30,3 +30,6 @@ scaling-comparison: install
 
 seed-comparison: install
 	$(BIN)/python benchmarks/seed_comparison.py
+
+bench: install
+	$(BIN)/python benchmarks/bench.py

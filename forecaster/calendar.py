@@ -25,7 +25,9 @@ def _calendar(name: str, start_year: int):
 def next_trading_day(as_of: str, calendar: str = DEFAULT_CALENDAR) -> str:
     """The first session strictly after `as_of` (ISO date), as an ISO date."""
     day = dt.date.fromisoformat(as_of)
-    cal = _calendar(calendar, min(day.year - 1, 2000))
+    # Building a calendar costs time per year covered: start a little before
+    # as_of (one calendar per two-year block, cached, serves a backfill too).
+    cal = _calendar(calendar, day.year - 1 - (day.year % 2))
     if day + dt.timedelta(days=1) > cal.last_session.date():
         raise DataError(f"{as_of} is beyond the end of the {calendar} calendar ({cal.last_session.date()})")
     return cal.date_to_session(pd.Timestamp(day + dt.timedelta(days=1)), direction="next").strftime("%Y-%m-%d")

@@ -24,8 +24,8 @@ import sqlalchemy as sa
 from tqdm import tqdm
 
 from . import store
-from .sources import (ParsedRows, Rejection, Rows, UnreadableFile, decode, find_files, parse_header,
-                      parse_rows, split_header, ticker_from_path)
+from .sources import (Fields, Rejection, Rows, UnreadableFile, decode, find_files, parse_header,
+                      read_fields, split_header, ticker_from_path, validate)
 
 TAIL_BYTES = 4096          # how much of a file's old end must match to trust an append
 FLUSH_ROWS = 200_000       # write in transactions of about this many rows...
@@ -53,9 +53,10 @@ class IngestReport:
 class _FileResult:
     path: str
     ticker: str | None
-    rows: Rows | None
-    rejects: list[Rejection]
+    fields: Fields | None      # what was read; judged in batches by validate()
+    rejects: list[Rejection]   # whole-file problems, then the rows set aside
     ledger: dict | None
+    rows: Rows | None = None   # the rows kept, once validated
 
 
 @dataclass
@@ -81,21 +82,29 @@ def ingest(engine: sa.Engine, paths: Iterable[str | Path], *, progress: bool = F
                leave=False)
     for path in bar:
         key = str(path.resolve())
-        result = _read_file(path, key, ledger.get(key), today)
+        result = _read_file(path, key, ledger.get(key))
         if result is None:
             report.files_skipped += 1
             continue
         pending.append(result)
-        pending_rows += 0 if result.rows is None else len(result.rows)
+        pending_rows += 0 if result.fields is None else len(result.fields)
         if pending_rows >= FLUSH_ROWS or len(pending) >= FLUSH_FILES:
-            _write(engine, pending, summaries, report)
+            _write(engine, _validated(pending, today), summaries, report)
             pending, pending_rows = [], 0
     if pending:
-        _write(engine, pending, summaries, report)
+        _write(engine, _validated(pending, today), summaries, report)
     return report
 
 
-def _read_file(path: Path, key: str, known, today) -> _FileResult | None:
+def _validated(results: list[_FileResult], today) -> list[_FileResult]:
+    readable = [r for r in results if r.fields is not None]
+    for res, parsed in zip(readable, validate([r.fields for r in readable], today)):
+        res.rows = parsed.rows
+        res.rejects.extend(parsed.rejects)
+    return results
+
+
+def _read_file(path: Path, key: str, known) -> _FileResult | None:
     """Parse what is new in one file; None when it is unchanged."""
     try:
         stat = path.stat()
@@ -108,8 +117,8 @@ def _read_file(path: Path, key: str, known, today) -> _FileResult | None:
     try:
         ledger["ticker"] = ticker = ticker_from_path(path)
         with open(path, "rb") as fh:
-            parsed, ledger["lines"] = (_read_tail(fh, known, today)
-                                       if _is_append(fh, known, stat.st_size) else _read_whole(fh, today))
+            fields, ledger["lines"] = (_read_tail(fh, known) if _is_append(fh, known, stat.st_size)
+                                       else _read_whole(fh))
             ledger["tail_sha256"] = _tail_hash(fh, stat.st_size)
     except UnreadableFile as exc:
         # Remembered in the ledger too, so it is reported once, not every night.
@@ -117,7 +126,7 @@ def _read_file(path: Path, key: str, known, today) -> _FileResult | None:
         return _FileResult(key, None, None, [Rejection(None, "", reason)], ledger)
     except OSError as exc:
         return _FileResult(key, None, None, [Rejection(None, "", f"cannot read: {exc.strerror}")], None)
-    return _FileResult(key, ticker, parsed.rows, parsed.rejects, ledger)
+    return _FileResult(key, ticker, fields, [], ledger)
 
 
 def _is_append(fh, known, size: int) -> bool:
@@ -127,7 +136,7 @@ def _is_append(fh, known, size: int) -> bool:
     return _tail_hash(fh, known.size) == known.tail_sha256 and _last_byte(fh, known.size) == b"\n"
 
 
-def _read_whole(fh, today) -> tuple[ParsedRows, int]:
+def _read_whole(fh) -> tuple[Fields, int]:
     fh.seek(0)
     data = fh.read()
     if not data.strip():
@@ -135,17 +144,16 @@ def _read_whole(fh, today) -> tuple[ParsedRows, int]:
     text = decode(data)
     first, body = split_header(text)
     header = parse_header(first)
-    return parse_rows(body, header, first_line=2, today=today), text.count("\n") + 1
+    return read_fields(body, header, first_line=2), text.count("\n") + 1
 
 
-def _read_tail(fh, known, today) -> tuple[ParsedRows, int]:
+def _read_tail(fh, known) -> tuple[Fields, int]:
     fh.seek(0)
     header = parse_header(decode(fh.readline()))
     fh.seek(known.size)
     body = decode(fh.read())
     # The old content ended with "\n", so the ledger's last line was empty.
-    parsed = parse_rows(body, header, first_line=known.lines, today=today)
-    return parsed, known.lines + body.count("\n")
+    return read_fields(body, header, first_line=known.lines), known.lines + body.count("\n")
 
 
 def _tail_hash(fh, end: int) -> str:

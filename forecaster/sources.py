@@ -135,23 +135,28 @@ def parse_rows(body: str, header: Header, *, first_line: int, today: dt.date | N
                ) -> ParsedRows:
     """Parse and validate the data lines in `body`; `first_line` is the file
     line number of its first line (for messages)."""
-    today = today or dt.date.today()
-    fields = None
-    if len(body) >= FAST_PATH_BYTES:
-        fields = _fields_fast(body, header, first_line)
-    if fields is None:
-        fields = _fields_by_line(body, header, first_line)
-    return _validate(fields, header, today)
+    return validate([read_fields(body, header, first_line=first_line)], today)[0]
 
 
 @dataclass
-class _Fields:
-    """Every non-blank line, typed: what validation works on."""
+class Fields:
+    """One file's non-blank lines, typed but not yet judged."""
+    header: Header
     lines: np.ndarray        # (n,) int64 line numbers
     date_text: np.ndarray    # (n,) str
     values: np.ndarray       # (n, 5) float64, NaN where missing or not a number
     width_ok: np.ndarray     # (n,) bool: the line has the header's number of fields
     raw_line: callable       # i -> the line's text, for messages (only bad rows ask)
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+
+def read_fields(body: str, header: Header, *, first_line: int) -> Fields:
+    """Split and type the lines of `body`: the C parser for large clean
+    bodies, plain Python otherwise. Judging them is `validate`'s job."""
+    fields = _fields_fast(body, header, first_line) if len(body) >= FAST_PATH_BYTES else None
+    return fields if fields is not None else _fields_by_line(body, header, first_line)
 
 
 def _fields_by_line(body: str, header: Header, first_line: int) -> _Fields:
@@ -170,7 +175,7 @@ def _fields_by_line(body: str, header: Header, first_line: int) -> _Fields:
         if name in pos:
             column = [f[pos[name]].strip() if ok else "" for f, ok in zip(split, width_ok)]
             values[:, j] = _floats(column)
-    return _Fields(np.asarray(numbers, dtype=np.int64), date_text, values, width_ok, texts.__getitem__)
+    return Fields(header, np.asarray(numbers, dtype=np.int64), date_text, values, width_ok, texts.__getitem__)
 
 
 def _floats(texts: list[str]) -> np.ndarray:
@@ -186,7 +191,7 @@ def _floats(texts: list[str]) -> np.ndarray:
     return out
 
 
-def _fields_fast(body: str, header: Header, first_line: int) -> _Fields | None:
+def _fields_fast(body: str, header: Header, first_line: int) -> Fields | None:
     """The C CSV parser, for large clean files. None (use the line path) when
     the body has blank lines, quotes, a line of the wrong width, or text where
     a number belongs: those files get exact per-line messages instead."""
@@ -214,8 +219,8 @@ def _fields_fast(body: str, header: Header, first_line: int) -> _Fields | None:
             values[:, j] = frame[pos[name]].to_numpy(dtype=np.float64)
     date_text = frame[pos["date"]].fillna("").to_numpy(dtype=object)
     lines = body.split("\n")
-    return _Fields(np.arange(first_line, first_line + n, dtype=np.int64), date_text, values,
-                   np.ones(n, dtype=bool), lambda i: lines[i].rstrip("\r"))
+    return Fields(header, np.arange(first_line, first_line + n, dtype=np.int64), date_text, values,
+                  np.ones(n, dtype=bool), lambda i: lines[i].rstrip("\r"))
 
 
 _BLANK_LINE = re.compile(r"\n[ \t\r]*\n")
@@ -242,11 +247,32 @@ def iso_dates(texts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return valid, np.where(valid, year * 10000 + month * 100 + day, 0)
 
 
-def _validate(f: _Fields, header: Header, today: dt.date) -> ParsedRows:
-    n = len(f.lines)
-    bad = ~f.width_ok
-    reasons: dict[int, str] = {int(i): f"expected {header.n_fields} fields, found "
-                               f"{len(f.raw_line(int(i)).split(','))}" for i in np.flatnonzero(bad)}
+def validate(batch: list[Fields], today: dt.date | None = None) -> list[ParsedRows]:
+    """Judge the rows of many files in one vectorised pass (a nightly run
+    brings thousands of files with a row each: per-file NumPy calls would
+    cost more than the work), then hand each file back its own result."""
+    today = today or dt.date.today()
+    sizes = [len(f) for f in batch]
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    file_of = np.repeat(np.arange(len(batch)), sizes)
+    n = int(offsets[-1])
+    cat = (lambda name, empty: np.concatenate([getattr(f, name) for f in batch]) if n else empty)
+    date_text = cat("date_text", np.empty(0, dtype=object))
+    values = cat("values", np.empty((0, len(VALUES))))
+    line_no = cat("lines", np.empty(0, dtype=np.int64))
+    width_ok = cat("width_ok", np.empty(0, dtype=bool))
+    has_volume = np.repeat([("volume" in f.header.positions) for f in batch], sizes).astype(bool)
+
+    def raw(i: int) -> str:
+        k = file_of[i]
+        return batch[k].raw_line(i - int(offsets[k]))
+
+    def field_text(i: int, name: str) -> str:
+        return raw(i).split(",")[batch[file_of[i]].header.positions[name]].strip()
+
+    bad = ~width_ok
+    reasons: dict[int, str] = {int(i): f"expected {batch[file_of[i]].header.n_fields} fields, found "
+                               f"{len(raw(int(i)).split(','))}" for i in np.flatnonzero(bad)}
 
     def flag(mask: np.ndarray, reason_of) -> None:
         nonlocal bad
@@ -255,37 +281,43 @@ def _validate(f: _Fields, header: Header, today: dt.date) -> ParsedRows:
             reasons[int(i)] = reason_of(int(i))
         bad = bad | new
 
-    def field_text(i: int, name: str) -> str:
-        return f.raw_line(i).split(",")[header.positions[name]].strip()
-
-    date_ok, date_int = iso_dates(f.date_text)
-    flag(~date_ok, lambda i: "missing date" if not f.date_text[i] else
-         f"impossible or unrecognised date {f.date_text[i]!r} (expected YYYY-MM-DD)")
-    o, h, l, c, v = (f.values[:, j] for j in range(len(VALUES)))
+    date_ok, date_int = iso_dates(date_text)
+    flag(~date_ok, lambda i: "missing date" if not date_text[i] else
+         f"impossible or unrecognised date {date_text[i]!r} (expected YYYY-MM-DD)")
+    o, h, l, c, v = (values[:, j] for j in range(len(VALUES)))
     for j, name in enumerate(PRICE_COLUMNS):
-        values = f.values[:, j]
-        flag(~np.isfinite(values), lambda i, name=name: _number_problem(name, field_text(i, name)))
-        flag(values <= 0, lambda i, values=values, name=name: f"{name} is not positive ({values[i]:g})")
-    if "volume" in header.positions:
-        # An empty volume is allowed (NULL); text that is not a number is not.
-        unparsed = np.flatnonzero(np.isnan(v) & ~bad)
-        text_given = np.zeros(n, dtype=bool)
-        text_given[unparsed] = [field_text(int(i), "volume") != "" for i in unparsed]
-        flag(text_given | np.isinf(v), lambda i: _number_problem("volume", field_text(i, "volume")))
-        flag(v < 0, lambda i: f"volume is negative ({v[i]:g})")
+        column = values[:, j]
+        flag(~np.isfinite(column), lambda i, name=name: _number_problem(name, field_text(i, name)))
+        flag(column <= 0, lambda i, column=column, name=name: f"{name} is not positive ({column[i]:g})")
+    # An empty volume is allowed (NULL); text that is not a number is not.
+    unparsed = np.flatnonzero(has_volume & np.isnan(v) & ~bad)
+    text_given = np.zeros(n, dtype=bool)
+    text_given[unparsed] = [field_text(int(i), "volume") != "" for i in unparsed]
+    flag(text_given | np.isinf(v), lambda i: _number_problem("volume", field_text(i, "volume")))
+    flag(v < 0, lambda i: f"volume is negative ({v[i]:g})")
     flag(h < l, lambda i: f"high {h[i]:g} is below low {l[i]:g}")
     flag(h < np.maximum(o, c), lambda i: f"high {h[i]:g} is below open/close {max(o[i], c[i]):g}")
     flag(l > np.minimum(o, c), lambda i: f"low {l[i]:g} is above open/close {min(o[i], c[i]):g}")
     today_int = today.year * 10000 + today.month * 100 + today.day
-    flag(date_int > today_int, lambda i: f"date {f.date_text[i]} is in the future")
+    flag(date_int > today_int, lambda i: f"date {date_text[i]} is in the future")
 
     keep = np.flatnonzero(~bad)
-    rejects = [Rejection(int(f.lines[i]), f.raw_line(i), r) for i, r in reasons.items()]
-    keep, dup_rejects = _resolve_duplicate_dates(keep, date_int, f)
-    rejects.extend(dup_rejects)
-    rejects.sort(key=lambda r: r.line)
-    keep = keep[np.argsort(date_int[keep], kind="stable")]
-    return ParsedRows(Rows(f.date_text[keep], f.values[keep], f.lines[keep]), rejects)
+    # yyyymmdd < 10^8, so this key is unique per (file, date).
+    keep, dup_rejects = _resolve_duplicate_dates(keep, file_of * 100_000_000 + date_int, date_text,
+                                                 values, line_no, raw)
+    rejects_of: list[list[Rejection]] = [[] for _ in batch]
+    for i, r in reasons.items():
+        rejects_of[file_of[i]].append(Rejection(int(line_no[i]), raw(i), r))
+    for i, rejection in dup_rejects:
+        rejects_of[file_of[i]].append(rejection)
+    keep = keep[np.lexsort((date_int[keep], file_of[keep]))]  # by file, then date
+    bounds = np.searchsorted(file_of[keep], np.arange(len(batch) + 1))
+    out = []
+    for k in range(len(batch)):
+        mine = keep[bounds[k]:bounds[k + 1]]
+        out.append(ParsedRows(Rows(date_text[mine], values[mine], line_no[mine]),
+                              sorted(rejects_of[k], key=lambda r: r.line)))
+    return out
 
 
 def _number_problem(name: str, text: str) -> str:
@@ -300,24 +332,24 @@ def _number_problem(name: str, text: str) -> str:
     return f"non-numeric {name} {text[:40]!r}"
 
 
-def _resolve_duplicate_dates(keep: np.ndarray, date_int: np.ndarray, f: _Fields
-                             ) -> tuple[np.ndarray, list[Rejection]]:
-    """A date given twice with the same values keeps its first line; given with
-    different values it is ambiguous, and every line for it is set aside."""
-    dates = date_int[keep]
-    unique, counts = np.unique(dates, return_counts=True)
+def _resolve_duplicate_dates(keep, key, date_text, values, line_no, raw):
+    """A date given twice in a file with the same values keeps its first line;
+    given with different values it is ambiguous, and every line for it is set
+    aside. Returns (rows kept, [(row, Rejection)])."""
+    keys = key[keep]
+    unique, counts = np.unique(keys, return_counts=True)
     if (counts == 1).all():
         return keep, []
     rejects, drop = [], set()
-    for date in unique[counts > 1]:
-        group = keep[dates == date]  # in file order
+    for dup in unique[counts > 1]:
+        group = keep[keys == dup]  # in file order
         first = group[0]
-        same = all(np.array_equal(f.values[g], f.values[first], equal_nan=True) for g in group[1:])
-        iso = f.date_text[first]
-        listed = ", ".join(str(f.lines[g]) for g in group)
+        same = all(np.array_equal(values[g], values[first], equal_nan=True) for g in group[1:])
+        iso = date_text[first]
+        listed = ", ".join(str(line_no[g]) for g in group)
         for g in (group[1:] if same else group):
             drop.add(int(g))
-            reason = (f"repeats line {f.lines[first]} ({iso})" if same else
+            reason = (f"repeats line {line_no[first]} ({iso})" if same else
                       f"date {iso} appears on lines {listed} with different values")
-            rejects.append(Rejection(int(f.lines[g]), f.raw_line(int(g)), reason))
+            rejects.append((int(g), Rejection(int(line_no[g]), raw(int(g)), reason)))
     return np.array([k for k in keep if int(k) not in drop], dtype=np.int64), rejects

@@ -147,31 +147,46 @@ class ScoringBatch:
     stale: list[str]                     # tickers with history but no row on as_of
 
 
+WINDOW_SLACK = 5  # extra trading dates read, so a ticker with a short gap needs no second query
+
+
 def latest_windows(engine: sa.Engine, as_of: str, seq_len: int) -> ScoringBatch:
     """Point in time: for each ticker with a close on `as_of`, its last
     `seq_len` rows dated <= as_of, whatever else the database holds.
 
-    One short range scan of the (ticker, date) key per ticker whose stored
-    dates span as_of; cost grows with tickers, not with years of history."""
-    p, t = store.prices.c, store.tickers.c
-    query = (sa.select(p.date, p.open, p.high, p.low, p.close)
-             .where(p.ticker == sa.bindparam("ticker"), p.date <= as_of)
-             .order_by(p.date.desc()).limit(seq_len))
-    tickers, windows, skipped, stale = [], [], {}, []
+    One query joins `tickers` to the last seq_len + slack trading dates of
+    `prices` (a short primary-key range per ticker), so the cost grows with
+    tickers, not with years of history. A ticker with gaps in that span gets
+    a query of its own."""
+    p, t, d = store.prices.c, store.tickers.c, store.price_dates.c
     with engine.connect() as conn:
-        spans = conn.execute(sa.select(t.ticker, t.last_date).where(t.first_date <= as_of)
-                             .order_by(t.ticker)).all()
-        for ticker, last_date in spans:
-            if last_date < as_of:
-                stale.append(ticker)
-                continue
-            rows = conn.execute(query, {"ticker": ticker}).all()
-            if not rows or rows[0][0] != as_of:
+        start = conn.execute(sa.select(sa.func.min(sa.select(d.date).where(d.date <= as_of)
+                             .order_by(d.date.desc()).limit(seq_len + WINDOW_SLACK).subquery().c.date))).scalar()
+        stale = list(conn.execute(sa.select(t.ticker).where(t.first_date <= as_of, t.last_date < as_of)
+                                  .order_by(t.ticker)).scalars())
+        recent = conn.execute(
+            sa.select(p.ticker, p.date, p.open, p.high, p.low, p.close)
+            .select_from(store.tickers.join(store.prices, p.ticker == t.ticker))
+            .where(t.first_date <= as_of, t.last_date >= as_of, p.date >= (start or as_of), p.date <= as_of)
+            .order_by(p.ticker, p.date)).all()
+        by_ticker: dict[str, list] = {}
+        for row in recent:
+            by_ticker.setdefault(row[0], []).append(row[1:])
+        one_ticker = (sa.select(p.date, p.open, p.high, p.low, p.close)
+                      .where(p.ticker == sa.bindparam("ticker"), p.date <= as_of)
+                      .order_by(p.date.desc()).limit(seq_len))
+        tickers, windows, skipped = [], [], {}
+        for ticker in sorted(by_ticker):
+            rows = by_ticker[ticker]
+            if rows[-1][0] != as_of:
                 stale.append(ticker)  # a gap in its history on as_of
-            elif len(rows) < seq_len:
+                continue
+            if len(rows) < seq_len:  # gaps in the span read, or a short history
+                rows = conn.execute(one_ticker, {"ticker": ticker}).all()[::-1]
+            if len(rows) < seq_len:
                 skipped[ticker] = f"only {len(rows)} rows up to {as_of}, the model needs {seq_len}"
-            else:
-                tickers.append(ticker)
-                windows.append([r[1:] for r in reversed(rows)])
+                continue
+            tickers.append(ticker)
+            windows.append([r[1:] for r in rows[-seq_len:]])
     array = np.asarray(windows, dtype=np.float64).reshape(len(windows), seq_len, len(FEATURES))
-    return ScoringBatch(tickers, array.astype(np.float32), array[:, -1, CLOSE].copy(), skipped, stale)
+    return ScoringBatch(tickers, array.astype(np.float32), array[:, -1, CLOSE].copy(), skipped, sorted(stale))

@@ -71,8 +71,7 @@ def test_appended_file_adds_only_new_rows_and_reads_only_its_tail(engine, tmp_pa
 
 def test_unchanged_file_is_not_parsed_again(engine, sample_dir, monkeypatch):
     ingest(engine, [sample_dir])
-    monkeypatch.setattr(ingest_mod, "_read_file_contents", None, raising=False)
-    monkeypatch.setattr(ingest_mod, "parse_rows", lambda *a, **k: pytest.fail("parsed again"))
+    monkeypatch.setattr(ingest_mod, "read_fields", lambda *a, **k: pytest.fail("parsed again"))
     assert ingest(engine, [sample_dir]).files_skipped == 3
 
 

@@ -136,3 +136,22 @@ def test_ticker_is_the_lowercased_name_up_to_the_first_dot():
     assert ticker_from_path(Path("x/Stocks/AAPL.us.txt")) == "aapl"
     with pytest.raises(UnreadableFile):
         ticker_from_path(Path(".us.txt"))
+
+
+def test_validating_many_files_at_once_equals_one_by_one():
+    from forecaster.sources import read_fields, validate
+    bodies = [
+        ([GOOD, "2017-01-04,10,11,9,10.5,100,0", "2017-01-04,10,11,9,10.6,100,0"], HEADER),
+        ([GOOD, "2017-01-05,abc,11,9,10.5,100,0"], HEADER),  # same date as file 0: not a duplicate
+        (["2017-01-03,10,11,9,10.5"], "Date,Open,High,Low,Close"),  # another layout, no volume
+        ([], HEADER),
+    ]
+    fields = [read_fields("\n".join(lines) + "\n", parse_header(h), first_line=2) for lines, h in bodies]
+    together = validate(fields, TODAY)
+    alone = [validate([f], TODAY)[0] for f in fields]
+    for a, b in zip(together, alone):
+        assert a.rows.dates.tolist() == b.rows.dates.tolist()
+        np.testing.assert_array_equal(a.rows.values, b.rows.values)
+        assert [(r.line, r.reason) for r in a.rejects] == [(r.line, r.reason) for r in b.rejects]
+    assert [len(p.rows) for p in together] == [1, 1, 1, 0]
+    assert [len(p.rejects) for p in together] == [2, 1, 0, 0]

@@ -1,0 +1,242 @@
+"""`make bench`: the numbers that say whether a nightly run stays fast.
+
+Sections (keys of benchmarks/results.json):
+  scoring                ONNX Runtime (CPU) vs torch eager, median ms per call, interleaved
+  ingest_full            first ingest of a synthetic universe (tickers x history days)
+  nightly                one appended day per file, then `forecaster predict --data` as a
+                         user runs it (a fresh process, start-up included): seconds, peak RSS
+  nightly_short_history  the same on a universe with 10x shorter history
+  train                  the tutorial config (2x32 LSTM, 100 epochs, full batch) on aaxj
+Benchmarks print numbers; nothing here asserts a time.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+HERE = Path(__file__).resolve().parent
+SHARED = HERE.parents[1] / "shared" / "data"
+BATCHES = (1, 64, 1024, 8192)
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def tutorial_model(folder: Path) -> tuple[Path, Path]:
+    """A 2x32 LSTM checkpoint and its ONNX export (weights randomised: speed does not care)."""
+    import torch
+    from forecaster import checkpoint
+    from forecaster.export import export
+    from forecaster.sample import generate_ohlc
+    from forecaster.train import TrainConfig, train
+    from forecaster.windows import Series
+    f = generate_ohlc(300, seed=0)
+    series = {"syn": Series("syn", f["Date"].to_numpy(dtype=object),
+                            np.array(f[["Open", "High", "Low", "Close"]], dtype=np.float64))}
+    result = train(series, TrainConfig(epochs=1))
+    gen = torch.Generator().manual_seed(0)
+    state = {k: torch.randn(v.shape, generator=gen) * 0.2 for k, v in result.checkpoint["state_dict"].items()}
+    ckpt = folder / "tutorial.pt"
+    checkpoint.save(ckpt, {**result.checkpoint, "state_dict": state})
+    return ckpt, export(ckpt, folder / "tutorial.onnx").path
+
+
+def bench_scoring(ckpt: Path, onnx_path: Path, reps: int) -> list[dict]:
+    import torch
+    from forecaster import checkpoint
+    from forecaster.model import ModelConfig, build_forecaster
+    from forecaster.scoring import load_model
+    from forecaster.verify import random_windows
+    threads = os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    data = checkpoint.load(ckpt)
+    eager = build_forecaster(ModelConfig(**data["model_config"]), data["scaling"], data["state_dict"])
+    model = load_model(onnx_path, "cpu")
+    out = []
+    for batch in BATCHES:
+        x = random_windows(batch, 20, seed=batch)
+        xt = torch.from_numpy(x)
+        ort_t, torch_t = [], []
+        model.score(x)  # warm-up both
+        with torch.no_grad():
+            eager(xt)
+        for _ in range(reps):
+            start = time.perf_counter()
+            model.score(x)
+            ort_t.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            with torch.no_grad():
+                eager(xt)
+            torch_t.append(time.perf_counter() - start)
+        row = {"batch": batch, "ort_ms": 1000 * statistics.median(ort_t),
+               "torch_ms": 1000 * statistics.median(torch_t), "threads": threads}
+        row["torch_over_ort"] = row["torch_ms"] / row["ort_ms"]
+        out.append(row)
+        log(f"scoring batch {batch}: ort {row['ort_ms']:.3f} ms, torch {row['torch_ms']:.3f} ms")
+    return out
+
+
+def append_one_day(folder: Path, seed: int = 1) -> int:
+    """Append the next business day to every file (a plausible move from the last close)."""
+    rng = np.random.default_rng(seed)
+    n = 0
+    for path in sorted(folder.rglob("*.us.txt")):
+        with open(path, "rb+") as fh:
+            fh.seek(max(0, os.path.getsize(path) - 200))
+            last = fh.read().decode().strip().splitlines()[-1].split(",")
+            day = (pd.Timestamp(last[0]) + pd.offsets.BDay(1)).strftime("%Y-%m-%d")
+            close = float(last[4]) * float(np.exp(rng.normal(0, 0.01)))
+            open_ = float(last[4])
+            high, low = max(open_, close) * 1.002, min(open_, close) * 0.998
+            fh.seek(0, 2)
+            fh.write(f"{day},{open_:.4f},{high:.4f},{low:.4f},{close:.4f},{int(rng.integers(1e3, 1e6))},0\n".encode())
+        n += 1
+    return n
+
+
+def run_cli(args: list[str]) -> tuple[float, float]:
+    """(wall seconds, peak RSS MB) of one `forecaster` process.
+
+    Peak RSS is the child's own VmHWM, sampled from /proc every 5 ms: the
+    kernel's ru_maxrss would also count the pages of this (torch-loaded)
+    parent that the child inherited for an instant before exec."""
+    start = time.perf_counter()
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen([sys.executable, "-m", "forecaster", *args], stdout=out, stderr=err)
+        peak_kb = 0
+        while proc.poll() is None:
+            peak_kb = max(peak_kb, _vm_hwm_kb(proc.pid))
+            time.sleep(0.005)
+        seconds = time.perf_counter() - start
+        out.seek(0), err.seek(0)
+        text, errors = out.read().decode(), err.read().decode()
+    if proc.returncode != 0:
+        raise SystemExit(f"forecaster {' '.join(args)} failed:\n{text}\n{errors}")
+    log(text.strip().splitlines()[-1][:200] if text.strip() else "(no output)")
+    return seconds, peak_kb / 1024
+
+
+def _vm_hwm_kb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def bench_universe(folder: Path, onnx_path: Path, tickers: int, days: int) -> tuple[dict, dict]:
+    from forecaster import store
+    from forecaster.ingest import ingest
+    from forecaster.sample import write_sample_data
+    start = time.perf_counter()
+    write_sample_data(folder / "data", tickers=tickers, days=days, seed=7)
+    log(f"generated {tickers} x {days} in {time.perf_counter() - start:.0f} s")
+    url = f"sqlite:///{folder / 'bench.db'}"
+    engine = store.connect(url)
+    start = time.perf_counter()
+    report = ingest(engine, [folder / "data"])
+    seconds = time.perf_counter() - start
+    engine.dispose()
+    full = {"rows": report.rows_added, "files": report.files_read, "seconds": seconds,
+            "rows_per_s": report.rows_added / seconds}
+    log(f"ingest {tickers} x {days}: {full['rows']} rows in {seconds:.1f} s = {full['rows_per_s']:.0f} rows/s")
+    append_one_day(folder / "data")
+    seconds, rss = run_cli(["predict", "--model", str(onnx_path), "--data", str(folder / "data"),
+                            "--db", url, "--device", "cpu", "--quiet"])
+    nightly = {"tickers": tickers, "history_days": days, "seconds": seconds, "peak_rss_mb": rss}
+    log(f"nightly {tickers} x {days}: {seconds:.2f} s, peak RSS {rss:.0f} MB")
+    return full, nightly
+
+
+def bench_train() -> dict:
+    from forecaster import store
+    from forecaster.ingest import ingest
+    from forecaster.train import TrainConfig, train
+    from forecaster.windows import load_series, make_windows
+    with tempfile.TemporaryDirectory() as tmp:
+        engine = store.connect(f"sqlite:///{tmp}/t.db")
+        ingest(engine, [SHARED / "ETFs" / "aaxj.us.txt"])
+        series = load_series(engine, ["aaxj"])
+    config = TrainConfig(batch_size=0, epochs=100)  # the tutorial: whole set as one batch
+    train(series, TrainConfig(batch_size=0, epochs=1))  # warm-up: first-call imports
+    start = time.perf_counter()
+    train(series, config)
+    seconds = time.perf_counter() - start
+    windows = len(make_windows(series["aaxj"].ohlc, config.seq_len)[1])
+    log(f"train aaxj tutorial config: {seconds:.1f} s")
+    return {"windows": windows, "epochs": 100, "batch_size": "full", "seconds": seconds}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tickers", type=int, default=5000)
+    ap.add_argument("--days", type=int, default=2500)
+    ap.add_argument("--short-days", type=int, default=250)
+    ap.add_argument("--reps", type=int, default=15, help="timed calls per batch size")
+    ap.add_argument("--only", help="comma list of sections to run")
+    ap.add_argument("--out", default=str(HERE / "results.json"))
+    args = ap.parse_args()
+    only = set(args.only.split(",")) if args.only else None
+    wanted = lambda name: only is None or name in only
+
+    results: dict = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}}
+    with tempfile.TemporaryDirectory(prefix="forecaster-bench-") as tmp:
+        tmp = Path(tmp)
+        ckpt, onnx_path = tutorial_model(tmp)
+        if wanted("scoring"):
+            results["scoring"] = bench_scoring(ckpt, onnx_path, args.reps)
+        if wanted("nightly"):
+            results["ingest_full"], results["nightly"] = bench_universe(
+                tmp / "long", onnx_path, args.tickers, args.days)
+        if wanted("nightly_short_history"):
+            results["ingest_short"], results["nightly_short_history"] = bench_universe(
+                tmp / "short", onnx_path, args.tickers, args.short_days)
+        if "nightly" in results and "nightly_short_history" in results:
+            results["history_cost_ratio"] = results["nightly"]["seconds"] / results["nightly_short_history"]["seconds"]
+    if wanted("train"):
+        results["train"] = bench_train()
+    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    print_table(results)
+    return 0
+
+
+def print_table(r: dict) -> None:
+    if "scoring" in r:
+        print("| batch | ONNX Runtime ms | torch eager ms | torch / ORT |")
+        print("|---:|---:|---:|---:|")
+        for row in r["scoring"]:
+            print(f"| {row['batch']} | {row['ort_ms']:.3f} | {row['torch_ms']:.3f} | {row['torch_over_ort']:.2f} |")
+        print()
+    print("| measure | value |")
+    print("|---|---:|")
+    if "ingest_full" in r:
+        i = r["ingest_full"]
+        print(f"| first ingest, {i['files']} files, {i['rows']:,} rows | {i['seconds']:.1f} s = {i['rows_per_s']:,.0f} rows/s |")
+    for key in ("nightly", "nightly_short_history"):
+        if key in r:
+            n = r[key]
+            print(f"| nightly run, {n['tickers']} tickers x {n['history_days']} days | "
+                  f"{n['seconds']:.2f} s, peak RSS {n['peak_rss_mb']:.0f} MB |")
+    if "history_cost_ratio" in r:
+        print(f"| cost of 10x longer history | {r['history_cost_ratio']:.2f}x |")
+    if "train" in r:
+        t = r["train"]
+        print(f"| train aaxj, tutorial config ({t['windows']} windows, 100 epochs, full batch) | {t['seconds']:.1f} s |")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
