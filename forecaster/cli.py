@@ -36,6 +36,8 @@ def reports_errors(func):
             return func(*args, **kwargs)
         except ForecasterError as exc:
             raise click.ClickException(str(exc)) from None
+        except OSError as exc:  # e.g. an output folder that cannot be written
+            raise click.ClickException(f"{exc.strerror}: {exc.filename}" if exc.filename else str(exc)) from None
     return wrapper
 
 

@@ -185,7 +185,9 @@ def _floats(texts: list[str]) -> np.ndarray:
     out = np.empty(len(texts))
     for i, t in enumerate(texts):
         try:
-            out[i] = float(t) if "_" not in t else np.nan  # float() would take "1_000"
+            # float() also takes "1_000" and non-ASCII digits ("１２"); pandas
+            # does not, and both paths must judge a row the same way.
+            out[i] = float(t) if t.isascii() and "_" not in t else np.nan
         except ValueError:
             out[i] = np.nan
     return out
@@ -195,7 +197,8 @@ def _fields_fast(body: str, header: Header, first_line: int) -> Fields | None:
     """The C CSV parser, for large clean files. None (use the line path) when
     the body has blank lines, quotes, a line of the wrong width, or text where
     a number belongs: those files get exact per-line messages instead."""
-    if '"' in body or _BLANK_LINE.search(body) or body.startswith(("\n", "\r\n")):
+    if ('"' in body or _BLANK_LINE.search(body) or body.startswith(("\n", "\r\n"))
+            or body.count("\r") != body.count("\r\n")):  # a lone CR is a line break to the C parser
         return None
     data = np.frombuffer(body.encode(), dtype=np.uint8)
     ends = np.flatnonzero(data == 10)
@@ -324,7 +327,7 @@ def _number_problem(name: str, text: str) -> str:
     if text == "":
         return f"missing {name}"
     try:
-        value = float(text)
+        value = float(text) if text.isascii() and "_" not in text else float("x")
     except ValueError:
         return f"non-numeric {name} {text[:40]!r}"
     if not math.isfinite(value):

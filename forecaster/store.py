@@ -181,6 +181,16 @@ def write_transaction(engine: sa.Engine) -> Iterator[sa.Connection]:
     On SQLite it takes the write lock at BEGIN, so concurrent writers wait
     (up to the busy timeout) instead of failing mid-transaction.
     """
+    try:
+        with _immediate_transaction(engine) as conn:
+            yield conn
+    except sa.exc.SQLAlchemyError as exc:
+        # A full disk, a read-only file, a vanished folder: one plain line.
+        raise StoreError(f"database write failed: {_first_line(exc)}") from exc
+
+
+@contextmanager
+def _immediate_transaction(engine: sa.Engine) -> Iterator[sa.Connection]:
     with engine.connect() as conn:
         conn.execution_options(immediate=True)
         with conn.begin():
@@ -200,7 +210,7 @@ def connect(url: str = DEFAULT_URL, *, create: bool = True) -> sa.Engine:
     if engine.dialect.name == "sqlite":
         _configure_sqlite(engine)
     try:
-        with write_transaction(engine) as conn:
+        with _immediate_transaction(engine) as conn:
             if create:
                 _ensure_schema(conn)
             else:

@@ -36,11 +36,13 @@ class TrainConfig:
     lr: float = 0.01
     batch_size: int = 256          # 0: the whole training set as one batch (the tutorial)
     test_fraction: float = 0.2
-    val_fraction: float = 0.1
+    # Measured on the ten shared tickers (README, "Scaling"): a 20% validation
+    # slice and a little weight decay gave mean ratio 1.007 vs 1.024 for 10% / none.
+    val_fraction: float = 0.2
     seed: int = 0
     scaling: str = "relative"
     clip_norm: float = 1.0
-    weight_decay: float = 0.0
+    weight_decay: float = 1e-4
 
     def model_config(self) -> ModelConfig:
         return ModelConfig(seq_len=self.seq_len, hidden=self.hidden, layers=self.layers,

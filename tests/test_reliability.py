@@ -1,0 +1,388 @@
+"""Evidence that crashes, bad input and concurrent readers lose nothing.
+
+Real processes die here (kill -9), real file systems fill up or go read-only
+(tmpfs mounts when running as root, as CI does), real readers run beside
+writers. Each test name is cited in docs/guarantees.md.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from forecaster import store
+from forecaster.errors import CheckpointError, ModelFileError, StoreError
+from forecaster.ingest import ingest
+from forecaster.nightly import predict
+from forecaster.sample import write_sample_data
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from bench import append_one_day  # noqa: E402  (the benchmark's "one more day" helper)
+
+PYTHON = [sys.executable, "-m", "forecaster"]
+
+
+def cli(*args, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([*PYTHON, *map(str, args)], capture_output=True, text=True, timeout=300, **kwargs)
+
+
+def check_invariants(db_path: Path, committed: set) -> dict:
+    """The promises a crash must never break, read with plain sqlite3."""
+    con = sqlite3.connect(db_path, timeout=60)
+    try:
+        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        orphans = con.execute("SELECT COUNT(*) FROM predictions p JOIN runs r USING (run_id) "
+                              "WHERE r.status != 'succeeded'").fetchone()[0]
+        assert orphans == 0, "predictions outside a succeeded run"
+        wrong = con.execute("SELECT r.run_id, r.n_predictions, COUNT(p.prediction_id) FROM runs r "
+                            "LEFT JOIN predictions p USING (run_id) WHERE r.status = 'succeeded' "
+                            "GROUP BY r.run_id HAVING r.n_predictions != COUNT(p.prediction_id)").fetchall()
+        assert wrong == [], f"succeeded runs whose n_predictions is not what they wrote: {wrong}"
+        prices = set(con.execute("SELECT ticker, date FROM prices"))
+        assert committed <= prices, f"{len(committed - prices)} committed price rows lost"
+        committed |= prices
+        return dict(con.execute("SELECT status, COUNT(*) FROM runs GROUP BY status").fetchall())
+    finally:
+        con.close()
+
+
+def file_rows(folder: Path) -> int:
+    return sum(len(p.read_text().splitlines()) - 1 for p in folder.rglob("*.us.txt"))
+
+
+def test_kill_minus_9_at_random_moments_loses_nothing(tmp_path, tiny_model):
+    data, db = tmp_path / "data", tmp_path / "crash.db"
+    write_sample_data(data, tickers=1200, days=40, seed=3)
+    # Each attempt ingests a new day for 1,200 files, then scores the last 15
+    # dates (one transaction each), so a kill can land in any phase.
+    args = ["predict", "--model", tiny_model, "--data", data, "--from", "2017-10-20",
+            "--db", f"sqlite:///{db}", "--device", "cpu", "-q"]
+    rng = random.Random(7)
+    committed: set = set()
+    kills = mid_run = 0
+    for attempt in range(12):
+        append_one_day(data, seed=attempt)
+        proc = subprocess.Popen([*PYTHON, *map(str, args)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.5, 4.0))
+        if proc.poll() is None:
+            proc.kill()
+            kills += 1
+        proc.wait()
+        if db.exists():
+            statuses = check_invariants(db, committed)
+            mid_run += statuses.get("running", 0)  # a run row left behind: killed mid-run
+    final = cli(*args)
+    assert final.returncode == 0, final.stderr
+    statuses = check_invariants(db, committed)
+    con = sqlite3.connect(db)
+    # Every runs row a killed process left behind was marked failed by a later run.
+    assert statuses.get("running", 0) == 0
+    reasons = [r[0] for r in con.execute("SELECT message FROM runs WHERE status = 'failed'")]
+    assert all(m.startswith("abandoned: process") for m in reasons)
+    # Nothing lost, nothing twice: prices hold every row of every file exactly once,
+    # and the newest night is scored exactly once per ticker.
+    assert con.execute("SELECT COUNT(*) FROM prices").fetchone()[0] == file_rows(data)
+    newest = con.execute("SELECT MAX(date) FROM prices").fetchone()[0]
+    assert con.execute("SELECT COUNT(*) FROM predictions WHERE as_of = ?", (newest,)).fetchone()[0] == 1200
+    assert kills >= 6, f"only {kills} kills landed; the test did not test much"
+    assert mid_run >= 2, f"only {mid_run} kills landed inside a run"
+    print(f"\nkills: {kills}, left mid-run: {mid_run}, abandoned runs recovered: {len(reasons)}")
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str):
+    """A small real file system (root), else a plain folder (callers fall back)."""
+    path.mkdir()
+    mounted = os.geteuid() == 0 and subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True).returncode == 0
+    try:
+        yield mounted
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def stocked_db(url: str, data: Path, model: Path) -> None:
+    engine = store.connect(url)
+    predict(engine, model, data=[data], device="cpu")
+    engine.dispose()
+
+
+def snapshot(db: Path) -> tuple:
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return tuple(con.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
+                     for t in ("prices", "predictions", "runs", "source_files"))
+    finally:
+        con.close()
+
+
+def test_a_read_only_database_gives_one_line_and_changes_nothing(tmp_path, sample_dir, tiny_model):
+    with tmpfs(tmp_path / "ro", "8m") as mounted:
+        db = tmp_path / "ro" / "f.db"
+        stocked_db(f"sqlite:///{db}", sample_dir, tiny_model)
+        before = snapshot(db)
+        if mounted:
+            assert subprocess.run(["mount", "-o", "remount,ro", str(tmp_path / "ro")]).returncode == 0
+        else:
+            os.chmod(db, 0o444)
+            os.chmod(tmp_path / "ro", 0o555)
+        append_one_day(sample_dir)
+        result = cli("predict", "--model", tiny_model, "--data", sample_dir, "--db", f"sqlite:///{db}")
+        assert result.returncode == 1
+        assert result.stderr.startswith("Error: ") and result.stderr.count("\n") == 1, result.stderr
+        assert "read-only" in result.stderr or "readonly" in result.stderr
+        assert snapshot(db) == before
+
+
+def test_a_full_disk_fails_the_run_and_keeps_the_previous_state(tmp_path, tiny_model):
+    data = tmp_path / "data"
+    write_sample_data(data, tickers=30, days=100, seed=2)
+    with tmpfs(tmp_path / "small", "2m") as mounted:
+        db = tmp_path / "small" / "f.db"
+        url = f"sqlite:///{db}"
+        stocked_db(url, data, tiny_model)
+        before = snapshot(db)
+        big = tmp_path / "big"
+        write_sample_data(big, tickers=60, days=2500, seed=5)  # far more than 2 MB of prices
+        engine = store.connect(url)
+        if not mounted:  # no tmpfs: cap the file's size inside SQLite instead
+            from sqlalchemy import event
+            event.listen(engine, "connect", lambda c, _: c.execute(f"PRAGMA max_page_count = {db.stat().st_size // 4096 + 40}"))
+            engine.dispose()
+        with pytest.raises(StoreError) as info:
+            predict(engine, tiny_model, data=[big], device="cpu")
+        assert "full" in str(info.value).lower() and "\n" not in str(info.value)
+        engine.dispose()
+        assert snapshot(db) == before  # the failed ingest batch left nothing behind
+        assert check_invariants(db, set())
+
+
+def test_a_vanished_database_folder_is_a_one_line_error(tmp_path, sample_dir, tiny_model):
+    result = cli("predict", "--model", tiny_model, "--data", sample_dir,
+                 "--db", f"sqlite:///{tmp_path}/gone/f.db")
+    assert result.returncode == 1
+    assert result.stderr == f"Error: cannot open database 'sqlite:///{tmp_path}/gone/f.db': unable to open database file\n"
+
+
+READER = r"""
+import json, sqlite3, sys, time
+db, seconds = sys.argv[1], float(sys.argv[2])
+stats = {"queries": 0, "errors": [], "partial": 0}
+deadline = time.monotonic() + seconds
+while time.monotonic() < deadline:
+    try:
+        con = sqlite3.connect(db, timeout=60)
+        con.execute("BEGIN")  # one snapshot for the three reads
+        latest = con.execute("SELECT COUNT(*) FROM latest_predictions").fetchone()[0]
+        visible = dict(con.execute("SELECT run_id, COUNT(*) FROM predictions GROUP BY run_id"))
+        runs = {r: (s, n) for r, s, n in con.execute("SELECT run_id, status, n_predictions FROM runs")}
+        con.execute("COMMIT")
+        con.close()
+        stats["partial"] += sum(1 for r, c in visible.items() if runs.get(r) != ("succeeded", c))
+        stats["queries"] += 3
+    except Exception as exc:
+        stats["errors"].append(str(exc))
+print(json.dumps(stats))
+"""
+
+
+def test_readers_never_see_a_partial_run_and_nobody_is_locked_out(tmp_path, tiny_model):
+    data, big = tmp_path / "data", tmp_path / "big"
+    write_sample_data(data, tickers=300, days=200, seed=4)
+    for path in write_sample_data(big, tickers=400, days=1000, seed=6):
+        path.rename(path.with_name("big" + path.name))  # other tickers than the stored ones
+    db = tmp_path / "busy.db"
+    url = f"sqlite:///{db}"
+    stocked_db(url, data, tiny_model)
+    readers = [subprocess.Popen([sys.executable, "-c", READER, str(db), "12"], stdout=subprocess.PIPE, text=True)
+               for _ in range(4)]
+    backfill = subprocess.Popen([*PYTHON, "predict", "--model", str(tiny_model), "--from", "2017-06-01",
+                                 "--to", "2017-11-10", "--db", url, "-q"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    time.sleep(1.5)  # the backfill is writing; now a large ingest arrives and must wait its turn
+    bulk = cli("ingest", big, "--db", url, "-q")
+    assert bulk.returncode == 0, bulk.stderr
+    assert "rows added: 400000" in bulk.stdout
+    out, err = backfill.communicate(timeout=300)
+    assert backfill.returncode == 0, err
+    stats = [json.loads(r.communicate(timeout=120)[0]) for r in readers]
+    assert all(s["errors"] == [] for s in stats), stats
+    assert all(s["partial"] == 0 for s in stats), stats
+    assert all(s["queries"] > 30 for s in stats), stats
+    assert check_invariants(db, set())
+    print(f"\nreaders: {len(stats)}, queries: {sum(s['queries'] for s in stats)}, errors: 0, partial views: 0")
+
+
+def model_variants(tiny_model: Path, folder: Path) -> dict[str, Path]:
+    """Broken or hostile model files, each with what makes it so."""
+    import onnx
+    blob = tiny_model.read_bytes()
+    folder.mkdir()
+    out = {}
+    (out.setdefault("truncated", folder / "truncated.onnx")).write_bytes(blob[: len(blob) // 2])
+    (out.setdefault("random", folder / "random.onnx")).write_bytes(np.random.default_rng(0).bytes(5000))
+    (out.setdefault("empty", folder / "empty.onnx")).write_bytes(b"")
+    model = onnx.load(str(tiny_model))
+    init = model.graph.initializer[0]
+    init.ClearField("raw_data")
+    init.data_location = onnx.TensorProto.EXTERNAL
+    entry = init.external_data.add()
+    entry.key, entry.value = "location", "../../../../etc/passwd"
+    onnx.save(model, str(out.setdefault("external", folder / "external.onnx")))
+    for key, value in (("seq_len", "30"), ("features", json.dumps(["open", "high", "low", "close", "volume"]))):
+        m = onnx.load(str(tiny_model))
+        next(p for p in m.metadata_props if p.key == f"forecaster.{key}").value = value
+        onnx.save(m, str(out.setdefault(f"wrong_{key}", folder / f"wrong_{key}.onnx")))
+    return out
+
+
+def test_hostile_or_broken_model_files_are_refused_and_recorded(tmp_path, sample_dir, tiny_model):
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    engine = store.connect(url)
+    ingest(engine, [sample_dir])
+    expected = {
+        "truncated": "not a loadable ONNX model", "random": "not a loadable ONNX model",
+        "empty": "not a loadable ONNX model", "external": "not a loadable ONNX model",
+        "wrong_seq_len": "graph input ohlc has shape ['batch', 20, 4], but the metadata says seq_len 30",
+        "wrong_features": "but the metadata says seq_len 20 and 5 features",
+    }
+    for name, path in model_variants(tiny_model, tmp_path / "models").items():
+        result = cli("predict", "--model", path, "--db", url)
+        assert result.returncode == 1, name
+        assert expected[name] in result.stderr and result.stderr.count("\n") == 1, (name, result.stderr)
+    con = sqlite3.connect(tmp_path / "m.db")
+    assert con.execute("SELECT COUNT(*) FROM predictions").fetchone()[0] == 0
+    assert con.execute("SELECT status, COUNT(*) FROM runs GROUP BY status").fetchall() == [("failed", len(expected))]
+
+
+def test_a_checkpoint_with_code_is_refused_by_export(tmp_path):
+    import pickle
+    sentinel = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {sentinel}",))
+
+    (tmp_path / "evil.pt").write_bytes(pickle.dumps({"format": "forecaster-checkpoint", "x": Evil()}))
+    result = cli("export", tmp_path / "evil.pt")
+    assert result.returncode == 1 and "not a loadable forecaster checkpoint" in result.stderr
+    assert not sentinel.exists() and not (tmp_path / "evil.onnx").exists()
+
+
+HOSTILE_NAMES = ["with space", "ünïcödé", "a" * 240, "x'; DROP TABLE prices; --", 'q"uote', "日本"]
+
+
+def test_hostile_file_names_are_stored_verbatim_and_never_injected(tmp_path, tiny_model):
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    for i, name in enumerate(HOSTILE_NAMES):
+        src = write_sample_data(tmp_path / f"s{i}", tickers=1, days=40, seed=i)[0]
+        (folder / f"{name}.us.txt").write_bytes(src.read_bytes())
+    (folder / "...us.txt").write_text("Date,Open,High,Low,Close\n2017-01-03,1,1,1,1\n")  # ticker ''
+    db = tmp_path / "odd.db"
+    result = cli("predict", "--model", tiny_model, "--data", folder, "--db", f"sqlite:///{db}", "-q")
+    assert result.returncode == 0, result.stderr
+    con = sqlite3.connect(db)
+    stored = {r[0] for r in con.execute("SELECT ticker FROM tickers")}
+    assert stored == {n.lower() for n in HOSTILE_NAMES}
+    assert {r[0] for r in con.execute("SELECT ticker FROM predictions")} == stored
+    assert con.execute("SELECT reason FROM rejected_rows WHERE ticker IS NULL").fetchone()[0] == \
+        "the file name gives no ticker (it starts with a dot)"
+    # Plots named after odd tickers stay in their folder.
+    out = tmp_path / "exports" / "m.pt"
+    train = cli("train", "--all", "--db", f"sqlite:///{db}", "--out", out, "--epochs", "1", "--hidden", "4",
+                "--layers", "1", "-q")
+    assert train.returncode == 0, train.stderr
+    assert all(p.parent == out.parent for p in tmp_path.rglob("*.png"))
+    assert len(list(out.parent.glob("m.test.*.png"))) == len(HOSTILE_NAMES)
+
+
+def test_a_window_unlike_training_is_scored_but_flagged(engine, tmp_path, tiny_model):
+    folder = tmp_path / "split"
+    path = write_sample_data(folder, tickers=2, days=60, seed=1)[0]
+    lines = path.read_text().splitlines()
+    # An unadjusted 10:1 split on the last day: the close falls to a tenth.
+    last = lines[-1].split(",")
+    last[1:5] = [f"{float(x) / 10:.4f}" for x in last[1:5]]
+    path.write_text("\n".join(lines[:-1] + [",".join(last)]) + "\n")
+    run = predict(engine, tiny_model, data=[folder], device="cpu").runs[0]
+    assert run.n_predictions == 2 and run.flagged == ["syn0000"]
+    assert "1 flagged out_of_range" in run.message and "syn0000" in run.message
+    con = sqlite3.connect(tmp_path / "test.db")
+    assert dict(con.execute("SELECT ticker, flags FROM predictions")) == {"syn0000": "out_of_range", "syn0001": None}
+
+
+# -- fuzzing the reader -------------------------------------------------------
+
+from hypothesis import HealthCheck, example, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from forecaster import ingest as ingest_module  # noqa: E402
+from forecaster.sources import (UnreadableFile, decode, parse_header, read_fields,  # noqa: E402
+                                split_header, validate)
+
+FUZZ = settings(max_examples=300, deadline=5000, suppress_health_check=[HealthCheck.too_slow])
+HEADER = "Date,Open,High,Low,Close,Volume,OpenInt"
+
+
+def non_blank_lines(body: str) -> int:
+    return sum(1 for line in body.split("\n") if line.rstrip("\r").strip())
+
+
+@FUZZ
+@given(st.binary(max_size=3000))
+@example(b"Date,Open,High,Low,Close\n\r\n2017-01-03,1,1,1,1\r")
+@example(b"\xef\xbb\xbfDate,Open,High,Low,Close\n2017-01-03,\xef\xbc\x91,1,1,1\n")
+def test_fuzz_arbitrary_bytes_never_crash_and_the_accounting_adds_up(data):
+    import io
+    try:
+        fields, _ = ingest_module._read_whole(io.BytesIO(data))
+    except UnreadableFile:
+        return  # reported and recorded as a whole-file problem
+    parsed = validate([fields])[0]
+    body = split_header(decode(data))[1]
+    assert parsed.n_read == non_blank_lines(body)
+
+
+field = st.one_of(
+    st.sampled_from(["", "1", "10.5", "0", "-3", "nan", "inf", "1e400", "abc", "１２", "1_0", " 7 ",
+                     "2017-01-03", "2017-02-30", "2099-01-01", "17-1-3", '"5"', "\r"]),
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.text(max_size=6),
+)
+row = st.lists(field, min_size=3, max_size=9).map(",".join)
+dated_row = st.tuples(st.dates().map(lambda d: d.isoformat()), st.lists(field, min_size=4, max_size=7)).map(
+    lambda t: ",".join([t[0], *t[1]]))
+
+
+@FUZZ
+@given(st.lists(st.one_of(row, dated_row), max_size=25))
+@example(["2017-01-03,１２,13,11,12,5,0"])
+@example(["2017-01-03,1,1,1,1,1,0\r2017-01-04,1,1,1,1,1,0"])
+def test_fuzz_csv_shaped_lines_judged_the_same_in_small_and_large_files(lines):
+    header = parse_header(HEADER)
+    small_body = "\n".join(lines) + "\n"
+    small = validate([read_fields(small_body, header, first_line=2)])[0]
+    assert small.n_read == non_blank_lines(small_body)
+    # The same lines after 300 clean rows from 1700: a body large enough for the C-parser path.
+    import pandas as pd
+    padding = [f"{d:%Y-%m-%d},1,1,1,1,1,0" for d in pd.bdate_range("1700-01-01", periods=300)]
+    large_body = "\n".join(padding + lines) + "\n"
+    large = validate([read_fields(large_body, header, first_line=2)])[0]
+    assert large.n_read == non_blank_lines(large_body)
+    shift = len(padding)
+    assert [(r.line - shift, r.reason) for r in large.rejects] == [(r.line, r.reason) for r in small.rejects]
+    tail = large.rows.lines > shift + 1
+    by_line = lambda rows, sel=slice(None): sorted(zip(rows.lines[sel].tolist(), map(tuple, rows.values[sel].tolist())))
+    got = [(line - shift, v) for line, v in by_line(large.rows, tail)]
+    assert repr(got) == repr(by_line(small.rows))  # repr: NaN volumes compare equal
