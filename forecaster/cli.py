@@ -219,6 +219,9 @@ model_option = option("--model", required=True, type=click.Path(dir_okay=False, 
                       help="The exported ONNX model.")
 data_option = option("--data", multiple=True, type=click.Path(path_type=Path),
                      help="Ingest new rows from these files/folders first (repeatable).")
+shard_option = option("--shard", metavar="K/N",
+                      help="Score only shard K of N (stable hash of the ticker), so N machines can split "
+                           "a universe and write into one database without overlap.")
 calendar_option = option("--calendar", default="XNYS", show_default=True,
                          help="Exchange calendar for the next trading day (exchange_calendars code).")
 
@@ -231,10 +234,11 @@ calendar_option = option("--calendar", default="XNYS", show_default=True,
 @option("--to", "end", metavar="D2", help="...to D2 (inclusive), each as of its own date.")
 @device_option
 @calendar_option
+@shard_option
 @db_option
 @quiet_option
 @reports_errors
-def predict(model, data, as_of, start, end, device, calendar, db, quiet):
+def predict(model, data, as_of, start, end, device, calendar, shard, db, quiet):
     """One nightly run: ingest new rows, score every ticker with a close on
     as_of and enough history, and write next-day predictions.
 
@@ -242,11 +246,13 @@ def predict(model, data, as_of, start, end, device, calendar, db, quiet):
     without a close on as_of are reported as stale, not scored.
     """
     from .nightly import predict as run_predict
+    from .shards import Shard
     if as_of and (start or end):
         raise click.UsageError("give --as-of or --from/--to, not both")
+    part = Shard.parse(shard) if shard else None
     engine = open_store(db)
     outcome = run_predict(engine, model, as_of=as_of, start=start, end=end, data=data, device=device,
-                          calendar=calendar, progress=not quiet)
+                          calendar=calendar, progress=not quiet, shard=part)
     if outcome.ingest and not quiet:
         click.echo(outcome.ingest.summary())
     for run_id in outcome.recovered:
@@ -291,18 +297,21 @@ def report(since, ticker, model_id, plot, db):
         help="Seconds a late run may still start (e.g. after a suspend).")
 @device_option
 @calendar_option
+@shard_option
 @db_option
 @reports_errors
-def daemon(model, data, cron, timezone, misfire_grace, device, calendar, db):
+def daemon(model, data, cron, timezone, misfire_grace, device, calendar, shard, db):
     """Run `predict` on a schedule until stopped (SIGTERM/SIGINT exit 0).
 
     On start it catches up every as_of after this model's last succeeded
     run, then waits for the schedule. One daemon per database: a second one
-    exits at once, naming the holder.
+    exits at once, naming the holder (with --shard: one daemon per shard).
     """
     from .daemon import DaemonConfig, run_daemon
+    from .shards import Shard
     run_daemon(DaemonConfig(db_url=db, model=model, data=list(data), cron=cron, timezone=timezone,
-                            misfire_grace=misfire_grace, device=device, calendar=calendar))
+                            misfire_grace=misfire_grace, device=device, calendar=calendar,
+                            shard=Shard.parse(shard) if shard else None))
 
 
 @main.command()

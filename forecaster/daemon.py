@@ -1,8 +1,8 @@
 """The nightly daemon: a thin APScheduler shell around nightly.catch_up().
 
-* One daemon per database, by an exclusive flock on a lock file beside the
-  SQLite file: the kernel drops it when the process dies, so a killed
-  daemon never blocks the next one.
+* One daemon per database (and --shard), by an exclusive flock on a lock file
+  beside the SQLite file, or a PostgreSQL advisory lock: either dies with the
+  process, so a killed daemon never blocks the next one.
 * On start it catches up every as_of the model still owes (from the `runs`
   ledger, not from APScheduler's memory), then waits for the cron schedule.
 * SIGTERM/SIGINT: finish (or roll back) the run in progress, exit 0.
@@ -30,6 +30,7 @@ from . import store
 from .calendar import DEFAULT_CALENDAR
 from .errors import AlreadyRunning, ForecasterError
 from .nightly import catch_up
+from .shards import Shard
 
 log = logging.getLogger("forecaster.daemon")
 
@@ -44,6 +45,7 @@ class DaemonConfig:
     misfire_grace: int = 3600  # APScheduler's default of 1 s silently drops a late run
     device: str = "auto"
     calendar: str = DEFAULT_CALENDAR
+    shard: Shard | None = None
     lock_path: Path | None = None
 
 
@@ -93,13 +95,45 @@ def _day_number(token: str) -> int:
     raise ValueError(f"bad weekday {token!r}")
 
 
-def lock_path_for(db_url: str) -> Path:
-    """Beside the SQLite file; for server databases, one per URL in the temp folder."""
+def lock_path_for(db_url: str, shard: Shard | None = None) -> Path:
+    """Beside the SQLite file; for other databases, one per URL in the temp folder."""
     url = sa.engine.make_url(db_url)
+    suffix = "" if shard is None else f".shard{shard.k}of{shard.n}"
     if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
-        return Path(url.database + ".daemon.lock")
+        return Path(url.database + f"{suffix}.daemon.lock")
     digest = hashlib.sha256(url.render_as_string(hide_password=True).encode()).hexdigest()[:16]
-    return Path(tempfile.gettempdir()) / f"forecaster-{digest}.daemon.lock"
+    return Path(tempfile.gettempdir()) / f"forecaster-{digest}{suffix}.daemon.lock"
+
+
+def _holder_note() -> str:
+    return f"pid {os.getpid()} on {socket.gethostname()} since {dt.datetime.now().isoformat(timespec='seconds')}"
+
+
+@contextlib.contextmanager
+def daemon_lock(engine: sa.Engine, config: DaemonConfig):
+    """The one-daemon-per-database (and shard) rule: a PostgreSQL session
+    advisory lock on PostgreSQL, else a flock on a file. Both die with the
+    process, so a killed daemon never blocks the next one."""
+    if engine.dialect.name != "postgresql":
+        with single_instance(config.lock_path or lock_path_for(config.db_url, config.shard)):
+            yield
+        return
+    name = "forecaster daemon" + ("" if config.shard is None else f" shard {config.shard}")
+    key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:7], "big")
+    with engine.connect() as conn:
+        conn.execution_options(isolation_level="AUTOCOMMIT")
+        if not conn.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar():
+            holder = conn.execute(sa.text(
+                "SELECT application_name FROM pg_stat_activity WHERE application_name LIKE :n"),
+                {"n": f"{name} (%"}).scalar()
+            note = holder[len(name) + 2:].rstrip(")") if holder else "an unknown session"
+            raise AlreadyRunning(f"another daemon already runs on this database ({note})")
+        conn.execute(sa.text("SELECT set_config('application_name', :a, false)"),
+                     {"a": f"{name} ({_holder_note()})"[:63]})
+        try:
+            yield
+        finally:
+            conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
 
 
 @contextlib.contextmanager
@@ -113,8 +147,7 @@ def single_instance(path: Path):
             holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown process"
             raise AlreadyRunning(f"another daemon already runs on this database ({holder}); lock {path}") from None
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since "
-                      f"{dt.datetime.now().isoformat(timespec='seconds')}\n".encode(), 0)
+        os.pwrite(fd, f"{_holder_note()}\n".encode(), 0)
         yield
     finally:
         os.close(fd)  # closing releases the lock
@@ -130,7 +163,7 @@ def run_daemon(config: DaemonConfig) -> int:
     def nightly_job() -> None:
         try:
             outcome = catch_up(engine, config.model, data=config.data, device=config.device,
-                               calendar=config.calendar, should_stop=stop.is_set)
+                               calendar=config.calendar, should_stop=stop.is_set, shard=config.shard)
         except ForecasterError as exc:  # tomorrow is another night: log and keep running
             log.error("nightly run failed: %s", exc)
             return
@@ -149,7 +182,7 @@ def run_daemon(config: DaemonConfig) -> int:
         if scheduler.running:
             scheduler.shutdown(wait=False)
 
-    with single_instance(config.lock_path or lock_path_for(config.db_url)):
+    with daemon_lock(engine, config):
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
         log.info("daemon started: model %s, schedule %r (%s)", config.model, config.cron, config.timezone)

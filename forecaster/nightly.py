@@ -25,6 +25,7 @@ from .calendar import DEFAULT_CALENDAR, next_trading_day
 from .errors import DataError, ForecasterError, StoreError
 from .ingest import IngestReport, ingest
 from .scoring import ModelFile, load_model
+from .shards import Shard
 from .windows import latest_windows
 
 FLAG_OUT_OF_RANGE = "out_of_range"
@@ -57,41 +58,44 @@ class PredictOutcome:
 
 def predict(engine: sa.Engine, model_path: str | Path, *, as_of: str | None = None,
             start: str | None = None, end: str | None = None, data=(), device: str = "auto",
-            calendar: str = DEFAULT_CALENDAR, progress: bool = False, should_stop=lambda: False
-            ) -> PredictOutcome:
+            calendar: str = DEFAULT_CALENDAR, progress: bool = False, should_stop=lambda: False,
+            shard: Shard | None = None) -> PredictOutcome:
     """Ingest `data` (if any), then score each as_of: the given one, every
-    date with prices in [start, end], or by default the newest date stored."""
+    date with prices in [start, end], or by default the newest date stored.
+    With a `shard`, only the tickers of that shard are scored."""
     report = ingest(engine, data, progress=progress) if data else None
     recovered = recover_abandoned_runs(engine)
-    try:
-        model = load_model(model_path, device)
-    except ForecasterError as exc:
-        record_failed_run(engine, as_of, None, device, str(exc))
-        raise
+    model = _load_or_record(engine, model_path, device, as_of, shard)
     outcome = PredictOutcome([], report, model.sha256, model.device, recovered)
     for day in as_of_dates(engine, as_of, start, end):
         if should_stop():
             break
-        outcome.runs.append(run_one(engine, model, day, calendar))
+        outcome.runs.append(run_one(engine, model, day, calendar, shard))
     return outcome
 
 
+def _load_or_record(engine, model_path, device, as_of, shard) -> ModelFile:
+    """Load the model; if it cannot be, the failure is a `runs` row too."""
+    try:
+        return load_model(model_path, device)
+    except ForecasterError as exc:
+        record_failed_run(engine, as_of, None, device, str(exc), shard)
+        raise
+
+
 def catch_up(engine: sa.Engine, model_path: str | Path, *, data=(), device: str = "auto",
-             calendar: str = DEFAULT_CALENDAR, should_stop=lambda: False) -> PredictOutcome:
+             calendar: str = DEFAULT_CALENDAR, should_stop=lambda: False,
+             shard: Shard | None = None) -> PredictOutcome:
     """What the daemon runs: ingest, then score every as_of this model still owes.
     The model is reloaded each time, so a re-exported file is picked up."""
     report = ingest(engine, data) if data else None
     recovered = recover_abandoned_runs(engine)
-    try:
-        model = load_model(model_path, device)
-    except ForecasterError as exc:
-        record_failed_run(engine, None, None, device, str(exc))
-        raise
+    model = _load_or_record(engine, model_path, device, None, shard)
     outcome = PredictOutcome([], report, model.sha256, model.device, recovered)
-    for day in owed_dates(engine, model.sha256):
+    for day in owed_dates(engine, model.sha256, shard):
         if should_stop():
             break
-        outcome.runs.append(run_one(engine, model, day, calendar))
+        outcome.runs.append(run_one(engine, model, day, calendar, shard))
     return outcome
 
 
@@ -115,26 +119,30 @@ def as_of_dates(engine: sa.Engine, as_of: str | None, start: str | None, end: st
     return [newest]
 
 
-def owed_dates(engine: sa.Engine, model_id: str) -> list[str]:
+def owed_dates(engine: sa.Engine, model_id: str, shard: Shard | None = None) -> list[str]:
     """Every as_of with prices after the last succeeded run of this model;
     with no run yet, the newest as_of only. This ledger, not the scheduler,
     decides what is still owed after downtime or a crash."""
     r, d = store.runs.c, store.price_dates.c
     with engine.connect() as conn:
+        same_shard = r.shard.is_(None) if shard is None else r.shard == str(shard)
         last = conn.execute(sa.select(sa.func.max(r.as_of)).where(
-            r.model_id == model_id, r.status == "succeeded")).scalar()
+            r.model_id == model_id, r.status == "succeeded", same_shard)).scalar()
         if last is None:
             newest = conn.execute(sa.select(sa.func.max(d.date))).scalar()
             return [newest] if newest else []
         return list(conn.execute(sa.select(d.date).where(d.date > last).order_by(d.date)).scalars())
 
 
-def run_one(engine: sa.Engine, model: ModelFile, as_of: str, calendar: str = DEFAULT_CALENDAR) -> RunResult:
+def run_one(engine: sa.Engine, model: ModelFile, as_of: str, calendar: str = DEFAULT_CALENDAR,
+            shard: Shard | None = None) -> RunResult:
     """Score one as_of; all or nothing."""
     started = time.perf_counter()
-    run_id = _start_run(engine, model.sha256, as_of, model.device)
+    run_id = _start_run(engine, model.sha256, as_of, model.device, shard)
     try:
         batch = latest_windows(engine, as_of, model.seq_len)
+        if shard is not None:
+            batch = batch.only(lambda ticker: ticker in shard)
         tickers, windows, last = batch.tickers, batch.windows, batch.last_close
         skipped, index = dict(batch.skipped), None
         if model.uses_ticker_index:
@@ -203,11 +211,15 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _start_run(engine: sa.Engine, model_id: str, as_of: str, device: str) -> int:
+def _start_run(engine: sa.Engine, model_id: str, as_of: str, device: str, shard: Shard | None) -> int:
     with store.write_transaction(engine) as conn:
         return conn.execute(store.runs.insert().values(
             started_at=_now(), status="running", as_of=as_of, model_id=model_id, device=device,
-            host=socket.gethostname(), pid=os.getpid())).inserted_primary_key[0]
+            host=socket.gethostname(), pid=os.getpid(), shard=_text(shard))).inserted_primary_key[0]
+
+
+def _text(shard: Shard | None) -> str | None:
+    return None if shard is None else str(shard)
 
 
 def _finish_run(conn: sa.Connection, run_id: int, status: str, message: str, n: int | None) -> None:
@@ -220,18 +232,19 @@ def _mark_failed(engine: sa.Engine, run_id: int, reason: str) -> None:
     try:
         with store.write_transaction(engine) as conn:
             _finish_run(conn, run_id, "failed", reason, 0)
-    except sa.exc.SQLAlchemyError:
+    except StoreError:
         pass
 
 
 def record_failed_run(engine: sa.Engine, as_of: str | None, model_id: str | None, device: str,
-                      reason: str) -> None:
+                      reason: str, shard: Shard | None = None) -> None:
     try:
         with store.write_transaction(engine) as conn:
             conn.execute(store.runs.insert().values(
                 started_at=_now(), finished_at=_now(), status="failed", as_of=as_of, model_id=model_id,
-                device=device, n_predictions=0, message=reason, host=socket.gethostname(), pid=os.getpid()))
-    except sa.exc.SQLAlchemyError:
+                device=device, n_predictions=0, message=reason, host=socket.gethostname(), pid=os.getpid(),
+                shard=_text(shard)))
+    except StoreError:
         pass
 
 

@@ -146,6 +146,13 @@ class ScoringBatch:
     skipped: dict[str, str]              # ticker -> reason (a row on as_of, too little history)
     stale: list[str]                     # tickers with history but no row on as_of
 
+    def only(self, wanted) -> "ScoringBatch":
+        """The part of the batch whose tickers satisfy `wanted(ticker)`."""
+        keep = [i for i, t in enumerate(self.tickers) if wanted(t)]
+        return ScoringBatch([self.tickers[i] for i in keep], self.windows[keep], self.last_close[keep],
+                            {t: r for t, r in self.skipped.items() if wanted(t)},
+                            [t for t in self.stale if wanted(t)])
+
 
 WINDOW_SLACK = 5  # extra trading dates read, so a ticker with a short gap needs no second query
 

@@ -2,6 +2,12 @@
 and the real tickers from ../shared/data (a missing folder fails, never skips)."""
 from __future__ import annotations
 
+import glob
+import os
+import shutil
+import subprocess
+import tempfile
+import uuid
 from pathlib import Path
 
 import pytest
@@ -57,3 +63,59 @@ def write_file(folder: Path, name: str, text: str | bytes) -> Path:
     else:
         path.write_text(text, newline="")
     return path
+
+
+# -- PostgreSQL: a real server from Debian's packages, started per session ----
+
+def _pg_tool(name: str) -> str:
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}")) or [shutil.which(name)]
+    if not found[-1]:
+        pytest.fail(f"PostgreSQL's {name} is not installed: run `make postgres` (Debian package postgresql)")
+    return found[-1]
+
+
+@pytest.fixture(scope="session")
+def pg_socket():
+    """Start a throwaway PostgreSQL server on a unix socket; stop it afterwards."""
+    root = Path(tempfile.mkdtemp(prefix="forecaster-pg-"))
+    as_postgres = []
+    if os.geteuid() == 0:  # initdb refuses to run as root
+        shutil.chown(root, "postgres")
+        as_postgres = ["runuser", "-u", "postgres", "--"]
+    data, log = root / "data", root / "server.log"
+    subprocess.run([*as_postgres, _pg_tool("initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
+                    "-E", "UTF8", "--no-sync"], check=True, capture_output=True)
+    subprocess.run([*as_postgres, _pg_tool("pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-o",
+                    f"-k {root} -c listen_addresses='' -c fsync=off -c max_connections=200", "start"],
+                   check=True, capture_output=True)
+    try:
+        yield root
+    finally:
+        subprocess.run([*as_postgres, _pg_tool("pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+                       capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def pg_url(pg_socket) -> str:
+    """A fresh, empty database on the session's server."""
+    import psycopg
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(host=str(pg_socket), user="postgres", dbname="postgres", autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return f"postgresql+psycopg://postgres@/{name}?host={pg_socket}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_db_url(request, tmp_path) -> str:
+    """The same test on SQLite and on a real PostgreSQL server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'test.db'}"
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def any_engine(any_db_url):
+    eng = store.connect(any_db_url)
+    yield eng
+    eng.dispose()

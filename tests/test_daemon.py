@@ -46,14 +46,14 @@ def runs(engine):
 
 
 @pytest.fixture
-def stocked(engine, shared_data):
-    ingest(engine, [shared_data])
-    return engine
+def stocked(any_engine, shared_data):
+    ingest(any_engine, [shared_data])
+    return any_engine
 
 
-def test_catch_up_then_refuse_a_second_daemon_then_stop_on_sigterm(stocked, db_url, tiny_model, tmp_path):
+def test_catch_up_then_refuse_a_second_daemon_then_stop_on_sigterm(stocked, any_db_url, tiny_model, tmp_path):
     predict(stocked, tiny_model, as_of="2017-11-07", device="cpu")  # the last night that ran
-    first = start_daemon(db_url, tiny_model, tmp_path / "first.log")
+    first = start_daemon(any_db_url, tiny_model, tmp_path / "first.log")
     try:
         log = wait_for(tmp_path / "first.log", "next run at", first)
         # The three missed nights were scored once each, in order.
@@ -62,7 +62,7 @@ def test_catch_up_then_refuse_a_second_daemon_then_stop_on_sigterm(stocked, db_u
         assert "as_of 2017-11-10: 9 predictions for 2017-11-13" in log
 
         second = subprocess.run([sys.executable, "-m", "forecaster", "daemon", "--model", str(tiny_model),
-                                 "--db", db_url], capture_output=True, text=True, timeout=60)
+                                 "--db", any_db_url], capture_output=True, text=True, timeout=60)
         assert second.returncode == 1
         assert f"another daemon already runs on this database (pid {first.pid} on" in second.stderr
 
@@ -74,12 +74,12 @@ def test_catch_up_then_refuse_a_second_daemon_then_stop_on_sigterm(stocked, db_u
             first.kill()
 
 
-def test_a_killed_daemon_does_not_block_the_next_one(stocked, db_url, tiny_model, tmp_path):
-    first = start_daemon(db_url, tiny_model, tmp_path / "a.log")
+def test_a_killed_daemon_does_not_block_the_next_one(stocked, any_db_url, tiny_model, tmp_path):
+    first = start_daemon(any_db_url, tiny_model, tmp_path / "a.log")
     wait_for(tmp_path / "a.log", "next run at", first)
     os.killpg(first.pid, signal.SIGKILL)
     first.wait(timeout=10)
-    second = start_daemon(db_url, tiny_model, tmp_path / "b.log")
+    second = start_daemon(any_db_url, tiny_model, tmp_path / "b.log")
     try:
         log = wait_for(tmp_path / "b.log", "next run at", second)
         assert "nothing owed" in log  # the first one had already scored the newest night

@@ -24,19 +24,19 @@ def rejects(engine):
             "SELECT source, line, ticker, reason FROM rejected_rows ORDER BY rejection_id")]
 
 
-def test_all_ten_real_tickers_twice(engine, shared_data):
-    first = ingest(engine, [shared_data])
+def test_all_ten_real_tickers_twice(any_engine, shared_data):
+    first = ingest(any_engine, [shared_data])
     assert (first.files_read, first.rows_added, first.rows_rejected) == (10, REAL_ROWS, 0)
-    assert count(engine) == REAL_ROWS
-    second = ingest(engine, [shared_data])
+    assert count(any_engine) == REAL_ROWS
+    second = ingest(any_engine, [shared_data])
     assert (second.files_skipped, second.rows_added) == (10, 0)
-    assert count(engine) == REAL_ROWS
-    with engine.connect() as conn:
+    assert count(any_engine) == REAL_ROWS
+    with any_engine.connect() as conn:
         aaxj = conn.execute(sa.select(store.tickers).where(store.tickers.c.ticker == "aaxj")).one()
     assert (aaxj.first_date, aaxj.last_date, aaxj.n_rows) == ("2008-08-15", "2017-11-10", 2325)
 
 
-def test_folder_mixing_good_and_broken_files(engine, tmp_path):
+def test_folder_mixing_good_and_broken_files(any_engine, tmp_path):
     folder = tmp_path / "in"
     write_file(folder, "good.us.txt", HEADER + "2017-01-03,10,11,9,10.5,100,0\n2017-01-04,10,11,9,10.5,100,0\n")
     write_file(folder, "mixed.us.txt", HEADER + "2017-01-03,10,11,9,10.5,100,0\n2017-01-04,x,11,9,10.5,100,0\n")
@@ -44,56 +44,56 @@ def test_folder_mixing_good_and_broken_files(engine, tmp_path):
     write_file(folder, "binary.us.txt", b"\x00\x01\x02garbage")
     write_file(folder / "sub", "noclose.csv", "Date,Open,High,Low\n2017-01-03,1,1,1\n")
     write_file(folder, "notes.md", "ignored: not .txt/.csv")
-    report = ingest(engine, [folder])
+    report = ingest(any_engine, [folder])
     assert (report.files_read, report.files_unreadable) == (2, 3)
     assert (report.rows_added, report.rows_rejected) == (3, 1)
-    reasons = {(os.path.basename(s), line, r) for s, line, _, r in rejects(engine)}
+    reasons = {(os.path.basename(s), line, r) for s, line, _, r in rejects(any_engine)}
     assert ("mixed.us.txt", 3, "non-numeric open 'x'") in reasons
     assert ("empty.us.txt", None, "empty file") in reasons
     assert ("binary.us.txt", None, "binary content (NUL bytes), not a text file") in reasons
     assert ("noclose.csv", None, "header has no Close column (found: 'Date,Open,High,Low')") in reasons
     # An unreadable file that has not changed is not reported again.
-    again = ingest(engine, [folder])
-    assert again.files_skipped == 5 and len(rejects(engine)) == 4
+    again = ingest(any_engine, [folder])
+    assert again.files_skipped == 5 and len(rejects(any_engine)) == 4
 
 
-def test_appended_file_adds_only_new_rows_and_reads_only_its_tail(engine, tmp_path, monkeypatch):
+def test_appended_file_adds_only_new_rows_and_reads_only_its_tail(any_engine, tmp_path, monkeypatch):
     path = write_file(tmp_path, "abc.us.txt", HEADER + "2017-01-03,10,11,9,10.5,100,0\n")
-    ingest(engine, [path])
+    ingest(any_engine, [path])
     with open(path, "a") as fh:
         fh.write("2017-01-04,10,11,9,10.6,100,0\n2017-01-05,10,11,9,bad,100,0\n")
     monkeypatch.setattr(ingest_mod, "_read_whole", lambda *a: pytest.fail("whole file re-read"))
-    report = ingest(engine, [path])
+    report = ingest(any_engine, [path])
     assert (report.rows_added, report.rows_rejected, report.rows_unchanged) == (1, 1, 0)
-    assert [(line, reason) for _, line, _, reason in rejects(engine)] == [(4, "non-numeric close 'bad'")]
-    assert count(engine) == 2
+    assert [(line, reason) for _, line, _, reason in rejects(any_engine)] == [(4, "non-numeric close 'bad'")]
+    assert count(any_engine) == 2
 
 
-def test_unchanged_file_is_not_parsed_again(engine, sample_dir, monkeypatch):
-    ingest(engine, [sample_dir])
+def test_unchanged_file_is_not_parsed_again(any_engine, sample_dir, monkeypatch):
+    ingest(any_engine, [sample_dir])
     monkeypatch.setattr(ingest_mod, "read_fields", lambda *a, **k: pytest.fail("parsed again"))
-    assert ingest(engine, [sample_dir]).files_skipped == 3
+    assert ingest(any_engine, [sample_dir]).files_skipped == 3
 
 
-def test_rewritten_file_keeps_stored_history_and_records_the_conflict(engine, tmp_path):
+def test_rewritten_file_keeps_stored_history_and_records_the_conflict(any_engine, tmp_path):
     path = write_file(tmp_path, "abc.us.txt", HEADER + "2017-01-03,10,11,9,10.5,100,0\n")
-    ingest(engine, [path])
+    ingest(any_engine, [path])
     write_file(tmp_path, "abc.us.txt", HEADER + "2017-01-03,10,11,9,10.7,100,0\n2017-01-04,10,11,9,10,1,0\n")
-    report = ingest(engine, [path])
+    report = ingest(any_engine, [path])
     assert (report.rows_added, report.rows_rejected) == (1, 1)
-    [(_, line, ticker, reason)] = rejects(engine)
+    [(_, line, ticker, reason)] = rejects(any_engine)
     assert (line, ticker) == (2, "abc")
     assert reason == "differs from the stored row for 2017-01-03 (stored close 10.5, file 10.7); the stored row is kept"
-    with engine.connect() as conn:
+    with any_engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT close FROM prices WHERE date='2017-01-03'").scalar() == 10.5
 
 
-def test_rewritten_file_with_the_same_rows_adds_nothing(engine, tmp_path):
+def test_rewritten_file_with_the_same_rows_adds_nothing(any_engine, tmp_path):
     text = HEADER + "2017-01-03,10,11,9,10.5,100,0\n"
     path = write_file(tmp_path, "abc.us.txt", text)
-    ingest(engine, [path])
+    ingest(any_engine, [path])
     write_file(tmp_path, "abc.us.txt", "\ufeff" + text.replace("\n", "\r\n"))
-    report = ingest(engine, [path])
+    report = ingest(any_engine, [path])
     assert (report.files_read, report.rows_added, report.rows_unchanged, report.rows_rejected) == (1, 0, 1, 0)
 
 

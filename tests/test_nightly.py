@@ -39,68 +39,68 @@ def rows(engine, sql, **params):
         return [tuple(r) for r in conn.execute(sa.text(sql), params)]
 
 
-def test_two_nights_on_real_data(engine, shared_data, tiny_model, tmp_path):
+def test_two_nights_on_real_data(any_engine, shared_data, tiny_model, tmp_path):
     data = tmp_path / "data"
     cut = cut_copy(shared_data, data, "2017-11-08")
 
-    night1 = predict(engine, tiny_model, data=[data], device="cpu")
+    night1 = predict(any_engine, tiny_model, data=[data], device="cpu")
     [run1] = night1.runs
     assert (run1.as_of, run1.target_date, run1.n_predictions) == ("2017-11-08", "2017-11-09", 9)
     assert run1.stale == ["actx"] and night1.ingest.rows_added == 29_116 - 18  # 9 tickers x 2 days cut
 
     append_next_day(data, cut)
-    night2 = predict(engine, tiny_model, data=[data], device="cpu")
+    night2 = predict(any_engine, tiny_model, data=[data], device="cpu")
     [run2] = night2.runs
     assert night2.ingest.rows_added == 9 and night2.ingest.files_skipped == 1  # actx unchanged
     assert (run2.as_of, run2.target_date, run2.n_predictions) == ("2017-11-09", "2017-11-10", 9)
 
-    again = predict(engine, tiny_model, data=[data], device="cpu").runs[0]
+    again = predict(any_engine, tiny_model, data=[data], device="cpu").runs[0]
     assert (again.n_predictions, again.n_already) == (0, 9)
     assert "9 already stored by an earlier run of this model" in again.message
 
     # One prediction per fresh ticker per night, none for actx, all in succeeded runs.
-    assert rows(engine, "SELECT as_of, COUNT(*) FROM predictions GROUP BY as_of ORDER BY as_of") == [
+    assert rows(any_engine, "SELECT as_of, COUNT(*) FROM predictions GROUP BY as_of ORDER BY as_of") == [
         ("2017-11-08", 9), ("2017-11-09", 9)]
-    assert rows(engine, "SELECT COUNT(*) FROM predictions WHERE ticker = 'actx'") == [(0,)]
-    assert rows(engine, "SELECT status, n_predictions, device FROM runs ORDER BY run_id") == [
+    assert rows(any_engine, "SELECT COUNT(*) FROM predictions WHERE ticker = 'actx'") == [(0,)]
+    assert rows(any_engine, "SELECT status, n_predictions, device FROM runs ORDER BY run_id") == [
         ("succeeded", 9, "cpu"), ("succeeded", 9, "cpu"), ("succeeded", 0, "cpu")]
 
     # Outcomes join the next stored close: aaxj closed 76.24 on 2017-11-09 (from the file).
     [(actual_date, actual, last, error, naive_error, predicted)] = rows(
-        engine, "SELECT actual_date, actual_close, last_close, error, naive_error, predicted_close "
+        any_engine, "SELECT actual_date, actual_close, last_close, error, naive_error, predicted_close "
                 "FROM prediction_outcomes WHERE ticker = 'aaxj' AND as_of = '2017-11-08'")
     expected_close = float(next(l for l in (shared_data / "ETFs/aaxj.us.txt").read_text().splitlines()
                                 if l.startswith("2017-11-09")).split(",")[4])
     assert (actual_date, actual) == ("2017-11-09", expected_close)
     assert error == pytest.approx(predicted - actual) and naive_error == pytest.approx(last - actual)
     # The latest night's prediction is pending (its next close is not stored yet).
-    assert rows(engine, "SELECT actual_close FROM prediction_outcomes WHERE ticker='aaxj' AND as_of='2017-11-09'") == [(None,)]
-    assert rows(engine, "SELECT as_of FROM latest_predictions WHERE ticker = 'aaxj'") == [("2017-11-09",)]
+    assert rows(any_engine, "SELECT actual_close FROM prediction_outcomes WHERE ticker='aaxj' AND as_of='2017-11-09'") == [(None,)]
+    assert rows(any_engine, "SELECT as_of FROM latest_predictions WHERE ticker = 'aaxj'") == [("2017-11-09",)]
 
 
-def test_backfill_is_point_in_time(engine, shared_data, tiny_model):
+def test_backfill_is_point_in_time(any_engine, shared_data, tiny_model):
     from forecaster.ingest import ingest
-    ingest(engine, [shared_data])
-    outcome = predict(engine, tiny_model, start="2017-10-02", end="2017-10-06", device="cpu")
+    ingest(any_engine, [shared_data])
+    outcome = predict(any_engine, tiny_model, start="2017-10-02", end="2017-10-06", device="cpu")
     assert [r.as_of for r in outcome.runs] == ["2017-10-02", "2017-10-03", "2017-10-04", "2017-10-05", "2017-10-06"]
     # actx trades thinly: no row on 10-02 or 10-03, its last row on 10-04.
     assert [r.n_predictions for r in outcome.runs] == [9, 9, 10, 9, 9]
     assert [r.stale for r in outcome.runs] == [["actx"], ["actx"], [], ["actx"], ["actx"]]
     # Each prediction's last close is the close on its own as_of, not the newest one.
-    mismatched = rows(engine, "SELECT COUNT(*) FROM predictions p JOIN prices x "
+    mismatched = rows(any_engine, "SELECT COUNT(*) FROM predictions p JOIN prices x "
                               "ON x.ticker = p.ticker AND x.date = p.as_of WHERE x.close != p.last_close")
-    assert mismatched == [(0,)] and rows(engine, "SELECT COUNT(*) FROM predictions") == [(46,)]
+    assert mismatched == [(0,)] and rows(any_engine, "SELECT COUNT(*) FROM predictions") == [(46,)]
     assert outcome.runs[-1].target_date == "2017-10-09"  # Friday -> Monday
 
 
-def test_point_in_time_ignores_later_rows(engine, shared_data, tiny_model):
+def test_point_in_time_ignores_later_rows(any_engine, shared_data, tiny_model):
     from forecaster.ingest import ingest
-    ingest(engine, [shared_data])
+    ingest(any_engine, [shared_data])
     model = load_model(tiny_model, "cpu")
-    run = predict(engine, tiny_model, as_of="2017-06-01", device="cpu").runs[0]
-    [(last_close, predicted)] = rows(engine, "SELECT last_close, predicted_close FROM predictions WHERE ticker='aaxj'")
-    [(close,)] = rows(engine, "SELECT close FROM prices WHERE ticker='aaxj' AND date='2017-06-01'")
-    window = np.array(rows(engine, "SELECT open, high, low, close FROM prices WHERE ticker='aaxj' AND date <= '2017-06-01' "
+    run = predict(any_engine, tiny_model, as_of="2017-06-01", device="cpu").runs[0]
+    [(last_close, predicted)] = rows(any_engine, "SELECT last_close, predicted_close FROM predictions WHERE ticker='aaxj'")
+    [(close,)] = rows(any_engine, "SELECT close FROM prices WHERE ticker='aaxj' AND date='2017-06-01'")
+    window = np.array(rows(any_engine, "SELECT open, high, low, close FROM prices WHERE ticker='aaxj' AND date <= '2017-06-01' "
                                    "ORDER BY date DESC LIMIT 20")[::-1], dtype=np.float32)
     assert last_close == close and run.target_date == "2017-06-02"
     assert predicted == pytest.approx(model.score(window[None])[0][0], rel=1e-6)
@@ -117,15 +117,15 @@ def test_target_date_skips_weekends_and_holidays(as_of, target):
     assert next_trading_day(as_of) == target
 
 
-def test_devices(engine, sample_dir, tiny_model):
+def test_devices(any_engine, sample_dir, tiny_model):
     from forecaster.ingest import ingest
-    ingest(engine, [sample_dir])
+    ingest(any_engine, [sample_dir])
     with pytest.raises(DeviceError, match="CUDA was requested but ONNX Runtime cannot use it here"):
-        predict(engine, tiny_model, device="cuda")
-    assert rows(engine, "SELECT status, device, n_predictions FROM runs") == [("failed", "cuda", 0)]
-    assert predict(engine, tiny_model, device="auto").runs[0].device == "cpu"
-    assert rows(engine, "SELECT device FROM runs WHERE status = 'succeeded'") == [("cpu",)]
-    assert rows(engine, "SELECT COUNT(*) FROM predictions") == [(3,)]
+        predict(any_engine, tiny_model, device="cuda")
+    assert rows(any_engine, "SELECT status, device, n_predictions FROM runs") == [("failed", "cuda", 0)]
+    assert predict(any_engine, tiny_model, device="auto").runs[0].device == "cpu"
+    assert rows(any_engine, "SELECT device FROM runs WHERE status = 'succeeded'") == [("cpu",)]
+    assert rows(any_engine, "SELECT COUNT(*) FROM predictions") == [(3,)]
 
 
 def test_an_empty_database_is_a_clear_error(engine, tiny_model):
@@ -133,27 +133,54 @@ def test_an_empty_database_is_a_clear_error(engine, tiny_model):
         predict(engine, tiny_model, device="cpu")
 
 
-def test_owed_dates_follow_the_runs_ledger(engine, shared_data, tiny_model):
+def test_owed_dates_follow_the_runs_ledger(any_engine, shared_data, tiny_model):
     from forecaster.ingest import ingest
-    ingest(engine, [shared_data])
+    ingest(any_engine, [shared_data])
     model_id = load_model(tiny_model).sha256
-    assert owed_dates(engine, model_id) == ["2017-11-10"]  # no run yet: the newest only
-    predict(engine, tiny_model, as_of="2017-11-07", device="cpu")
-    assert owed_dates(engine, model_id) == ["2017-11-08", "2017-11-09", "2017-11-10"]
+    assert owed_dates(any_engine, model_id) == ["2017-11-10"]  # no run yet: the newest only
+    predict(any_engine, tiny_model, as_of="2017-11-07", device="cpu")
+    assert owed_dates(any_engine, model_id) == ["2017-11-08", "2017-11-09", "2017-11-10"]
 
 
-def test_predict_cli_and_report(tmp_path, shared_data, tiny_model, db_url):
+def test_predict_cli_and_report(tmp_path, shared_data, tiny_model, any_db_url):
     runner = CliRunner()
     result = runner.invoke(main, ["predict", "--model", str(tiny_model), "--data", str(shared_data),
-                                  "--from", "2017-10-20", "--to", "2017-11-10", "--db", db_url, "-q"])
+                                  "--from", "2017-10-20", "--to", "2017-11-10", "--db", any_db_url, "-q"])
     assert result.exit_code == 0, result.output
     assert result.output.count("run ") == 16 and "1 stale (no close on 2017-11-10): actx" in result.output
-    report = runner.invoke(main, ["report", "--db", db_url, "--since", "2017-11-01", "--plot", str(tmp_path / "r.png")])
+    report = runner.invoke(main, ["report", "--db", any_db_url, "--since", "2017-11-01", "--plot", str(tmp_path / "r.png")])
     assert report.exit_code == 0, report.output
     assert "ALL" in report.output and "9 predictions still wait for their next close" in report.output
     assert (tmp_path / "r.png").stat().st_size > 0
     # 7 as_of dates from 2017-11-01 have a next close (11-01..11-09), for 9 tickers: N = 63.
     assert any(line.startswith("ALL") and line.split()[1] == "63" for line in report.output.splitlines())
     both = runner.invoke(main, ["predict", "--model", str(tiny_model), "--as-of", "2017-11-10",
-                                "--from", "2017-11-01", "--db", db_url])
+                                "--from", "2017-11-01", "--db", any_db_url])
     assert both.exit_code == 2 and "give --as-of or --from/--to, not both" in both.output
+
+
+def test_shards_together_make_exactly_one_unsharded_run(any_db_url, shared_data, tiny_model, tmp_path):
+    from forecaster.shards import Shard
+    whole = store.connect(f"sqlite:///{tmp_path / 'whole.db'}")
+    predict(whole, tiny_model, data=[shared_data], start="2017-11-01", device="cpu")
+    sharded = store.connect(any_db_url)
+    from forecaster.ingest import ingest
+    ingest(sharded, [shared_data])
+    for k in (1, 2, 3):
+        predict(sharded, tiny_model, start="2017-11-01", device="cpu", shard=Shard(k, 3))
+    query = "SELECT ticker, as_of, target_date, predicted_close FROM predictions ORDER BY ticker, as_of"
+    expected, got = rows(whole, query), rows(sharded, query)
+    assert len(expected) == 72 and got == expected
+    per_shard = rows(sharded, "SELECT shard, SUM(n_predictions) FROM runs GROUP BY shard ORDER BY shard")
+    assert [s for s, _ in per_shard] == ["1/3", "2/3", "3/3"] and sum(n for _, n in per_shard) == 72
+    assert all(n > 0 for _, n in per_shard)  # each machine really got a share
+
+
+def test_shard_membership_is_stable_and_complete():
+    from forecaster.shards import Shard
+    tickers = [f"t{i}" for i in range(1000)]
+    shards = [Shard(k, 4) for k in range(1, 5)]
+    assert sorted(t for s in shards for t in tickers if t in s) == sorted(tickers)
+    assert ("aaxj" in Shard(1, 2)) == ("aaxj" in Shard.parse("1/2"))
+    with pytest.raises(Exception, match="K must be between 1 and N"):
+        Shard.parse("3/2")

@@ -35,11 +35,33 @@ def cli(*args, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run([*PYTHON, *map(str, args)], capture_output=True, text=True, timeout=300, **kwargs)
 
 
-def check_invariants(db_path: Path, committed: set) -> dict:
-    """The promises a crash must never break, read with plain sqlite3."""
-    con = sqlite3.connect(db_path, timeout=60)
+class _Reader:
+    """Plain SQL on either backend, through a fresh connection each time."""
+
+    def __init__(self, url: str):
+        import sqlalchemy as sa
+        self.engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+        self.conn = self.engine.connect()
+
+    def execute(self, sql: str, params=()):
+        import sqlalchemy as sa
+        names = {f"p{i}": v for i, v in enumerate(params)}
+        for i in range(len(params)):
+            sql = sql.replace("?", f":p{i}", 1)
+        return self.conn.execute(sa.text(sql), names)
+
+    def close(self):
+        self.conn.close()
+        self.engine.dispose()
+
+
+def check_invariants(db: Path | str, committed: set) -> dict:
+    """The promises a crash must never break. `db`: a SQLite path or any URL."""
+    url = db if isinstance(db, str) else f"sqlite:///{db}"
+    con = _Reader(url)
     try:
-        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        if url.startswith("sqlite"):
+            assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         orphans = con.execute("SELECT COUNT(*) FROM predictions p JOIN runs r USING (run_id) "
                               "WHERE r.status != 'succeeded'").fetchone()[0]
         assert orphans == 0, "predictions outside a succeeded run"
@@ -47,10 +69,10 @@ def check_invariants(db_path: Path, committed: set) -> dict:
                             "LEFT JOIN predictions p USING (run_id) WHERE r.status = 'succeeded' "
                             "GROUP BY r.run_id HAVING r.n_predictions != COUNT(p.prediction_id)").fetchall()
         assert wrong == [], f"succeeded runs whose n_predictions is not what they wrote: {wrong}"
-        prices = set(con.execute("SELECT ticker, date FROM prices"))
+        prices = {tuple(r) for r in con.execute("SELECT ticker, date FROM prices")}
         assert committed <= prices, f"{len(committed - prices)} committed price rows lost"
         committed |= prices
-        return dict(con.execute("SELECT status, COUNT(*) FROM runs GROUP BY status").fetchall())
+        return {r[0]: r[1] for r in con.execute("SELECT status, COUNT(*) FROM runs GROUP BY status")}
     finally:
         con.close()
 
@@ -59,13 +81,14 @@ def file_rows(folder: Path) -> int:
     return sum(len(p.read_text().splitlines()) - 1 for p in folder.rglob("*.us.txt"))
 
 
-def test_kill_minus_9_at_random_moments_loses_nothing(tmp_path, tiny_model):
-    data, db = tmp_path / "data", tmp_path / "crash.db"
+def test_kill_minus_9_at_random_moments_loses_nothing(tmp_path, tiny_model, any_db_url):
+    data, db = tmp_path / "data", any_db_url
+    store.connect(db).dispose()
     write_sample_data(data, tickers=1200, days=40, seed=3)
     # Each attempt ingests a new day for 1,200 files, then scores the last 15
     # dates (one transaction each), so a kill can land in any phase.
     args = ["predict", "--model", tiny_model, "--data", data, "--from", "2017-10-20",
-            "--db", f"sqlite:///{db}", "--device", "cpu", "-q"]
+            "--db", db, "--device", "cpu", "-q"]
     rng = random.Random(7)
     committed: set = set()
     kills = mid_run = 0
@@ -77,13 +100,12 @@ def test_kill_minus_9_at_random_moments_loses_nothing(tmp_path, tiny_model):
             proc.kill()
             kills += 1
         proc.wait()
-        if db.exists():
-            statuses = check_invariants(db, committed)
-            mid_run += statuses.get("running", 0)  # a run row left behind: killed mid-run
+        statuses = check_invariants(db, committed)
+        mid_run += statuses.get("running", 0)  # a run row left behind: killed mid-run
     final = cli(*args)
     assert final.returncode == 0, final.stderr
     statuses = check_invariants(db, committed)
-    con = sqlite3.connect(db)
+    con = _Reader(db)
     # Every runs row a killed process left behind was marked failed by a later run.
     assert statuses.get("running", 0) == 0
     reasons = [r[0] for r in con.execute("SELECT message FROM runs WHERE status = 'failed'")]
@@ -93,9 +115,10 @@ def test_kill_minus_9_at_random_moments_loses_nothing(tmp_path, tiny_model):
     assert con.execute("SELECT COUNT(*) FROM prices").fetchone()[0] == file_rows(data)
     newest = con.execute("SELECT MAX(date) FROM prices").fetchone()[0]
     assert con.execute("SELECT COUNT(*) FROM predictions WHERE as_of = ?", (newest,)).fetchone()[0] == 1200
+    con.close()
     assert kills >= 6, f"only {kills} kills landed; the test did not test much"
     assert mid_run >= 2, f"only {mid_run} kills landed inside a run"
-    print(f"\nkills: {kills}, left mid-run: {mid_run}, abandoned runs recovered: {len(reasons)}")
+    print(f"\n{db.split(':')[0]}: kills {kills}, left mid-run {mid_run}, abandoned runs recovered {len(reasons)}")
 
 
 @contextlib.contextmanager

@@ -12,29 +12,29 @@ def test_sqlite_settings(engine):
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == store.BUSY_TIMEOUT_MS
 
 
-def test_schema_is_created_once_and_versioned(db_url):
-    store.connect(db_url).dispose()
-    engine = store.connect(db_url)  # second open must not recreate anything
+def test_schema_is_created_once_and_versioned(any_db_url):
+    store.connect(any_db_url).dispose()
+    engine = store.connect(any_db_url)  # second open must not recreate anything
     with engine.connect() as conn:
         assert conn.execute(sa.select(store.schema_info.c.version)).scalar_one() == store.SCHEMA_VERSION
         names = set(sa.inspect(conn).get_view_names())
     assert names == {"latest_predictions", "prediction_outcomes"}
 
 
-def test_a_database_from_another_version_is_refused(engine, db_url):
-    with store.write_transaction(engine) as conn:
+def test_a_database_from_another_version_is_refused(any_engine, any_db_url):
+    with store.write_transaction(any_engine) as conn:
         conn.execute(store.schema_info.update().values(version=999))
     with pytest.raises(StoreError, match="schema version is 999, this forecaster expects 1"):
-        store.connect(db_url)
+        store.connect(any_db_url)
 
 
-def test_a_failed_write_transaction_leaves_nothing(engine):
+def test_a_failed_write_transaction_leaves_nothing(any_engine):
     with pytest.raises(RuntimeError):
-        with store.write_transaction(engine) as conn:
+        with store.write_transaction(any_engine) as conn:
             conn.execute(store.prices.insert().values(ticker="x", date="2017-01-03", open=1, high=1,
                                                       low=1, close=1))
             raise RuntimeError("crash mid-transaction")
-    with engine.connect() as conn:
+    with any_engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT COUNT(*) FROM prices").scalar() == 0
 
 
