@@ -29,7 +29,7 @@ from .sources import (Fields, Rejection, Rows, UnreadableFile, decode, find_file
 
 TAIL_BYTES = 4096          # how much of a file's old end must match to trust an append
 FLUSH_ROWS = 200_000       # write in transactions of about this many rows...
-FLUSH_FILES = 256          # ...or this many files, whichever comes first
+FLUSH_FILES = 2048         # ...or this many files, whichever comes first
 PROGRESS_MIN_FILES = 20
 
 
@@ -81,7 +81,7 @@ def ingest(engine: sa.Engine, paths: Iterable[str | Path], *, progress: bool = F
     bar = tqdm(files, desc="ingest", unit="file", disable=not progress or len(files) < PROGRESS_MIN_FILES,
                leave=False)
     for path in bar:
-        key = str(path.resolve())
+        key = str(path)  # absolute: find_files resolved the folder it came from
         result = _read_file(path, key, ledger.get(key))
         if result is None:
             report.files_skipped += 1

@@ -74,10 +74,12 @@ class UnreadableFile(SourceError):
 
 
 def find_files(paths: list[str | Path]) -> Iterator[Path]:
-    """Every `*.txt` / `*.csv` under `paths` (folders searched recursively), in a stable order."""
-    for p in map(Path, paths):
-        if not p.exists():
-            raise SourceError(f"{p}: no such file or folder")
+    """Every `*.txt` / `*.csv` under `paths` (folders searched recursively), in a
+    stable order, as absolute paths (each given path is resolved once)."""
+    for given in map(Path, paths):
+        if not given.exists():
+            raise SourceError(f"{given}: no such file or folder")
+        p = given.resolve()
         if p.is_dir():
             yield from sorted(
                 f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in SUFFIXES)

@@ -175,7 +175,9 @@ def latest_windows(engine: sa.Engine, as_of: str, seq_len: int) -> ScoringBatch:
             sa.select(p.ticker, p.date, p.open, p.high, p.low, p.close)
             .select_from(store.tickers.join(store.prices, p.ticker == t.ticker))
             .where(t.first_date <= as_of, t.last_date >= as_of, p.date >= (start or as_of), p.date <= as_of)
-            .order_by(p.ticker, p.date)).all()
+            # Ordering by tickers' column makes SQLite loop over tickers and seek
+            # each one's recent rows; ordering by prices' would scan all of prices.
+            .order_by(t.ticker, p.date)).all()
         by_ticker: dict[str, list] = {}
         for row in recent:
             by_ticker.setdefault(row[0], []).append(row[1:])
