@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import CheckpointError
+from .errors import CheckpointError, first_line
 from .files import write_atomically
 
 FORMAT = "forecaster-checkpoint"
@@ -28,8 +28,7 @@ def load(path: str | Path) -> dict:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a pickle with code in it lands here, refused
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: not a loadable forecaster checkpoint ({first[:200]})") from None
+        raise CheckpointError(f"{path}: not a loadable forecaster checkpoint ({first_line(exc)[:200]})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a forecaster checkpoint")
     if data.get("format_version") != FORMAT_VERSION:

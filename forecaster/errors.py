@@ -2,6 +2,13 @@
 into exit codes."""
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (of the driver's error when
+    SQLAlchemy wraps one), for one-line reports."""
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class ForecasterError(Exception):
     """Base class: something a user can act on, described in one line."""
 

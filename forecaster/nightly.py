@@ -22,7 +22,7 @@ import sqlalchemy as sa
 
 from . import store
 from .calendar import DEFAULT_CALENDAR, next_trading_day
-from .errors import DataError, ForecasterError, StoreError
+from .errors import DataError, ForecasterError, StoreError, first_line
 from .ingest import IngestReport, ingest
 from .scoring import ModelFile, load_model
 from .shards import Shard
@@ -165,7 +165,7 @@ def run_one(engine: sa.Engine, model: ModelFile, as_of: str, calendar: str = DEF
             result.message = _message(result)
             _finish_run(conn, run_id, "succeeded", result.message, len(rows))
     except Exception as exc:
-        reason = str(exc) if isinstance(exc, ForecasterError) else _one_line(exc)
+        reason = str(exc) if isinstance(exc, ForecasterError) else first_line(exc)
         _mark_failed(engine, run_id, reason)
         if isinstance(exc, ForecasterError):
             raise
@@ -294,8 +294,3 @@ def _check_date(value: str) -> None:
         dt.date.fromisoformat(value)
     except ValueError:
         raise DataError(f"{value!r} is not a date (expected YYYY-MM-DD)") from None
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(getattr(exc, "orig", None) or exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from .errors import StoreError
+from .errors import StoreError, first_line
 
 
 def run_query(engine: sa.Engine, query: str, *, limit: int = 50) -> tuple[list[str], list[tuple], bool]:
@@ -19,7 +19,7 @@ def run_query(engine: sa.Engine, query: str, *, limit: int = 50) -> tuple[list[s
             columns = list(result.keys())
             rows = [tuple(r) for r in result.fetchmany(limit + 1)]
         except sa.exc.SQLAlchemyError as exc:
-            raise StoreError(f"query failed: {str(exc.orig if hasattr(exc, 'orig') else exc).splitlines()[0]}") from None
+            raise StoreError(f"query failed: {first_line(exc)}") from None
         finally:
             conn.rollback()
     return columns, rows[:limit], len(rows) > limit

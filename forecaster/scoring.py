@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from .errors import DeviceError, ModelFileError
+from .errors import DeviceError, ModelFileError, first_line
 
 METADATA_PREFIX = "forecaster."
 METADATA_FORMAT = 1
@@ -105,8 +105,7 @@ def _session(blob: bytes, path: Path, device: str) -> tuple[ort.InferenceSession
     try:
         session = ort.InferenceSession(blob, sess_options=options, providers=providers)
     except Exception as exc:
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelFileError(f"{path}: not a loadable ONNX model ({text[:300]})") from None
+        raise ModelFileError(f"{path}: not a loadable ONNX model ({first_line(exc)[:300]})") from None
     used = "cuda" if session.get_providers()[0] == CUDA else "cpu"
     if device == "cuda" and used != "cuda":
         raise DeviceError(

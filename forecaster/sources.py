@@ -161,7 +161,7 @@ def read_fields(body: str, header: Header, *, first_line: int) -> Fields:
     return fields if fields is not None else _fields_by_line(body, header, first_line)
 
 
-def _fields_by_line(body: str, header: Header, first_line: int) -> _Fields:
+def _fields_by_line(body: str, header: Header, first_line: int) -> Fields:
     numbers, texts = [], []
     for offset, raw in enumerate(body.split("\n")):
         text = raw.rstrip("\r")

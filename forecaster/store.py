@@ -12,7 +12,7 @@ from typing import Iterator
 import sqlalchemy as sa
 from sqlalchemy import event
 
-from .errors import StoreError
+from .errors import StoreError, first_line
 
 SCHEMA_VERSION = 1
 DEFAULT_URL = "sqlite:///forecaster.db"
@@ -187,7 +187,7 @@ def write_transaction(engine: sa.Engine) -> Iterator[sa.Connection]:
             yield conn
     except sa.exc.SQLAlchemyError as exc:
         # A full disk, a read-only file, a vanished folder: one plain line.
-        raise StoreError(f"database write failed: {_first_line(exc)}") from exc
+        raise StoreError(f"database write failed: {first_line(exc)}") from exc
 
 
 WRITER_LOCK_KEY = 0x666F7265  # "fore": PostgreSQL advisory lock shared by all writers
@@ -226,7 +226,7 @@ def connect(url: str = DEFAULT_URL, *, create: bool = True) -> sa.Engine:
     except StoreError:
         raise
     except sa.exc.SQLAlchemyError as exc:
-        raise StoreError(f"cannot open database {url!r}: {_first_line(exc)}") from None
+        raise StoreError(f"cannot open database {url!r}: {first_line(exc)}") from None
     return engine
 
 
@@ -246,11 +246,6 @@ def _check_version(conn: sa.Connection) -> None:
     if version != SCHEMA_VERSION:
         raise StoreError(
             f"database schema version is {version}, this forecaster expects {SCHEMA_VERSION}")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(getattr(exc, "orig", None) or exc)
-    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
 
 
 def bulk_insert(conn: sa.Connection, table: sa.Table, records: list[tuple]) -> None:
@@ -291,18 +286,3 @@ def upsert(conn: sa.Connection, table: sa.Table, rows: list[dict], keys: list[st
     setters = ({c: fn(stmt.excluded) for c, fn in update.items()} if update else
                {c.name: stmt.excluded[c.name] for c in table.columns if c.name not in keys})
     conn.execute(stmt.on_conflict_do_update(index_elements=keys, set_=setters), rows)
-
-
-def describe(engine: sa.Engine) -> dict:
-    """Counts a person wants after an ingest: rows, tickers, date range, rejects."""
-    with engine.connect() as conn:
-        n_prices = conn.execute(sa.select(sa.func.count()).select_from(prices)).scalar()
-        per_ticker = conn.execute(
-            sa.select(tickers.c.ticker, tickers.c.first_date, tickers.c.last_date, tickers.c.n_rows)
-            .order_by(tickers.c.ticker)).all()
-        n_rejected = conn.execute(sa.select(sa.func.count()).select_from(rejected_rows)).scalar()
-    return {
-        "rows": n_prices,
-        "tickers": [dict(r._mapping) for r in per_ticker],
-        "rejected_rows": n_rejected,
-    }
