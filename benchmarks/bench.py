@@ -171,14 +171,19 @@ def bench_train() -> dict:
         engine = store.connect(f"sqlite:///{tmp}/t.db")
         ingest(engine, [SHARED / "ETFs" / "aaxj.us.txt"])
         series = load_series(engine, ["aaxj"])
-    config = TrainConfig(batch_size=0, epochs=100)  # the tutorial: whole set as one batch
     train(series, TrainConfig(batch_size=0, epochs=1))  # warm-up: first-call imports
-    start = time.perf_counter()
-    train(series, config)
-    seconds = time.perf_counter() - start
-    windows = len(make_windows(series["aaxj"].ohlc, config.seq_len)[1])
-    log(f"train aaxj tutorial config: {seconds:.1f} s")
-    return {"windows": windows, "epochs": 100, "batch_size": "full", "seconds": seconds}
+    out = {}
+    for precision in ("fp32", "bf16"):
+        config = TrainConfig(batch_size=0, epochs=100, precision=precision)  # the tutorial: one full batch
+        start = time.perf_counter()
+        result = train(series, config)
+        seconds = time.perf_counter() - start
+        ratio = result.metrics["tickers"]["aaxj"]["ratio"]
+        log(f"train aaxj tutorial config, {precision}: {seconds:.1f} s, held-out ratio {ratio:.3f}")
+        out[precision] = {"seconds": seconds, "ratio_to_naive": ratio}
+    windows = len(make_windows(series["aaxj"].ohlc, 20)[1])
+    return {"windows": windows, "epochs": 100, "batch_size": "full", "seconds": out["fp32"]["seconds"],
+            "bf16_seconds": out["bf16"]["seconds"], "precisions": out}
 
 
 def main() -> int:
@@ -235,7 +240,8 @@ def print_table(r: dict) -> None:
         print(f"| cost of 10x longer history | {r['history_cost_ratio']:.2f}x |")
     if "train" in r:
         t = r["train"]
-        print(f"| train aaxj, tutorial config ({t['windows']} windows, 100 epochs, full batch) | {t['seconds']:.1f} s |")
+        print(f"| train aaxj, tutorial config ({t['windows']} windows, 100 epochs, full batch) | "
+              f"{t['seconds']:.1f} s (fp32), {t['bf16_seconds']:.1f} s (--precision bf16) |")
 
 
 if __name__ == "__main__":

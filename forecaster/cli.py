@@ -115,10 +115,13 @@ def parse_tickers(text: str | None) -> list[str]:
         help="relative: each window divided by its last close; minmax: per ticker/column to [-1, 1] "
              "fitted on training rows.")
 @option("--seed", default=0, show_default=True, type=int, help="Seed for weights and shuffling.")
+@option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "bf16"]),
+        help="bf16: run the training forward pass in bfloat16 (faster on CPUs with AVX512-BF16/AMX); "
+             "weights and the exported model stay float32.")
 @quiet_option
 @reports_errors
 def train(tickers, all_tickers, out, data, db, seq_len, hidden, layers, epochs, lr, batch_size,
-          test_fraction, scaling, seed, quiet):
+          test_fraction, scaling, seed, precision, quiet):
     """Fit one stacked LSTM on the chosen tickers and report held-out accuracy
     next to the naive forecast (tomorrow's close = today's close).
 
@@ -134,7 +137,8 @@ def train(tickers, all_tickers, out, data, db, seq_len, hidden, layers, epochs, 
         click.echo(run_ingest(engine, data, progress=not quiet).summary(), err=quiet)
     from .train import TrainConfig
     config = TrainConfig(seq_len=seq_len, hidden=hidden, layers=layers, epochs=epochs, lr=lr,
-                         batch_size=batch_size, test_fraction=test_fraction, scaling=scaling, seed=seed)
+                         batch_size=batch_size, test_fraction=test_fraction, scaling=scaling, seed=seed,
+                         precision=precision)
     job = run_training(engine, TrainJob(tickers=parse_tickers(tickers), all_tickers=all_tickers,
                                         config=config, out=out), progress=not quiet)
     for line in job.warnings:

@@ -82,3 +82,19 @@ def test_a_pickle_with_code_is_refused_and_not_run(tmp_path):
     with pytest.raises(CheckpointError, match="not a loadable forecaster checkpoint"):
         checkpoint.load(path)
     assert not sentinel.exists()
+
+
+def test_bf16_training_is_reproducible_learns_and_keeps_float32_weights():
+    series = {"ar": synthetic_series("ar", days=1500, seed=11, ar=0.6)}
+    a = train(series, TrainConfig(epochs=15, precision="bf16"))
+    b = train(series, TrainConfig(epochs=15, precision="bf16"))
+    assert a.metrics == b.metrics
+    assert a.metrics["tickers"]["ar"]["ratio"] < 0.9
+    assert all(v.dtype == torch.float32 for v in a.checkpoint["state_dict"].values())
+
+
+def test_an_unknown_precision_is_refused():
+    import pytest
+    from forecaster.errors import DataError
+    with pytest.raises(DataError, match="unknown precision 'fp8'"):
+        train({"s": synthetic_series(days=100)}, TrainConfig(precision="fp8"))
