@@ -7,7 +7,9 @@ external-data paths, so only a self-contained file can load.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import os
 from dataclasses import dataclass
@@ -94,6 +96,10 @@ def _session(blob: bytes, path: Path, device: str) -> tuple[ort.InferenceSession
     want_cuda = device == "cuda" or (
         device == "auto" and CUDA in ort.get_available_providers() and nvidia_driver_present())
     providers = [CUDA, CPU] if want_cuda else [CPU]
+    if want_cuda and hasattr(ort, "preload_dlls"):
+        # Lets CUDA/cuDNN from pip wheels (torch's, or onnxruntime-gpu[cuda,cudnn]) be found.
+        with contextlib.redirect_stdout(io.StringIO()) if device == "auto" else contextlib.nullcontext():
+            ort.preload_dlls()
     # onnxruntime-gpu without usable CUDA libraries logs C++ errors and falls
     # back to CPU; under "auto" we check what it picked instead of showing them.
     ort.set_default_logger_severity(4 if device == "auto" else 3)
