@@ -63,24 +63,9 @@ def predict(engine: sa.Engine, model_path: str | Path, *, as_of: str | None = No
     """Ingest `data` (if any), then score each as_of: the given one, every
     date with prices in [start, end], or by default the newest date stored.
     With a `shard`, only the tickers of that shard are scored."""
-    report = ingest(engine, data, progress=progress) if data else None
-    recovered = recover_abandoned_runs(engine)
-    model = _load_or_record(engine, model_path, device, as_of, shard)
-    outcome = PredictOutcome([], report, model.sha256, model.device, recovered)
-    for day in as_of_dates(engine, as_of, start, end):
-        if should_stop():
-            break
-        outcome.runs.append(run_one(engine, model, day, calendar, shard))
-    return outcome
-
-
-def _load_or_record(engine, model_path, device, as_of, shard) -> ModelFile:
-    """Load the model; if it cannot be, the failure is a `runs` row too."""
-    try:
-        return load_model(model_path, device)
-    except ForecasterError as exc:
-        record_failed_run(engine, as_of, None, device, str(exc), shard)
-        raise
+    return _score_dates(engine, model_path, lambda model: as_of_dates(engine, as_of, start, end),
+                        data=data, device=device, calendar=calendar, progress=progress,
+                        should_stop=should_stop, shard=shard, as_of=as_of)
 
 
 def catch_up(engine: sa.Engine, model_path: str | Path, *, data=(), device: str = "auto",
@@ -88,11 +73,23 @@ def catch_up(engine: sa.Engine, model_path: str | Path, *, data=(), device: str 
              shard: Shard | None = None) -> PredictOutcome:
     """What the daemon runs: ingest, then score every as_of this model still owes.
     The model is reloaded each time, so a re-exported file is picked up."""
-    report = ingest(engine, data) if data else None
+    return _score_dates(engine, model_path, lambda model: owed_dates(engine, model.sha256, shard),
+                        data=data, device=device, calendar=calendar, should_stop=should_stop, shard=shard)
+
+
+def _score_dates(engine, model_path, dates_for, *, data, device, calendar, should_stop, shard,
+                 progress=False, as_of=None) -> PredictOutcome:
+    """Ingest, recover abandoned runs, load the model (a failure to load is a
+    failed `runs` row too), then one all-or-nothing run per date."""
+    report = ingest(engine, data, progress=progress) if data else None
     recovered = recover_abandoned_runs(engine)
-    model = _load_or_record(engine, model_path, device, None, shard)
+    try:
+        model = load_model(model_path, device)
+    except ForecasterError as exc:
+        record_failed_run(engine, as_of, None, device, str(exc), shard)
+        raise
     outcome = PredictOutcome([], report, model.sha256, model.device, recovered)
-    for day in owed_dates(engine, model.sha256, shard):
+    for day in dates_for(model):
         if should_stop():
             break
         outcome.runs.append(run_one(engine, model, day, calendar, shard))
