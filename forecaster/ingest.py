@@ -117,8 +117,10 @@ def _read_file(path: Path, key: str, known) -> _FileResult | None:
     try:
         ledger["ticker"] = ticker = ticker_from_path(path)
         with open(path, "rb") as fh:
-            fields, ledger["lines"] = (_read_tail(fh, known) if _is_append(fh, known, stat.st_size)
-                                       else _read_whole(fh))
+            # Read exactly the bytes the ledger will record, even if a writer is
+            # still appending: the rest is the next ingest's tail.
+            fields, ledger["lines"] = (_read_tail(fh, known, stat.st_size)
+                                       if _is_append(fh, known, stat.st_size) else _read_whole(fh, stat.st_size))
             ledger["tail_sha256"] = _tail_hash(fh, stat.st_size)
     except UnreadableFile as exc:
         # Remembered in the ledger too, so it is reported once, not every night.
@@ -136,9 +138,9 @@ def _is_append(fh, known, size: int) -> bool:
     return _tail_hash(fh, known.size) == known.tail_sha256 and _last_byte(fh, known.size) == b"\n"
 
 
-def _read_whole(fh) -> tuple[Fields, int]:
+def _read_whole(fh, size: int) -> tuple[Fields, int]:
     fh.seek(0)
-    data = fh.read()
+    data = fh.read(size)
     if not data.strip():
         raise UnreadableFile("empty file")
     text = decode(data)
@@ -147,11 +149,11 @@ def _read_whole(fh) -> tuple[Fields, int]:
     return read_fields(body, header, first_line=2), text.count("\n") + 1
 
 
-def _read_tail(fh, known) -> tuple[Fields, int]:
+def _read_tail(fh, known, size: int) -> tuple[Fields, int]:
     fh.seek(0)
     header = parse_header(decode(fh.readline()))
     fh.seek(known.size)
-    body = decode(fh.read())
+    body = decode(fh.read(size - known.size))
     # The old content ended with "\n", so the ledger's last line was empty.
     return read_fields(body, header, first_line=known.lines), known.lines + body.count("\n")
 

@@ -100,3 +100,20 @@ def test_rewritten_file_with_the_same_rows_adds_nothing(any_engine, tmp_path):
 def test_a_missing_path_is_an_error(engine, tmp_path):
     with pytest.raises(SourceError, match="no such file or folder"):
         ingest(engine, [tmp_path / "nope"])
+
+
+def test_a_file_growing_during_ingest_is_read_up_to_its_recorded_size(engine, tmp_path, monkeypatch):
+    path = write_file(tmp_path, "abc.us.txt", HEADER + "2017-01-03,10,11,9,10.5,100,0\n")
+    real_read_whole = ingest_mod._read_whole
+
+    def grow_then_read(fh, size):  # a vendor appends between our stat and our read
+        with open(path, "a") as out:
+            out.write("2017-01-04,10,11,9,10.6,100,0\n")
+        return real_read_whole(fh, size)
+
+    monkeypatch.setattr(ingest_mod, "_read_whole", grow_then_read)
+    assert ingest(engine, [path]).rows_added == 1  # only the bytes the ledger records as read
+    monkeypatch.undo()
+    second = ingest(engine, [path])  # the appended line is the next ingest's tail
+    assert (second.rows_added, second.rows_rejected, second.rows_unchanged) == (1, 0, 0)
+    assert count(engine) == 2
