@@ -184,3 +184,22 @@ def test_shard_membership_is_stable_and_complete():
     assert ("aaxj" in Shard(1, 2)) == ("aaxj" in Shard.parse("1/2"))
     with pytest.raises(Exception, match="K must be between 1 and N"):
         Shard.parse("3/2")
+
+
+def test_a_minmax_model_skips_tickers_it_never_saw_with_a_reason(engine, tmp_path):
+    from forecaster.export import export
+    from forecaster.ingest import ingest
+    from forecaster.sample import write_sample_data
+    from helpers import make_checkpoint
+    model = export(make_checkpoint(tmp_path / "mm.pt", "minmax"), tmp_path / "mm.onnx").path  # trained on aa, bb
+    folder = tmp_path / "d"
+    for name, seed in (("aa", 1), ("zz", 2)):
+        src = write_sample_data(tmp_path / f"s{seed}", tickers=1, days=60, seed=seed)[0]
+        (folder / "Stocks").mkdir(parents=True, exist_ok=True)
+        (folder / "Stocks" / f"{name}.us.txt").write_bytes(src.read_bytes())
+    ingest(engine, [folder])
+    run = predict(engine, model, device="cpu").runs[0]
+    assert run.n_predictions == 1
+    assert run.skipped == {"zz": "not a training ticker of this model (its minmax scaling has no numbers for it)"}
+    assert "1 skipped: zz (not a training ticker" in run.message
+    assert rows(engine, "SELECT ticker FROM predictions") == [("aa",)]
