@@ -174,7 +174,7 @@ def _write(engine: sa.Engine, results: list[_FileResult], summaries: dict[str, _
     """One transaction for a batch of files: each file's rows, rejections and
     ledger entry land together or not at all."""
     now = _now()
-    prices, rejects, ledgers, dates = [], [], [], Counter()
+    rejects, ledgers, dates = [], [], Counter()
     changed: dict[str, _Summary] = {}
     with store.write_transaction(engine) as conn:
         for res in results:
@@ -187,7 +187,9 @@ def _write(engine: sa.Engine, results: list[_FileResult], summaries: dict[str, _
                 report.rows_unchanged += unchanged
                 added = len(new)
                 if added:
-                    prices.extend(_price_tuples(res.ticker, new))
+                    # Inserted now, not at the end of the batch: a later file of the
+                    # same ticker in this batch (x.us.txt beside x.csv) must see them.
+                    store.bulk_insert(conn, store.prices, _price_tuples(res.ticker, new))
                     dates.update(new.dates.tolist())
                     changed[res.ticker] = summaries[res.ticker] = _merged(summaries.get(res.ticker), new)
             if res.ticker is None:
@@ -202,7 +204,6 @@ def _write(engine: sa.Engine, results: list[_FileResult], summaries: dict[str, _
                             "reason": r.reason, "rejected_at": now} for r in file_rejects)
             report.rows_added += added
             report.rows_rejected += sum(r.line is not None for r in file_rejects)
-        store.bulk_insert(conn, store.prices, prices)
         if rejects:
             conn.execute(store.rejected_rows.insert(), rejects)
         sf = store.source_files

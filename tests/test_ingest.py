@@ -117,3 +117,16 @@ def test_a_file_growing_during_ingest_is_read_up_to_its_recorded_size(engine, tm
     second = ingest(engine, [path])  # the appended line is the next ingest's tail
     assert (second.rows_added, second.rows_rejected, second.rows_unchanged) == (1, 0, 0)
     assert count(engine) == 2
+
+
+def test_one_ticker_in_two_files_of_one_ingest(any_engine, tmp_path):
+    # e.g. the same ticker under Stocks/ and ETFs/, or as .txt and .csv
+    write_file(tmp_path / "a", "x.us.txt", HEADER + "2017-01-03,10,11,9,10.5,100,0\n")
+    write_file(tmp_path / "b", "x.csv", HEADER + "2017-01-03,10,11,9,10.5,100,0\n2017-01-04,10,11,9,10.6,100,0\n")
+    write_file(tmp_path / "c", "x.txt", HEADER + "2017-01-04,10,11,9,10.9,100,0\n")
+    report = ingest(any_engine, [tmp_path])
+    assert (report.rows_added, report.rows_unchanged, report.rows_rejected) == (2, 1, 1)
+    assert count(any_engine) == 2
+    [(source, line, ticker, reason)] = rejects(any_engine)
+    assert (os.path.basename(source), line, ticker) == ("x.txt", 2, "x")
+    assert reason.startswith("differs from the stored row for 2017-01-04")
