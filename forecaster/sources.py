@@ -11,6 +11,7 @@ text and a reason; nothing is dropped silently.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import io
 import math
 import re
@@ -223,9 +224,9 @@ def _fields_fast(body: str, header: Header, first_line: int) -> Fields | None:
         if name in pos:
             values[:, j] = frame[pos[name]].to_numpy(dtype=np.float64)
     date_text = frame[pos["date"]].fillna("").to_numpy(dtype=object)
-    lines = body.split("\n")
+    lines = functools.cache(body.split)  # split only if a row is set aside and its text is asked for
     return Fields(header, np.arange(first_line, first_line + n, dtype=np.int64), date_text, values,
-                  np.ones(n, dtype=bool), lambda i: lines[i].rstrip("\r"))
+                  np.ones(n, dtype=bool), lambda i: lines("\n")[i].rstrip("\r"))
 
 
 _BLANK_LINE = re.compile(r"\n[ \t\r]*\n")

@@ -65,3 +65,13 @@ def test_python_dash_m_works():
     import subprocess, sys
     out = subprocess.run([sys.executable, "-m", "forecaster", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "Usage: forecaster" in out.stdout
+
+
+def test_sql_never_writes(sample_dir, db_url):
+    invoke("ingest", sample_dir, "--db", db_url)
+    result = invoke("sql", "delete from prices returning ticker", "--db", db_url)
+    assert result.exit_code == 0 and "syn0000" in result.output  # it ran, and showed its rows...
+    after = invoke("sql", "select count(*) as n from prices", "--db", db_url)
+    assert after.output.splitlines()[2].strip() == "360"  # ...but was rolled back
+    refused = invoke("sql", "delete from prices", "--db", db_url)
+    assert refused.exit_code == 1 and "only queries that return rows are allowed here" in refused.output
