@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import itertools
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -189,7 +188,7 @@ def _write(engine: sa.Engine, results: list[_FileResult], summaries: dict[str, _
                 if added:
                     # Inserted now, not at the end of the batch: a later file of the
                     # same ticker in this batch (x.us.txt beside x.csv) must see them.
-                    store.bulk_insert(conn, store.prices, _price_tuples(res.ticker, new))
+                    store.bulk_insert(conn, store.prices, _price_records(res.ticker, new))
                     dates.update(new.dates.tolist())
                     changed[res.ticker] = summaries[res.ticker] = _merged(summaries.get(res.ticker), new)
             if res.ticker is None:
@@ -219,7 +218,7 @@ def _write(engine: sa.Engine, results: list[_FileResult], summaries: dict[str, _
 
 
 def _merged(summary: _Summary | None, rows: Rows) -> _Summary:
-    first, last = rows.dates[0], rows.dates[-1]  # rows are sorted by date
+    first, last = str(rows.dates[0]), str(rows.dates[-1])  # rows are sorted by date
     if summary is None:
         return _Summary(first, last, len(rows))
     return _Summary(min(first, summary.first_date), max(last, summary.last_date), summary.n_rows + len(rows))
@@ -228,12 +227,13 @@ def _merged(summary: _Summary | None, rows: Rows) -> _Summary:
 def _split_against_stored(conn, ticker: str, rows: Rows, summary: _Summary | None):
     """(rows not yet stored, count identical to stored, conflicts set aside).
     A pure append (every date after the stored ones) needs no query."""
-    if summary is None or rows.dates[0] > summary.last_date:
+    first, last = str(rows.dates[0]), str(rows.dates[-1])  # rows are sorted by date
+    if summary is None or first > summary.last_date:
         return rows, 0, []
     p = store.prices.c
     stored = {r[0]: r[1:] for r in conn.execute(
         sa.select(p.date, p.open, p.high, p.low, p.close, p.volume)
-        .where(p.ticker == ticker, p.date >= rows.dates[0], p.date <= rows.dates[-1]))}
+        .where(p.ticker == ticker, p.date >= first, p.date <= last))}
     if not stored:
         return rows, 0, []
     fresh, unchanged, conflicts = [], 0, []
@@ -259,12 +259,17 @@ def _row_text(date: str, v: np.ndarray) -> str:
     return f"{date},{v[0]:g},{v[1]:g},{v[2]:g},{v[3]:g},{volume}"
 
 
-def _price_tuples(ticker: str, rows: Rows) -> list[tuple]:
-    """Rows as tuples in `prices` column order (zip over columns: no per-row Python work)."""
-    o, h, l, c, v = rows.values.T
-    volume = v.tolist() if not np.isnan(v).any() else [None if x != x else x for x in v.tolist()]
-    return list(zip(itertools.repeat(ticker, len(rows)), rows.dates.tolist(), o.tolist(), h.tolist(),
-                    l.tolist(), c.tolist(), volume))
+def _price_records(ticker: str, rows: Rows) -> np.ndarray:
+    """Rows in `prices` column order, as one object array filled column by
+    column (NumPy makes the Python objects; no per-row Python work)."""
+    records = np.empty((len(rows), 7), dtype=object)
+    records[:, 0] = ticker
+    records[:, 1] = rows.dates
+    records[:, 2:] = rows.values
+    missing_volume = np.isnan(rows.values[:, 4])
+    if missing_volume.any():
+        records[missing_volume, 6] = None
+    return records
 
 
 def _now() -> str:

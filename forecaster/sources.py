@@ -14,7 +14,6 @@ import datetime as dt
 import functools
 import io
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -197,53 +196,69 @@ def _floats(texts: list[str]) -> np.ndarray:
 
 
 def _fields_fast(body: str, header: Header, first_line: int) -> Fields | None:
-    """The C CSV parser, for large clean files. None (use the line path) when
-    the body has blank lines, quotes, a line of the wrong width, or text where
-    a number belongs: those files get exact per-line messages instead."""
-    if ('"' in body or _BLANK_LINE.search(body) or body.startswith(("\n", "\r\n"))
-            or body.count("\r") != body.count("\r\n")):  # a lone CR is a line break to the C parser
+    """NumPy on the bytes for the line and field structure, the C parser for
+    the numbers. None (use the line path) when the body is not plain ASCII or
+    has quotes, a lone CR, a blank line, a line of the wrong width, a date
+    that is not 10 characters, or text where a number belongs: those files
+    get exact per-line messages instead."""
+    if not body.isascii():
         return None
-    data = np.frombuffer(body.encode(), dtype=np.uint8)
-    ends = np.flatnonzero(data == 10)
-    n = len(ends) + (0 if body.endswith("\n") else 1)
-    commas_per_line = np.bincount(np.searchsorted(ends, np.flatnonzero(data == 44)), minlength=n)
-    if len(commas_per_line) != n or not (commas_per_line == header.n_fields - 1).all():
+    data = body.encode()
+    b = np.frombuffer(data, dtype=np.uint8)
+    if (b == ord('"')).any() or (b == 0).any():
         return None
+    ends = np.flatnonzero(b == ord("\n"))
+    cr = np.flatnonzero(b == ord("\r"))
+    if len(cr) and (cr[-1] + 1 == len(b) or (b[cr + 1] != ord("\n")).any()):
+        return None  # a lone CR is a line break to the C parser
+    n = len(ends) + (b[-1] != ord("\n"))
+    starts = np.concatenate([[0], ends + 1])[:n]
+    stops = np.concatenate([ends, [len(b)]])[:n]
+    stops -= (stops > starts) & (b[np.maximum(stops - 1, 0)] == ord("\r"))
+    # Exactly k commas on every line: k*n in all, and line i holds the i-th group of k.
+    k = header.n_fields - 1
+    commas = np.flatnonzero(b == ord(","))
+    if len(commas) != n * k:
+        return None
+    grid = commas.reshape(n, k)
+    if not ((grid[:, 0] >= starts) & (grid[:, -1] < stops)).all():
+        return None  # also catches blank lines: they hold no comma
     pos = header.positions
-    used = sorted(pos.values())
-    try:
-        frame = pd.read_csv(io.StringIO(body), header=None, usecols=used, engine="c",
-                            dtype={p: (str if p == pos["date"] else np.float64) for p in used},
-                            keep_default_na=False, na_values={p: [""] for p in used})
-    except (ValueError, pd.errors.ParserError):
+    field_start = starts if pos["date"] == 0 else grid[:, pos["date"] - 1] + 1
+    field_stop = stops if pos["date"] == k else grid[:, pos["date"]]
+    if not (field_stop - field_start == 10).all():
         return None
+    date_bytes = b[field_start[:, None] + np.arange(10)]
+    date_text = date_bytes.view("S10").ravel().astype("U10")
+    numbers = sorted(p for name, p in pos.items() if name != "date")
+    try:
+        frame = pd.read_csv(io.BytesIO(data), header=None, usecols=numbers, engine="c",
+                            dtype=np.float64, keep_default_na=False, na_values={p: [""] for p in numbers})
+    except (ValueError, pd.errors.ParserError):
+        return None  # text where a number belongs
     if len(frame) != n:
         return None
     values = np.full((n, len(VALUES)), np.nan)
     for j, name in enumerate(VALUES):
         if name in pos:
             values[:, j] = frame[pos[name]].to_numpy(dtype=np.float64)
-    date_text = frame[pos["date"]].fillna("").to_numpy(dtype=object)
     lines = functools.cache(body.split)  # split only if a row is set aside and its text is asked for
     return Fields(header, np.arange(first_line, first_line + n, dtype=np.int64), date_text, values,
                   np.ones(n, dtype=bool), lambda i: lines("\n")[i].rstrip("\r"))
 
 
-_BLANK_LINE = re.compile(r"\n[ \t\r]*\n")
-
-
 def iso_dates(texts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(valid mask, yyyymmdd ints) for "YYYY-MM-DD" strings, checked with
     NumPy on the digits: same answer for one row or ten million."""
-    n = len(texts)
-    # Fixed-width UCS-4 codes, one row per string; an 11th code point that is
-    # not 0 means the string was longer than 10 characters.
-    codes = np.array(list(texts), dtype="U11").view(np.uint32).reshape(n, 11).astype(np.int64)
-    b = codes[:, :10]
-    digit = (b >= 48) & (b <= 57)
-    shape_ok = (digit[:, [0, 1, 2, 3, 5, 6, 8, 9]].all(axis=1) & (b[:, 4] == 45) & (b[:, 7] == 45)
-                & (codes[:, 10] == 0))
-    d = b - 48
+    texts = np.asarray(texts)
+    if texts.dtype != np.dtype("U10"):  # the fast path's dates are U10 already
+        # An 11th code point that is not 0 marks a string longer than 10 characters.
+        texts = texts.astype("U11")
+    codes = texts.view(np.uint32).reshape(len(texts), texts.dtype.itemsize // 4)
+    d = codes[:, :10].astype(np.int32) - ord("0")
+    digit = (d >= 0) & (d <= 9)
+    shape_ok = (digit[:, [0, 1, 2, 3, 5, 6, 8, 9]].all(axis=1) & (codes[:, 4] == ord("-"))
+                & (codes[:, 7] == ord("-")) & ((codes[:, 10] == 0) if codes.shape[1] > 10 else True))
     year = d[:, 0] * 1000 + d[:, 1] * 100 + d[:, 2] * 10 + d[:, 3]
     month = d[:, 5] * 10 + d[:, 6]
     day = d[:, 8] * 10 + d[:, 9]
@@ -289,7 +304,7 @@ def validate(batch: list[Fields], today: dt.date | None = None) -> list[ParsedRo
 
     date_ok, date_int = iso_dates(date_text)
     flag(~date_ok, lambda i: "missing date" if not date_text[i] else
-         f"impossible or unrecognised date {date_text[i]!r} (expected YYYY-MM-DD)")
+         f"impossible or unrecognised date {str(date_text[i])!r} (expected YYYY-MM-DD)")
     o, h, l, c, v = (values[:, j] for j in range(len(VALUES)))
     for j, name in enumerate(PRICE_COLUMNS):
         column = values[:, j]
@@ -316,7 +331,9 @@ def validate(batch: list[Fields], today: dt.date | None = None) -> list[ParsedRo
         rejects_of[file_of[i]].append(Rejection(int(line_no[i]), raw(i), r))
     for i, rejection in dup_rejects:
         rejects_of[file_of[i]].append(rejection)
-    keep = keep[np.lexsort((date_int[keep], file_of[keep]))]  # by file, then date
+    order_key = file_of[keep] * 100_000_000 + date_int[keep]
+    if not (np.diff(order_key) > 0).all():  # most files are in date order already
+        keep = keep[np.argsort(order_key, kind="stable")]  # by file, then date
     bounds = np.searchsorted(file_of[keep], np.arange(len(batch) + 1))
     out = []
     for k in range(len(batch)):
