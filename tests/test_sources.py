@@ -155,3 +155,68 @@ def test_validating_many_files_at_once_equals_one_by_one():
         assert [(r.line, r.reason) for r in a.rejects] == [(r.line, r.reason) for r in b.rejects]
     assert [len(p.rows) for p in together] == [1, 1, 1, 0]
     assert [len(p.rejects) for p in together] == [2, 1, 0, 0]
+
+
+# -- the two ways of reading a file agree -------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from forecaster.sources import _fields_by_line, _fields_fast  # noqa: E402
+
+
+def assert_same_fields(fast, slow):
+    assert fast.lines.tolist() == slow.lines.tolist()
+    assert fast.date_text.tolist() == slow.date_text.tolist()
+    np.testing.assert_array_equal(fast.values, slow.values)  # exact, NaN where NaN
+    assert fast.width_ok.tolist() == slow.width_ok.tolist()
+    assert [fast.raw_line(i) for i in range(len(fast))] == [slow.raw_line(i) for i in range(len(slow))]
+
+
+@pytest.mark.parametrize("header, row", [
+    (HEADER, "{d},10.25,11,9,10.5,100,0"),
+    ("Date,Open,High,Low,Close", "{d},10.25,11,9,10.5"),            # no volume column
+    ("Open,High,Low,Close,Volume,Date", "10.25,11,9,10.5,100,{d}"),  # the date last
+    (HEADER, "{d},10.25,11,9,10.5,,0"),                               # empty volumes
+    (HEADER, "{d},,11,9,10.5,100,0"),                                 # empty opens: read, judged later
+])
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+def test_the_fast_path_reads_clean_layouts_exactly_like_the_line_path(header, row, newline):
+    dates = [line.split(",")[0] for line in many_good_rows()]
+    body = newline.join(row.format(d=d) for d in dates) + newline
+    fast = _fields_fast(body, parse_header(header), 2)
+    assert fast is not None, "a clean file must take the fast path"
+    assert_same_fields(fast, _fields_by_line(body, parse_header(header), 2))
+
+
+@pytest.mark.parametrize("odd", [
+    '"2015-06-01",10,11,9,10.5,100,0',                     # quotes
+    "",                                                    # a blank line
+    "2015-06-01,10,11,9,10.5,100,0\r2015-06-02,10,11,9,10.5,100,0",  # a lone CR
+    "2015-6-1,10,11,9,10.5,100,0",                         # a date that is not 10 characters
+    "2015-06-01,10,11,9,10.5,100",                         # a field short
+    "2015-06-01,10,11,9,10.5,100,0,7",                     # a field too many
+    "2015-06-01,１０,11,9,10.5,100,0",                      # not ASCII
+    "2015-06-01,ten,11,9,10.5,100,0",                      # text where a number belongs
+])
+def test_the_fast_path_leaves_odd_files_to_the_line_path(odd):
+    body = "\n".join(many_good_rows() + [odd]) + "\n"
+    assert _fields_fast(body, parse_header(HEADER), 2) is None
+
+
+decimal_text = st.one_of(
+    st.floats(min_value=1e-6, max_value=1e12).map(repr),                      # up to 17 digits, exponents
+    st.decimals(min_value=0, max_value=10**9, places=4).map(str),
+    st.integers(0, 10**15).map(str),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(*[decimal_text] * 5), min_size=1, max_size=50))
+def test_the_fast_path_reads_every_number_exactly_as_python_does(numbers):
+    # _fields_fast itself takes any size; read_fields sends it only large bodies.
+    dates = [line.split(",")[0] for line in many_good_rows(len(numbers))]
+    body = "".join(f"{d},{','.join(v)},0\n" for d, v in zip(dates, numbers))
+    fast = _fields_fast(body, parse_header(HEADER), 2)
+    assert fast is not None
+    assert_same_fields(fast, _fields_by_line(body, parse_header(HEADER), 2))
