@@ -49,3 +49,7 @@ class DeviceError(ForecasterError):
 
 class AlreadyRunning(ForecasterError):
     """Another daemon holds this database."""
+
+
+class ReaderError(ForecasterError):
+    """The process reading a large ingest's files stopped before it finished."""

@@ -1,35 +1,31 @@
-"""Loading OHLC files into `prices`, incrementally and atomically per file.
+"""Loading OHLC files into `prices`, incrementally and atomically per batch.
 
-A ledger (`source_files`) remembers each file's size, mtime, line count and a
-hash of its last bytes. On the next ingest:
-  * same size and mtime      -> skipped without opening it;
-  * larger, same old tail    -> only the appended bytes are parsed;
-  * anything else            -> parsed whole and compared with what is stored.
-A stored row is never overwritten: a file that later gives other values for a
-stored date has that row set aside as a conflict (the stored row is kept).
-Each file's rows, rejections and ledger entry commit in one transaction.
+reading.py decides what is new in each file (from the `source_files` ledger)
+and parses and judges it; this module writes it. A stored row is never
+overwritten: a file that later gives other values for a stored date has that
+row set aside as a conflict (the stored row is kept). A batch's rows,
+rejections and ledger entries commit in one transaction.
 """
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 import sqlalchemy as sa
 from tqdm import tqdm
 
-from . import store
-from .sources import (Fields, Rejection, Rows, UnreadableFile, decode, find_files, parse_header,
-                      read_fields, split_header, ticker_from_path, validate)
+from . import reader_process, store
+from .reading import Batch, FileResult, Known, new_bytes, read_batches
+from .sources import Rejection, Rows, find_files
 
-TAIL_BYTES = 4096          # how much of a file's old end must match to trust an append
-FLUSH_ROWS = 200_000       # write in transactions of about this many rows...
-FLUSH_FILES = 2048         # ...or this many files, whichever comes first
 PROGRESS_MIN_FILES = 20
+# Above this many new bytes (~1M rows), a second process reads while this one
+# writes; below it, starting that process costs more than it saves.
+READER_PROCESS_MIN_BYTES = 64 << 20
 
 
 @dataclass
@@ -49,16 +45,6 @@ class IngestReport:
 
 
 @dataclass
-class _FileResult:
-    path: str
-    ticker: str | None
-    fields: Fields | None      # what was read; judged in batches by validate()
-    rejects: list[Rejection]   # whole-file problems, then the rows set aside
-    ledger: dict | None
-    rows: Rows | None = None   # the rows kept, once validated
-
-
-@dataclass
 class _Summary:
     """A ticker's row in `tickers`, kept in memory during one ingest."""
     first_date: str
@@ -67,108 +53,34 @@ class _Summary:
 
 
 def ingest(engine: sa.Engine, paths: Iterable[str | Path], *, progress: bool = False,
-           today: dt.date | None = None) -> IngestReport:
-    """Load new rows from `paths` (files or folders) into the database."""
+           today: dt.date | None = None, reader: str = "auto") -> IngestReport:
+    """Load new rows from `paths` (files or folders) into the database.
+
+    `reader`: "inline" reads in this process, "process" in a second one,
+    "auto" picks the second process above READER_PROCESS_MIN_BYTES."""
     files = list(find_files(list(paths)))
+    today = today or dt.date.today()
     report = IngestReport()
     with engine.connect() as conn:
-        ledger = {r.path: r for r in conn.execute(sa.select(store.source_files))}
+        ledger = {r.path: Known(r.size, r.mtime_ns, r.lines, r.tail_sha256)
+                  for r in conn.execute(sa.select(store.source_files))}
         summaries = {r.ticker: _Summary(r.first_date, r.last_date, r.n_rows)
                      for r in conn.execute(sa.select(store.tickers))}
-    pending: list[_FileResult] = []
-    pending_rows = 0
-    bar = tqdm(files, desc="ingest", unit="file", disable=not progress or len(files) < PROGRESS_MIN_FILES,
-               leave=False)
-    for path in bar:
-        key = str(path)  # absolute: find_files resolved the folder it came from
-        result = _read_file(path, key, ledger.get(key))
-        if result is None:
-            report.files_skipped += 1
-            continue
-        pending.append(result)
-        pending_rows += 0 if result.fields is None else len(result.fields)
-        if pending_rows >= FLUSH_ROWS or len(pending) >= FLUSH_FILES:
-            _write(engine, _validated(pending, today), summaries, report)
-            pending, pending_rows = [], 0
-    if pending:
-        _write(engine, _validated(pending, today), summaries, report)
+    if reader == "auto":
+        reader = "process" if new_bytes(files, ledger) >= READER_PROCESS_MIN_BYTES else "inline"
+    batches: Iterator[Batch] = (reader_process.read_batches(files, ledger, today) if reader == "process"
+                                else read_batches(files, ledger, today))
+    quiet = not progress or len(files) < PROGRESS_MIN_FILES
+    with tqdm(total=len(files), desc="ingest", unit="file", disable=quiet, leave=False) as bar:
+        for batch in batches:
+            report.files_skipped += batch.skipped
+            if batch.results:
+                _write(engine, batch.results, summaries, report)
+            bar.update(batch.files)
     return report
 
 
-def _validated(results: list[_FileResult], today) -> list[_FileResult]:
-    readable = [r for r in results if r.fields is not None]
-    for res, parsed in zip(readable, validate([r.fields for r in readable], today)):
-        res.rows = parsed.rows
-        res.rejects.extend(parsed.rejects)
-    return results
-
-
-def _read_file(path: Path, key: str, known) -> _FileResult | None:
-    """Parse what is new in one file; None when it is unchanged."""
-    try:
-        stat = path.stat()
-    except OSError as exc:
-        return _FileResult(key, None, None, [Rejection(None, "", f"cannot read: {exc.strerror}")], None)
-    if known is not None and known.size == stat.st_size and known.mtime_ns == stat.st_mtime_ns:
-        return None
-    ledger = {"path": key, "ticker": "", "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-              "lines": 0, "tail_sha256": ""}
-    try:
-        ledger["ticker"] = ticker = ticker_from_path(path)
-        with open(path, "rb") as fh:
-            # Read exactly the bytes the ledger will record, even if a writer is
-            # still appending: the rest is the next ingest's tail.
-            fields, ledger["lines"] = (_read_tail(fh, known, stat.st_size)
-                                       if _is_append(fh, known, stat.st_size) else _read_whole(fh, stat.st_size))
-            ledger["tail_sha256"] = _tail_hash(fh, stat.st_size)
-    except UnreadableFile as exc:
-        # Remembered in the ledger too, so it is reported once, not every night.
-        reason = str(exc).removeprefix(f"{path}: ")
-        return _FileResult(key, None, None, [Rejection(None, "", reason)], ledger)
-    except OSError as exc:
-        return _FileResult(key, None, None, [Rejection(None, "", f"cannot read: {exc.strerror}")], None)
-    return _FileResult(key, ticker, fields, [], ledger)
-
-
-def _is_append(fh, known, size: int) -> bool:
-    """True when the file is the known file plus new lines at its end."""
-    if known is None or size <= known.size or known.lines < 1:
-        return False
-    return _tail_hash(fh, known.size) == known.tail_sha256 and _last_byte(fh, known.size) == b"\n"
-
-
-def _read_whole(fh, size: int) -> tuple[Fields, int]:
-    fh.seek(0)
-    data = fh.read(size)
-    if not data.strip():
-        raise UnreadableFile("empty file")
-    text = decode(data)
-    first, body = split_header(text)
-    header = parse_header(first)
-    return read_fields(body, header, first_line=2), text.count("\n") + 1
-
-
-def _read_tail(fh, known, size: int) -> tuple[Fields, int]:
-    fh.seek(0)
-    header = parse_header(decode(fh.readline()))
-    fh.seek(known.size)
-    body = decode(fh.read(size - known.size))
-    # The old content ended with "\n", so the ledger's last line was empty.
-    return read_fields(body, header, first_line=known.lines), known.lines + body.count("\n")
-
-
-def _tail_hash(fh, end: int) -> str:
-    start = max(0, end - TAIL_BYTES)
-    fh.seek(start)
-    return hashlib.sha256(fh.read(end - start)).hexdigest()
-
-
-def _last_byte(fh, end: int) -> bytes:
-    fh.seek(end - 1)
-    return fh.read(1)
-
-
-def _write(engine: sa.Engine, results: list[_FileResult], summaries: dict[str, _Summary],
+def _write(engine: sa.Engine, results: list[FileResult], summaries: dict[str, _Summary],
            report: IngestReport) -> None:
     """One transaction for a batch of files: each file's rows, rejections and
     ledger entry land together or not at all."""

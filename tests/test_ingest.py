@@ -3,7 +3,7 @@ import os
 import pytest
 import sqlalchemy as sa
 
-from forecaster import ingest as ingest_mod
+from forecaster import reading as reading_mod
 from forecaster import store
 from forecaster.errors import SourceError
 from forecaster.ingest import ingest
@@ -62,7 +62,7 @@ def test_appended_file_adds_only_new_rows_and_reads_only_its_tail(any_engine, tm
     ingest(any_engine, [path])
     with open(path, "a") as fh:
         fh.write("2017-01-04,10,11,9,10.6,100,0\n2017-01-05,10,11,9,bad,100,0\n")
-    monkeypatch.setattr(ingest_mod, "_read_whole", lambda *a: pytest.fail("whole file re-read"))
+    monkeypatch.setattr(reading_mod, "_read_whole", lambda *a: pytest.fail("whole file re-read"))
     report = ingest(any_engine, [path])
     assert (report.rows_added, report.rows_rejected, report.rows_unchanged) == (1, 1, 0)
     assert [(line, reason) for _, line, _, reason in rejects(any_engine)] == [(4, "non-numeric close 'bad'")]
@@ -71,7 +71,7 @@ def test_appended_file_adds_only_new_rows_and_reads_only_its_tail(any_engine, tm
 
 def test_unchanged_file_is_not_parsed_again(any_engine, sample_dir, monkeypatch):
     ingest(any_engine, [sample_dir])
-    monkeypatch.setattr(ingest_mod, "read_fields", lambda *a, **k: pytest.fail("parsed again"))
+    monkeypatch.setattr(reading_mod, "read_fields", lambda *a, **k: pytest.fail("parsed again"))
     assert ingest(any_engine, [sample_dir]).files_skipped == 3
 
 
@@ -104,14 +104,14 @@ def test_a_missing_path_is_an_error(engine, tmp_path):
 
 def test_a_file_growing_during_ingest_is_read_up_to_its_recorded_size(engine, tmp_path, monkeypatch):
     path = write_file(tmp_path, "abc.us.txt", HEADER + "2017-01-03,10,11,9,10.5,100,0\n")
-    real_read_whole = ingest_mod._read_whole
+    real_read_whole = reading_mod._read_whole
 
     def grow_then_read(fh, size):  # a vendor appends between our stat and our read
         with open(path, "a") as out:
             out.write("2017-01-04,10,11,9,10.6,100,0\n")
         return real_read_whole(fh, size)
 
-    monkeypatch.setattr(ingest_mod, "_read_whole", grow_then_read)
+    monkeypatch.setattr(reading_mod, "_read_whole", grow_then_read)
     assert ingest(engine, [path]).rows_added == 1  # only the bytes the ledger records as read
     monkeypatch.undo()
     second = ingest(engine, [path])  # the appended line is the next ingest's tail

@@ -362,7 +362,7 @@ def test_a_window_unlike_training_is_scored_but_flagged(engine, tmp_path, tiny_m
 from hypothesis import HealthCheck, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from forecaster import ingest as ingest_module  # noqa: E402
+from forecaster import reading  # noqa: E402
 from forecaster.sources import (UnreadableFile, decode, parse_header, read_fields,  # noqa: E402
                                 split_header, validate)
 
@@ -381,7 +381,7 @@ def non_blank_lines(body: str) -> int:
 def test_fuzz_arbitrary_bytes_never_crash_and_the_accounting_adds_up(data):
     import io
     try:
-        fields, _ = ingest_module._read_whole(io.BytesIO(data), len(data))
+        fields, _ = reading._read_whole(io.BytesIO(data), len(data))
     except UnreadableFile:
         return  # reported and recorded as a whole-file problem
     parsed = validate([fields])[0]
