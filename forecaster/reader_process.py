@@ -35,6 +35,7 @@ from .sources import Rejection, Rows
 # The kept rows of a batch, all files end to end: (name, dtype).
 ARRAYS = (("dates", "<U10"), ("values", "<f8"), ("lines", "<i8"))
 LENGTH = struct.Struct("<Q")
+COMMAND = [sys.executable, "-m", "forecaster.reader_process"]  # the child; tests swap it
 
 
 def read_batches(files: list[Path], ledger: dict[str, Known], today: dt.date) -> Iterator[Batch]:
@@ -42,7 +43,7 @@ def read_batches(files: list[Path], ledger: dict[str, Known], today: dt.date) ->
     job = {"files": [str(f) for f in files], "ledger": {path: vars(k) for path, k in ledger.items()},
            "today": today.isoformat()}
     with tempfile.TemporaryFile() as errors:
-        child = subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE,
+        child = subprocess.Popen(COMMAND, stdin=subprocess.PIPE,
                                  stdout=subprocess.PIPE, stderr=errors)
         try:
             try:
