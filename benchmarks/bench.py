@@ -2,7 +2,8 @@
 
 Sections (keys of benchmarks/results.json):
   scoring                ONNX Runtime (CPU) vs torch eager, median ms per call, interleaved
-  ingest_full            first ingest of a synthetic universe (tickers x history days)
+  ingest_full            first ingest of a synthetic universe (tickers x history days); and the
+                         same read in the writing process (reader="inline") as a baseline
   nightly                one appended day per file, then `forecaster predict --data` as a
                          user runs it (a fresh process, start-up included): seconds, peak RSS
   nightly_short_history  the same on a universe with 10x shorter history
@@ -138,7 +139,8 @@ def _vm_hwm_kb(pid: int) -> int:
     return 0
 
 
-def bench_universe(folder: Path, onnx_path: Path, tickers: int, days: int) -> tuple[dict, dict]:
+def bench_universe(folder: Path, onnx_path: Path, tickers: int, days: int,
+                   compare_inline: bool = False) -> tuple[dict, dict]:
     from forecaster import store
     from forecaster.ingest import ingest
     from forecaster.sample import write_sample_data
@@ -148,12 +150,23 @@ def bench_universe(folder: Path, onnx_path: Path, tickers: int, days: int) -> tu
     url = f"sqlite:///{folder / 'bench.db'}"
     engine = store.connect(url)
     start = time.perf_counter()
-    report = ingest(engine, [folder / "data"])
+    report = ingest(engine, [folder / "data"])  # reader="auto": a reader process at this size
     seconds = time.perf_counter() - start
     engine.dispose()
     full = {"rows": report.rows_added, "files": report.files_read, "seconds": seconds,
             "rows_per_s": report.rows_added / seconds}
     log(f"ingest {tickers} x {days}: {full['rows']} rows in {seconds:.1f} s = {full['rows_per_s']:.0f} rows/s")
+    if compare_inline:  # the baseline: reading and writing take turns in one process
+        inline_engine = store.connect(f"sqlite:///{folder / 'inline.db'}")
+        start = time.perf_counter()
+        ingest(inline_engine, [folder / "data"], reader="inline")
+        inline_seconds = time.perf_counter() - start
+        inline_engine.dispose()
+        (folder / "inline.db").unlink()
+        full.update(inline_seconds=inline_seconds, inline_rows_per_s=report.rows_added / inline_seconds,
+                    reader_process_speedup=inline_seconds / seconds)
+        log(f"  the same read in this process: {inline_seconds:.1f} s = {full['inline_rows_per_s']:.0f} rows/s "
+            f"(reader process {full['reader_process_speedup']:.2f}x faster)")
     append_one_day(folder / "data")
     seconds, rss = run_cli(["predict", "--model", str(onnx_path), "--data", str(folder / "data"),
                             "--db", url, "--device", "cpu", "--quiet"])
@@ -206,7 +219,7 @@ def main() -> int:
             results["scoring"] = bench_scoring(ckpt, onnx_path, args.reps)
         if wanted("nightly"):
             results["ingest_full"], results["nightly"] = bench_universe(
-                tmp / "long", onnx_path, args.tickers, args.days)
+                tmp / "long", onnx_path, args.tickers, args.days, compare_inline=True)
         if wanted("nightly_short_history"):
             results["ingest_short"], results["nightly_short_history"] = bench_universe(
                 tmp / "short", onnx_path, args.tickers, args.short_days)
@@ -231,6 +244,9 @@ def print_table(r: dict) -> None:
     if "ingest_full" in r:
         i = r["ingest_full"]
         print(f"| first ingest, {i['files']} files, {i['rows']:,} rows | {i['seconds']:.1f} s = {i['rows_per_s']:,.0f} rows/s |")
+        if "inline_seconds" in i:
+            print(f"| the same, read in the writing process (no reader process) | {i['inline_seconds']:.1f} s = "
+                  f"{i['inline_rows_per_s']:,.0f} rows/s ({i['reader_process_speedup']:.2f}x slower) |")
     for key in ("nightly", "nightly_short_history"):
         if key in r:
             n = r[key]
