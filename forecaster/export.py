@@ -30,6 +30,7 @@ from torch import nn
 from . import __version__, checkpoint
 from .errors import CheckpointError, ParityError
 from .files import write_atomically
+from .lstm_graph import streamline_lstm_outputs
 from .model import MinMaxForecaster, ModelConfig, build_forecaster
 from .scoring import METADATA_FORMAT, METADATA_PREFIX, file_sha256
 
@@ -73,6 +74,7 @@ def export(checkpoint_path: str | Path, out: str | Path, *, opset: int = DEFAULT
     example = (windows[:2], index[:2]) if uses_index else (windows[:2],)
 
     proto = _to_onnx(wrapped, example, uses_index, opset)
+    streamline_lstm_outputs(proto)
     _set_metadata(proto, data)
     onnx.checker.check_model(proto, full_check=True)
     blob = proto.SerializeToString()

@@ -3,6 +3,7 @@ import shutil
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
 from click.testing import CliRunner
@@ -168,3 +169,52 @@ def test_export_cli(tmp_path):
     assert (tmp_path / "m.onnx").exists() and "held-out windows: largest difference" in result.output
     missing = CliRunner().invoke(main, ["export", str(tmp_path / "nope.pt")])
     assert missing.exit_code == 1 and missing.output == f"Error: {tmp_path / 'nope.pt'}: no such checkpoint file\n"
+
+
+def raw_export(ckpt):
+    """The exporter's graph before our rewrite, and the model's ONNX Runtime feeds."""
+    from forecaster.export import _WithExtent, _to_onnx
+    from forecaster.model import MinMaxForecaster
+    model, data = torch_model(ckpt)
+    uses_index = isinstance(model, MinMaxForecaster)
+    windows = torch.tensor(random_windows(2, 20, seed=0))
+    example = (windows, torch.tensor([0, 1])) if uses_index else (windows,)
+    return _to_onnx(_WithExtent(model).eval(), example, uses_index, 20), uses_index
+
+
+def run_graph(proto, uses_index, batch):
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    feeds = {"ohlc": random_windows(batch, 20, seed=batch)}
+    if uses_index:
+        feeds["ticker_index"] = np.arange(batch) % 2
+    return session.run(None, feeds)
+
+
+def test_the_lstm_rewrite_gives_the_same_bits_with_less_data_movement(exported):
+    from forecaster.lstm_graph import streamline_lstm_outputs
+    raw, uses_index = raw_export(exported[0])
+    fast = onnx.ModelProto.FromString(raw.SerializeToString())
+    assert streamline_lstm_outputs(fast) == 2  # between the layers, and after the top one
+    onnx.checker.check_model(fast, full_check=True)
+    count = lambda proto, op: sum(n.op_type == op for n in proto.graph.node)
+    assert count(fast, "Transpose") == count(raw, "Transpose") - 3
+    top = [n for n in fast.graph.node if n.op_type == "LSTM"][-1]
+    assert top.output[0] == "" and top.output[1]  # reads Y_h; the sequence Y is never written
+    for batch in (1, 300):
+        for before, after in zip(run_graph(raw, uses_index, batch), run_graph(fast, uses_index, batch)):
+            np.testing.assert_array_equal(before, after)
+    assert count(onnx.load(str(exported[1])), "Transpose") == count(fast, "Transpose")  # export applies it
+
+
+def test_the_lstm_rewrite_leaves_a_graph_it_does_not_recognise_alone(exported):
+    from forecaster.lstm_graph import streamline_lstm_outputs
+    raw, uses_index = raw_export(exported[0])
+    # Someone else also reads the lower layer's sequence: that step must stay as it is.
+    lower = next(n for n in raw.graph.node if n.op_type == "LSTM")
+    raw.graph.node.append(onnx.helper.make_node("Identity", [lower.output[0]], ["lower_y"]))
+    raw.graph.output.append(onnx.helper.make_tensor_value_info("lower_y", onnx.TensorProto.FLOAT, ["t", 1, "b", "h"]))
+    before = run_graph(raw, uses_index, 5)
+    assert streamline_lstm_outputs(raw) == 1  # only the top layer's read of its last step
+    onnx.checker.check_model(raw, full_check=True)
+    for a, b in zip(before, run_graph(raw, uses_index, 5)):
+        np.testing.assert_array_equal(a, b)
