@@ -1,7 +1,8 @@
 """`make bench`: the numbers that say whether a nightly run stays fast.
 
 Sections (keys of benchmarks/results.json):
-  scoring                ONNX Runtime (CPU) vs torch eager, median ms per call, interleaved
+  scoring                ONNX Runtime (CPU) vs torch eager, median ms per call, interleaved; and
+                         "alone": alternating blocks of one library's calls, paused between blocks
   ingest_full            first ingest of a synthetic universe (tickers x history days); and the
                          same read in the writing process (reader="inline") as a baseline
   nightly                one appended day per file, then `forecaster predict --data` as a
@@ -29,6 +30,7 @@ import pandas as pd
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parents[1] / "shared" / "data"
 BATCHES = (1, 64, 1024, 8192)
+BLOCKS = 3  # alternating blocks per library for the 'alone' scoring times
 NIGHTS = 3  # nightly runs per universe, each after one more appended day
 
 
@@ -70,24 +72,42 @@ def bench_scoring(ckpt: Path, onnx_path: Path, reps: int) -> list[dict]:
     for batch in BATCHES:
         x = random_windows(batch, 20, seed=batch)
         xt = torch.from_numpy(x)
-        ort_t, torch_t = [], []
-        model.score(x)  # warm-up both
-        with torch.no_grad():
-            eager(xt)
-        for _ in range(reps):
-            start = time.perf_counter()
+
+        def run_ort():
             model.score(x)
-            ort_t.append(time.perf_counter() - start)
-            start = time.perf_counter()
+
+        def run_torch():
             with torch.no_grad():
                 eager(xt)
-            torch_t.append(time.perf_counter() - start)
-        row = {"batch": batch, "ort_ms": 1000 * statistics.median(ort_t),
-               "torch_ms": 1000 * statistics.median(torch_t), "threads": threads}
+
+        run_ort(), run_torch()  # warm-up both
+        interleaved = {run_ort: [], run_torch: []}
+        for _ in range(reps):
+            for fn, times in interleaved.items():
+                times.append(_seconds(fn))
+        # Interleaved calls also measure each library's idle threads, which spin
+        # for a while after a call and slow the other's next one. So also: blocks
+        # of calls of one library, alternating, with a pause between blocks.
+        alone = {run_ort: [], run_torch: []}
+        for _ in range(BLOCKS):
+            for fn, times in alone.items():
+                time.sleep(0.2)
+                times.extend(_seconds(fn) for _ in range(reps))
+        ms = lambda times: 1000 * statistics.median(times)
+        row = {"batch": batch, "ort_ms": ms(interleaved[run_ort]), "torch_ms": ms(interleaved[run_torch]),
+               "ort_ms_alone": ms(alone[run_ort]), "torch_ms_alone": ms(alone[run_torch]), "threads": threads}
         row["torch_over_ort"] = row["torch_ms"] / row["ort_ms"]
+        row["torch_over_ort_alone"] = row["torch_ms_alone"] / row["ort_ms_alone"]
         out.append(row)
-        log(f"scoring batch {batch}: ort {row['ort_ms']:.3f} ms, torch {row['torch_ms']:.3f} ms")
+        log(f"scoring batch {batch}: interleaved ort {row['ort_ms']:.3f} ms, torch {row['torch_ms']:.3f} ms; "
+            f"alone ort {row['ort_ms_alone']:.3f} ms, torch {row['torch_ms_alone']:.3f} ms")
     return out
+
+
+def _seconds(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
 
 
 def append_one_day(folder: Path, seed: int = 1) -> int:
@@ -242,10 +262,12 @@ def main() -> int:
 
 def print_table(r: dict) -> None:
     if "scoring" in r:
-        print("| batch | ONNX Runtime ms | torch eager ms | torch / ORT |")
-        print("|---:|---:|---:|---:|")
+        print("| batch | ORT ms, interleaved | torch ms, interleaved | torch / ORT | ORT ms, alone | "
+              "torch ms, alone | torch / ORT |")
+        print("|---:|---:|---:|---:|---:|---:|---:|")
         for row in r["scoring"]:
-            print(f"| {row['batch']} | {row['ort_ms']:.3f} | {row['torch_ms']:.3f} | {row['torch_over_ort']:.2f} |")
+            print(f"| {row['batch']} | {row['ort_ms']:.3f} | {row['torch_ms']:.3f} | {row['torch_over_ort']:.2f} | "
+                  f"{row['ort_ms_alone']:.3f} | {row['torch_ms_alone']:.3f} | {row['torch_over_ort_alone']:.2f} |")
         print()
     print("| measure | value |")
     print("|---|---:|")
