@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from .sources import (Fields, Rejection, Rows, UnreadableFile, decode, parse_header, read_fields,
-                      split_header, ticker_from_path, validate)
+from .sources import (Body, Rejection, Rows, UnreadableFile, decode, parse_header, read_many, split_header,
+                      ticker_from_path, validate)
 
 TAIL_BYTES = 4096          # how much of a file's old end must match to trust an append
 FLUSH_ROWS = 200_000       # batches (one transaction each) of about this many rows...
@@ -36,7 +36,7 @@ class Known:
 class FileResult:
     path: str
     ticker: str | None         # None: the whole file is unreadable
-    fields: Fields | None      # what was read; judged in batches by validate()
+    body: Body | None          # what was read; parsed and judged in batches
     rejects: list[Rejection]   # whole-file problems, then the rows set aside
     ledger: dict | None        # the file's new ledger entry (None: do not remember it)
     rows: Rows | None = None   # the rows kept, once validated
@@ -61,7 +61,7 @@ def read_batches(files: list[Path], ledger: dict[str, Known], today: dt.date) ->
             skipped += 1
             continue
         pending.append(result)
-        pending_rows += 0 if result.fields is None else len(result.fields)
+        pending_rows += 0 if result.body is None else result.body.text.count("\n")
         if pending_rows >= FLUSH_ROWS or len(pending) >= FLUSH_FILES:
             yield Batch(_validated(pending, today), looked, skipped)
             pending, pending_rows, looked, skipped = [], 0, 0, 0
@@ -83,11 +83,14 @@ def new_bytes(files: list[Path], ledger: dict[str, Known]) -> int:
 
 
 def _validated(results: list[FileResult], today: dt.date) -> list[FileResult]:
-    readable = [r for r in results if r.fields is not None]
-    for res, parsed in zip(readable, validate([r.fields for r in readable], today)):
+    readable = [r for r in results if r.body is not None]
+    if not readable:
+        return results
+    fields = read_many([r.body for r in readable])
+    for res, parsed in zip(readable, validate(fields, today)):
         res.rows = parsed.rows
         res.rejects.extend(parsed.rejects)
-        res.fields = None  # done with: frees the text
+        res.body = None  # done with: frees the text
     return results
 
 
@@ -106,8 +109,8 @@ def _read_file(path: Path, key: str, known: Known | None) -> FileResult | None:
         with open(path, "rb") as fh:
             # Read exactly the bytes the ledger will record, even if a writer is
             # still appending: the rest is the next ingest's tail.
-            fields, ledger["lines"] = (_read_tail(fh, known, stat.st_size)
-                                       if _is_append(fh, known, stat.st_size) else _read_whole(fh, stat.st_size))
+            body, ledger["lines"] = (_read_tail(fh, known, stat.st_size)
+                                     if _is_append(fh, known, stat.st_size) else _read_whole(fh, stat.st_size))
             ledger["tail_sha256"] = _tail_hash(fh, stat.st_size)
     except UnreadableFile as exc:
         # Remembered in the ledger too, so it is reported once, not every night.
@@ -115,7 +118,7 @@ def _read_file(path: Path, key: str, known: Known | None) -> FileResult | None:
         return FileResult(key, None, None, [Rejection(None, "", reason)], ledger)
     except OSError as exc:
         return FileResult(key, None, None, [Rejection(None, "", f"cannot read: {exc.strerror}")], None)
-    return FileResult(key, ticker, fields, [], ledger)
+    return FileResult(key, ticker, body, [], ledger)
 
 
 def _is_append(fh, known: Known | None, size: int) -> bool:
@@ -125,24 +128,23 @@ def _is_append(fh, known: Known | None, size: int) -> bool:
     return _tail_hash(fh, known.size) == known.tail_sha256 and _last_byte(fh, known.size) == b"\n"
 
 
-def _read_whole(fh, size: int) -> tuple[Fields, int]:
+def _read_whole(fh, size: int) -> tuple[Body, int]:
     fh.seek(0)
     data = fh.read(size)
     if not data.strip():
         raise UnreadableFile("empty file")
     text = decode(data)
     first, body = split_header(text)
-    header = parse_header(first)
-    return read_fields(body, header, first_line=2), text.count("\n") + 1
+    return Body(body, parse_header(first), first_line=2), text.count("\n") + 1
 
 
-def _read_tail(fh, known: Known, size: int) -> tuple[Fields, int]:
+def _read_tail(fh, known: Known, size: int) -> tuple[Body, int]:
     fh.seek(0)
     header = parse_header(decode(fh.readline()))
     fh.seek(known.size)
     body = decode(fh.read(size - known.size))
     # The old content ended with "\n", so the ledger's last line was empty.
-    return read_fields(body, header, first_line=known.lines), known.lines + body.count("\n")
+    return Body(body, header, first_line=known.lines), known.lines + body.count("\n")
 
 
 def _tail_hash(fh, end: int) -> str:

@@ -71,7 +71,7 @@ def test_appended_file_adds_only_new_rows_and_reads_only_its_tail(any_engine, tm
 
 def test_unchanged_file_is_not_parsed_again(any_engine, sample_dir, monkeypatch):
     ingest(any_engine, [sample_dir])
-    monkeypatch.setattr(reading_mod, "read_fields", lambda *a, **k: pytest.fail("parsed again"))
+    monkeypatch.setattr(reading_mod, "read_many", lambda *a, **k: pytest.fail("parsed again"))
     assert ingest(any_engine, [sample_dir]).files_skipped == 3
 
 

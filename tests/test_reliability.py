@@ -364,7 +364,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 from forecaster import reading  # noqa: E402
 from forecaster.sources import (UnreadableFile, decode, parse_header, read_fields,  # noqa: E402
-                                split_header, validate)
+                                read_many, split_header, validate)
 
 FUZZ = settings(max_examples=300, deadline=5000, suppress_health_check=[HealthCheck.too_slow])
 HEADER = "Date,Open,High,Low,Close,Volume,OpenInt"
@@ -381,10 +381,10 @@ def non_blank_lines(body: str) -> int:
 def test_fuzz_arbitrary_bytes_never_crash_and_the_accounting_adds_up(data):
     import io
     try:
-        fields, _ = reading._read_whole(io.BytesIO(data), len(data))
+        body, _ = reading._read_whole(io.BytesIO(data), len(data))
     except UnreadableFile:
         return  # reported and recorded as a whole-file problem
-    parsed = validate([fields])[0]
+    parsed = validate(read_many([body]))[0]
     body = split_header(decode(data))[1]
     assert parsed.n_read == non_blank_lines(body)
 
