@@ -277,6 +277,10 @@ def print_table(r: dict) -> None:
         if "inline_seconds" in i:
             print(f"| the same, read in the writing process (no reader process) | {i['inline_seconds']:.1f} s = "
                   f"{i['inline_rows_per_s']:,.0f} rows/s ({i['reader_process_speedup']:.2f}x slower) |")
+    if "ingest_short" in r:
+        i = r["ingest_short"]
+        print(f"| first ingest, {i['files']} smaller files, {i['rows']:,} rows | {i['seconds']:.1f} s = "
+              f"{i['rows_per_s']:,.0f} rows/s |")
     for key in ("nightly", "nightly_short_history"):
         if key in r:
             n = r[key]
