@@ -26,7 +26,7 @@ def streamline_lstm_outputs(model: onnx.ModelProto) -> int:
     """Rewrite `model` in place; returns how many rewrites were made."""
     graph = model.graph
     rewrites = 0
-    for lstm in [n for n in graph.node if n.op_type == "LSTM" and _one_direction(n)]:
+    for lstm in [n for n in graph.node if n.op_type == "LSTM" and _plain(n)]:
         consumers = _consumers(graph)
         chain = _batch_first_chain(lstm, consumers)
         if chain is None:
@@ -50,9 +50,13 @@ def streamline_lstm_outputs(model: onnx.ModelProto) -> int:
     return rewrites
 
 
-def _one_direction(lstm: onnx.NodeProto) -> bool:
+def _plain(lstm: onnx.NodeProto) -> bool:
+    """Forward only, sequence-first, and no sequence_lens (with it, Y_h is each row's own last
+    step, not step -1 of Y)."""
     attrs = {a.name: helper.get_attribute_value(a) for a in lstm.attribute}
-    return attrs.get("direction", b"forward") in (b"forward", "forward") and attrs.get("layout", 0) == 0
+    no_lengths = len(lstm.input) <= 4 or not lstm.input[4]
+    return (attrs.get("direction", b"forward") in (b"forward", "forward") and attrs.get("layout", 0) == 0
+            and no_lengths)
 
 
 def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
