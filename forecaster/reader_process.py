@@ -35,6 +35,7 @@ from .sources import Rejection, Rows
 # The kept rows of a batch, all files end to end: (name, dtype).
 ARRAYS = (("dates", "<U10"), ("values", "<f8"), ("lines", "<i8"))
 LENGTH = struct.Struct("<Q")
+MAX_HEADER_BYTES = 1 << 30  # a batch's header is kilobytes to megabytes; more means garbage
 COMMAND = [sys.executable, "-m", "forecaster.reader_process"]  # the child; tests swap it
 
 
@@ -57,6 +58,9 @@ def read_batches(files: list[Path], ledger: dict[str, Known], today: dt.date) ->
                 said = errors.read().decode(errors="replace").strip().splitlines()
                 raise ReaderError(f"the process reading the files stopped (exit status {child.returncode})"
                                   + (f": {said[-1]}" if said else "")) from None
+            except (ValueError, KeyError, TypeError) as exc:  # not our frames: something else wrote to its stdout
+                raise ReaderError(f"the process reading the files sent something that is not a batch ({exc})"
+                                  ) from None
         finally:
             if child.poll() is None:  # we stopped early (an error while writing): stop it too
                 child.kill()
@@ -86,7 +90,10 @@ def _send_batch(out: BinaryIO, batch: Batch) -> None:
 
 def _receive(stream: BinaryIO) -> Batch | None:
     """The next batch; None after the last. EOFError if the stream breaks off."""
-    header = json.loads(_read_exactly(stream, LENGTH.unpack(_read_exactly(stream, LENGTH.size))[0]))
+    size = LENGTH.unpack(_read_exactly(stream, LENGTH.size))[0]
+    if size > MAX_HEADER_BYTES:
+        raise ValueError(f"a header of {size} bytes")
+    header = json.loads(_read_exactly(stream, size))
     if header.get("end"):
         return None
     arrays = {}

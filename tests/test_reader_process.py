@@ -125,6 +125,14 @@ def test_a_reader_that_cannot_start_is_a_one_line_error(tmp_path, monkeypatch):
         ingest_into(tmp_path / "f.db", folder, "process")
 
 
+def test_a_reader_that_prints_something_else_is_a_one_line_error(tmp_path, monkeypatch):
+    folder = tmp_path / "in"
+    write_sample_data(folder, tickers=2, days=30, seed=2)
+    monkeypatch.setattr(reader_process, "COMMAND", [sys.executable, "-c", "import sys; sys.stdin.read(); print('hello ' * 100)"])
+    with pytest.raises(ReaderError, match="sent something that is not a batch"):
+        ingest_into(tmp_path / "f.db", folder, "process")
+
+
 def children_of(pid: int) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():
