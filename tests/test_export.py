@@ -1,4 +1,3 @@
-import os
 import shutil
 
 import numpy as np
@@ -17,10 +16,9 @@ from forecaster.export import export
 from forecaster.model import ModelConfig, build_forecaster
 from forecaster.reference import LSTMLayer, lstm_layer
 from forecaster.scoring import load_model
-from forecaster.train import TrainConfig, train
 from forecaster.verify import random_windows, verify
 
-from helpers import make_checkpoint, synthetic_series
+from helpers import make_checkpoint
 
 
 @pytest.fixture(scope="module", params=["relative", "minmax"])
