@@ -28,10 +28,9 @@ def streamline_lstm_outputs(model: onnx.ModelProto) -> int:
     rewrites = 0
     for lstm in [n for n in graph.node if n.op_type == "LSTM" and _plain(n)]:
         consumers = _consumers(graph)
-        chain = _batch_first_chain(lstm, consumers)
-        if chain is None:
+        reshape = _batch_first_reshape(lstm, consumers)
+        if reshape is None:
             continue
-        *_, reshape = chain
         after = consumers.get(reshape.output[0], [])
         if after and all(n.op_type == "LSTM" and n.input[0] == reshape.output[0] for n in after):
             _replace(graph, reshape, _squeeze(graph, lstm.output[0], 1, reshape.output[0]))
@@ -72,8 +71,8 @@ def _only_consumer(name: str, consumers: dict, op_type: str) -> onnx.NodeProto |
     return users[0] if len(users) == 1 and users[0].op_type == op_type else None
 
 
-def _batch_first_chain(lstm, consumers):
-    """Y -> Transpose(0,2,1,3) -> Reshape (and a Shape of the transpose, for the Reshape's target)."""
+def _batch_first_reshape(lstm, consumers):
+    """The Reshape of Y -> Transpose(0,2,1,3) -> Reshape (a Shape of the transpose may feed its target)."""
     users = consumers.get(lstm.output[0], [])
     if len(users) != 1 or users[0].op_type != "Transpose" or _perm(users[0]) != [0, 2, 1, 3]:
         return None
@@ -82,7 +81,7 @@ def _batch_first_chain(lstm, consumers):
     others = [n for n in consumers.get(transpose.output[0], []) if n.op_type not in ("Reshape", "Shape")]
     if len(reshapes) != 1 or others or reshapes[0].input[0] != transpose.output[0]:
         return None
-    return transpose, reshapes[0]
+    return reshapes[0]
 
 
 def _last_step_gather(graph, reshape, consumers):

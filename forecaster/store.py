@@ -165,7 +165,7 @@ def _configure_sqlite(engine: sa.Engine) -> None:
         dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
         cur = dbapi_conn.cursor()
         # Only a new, empty database takes this (before WAL writes its header).
-        # 16 KiB pages load ~1.3x faster than 4 KiB ones: fewer page splits.
+        # 16 KiB pages inserted 1.1-1.3x faster than 4 KiB ones here: fewer page splits.
         cur.execute(f"PRAGMA page_size = {PAGE_SIZE}")
         cur.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         cur.execute("PRAGMA journal_mode = WAL")
