@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import platform
 from collections.abc import Iterator
 
@@ -36,10 +35,7 @@ def _glibc():
     """The C library if it is glibc (mallopt and malloc_trim), else None."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return None
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    except OSError:
-        return None
+    libc = ctypes.CDLL(None)  # the process's own symbols, glibc's among them
     return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
 
 
