@@ -143,6 +143,8 @@ def train(tickers, all_tickers, out, data, db, seq_len, hidden, layers, epochs, 
                                         config=config, out=out), progress=not quiet)
     for line in job.warnings:
         click.echo(f"warning: {line}", err=True)
+    for line in job.notes:
+        click.echo(line, err=True)
     click.echo(job.table)
     click.echo(job.verdict)
     click.echo(f"wrote {', '.join(str(p) for p in job.written)}")

@@ -87,40 +87,87 @@ class ReferenceModel:
         return (y + 1.0) / 2.0 * span[:, CLOSE] + low[:, CLOSE]
 
 
-def _by_suffix(consts: dict, suffix: str) -> np.ndarray:
-    """The one constant whose name ends with `suffix` (exporters prefix module paths)."""
-    found = [v for k, v in consts.items() if k == suffix or k.endswith("." + suffix)]
-    if len(found) != 1:
-        raise ModelFileError(f"the file has {len(found)} constants named like {suffix!r}, expected one")
-    return found[0]
+# Nodes that only move or reshape data between the top LSTM and the head.
+SHAPE_ONLY = {"Squeeze", "Unsqueeze", "Reshape", "Transpose", "Gather", "Identity", "Slice", "Flatten"}
+
+
+def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
+    consts = {i.name: numpy_helper.to_array(i).astype(np.float64) for i in graph.initializer}
+    for node in graph.node:  # some exporters keep weights in Constant nodes
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            consts[node.output[0]] = numpy_helper.to_array(node.attribute[0].t).astype(np.float64)
+    return consts
+
+
+def _attrs(node: onnx.NodeProto) -> dict:
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _lstm_layer(node: onnx.NodeProto, consts: dict) -> LSTMLayer:
+    attrs = _attrs(node)
+    if attrs.get("direction", b"forward") not in (b"forward", "forward") or attrs.get("layout", 0) != 0:
+        raise ModelFileError(f"LSTM node {node.name} is not a forward, batch-second LSTM")
+    if len(node.input) > 7 and node.input[7]:
+        raise ModelFileError(f"LSTM node {node.name} has peepholes, which the tutorial's LSTM does not")
+    try:
+        W, R = consts[node.input[1]][0], consts[node.input[2]][0]
+        B = consts[node.input[3]][0] if len(node.input) > 3 and node.input[3] else np.zeros(2 * R.shape[0])
+    except KeyError as exc:
+        raise ModelFileError(f"LSTM node {node.name}: weight {exc} is not a constant in the file") from None
+    return LSTMLayer(W, R, B[: R.shape[0]] + B[R.shape[0]:])
+
+
+def _head(graph: onnx.GraphProto, top: onnx.NodeProto, consts: dict, hidden: int
+          ) -> tuple[np.ndarray, np.ndarray]:
+    """The linear head: the Gemm, or MatMul (+ Add), that the top LSTM's output
+    reaches through shape-only nodes. Found by structure, not by name: an
+    exporter names constants as it likes, and drops an all-zero bias."""
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    frontier, seen, heads = [o for o in top.output if o], set(), []
+    while frontier:
+        name = frontier.pop()
+        for node in consumers.get(name, []):
+            if node.op_type in ("Gemm", "MatMul"):
+                heads.append((node, name))
+            elif node.op_type in SHAPE_ONLY and node.input[0] == name and id(node) not in seen:
+                seen.add(id(node))
+                frontier.extend(node.output)
+    if len(heads) != 1:
+        raise ModelFileError(f"expected one Gemm or MatMul reading the top LSTM's output, found {len(heads)}")
+    node, fed = heads[0]
+    if node.input[0] != fed or node.input[1] not in consts:
+        raise ModelFileError(f"head node {node.name}: its weight is not a constant in the file")
+    weight = consts[node.input[1]]
+    attrs = _attrs(node)
+    if node.op_type == "Gemm":
+        if attrs.get("transA", 0):
+            raise ModelFileError(f"head node {node.name}: a transposed input is not a linear head")
+        weight = (weight if attrs.get("transB", 0) else weight.T) * attrs.get("alpha", 1.0)
+        bias = (consts[node.input[2]] * attrs.get("beta", 1.0) if len(node.input) > 2 and node.input[2]
+                else np.zeros(1))
+    else:
+        weight = weight.T
+        adds = [n for n in consumers.get(node.output[0], []) if n.op_type == "Add"]
+        biases = [consts[i] for n in adds for i in n.input if i in consts]
+        bias = biases[0] if len(adds) == 1 and len(biases) == 1 else np.zeros(1)
+    if weight.shape != (1, hidden):
+        raise ModelFileError(f"head node {node.name}: weight of shape {weight.shape}, expected (1, {hidden})")
+    return weight, np.broadcast_to(bias, (1,)).astype(np.float64)
 
 
 def from_onnx(model: onnx.ModelProto) -> ReferenceModel:
     """Read the LSTM stack, the linear head and the scaling out of an exported file."""
-    consts = {i.name: numpy_helper.to_array(i).astype(np.float64) for i in model.graph.initializer}
-    for node in model.graph.node:  # some exporters keep weights in Constant nodes
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-            consts[node.output[0]] = numpy_helper.to_array(node.attribute[0].t).astype(np.float64)
-
-    layers = []
-    for node in (n for n in model.graph.node if n.op_type == "LSTM"):
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        if attrs.get("direction", b"forward") not in (b"forward", "forward") or attrs.get("layout", 0) != 0:
-            raise ModelFileError(f"LSTM node {node.name} is not a forward, batch-second LSTM")
-        if len(node.input) > 7 and node.input[7]:
-            raise ModelFileError(f"LSTM node {node.name} has peepholes, which the tutorial's LSTM does not")
-        try:
-            W, R = consts[node.input[1]][0], consts[node.input[2]][0]
-            B = consts[node.input[3]][0] if len(node.input) > 3 and node.input[3] else np.zeros(2 * R.shape[0])
-        except KeyError as exc:
-            raise ModelFileError(f"LSTM node {node.name}: weight {exc} is not a constant in the file") from None
-        layers.append(LSTMLayer(W, R, B[: R.shape[0]] + B[R.shape[0]:]))
-    if not layers:
+    consts = _constants(model.graph)
+    nodes = [n for n in model.graph.node if n.op_type == "LSTM"]
+    if not nodes:
         raise ModelFileError("the graph has no LSTM node")
+    layers = [_lstm_layer(n, consts) for n in nodes]
+    head_w, head_b = _head(model.graph, nodes[-1], consts, layers[-1].R.shape[1])
     meta = {p.key[len(METADATA_PREFIX):]: p.value for p in model.metadata_props
             if p.key.startswith(METADATA_PREFIX)}
-    head_w, head_b = (_by_suffix(consts, f"net.head.{name}") for name in ("weight", "bias"))
     if "scaling" not in meta:
         raise ModelFileError("the file has no forecaster scaling metadata")
-    scaling = json.loads(meta["scaling"])
-    return ReferenceModel(layers, head_w, head_b, scaling)
+    return ReferenceModel(layers, head_w, head_b, json.loads(meta["scaling"]))

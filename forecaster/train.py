@@ -22,11 +22,15 @@ from . import __version__
 from .allocator import reuse_freed_memory
 from .errors import DataError
 from .metrics import accuracy
+from .precision import PRECISIONS, resolve as resolve_precision
 from .model import MinMaxForecaster, ModelConfig, build_forecaster, predict
 from .windows import FEATURES, Series, Split, check_history, data_hash, fit_scaling, make_windows, split
 
-PRECISIONS = ("fp32", "bf16")
 PARITY_WINDOWS_PER_TICKER = 64
+# |RMSE ratio - 1| up to this is float noise, not skill: a model that repeats
+# the last close in float32 rounds each price by up to 6e-8 of itself, which
+# moved its ratio to naive by 1e-7 on aaxj and can reach ~1e-5 on a $2 ticker.
+LEVEL_WITH_NAIVE = 1e-4
 PARITY_WINDOWS_MAX = 512
 
 
@@ -48,7 +52,8 @@ class TrainConfig:
     weight_decay: float = 1e-4
     # "bf16": the training forward pass in bfloat16 (oneDNN; fast on CPUs with
     # AVX512-BF16 or AMX). Weights, optimiser, validation, evaluation and the
-    # exported model stay float32.
+    # exported model stay float32. On a CPU that cannot, training falls back
+    # to fp32 and says so (precision.py).
     precision: str = "fp32"
 
     def model_config(self) -> ModelConfig:
@@ -73,6 +78,8 @@ class TrainResult:
     history: dict
     checkpoint: dict
     predictions: dict = field(default_factory=dict)  # ticker -> test dates, actual, predicted, last
+    precision: str = "fp32"                          # what the training really ran in
+    warnings: list[str] = field(default_factory=list)
 
 
 def seed_everything(seed: int) -> None:
@@ -95,6 +102,7 @@ def train(series: dict[str, Series], config: TrainConfig, *, progress: bool = Fa
     """Fit one model on all `series` and evaluate it on each ticker's held-out days."""
     if config.precision not in PRECISIONS:
         raise DataError(f"unknown precision {config.precision!r}: choose {', '.join(PRECISIONS)}")
+    precision, precision_warning = resolve_precision(config.precision, config.hidden, config.layers, len(FEATURES))
     seed_everything(config.seed)
     data = prepare(series, config)
     scaling = fit_scaling(config.scaling, series, {t: d.split for t, d in data.items()}, config.seq_len)
@@ -103,9 +111,14 @@ def train(series: dict[str, Series], config: TrainConfig, *, progress: bool = Fa
     x_train, y_train = _scaled(model, data, "train")
     x_val, y_val = _scaled(model, data, "val")
     with reuse_freed_memory():  # half the time of a full-batch epoch was page faults
-        history = _fit(model, x_train, y_train, x_val, y_val, config, progress)
+        history = _fit(model, x_train, y_train, x_val, y_val, config, precision, progress)
 
     metrics, predictions = evaluate(model, data)
+    # Epoch 0 kept: no epoch beat the starting weights on validation. Under
+    # relative scaling those output "no change", i.e. the naive forecast itself.
+    metrics["overall"].update(kept_epoch=history["best_epoch"],
+                              is_naive=history["best_epoch"] == 0 and config.scaling == "relative",
+                              precision=precision)
     extent = float(max(x_train.abs().max(), x_val.abs().max()))
     checkpoint = {
         "model_config": asdict(config.model_config()),
@@ -113,12 +126,13 @@ def train(series: dict[str, Series], config: TrainConfig, *, progress: bool = Fa
         "state_dict": model.net.state_dict(),
         "scaling": scaling,
         "features": list(FEATURES),
-        "provenance": {**provenance(data, config), "train_input_extent": extent},
+        "provenance": {**provenance(data, config), "train_input_extent": extent, "precision": precision},
         "metrics": metrics,
         "history": history,
         **parity_windows(data),
     }
-    return TrainResult(model, metrics, history, checkpoint, predictions)
+    return TrainResult(model, metrics, history, checkpoint, predictions, precision,
+                       [precision_warning] if precision_warning else [])
 
 
 def _part(d: TickerData, part: str) -> slice:
@@ -144,7 +158,7 @@ def _scaled(model: nn.Module, data: dict[str, TickerData], part: str):
     return torch.cat(xs), torch.cat(ys)
 
 
-def _fit(model, x_train, y_train, x_val, y_val, config: TrainConfig, progress: bool) -> dict:
+def _fit(model, x_train, y_train, x_val, y_val, config: TrainConfig, precision: str, progress: bool) -> dict:
     """Adam on MSE with clipped gradients; keeps the weights of the best validation epoch."""
     net = model.net
     optimizer = torch.optim.Adam(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -165,7 +179,7 @@ def _fit(model, x_train, y_train, x_val, y_val, config: TrainConfig, progress: b
         for start in range(0, len(order), batch):
             idx = order[start:start + batch]
             optimizer.zero_grad()
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.precision == "bf16"):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
                 predicted = net(x_train[idx])
             loss = loss_fn(predicted.float(), y_train[idx])
             loss.backward()
@@ -216,9 +230,18 @@ def evaluate(model: nn.Module, data: dict[str, TickerData]) -> tuple[dict, dict]
         "n_test": sum(m["n_test"] for m in per_ticker.values()),
         "mean_ratio": float(np.mean(ratios)),
         "median_ratio": float(np.median(ratios)),
-        "tickers_worse_than_naive": sum(r > 1 for r in ratios),
+        "tickers_worse_than_naive": sum(compared_with_naive(r) == "worse" for r in ratios),
+        "tickers_level_with_naive": sum(compared_with_naive(r) == "level" for r in ratios),
     }
     return {"tickers": per_ticker, "overall": overall}, predictions
+
+
+def compared_with_naive(ratio: float) -> str:
+    """"better", "level" or "worse": a ratio within float noise of 1 (a model
+    that repeats the last close, computed in float32) is level, not worse."""
+    if abs(ratio - 1.0) <= LEVEL_WITH_NAIVE:
+        return "level"
+    return "better" if ratio < 1.0 else "worse"
 
 
 def provenance(data: dict[str, TickerData], config: TrainConfig) -> dict:

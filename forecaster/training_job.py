@@ -10,7 +10,9 @@ import sqlalchemy as sa
 
 from . import checkpoint, plots
 from .errors import DataError
-from .train import TrainConfig, train
+from .files import write_atomically
+from .precision import bf16_support
+from .train import TrainConfig, compared_with_naive, train
 from .windows import all_tickers as stored_tickers
 from .windows import load_series, min_rows
 
@@ -32,12 +34,17 @@ class TrainOutcome:
     verdict: str
     written: list[Path]
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # one-line facts about this machine's run
 
 
 def run_training(engine: sa.Engine, job: TrainJob, *, progress: bool = False) -> TrainOutcome:
     warnings: list[str] = []
+    stored = stored_tickers(engine)
+    if not stored:
+        raise DataError(f"the database {engine.url.render_as_string(hide_password=True)} holds no prices: "
+                        "ingest some first (forecaster ingest PATH) or pass --data")
     if job.all_tickers:
-        series = load_series(engine, stored_tickers(engine))
+        series = load_series(engine, stored)
         short = [t for t, s in series.items() if len(s) < min_rows(job.config.seq_len)]
         for t in short:
             warnings.append(f"skipping {t}: {len(series.pop(t))} rows, fewer than "
@@ -48,12 +55,14 @@ def run_training(engine: sa.Engine, job: TrainJob, *, progress: bool = False) ->
         series = load_series(engine, job.tickers)
 
     result = train(series, job.config, progress=progress)
+    warnings.extend(result.warnings)
+    notes = [bf16_support(job.config.hidden, job.config.layers).line()] if result.precision == "bf16" else []
     out = Path(job.out)
     checkpoint.save(out, result.checkpoint)
     metrics = {**result.metrics, "config": asdict(job.config),
                "best_epoch": result.history["best_epoch"]}
     metrics_path = out.with_suffix(".metrics.json")
-    metrics_path.write_text(json.dumps(metrics, indent=2) + "\n")
+    write_atomically(metrics_path, lambda fh: fh.write((json.dumps(metrics, indent=2) + "\n").encode()))
     written = [out, metrics_path, plots.loss_curves(result.history, out.with_suffix(".loss.png"))]
     for ticker in list(result.predictions)[:MAX_TICKER_PLOTS]:
         p = result.predictions[ticker]
@@ -65,15 +74,16 @@ def run_training(engine: sa.Engine, job: TrainJob, *, progress: bool = False) ->
                   f"{m['naive_rmse']:.3f}, ratio {m['ratio']:.3f})"))
     if len(result.predictions) > MAX_TICKER_PLOTS:
         warnings.append(f"plotted the first {MAX_TICKER_PLOTS} of {len(result.predictions)} tickers")
-    return TrainOutcome(metrics, format_table(result.metrics), verdict(result.metrics), written, warnings)
+    return TrainOutcome(metrics, format_table(result.metrics), verdict(result.metrics), written, warnings, notes)
 
 
 def format_table(metrics: dict) -> str:
     head = (f"{'ticker':<10}{'n_test':>7}  {'test days':<23}{'rmse':>9}{'naive':>9}{'ratio':>8}"
             f"{'mae':>9}{'naive':>9}{'dir.acc':>8}")
     lines = [head, "-" * len(head)]
+    flags = {"better": "", "level": "  same as naive", "worse": "  worse than naive"}
     for ticker, m in metrics["tickers"].items():
-        flag = "  worse than naive" if m["ratio"] > 1 else ""
+        flag = flags[compared_with_naive(m["ratio"])]
         lines.append(f"{ticker:<10}{m['n_test']:>7}  {m['test_start'] + '..' + m['test_end']:<23}"
                      f"{m['test_rmse']:>9.4f}{m['naive_rmse']:>9.4f}{m['ratio']:>8.3f}"
                      f"{m['test_mae']:>9.4f}{m['naive_mae']:>9.4f}{m['direction_accuracy']:>8.3f}{flag}")
@@ -82,11 +92,19 @@ def format_table(metrics: dict) -> str:
 
 def verdict(metrics: dict) -> str:
     o = metrics["overall"]
-    worse = o["tickers_worse_than_naive"]
     summary = (f"mean RMSE ratio to naive over {o['n_tickers']} ticker(s): {o['mean_ratio']:.3f} "
                f"(median {o['median_ratio']:.3f}; below 1 beats naive)")
-    if worse == 0:
+    if o.get("is_naive"):
+        return ("No epoch beat the naive forecast on validation, so the model kept its starting "
+                f"weights and repeats the last close: it is the naive forecast. {summary}")
+    n, worse, level = o["n_tickers"], o["tickers_worse_than_naive"], o["tickers_level_with_naive"]
+    better = n - worse - level
+    if better == n:
         return f"The model beats the naive forecast on every ticker. {summary}"
-    if worse == o["n_tickers"]:
+    if worse == n:
         return f"The model is WORSE than the naive forecast on every ticker. {summary}"
-    return f"The model is worse than the naive forecast on {worse} of {o['n_tickers']} tickers. {summary}"
+    if level == n:
+        return f"The model is level with the naive forecast on every ticker. {summary}"
+    parts = [f"{count} {what}" for count, what in ((better, "better than"), (level, "level with"),
+                                                   (worse, "worse than")) if count]
+    return f"Of {n} tickers the model is {', '.join(parts)} the naive forecast. {summary}"

@@ -216,3 +216,30 @@ def test_the_lstm_rewrite_leaves_a_graph_it_does_not_recognise_alone(exported):
     onnx.checker.check_model(raw, full_check=True)
     for a, b in zip(before, run_graph(raw, uses_index, 5)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_verify_reads_the_head_by_structure_as_gemm_or_matmul_plus_add(onnx_path, tmp_path):
+    # Rename every constant and write the head as MatMul + Add with a new bias:
+    # the reference must find the weights by structure for verify to pass.
+    model = onnx.load(str(tmp_path / "m.onnx"))
+    renames = {init.name: f"c{i}" for i, init in enumerate(model.graph.initializer)}
+    for init in model.graph.initializer:
+        init.name = renames[init.name]
+    for node in model.graph.node:
+        node.input[:] = [renames.get(n, n) for n in node.input]
+    gemm = next(n for n in model.graph.node if n.op_type == "Gemm")
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in gemm.attribute}
+    inits = {i.name: i for i in model.graph.initializer}
+    weight = numpy_helper.to_array(inits[gemm.input[1]])
+    weight = weight.T if attrs.get("transB", 0) else weight
+    model.graph.initializer.append(numpy_helper.from_array(weight.astype(np.float32), "head_w_t"))
+    bias = numpy_helper.to_array(inits[gemm.input[2]]) if len(gemm.input) > 2 and gemm.input[2] else np.zeros(1, np.float32)
+    model.graph.initializer.append(numpy_helper.from_array((bias + 0.5).astype(np.float32), "head_b"))
+    position = list(model.graph.node).index(gemm)
+    out = gemm.output[0]
+    model.graph.node.remove(gemm)
+    model.graph.node.insert(position, onnx.helper.make_node("MatMul", [gemm.input[0], "head_w_t"], ["mm"]))
+    model.graph.node.insert(position + 1, onnx.helper.make_node("Add", ["mm", "head_b"], [out]))
+    onnx.checker.check_model(model)
+    onnx.save(model, str(tmp_path / "matmul.onnx"))
+    assert verify(tmp_path / "matmul.onnx").max_rel <= 1e-4  # fails if the Add's bias (+0.5) is missed

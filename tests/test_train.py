@@ -3,6 +3,7 @@ import torch
 
 from forecaster import checkpoint
 from forecaster.model import build_forecaster, ModelConfig, predict
+from forecaster.precision import bf16_support
 from forecaster.train import TrainConfig, train
 
 from helpers import synthetic_series
@@ -84,13 +85,53 @@ def test_a_pickle_with_code_is_refused_and_not_run(tmp_path):
     assert not sentinel.exists()
 
 
-def test_bf16_training_is_reproducible_learns_and_keeps_float32_weights():
+def test_bf16_trains_in_bf16_where_this_cpu_can_and_in_fp32_with_a_warning_where_not():
+    # Either branch runs, depending on this CPU; test_train_cli_falls_back_where_onednn_cannot_do_bf16
+    # forces the second one on any CPU.
     series = {"ar": synthetic_series("ar", days=1500, seed=11, ar=0.6)}
-    a = train(series, TrainConfig(epochs=15, precision="bf16"))
-    b = train(series, TrainConfig(epochs=15, precision="bf16"))
-    assert a.metrics == b.metrics
-    assert a.metrics["tickers"]["ar"]["ratio"] < 0.9
+    config = dict(epochs=15)
+    fp32 = train(series, TrainConfig(**config))
+    a = train(series, TrainConfig(precision="bf16", **config))
+    b = train(series, TrainConfig(precision="bf16", **config))
+    assert a.metrics == b.metrics  # reproducible either way
     assert all(v.dtype == torch.float32 for v in a.checkpoint["state_dict"].values())
+    assert a.checkpoint["provenance"]["precision"] == a.metrics["overall"]["precision"] == a.precision
+    assert a.checkpoint["train_config"]["precision"] == "bf16"  # what was asked for
+    if bf16_support().ok:
+        assert a.precision == "bf16" and a.warnings == []
+        assert a.history["train_loss"] != fp32.history["train_loss"]  # it really ran in bfloat16
+        assert a.metrics["tickers"]["ar"]["ratio"] < 0.9
+    else:
+        assert a.precision == "fp32"
+        assert a.warnings == [f"{bf16_support().line()}; training in fp32 instead"]
+        assert a.history == fp32.history
+
+
+def test_train_cli_falls_back_where_onednn_cannot_do_bf16(tmp_path, sample_dir):
+    # ONEDNN_MAX_CPU_ISA=AVX2 makes oneDNN behave as on a CPU without AVX-512,
+    # where it cannot build a bfloat16 LSTM: the fallback is tested on every CPU.
+    import json, os, subprocess, sys
+    out = tmp_path / "m.pt"
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    run = subprocess.run([sys.executable, "-m", "forecaster", "train", "--data", str(sample_dir), "--all",
+                          "--db", f"sqlite:///{tmp_path / 'x.db'}", "--out", str(out), "--epochs", "2",
+                          "--precision", "bf16", "--quiet"], capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stderr
+    assert ("warning: bf16: not supported on this CPU (ONEDNN_MAX_CPU_ISA=AVX2 limits oneDNN; oneDNN: "
+            "could not create a primitive descriptor for the LSTM forward propagation primitive") in run.stderr
+    assert "training in fp32 instead" in run.stderr and "Traceback" not in run.stderr
+    metrics = json.loads(out.with_suffix(".metrics.json").read_text())
+    assert (metrics["overall"]["precision"], metrics["config"]["precision"]) == ("fp32", "bf16")
+    assert checkpoint.load(out)["provenance"]["precision"] == "fp32"
+
+
+def test_the_bf16_check_leaves_the_random_stream_alone():
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    bf16_support.cache_clear()
+    bf16_support(7, 1)
+    torch.testing.assert_close(torch.rand(3), expected, rtol=0, atol=0)
 
 
 def test_an_unknown_precision_is_refused():

@@ -58,3 +58,69 @@ def test_too_little_history_names_ticker_and_rows(tmp_path, sample_dir, db_url):
 def test_tickers_or_all_is_required(tmp_path, db_url):
     result = invoke("train", "--db", db_url, "--out", tmp_path / "m.pt")
     assert result.exit_code == 2 and "give either --tickers A,B or --all" in result.output
+
+
+def test_a_model_that_kept_the_naive_epoch_says_so_and_its_export_verifies(tmp_path, sample_dir, db_url):
+    # With a learning rate of 0 no epoch can beat the starting weights, on any CPU:
+    # the kept model is the zero head, i.e. the naive forecast itself.
+    from forecaster.train import TrainConfig
+    from forecaster.training_job import TrainJob, run_training
+    from forecaster import store
+    from forecaster.ingest import ingest
+    engine = store.connect(db_url)
+    ingest(engine, [sample_dir])
+    out = tmp_path / "naive.pt"
+    job = run_training(engine, TrainJob([], True, TrainConfig(epochs=3, hidden=8, lr=0.0), out))
+    overall = job.metrics["overall"]
+    assert (overall["kept_epoch"], overall["is_naive"]) == (0, True)
+    assert overall["tickers_worse_than_naive"] == 0 and overall["tickers_level_with_naive"] == 3
+    assert job.verdict.startswith("No epoch beat the naive forecast on validation, so the model kept its "
+                                  "starting weights and repeats the last close")
+    assert "WORSE" not in job.verdict and "worse than naive" not in job.table
+    assert job.table.count("same as naive") == 3
+    saved = json.loads(out.with_suffix(".metrics.json").read_text())["overall"]
+    assert (saved["kept_epoch"], saved["is_naive"]) == (0, True)
+    assert invoke("export", out).exit_code == 0
+    result = invoke("verify", out.with_suffix(".onnx"))
+    assert result.exit_code == 0, result.output
+
+
+def test_the_issue_s_real_data_run_exports_a_file_that_verifies(tmp_path, shared_data, db_url):
+    data = tmp_path / "d"
+    for name in ("ETFs/aaxj.us.txt", "Stocks/a.us.txt"):
+        (data / name).parent.mkdir(parents=True, exist_ok=True)
+        (data / name).write_bytes((shared_data / name).read_bytes())
+    out = tmp_path / "m.pt"
+    trained = invoke("train", "--data", data, "--db", db_url, "--tickers", "aaxj,a", "--epochs", "5",
+                     "--out", out, "--quiet")
+    assert trained.exit_code == 0, trained.output
+    metrics = json.loads(out.with_suffix(".metrics.json").read_text())["overall"]
+    assert metrics["is_naive"] == (metrics["kept_epoch"] == 0)
+    assert ("No epoch beat the naive forecast" in trained.output) == metrics["is_naive"]
+    assert invoke("export", out).exit_code == 0
+    verified = invoke("verify", out.with_suffix(".onnx"))
+    assert verified.exit_code == 0, verified.output
+
+
+def test_verdicts_count_ratios_within_float_noise_of_one_as_level():
+    from forecaster.training_job import verdict
+    def metrics(*ratios, is_naive=False):
+        from forecaster.train import compared_with_naive
+        kinds = [compared_with_naive(r) for r in ratios]
+        return {"overall": {"n_tickers": len(ratios), "mean_ratio": sum(ratios) / len(ratios),
+                            "median_ratio": sorted(ratios)[len(ratios) // 2], "is_naive": is_naive,
+                            "tickers_worse_than_naive": kinds.count("worse"),
+                            "tickers_level_with_naive": kinds.count("level")}}
+    assert verdict(metrics(1.0000001, 0.9999999)).startswith("The model is level with the naive forecast on every")
+    assert verdict(metrics(0.95, 1.0000001, 1.2)).startswith(
+        "Of 3 tickers the model is 1 better than, 1 level with, 1 worse than the naive forecast.")
+    assert verdict(metrics(1.01, 1.2)).startswith("The model is WORSE than the naive forecast on every ticker")
+    assert verdict(metrics(0.9, 0.99)).startswith("The model beats the naive forecast on every ticker")
+
+
+def test_train_on_an_empty_database_names_it(tmp_path):
+    url = f"sqlite:///{tmp_path / 'empty.db'}"
+    result = invoke("train", "--db", url, "--all", "--out", tmp_path / "m.pt")
+    assert result.exit_code == 1
+    assert result.output == (f"Error: the database {url} holds no prices: ingest some first "
+                             "(forecaster ingest PATH) or pass --data\n")
