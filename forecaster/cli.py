@@ -41,9 +41,9 @@ def reports_errors(func):
     return wrapper
 
 
-def open_store(url: str):
+def open_store(url: str, *, read_only: bool = False):
     from . import store
-    return store.connect(url)
+    return store.connect(url, read_only=read_only)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -331,7 +331,7 @@ def sql(query, db, limit):
     Example: forecaster sql "select * from latest_predictions"
     """
     from .query import run_query
-    columns, rows, more = run_query(open_store(db), query, limit=limit)
+    columns, rows, more = run_query(open_store(db, read_only=True), query, limit=limit)
     click.echo(format_table(columns, rows))
     if more:
         click.echo(f"... (first {limit} rows shown)")

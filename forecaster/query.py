@@ -1,4 +1,8 @@
-"""Read-only SQL questions against the store (what `forecaster sql` runs)."""
+"""Read-only SQL questions against the store (what `forecaster sql` runs).
+
+The engine should come from store.connect(url, read_only=True): the database
+itself refuses writes and ATTACH. The transaction is rolled back as well.
+"""
 from __future__ import annotations
 
 import sqlalchemy as sa

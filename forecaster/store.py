@@ -6,8 +6,12 @@ SQLAlchemy Core only, so any URL works; SQLite gets WAL, a busy timeout and
 """
 from __future__ import annotations
 
+import sqlite3
+import time
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator
+from urllib.parse import quote
 
 import numpy as np
 import sqlalchemy as sa
@@ -156,7 +160,7 @@ VIEWS = {
 }
 
 
-def _configure_sqlite(engine: sa.Engine) -> None:
+def _configure_sqlite(engine: sa.Engine, read_only: bool) -> None:
     """WAL + busy timeout + foreign keys on every connection; writers take the
     write lock at BEGIN so two writers queue instead of deadlocking."""
 
@@ -164,13 +168,19 @@ def _configure_sqlite(engine: sa.Engine) -> None:
     def _on_connect(dbapi_conn, _record):
         dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
         cur = dbapi_conn.cursor()
-        # Only a new, empty database takes this (before WAL writes its header).
-        # 16 KiB pages inserted 1.1-1.3x faster than 4 KiB ones here: fewer page splits.
-        cur.execute(f"PRAGMA page_size = {PAGE_SIZE}")
         cur.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        cur.execute("PRAGMA journal_mode = WAL")
-        cur.execute("PRAGMA synchronous = NORMAL")
         cur.execute("PRAGMA foreign_keys = ON")
+        if read_only:
+            cur.execute("PRAGMA query_only = ON")  # belt and braces beside mode=ro
+            # mode=ro does not reach ATTACH, which would create any file it names.
+            dbapi_conn.set_authorizer(_no_attach)
+        elif cur.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            # Only a new, empty database takes this (before WAL writes its header).
+            # 16 KiB pages inserted 1.1-1.3x faster than 4 KiB ones here: fewer page splits.
+            cur.execute(f"PRAGMA page_size = {PAGE_SIZE}")
+            _enter_wal(cur)
+        if not read_only:
+            cur.execute("PRAGMA synchronous = NORMAL")
         cur.close()
 
     @event.listens_for(engine, "begin")
@@ -178,6 +188,25 @@ def _configure_sqlite(engine: sa.Engine) -> None:
         # Readers stay DEFERRED so they never wait on a writer (WAL snapshot).
         immediate = conn.get_execution_options().get("immediate", False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def _no_attach(action, *_args) -> int:
+    return sqlite3.SQLITE_DENY if action in (sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH) else sqlite3.SQLITE_OK
+
+
+def _enter_wal(cur) -> None:
+    """Switch a new database to WAL. SQLite answers "database is locked" at
+    once, without its busy handler, when another connection is switching the
+    same new file (two processes starting together): retry for a while."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode = WAL")
+            return
+        except Exception as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 @contextmanager
@@ -211,24 +240,33 @@ def _immediate_transaction(engine: sa.Engine) -> Iterator[sa.Connection]:
             yield conn
 
 
-def connect(url: str = DEFAULT_URL, *, create: bool = True) -> sa.Engine:
+def connect(url: str = DEFAULT_URL, *, read_only: bool = False) -> sa.Engine:
     """An engine for `url` with the schema in place (created when missing).
 
-    Raises StoreError with a one-line reason when the database cannot be
-    opened or was written by an incompatible version.
+    Opening reads the schema version without taking the write lock, so a
+    reader never queues behind a writer; only a new database is locked while
+    its schema is created. `read_only`: the database must exist, and nothing
+    can write through this engine (SQLite mode=ro, PostgreSQL read-only
+    transactions). Raises StoreError with a one-line reason when the
+    database cannot be opened or was written by an incompatible version.
     """
     try:
-        engine = sa.create_engine(url)
+        engine = _create_engine(url, read_only)
+    except StoreError:
+        raise
     except Exception as exc:  # bad URL, missing driver
         raise StoreError(f"cannot open database {url!r}: {exc}") from None
-    if engine.dialect.name == "sqlite":
-        _configure_sqlite(engine)
     try:
-        with _immediate_transaction(engine) as conn:
-            if create:
-                _ensure_schema(conn)
-            else:
-                _check_version(conn)
+        with engine.connect() as conn:
+            version = _version(conn)
+        if version is None:
+            if read_only:
+                raise StoreError(f"database {url!r} holds no forecaster data (no schema)")
+            with _immediate_transaction(engine) as conn:
+                _ensure_schema(conn)  # another process may have created it meanwhile
+        elif version != SCHEMA_VERSION:
+            raise StoreError(
+                f"database schema version is {version}, this forecaster expects {SCHEMA_VERSION}")
     except StoreError:
         raise
     except sa.exc.SQLAlchemyError as exc:
@@ -236,22 +274,36 @@ def connect(url: str = DEFAULT_URL, *, create: bool = True) -> sa.Engine:
     return engine
 
 
+def _create_engine(url: str, read_only: bool) -> sa.Engine:
+    parsed = sa.engine.make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if read_only and parsed.database not in (None, "", ":memory:"):
+            # The URI form opens the file read-only: no write, no ATTACH creating files.
+            path = Path(parsed.database).resolve()
+            if not path.exists():
+                raise StoreError(f"cannot open database {url!r}: no such file")
+            parsed = parsed.set(database=f"file:{quote(str(path))}?mode=ro", query={"uri": "true"})
+        engine = sa.create_engine(parsed)
+        _configure_sqlite(engine, read_only)
+        return engine
+    if read_only and parsed.get_backend_name() == "postgresql":
+        return sa.create_engine(parsed, connect_args={"options": "-c default_transaction_read_only=on"})
+    return sa.create_engine(parsed)
+
+
+def _version(conn: sa.Connection) -> int | None:
+    """The schema version, or None for a database without our schema."""
+    if not sa.inspect(conn).has_table("schema_info"):
+        return None
+    return conn.execute(sa.select(schema_info.c.version)).scalar()
+
+
 def _ensure_schema(conn: sa.Connection) -> None:
-    inspector = sa.inspect(conn)
-    if not inspector.has_table("schema_info"):
+    if _version(conn) is None:
         metadata.create_all(conn)
         for name, sql in VIEWS.items():
             conn.exec_driver_sql(f"CREATE VIEW {name} AS {sql}")
         conn.execute(schema_info.insert().values(version=SCHEMA_VERSION))
-        return
-    _check_version(conn)
-
-
-def _check_version(conn: sa.Connection) -> None:
-    version = conn.execute(sa.select(schema_info.c.version)).scalar()
-    if version != SCHEMA_VERSION:
-        raise StoreError(
-            f"database schema version is {version}, this forecaster expects {SCHEMA_VERSION}")
 
 
 ROWS_PER_INSERT = 100  # rows per SQLite INSERT statement; 700 parameters, under any build's limit

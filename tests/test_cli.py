@@ -56,7 +56,7 @@ def test_unopenable_database(tmp_path, sample_dir):
     assert result.exit_code == 1 and result.output.startswith("Error: cannot open database")
 
 
-def test_sql_refuses_a_broken_query(db_url):
+def test_sql_refuses_a_broken_query(engine, db_url):
     result = invoke("sql", "select * from nope", "--db", db_url)
     assert result.exit_code == 1 and "query failed: no such table: nope" in result.output
 
@@ -67,11 +67,23 @@ def test_python_dash_m_works():
     assert out.returncode == 0 and "Usage: forecaster" in out.stdout
 
 
-def test_sql_never_writes(sample_dir, db_url):
-    invoke("ingest", sample_dir, "--db", db_url)
-    result = invoke("sql", "delete from prices returning ticker", "--db", db_url)
-    assert result.exit_code == 0 and "syn0000" in result.output  # it ran, and showed its rows...
-    after = invoke("sql", "select count(*) as n from prices", "--db", db_url)
-    assert after.output.splitlines()[2].strip() == "360"  # ...but was rolled back
-    refused = invoke("sql", "delete from prices", "--db", db_url)
-    assert refused.exit_code == 1 and "only queries that return rows are allowed here" in refused.output
+def test_sql_is_read_only_on_the_database_itself(sample_dir, any_db_url, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    invoke("ingest", sample_dir, "--db", any_db_url)
+    refused = invoke("sql", "delete from prices returning ticker", "--db", any_db_url)
+    assert refused.exit_code == 1 and "query failed" in refused.output and "read" in refused.output.lower()
+    after = invoke("sql", "select count(*) as n from prices", "--db", any_db_url)
+    assert after.output.splitlines()[2].strip() == "360"
+    refused = invoke("sql", "delete from prices", "--db", any_db_url)
+    assert refused.exit_code == 1
+    if any_db_url.startswith("sqlite"):  # ATTACH would create any file it names
+        attach = invoke("sql", "ATTACH DATABASE 'x.db' AS x", "--db", any_db_url)
+        assert attach.exit_code == 1 and attach.output == "Error: query failed: not authorized\n"
+        assert not (tmp_path / "x.db").exists()
+
+
+def test_sql_on_a_missing_sqlite_file_creates_nothing(tmp_path):
+    result = invoke("sql", "select 1", "--db", f"sqlite:///{tmp_path / 'nope.db'}")
+    assert result.exit_code == 1
+    assert result.output == f"Error: cannot open database 'sqlite:///{tmp_path / 'nope.db'}': no such file\n"
+    assert list(tmp_path.iterdir()) == []

@@ -41,3 +41,42 @@ def test_a_failed_write_transaction_leaves_nothing(any_engine):
 def test_unopenable_database_is_a_store_error(tmp_path):
     with pytest.raises(StoreError, match="cannot open database"):
         store.connect(f"sqlite:///{tmp_path}/missing/dir/x.db")
+
+
+def test_readers_open_and_read_while_a_writer_holds_the_lock(any_db_url, monkeypatch):
+    # Opening the store and reading must not queue behind a writer (WAL allows
+    # it): with a 1 s busy timeout, a reader that took the write lock would fail.
+    from forecaster.query import run_query
+    monkeypatch.setattr(store, "BUSY_TIMEOUT_MS", 1000)
+    writer = store.connect(any_db_url)
+    with store.write_transaction(writer) as conn:
+        conn.execute(store.prices.insert().values(ticker="x", date="2017-01-03", open=1, high=1, low=1, close=1))
+        reader = store.connect(any_db_url)
+        assert run_query(reader, "SELECT COUNT(*) FROM prices")[1] == [(0,)]  # the committed snapshot
+        read_only = store.connect(any_db_url, read_only=True)
+        assert run_query(read_only, "SELECT COUNT(*) FROM prices")[1] == [(0,)]
+    assert run_query(reader, "SELECT COUNT(*) FROM prices")[1] == [(1,)]
+
+
+def test_processes_opening_a_new_database_together_all_succeed(tmp_path):
+    # SQLite refuses a switch to WAL at once ("database is locked", without its
+    # busy wait) when two connections both read the new file's header first and
+    # then both want it exclusively. That window is microseconds wide, so many
+    # real processes open new files at the same instant, round after round.
+    import subprocess, sys, time
+    script = ("import sys, time\nfrom forecaster import store\nt = float(sys.argv[1])\n"
+              "while time.time() < t: pass\nstore.connect(sys.argv[2]).dispose()\n")
+    failures = []
+    for round_ in range(ROUNDS):
+        url = f"sqlite:///{tmp_path / f'new{round_}.db'}"
+        start = time.time() + 1.5  # the interpreters start first, then open together
+        procs = [subprocess.Popen([sys.executable, "-c", script, str(start), url], stderr=subprocess.PIPE,
+                                  text=True) for _ in range(PROCESSES)]
+        failures += [p.stderr.read().strip().splitlines()[-1] for p in procs if p.wait() != 0]
+    assert failures == []
+    with store.connect(url).connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("SELECT COUNT(*) FROM schema_info").scalar() == 1
+
+
+ROUNDS, PROCESSES = 5, 8  # with the old code this failed in 5 of 6 tries
