@@ -63,10 +63,10 @@ def ingest(engine: sa.Engine, paths: Iterable[str | Path], *, progress: bool = F
     today = today or dt.date.today()
     report = IngestReport()
     with engine.connect() as conn:
+        # The ledger only says which bytes to read; what is new is decided
+        # again under the write lock (another ingest may run beside this one).
         ledger = {r.path: Known(r.size, r.mtime_ns, r.lines, r.tail_sha256)
                   for r in conn.execute(sa.select(store.source_files))}
-        summaries = {r.ticker: _Summary(r.first_date, r.last_date, r.n_rows)
-                     for r in conn.execute(sa.select(store.tickers))}
     if reader == "auto":
         reader = "process" if new_bytes(files, ledger) >= READER_PROCESS_MIN_BYTES else "inline"
     batches: Iterator[Batch] = (reader_process.read_batches(files, ledger, today) if reader == "process"
@@ -76,19 +76,21 @@ def ingest(engine: sa.Engine, paths: Iterable[str | Path], *, progress: bool = F
         for batch in batches:
             report.files_skipped += batch.skipped
             if batch.results:
-                _write(engine, batch.results, summaries, report)
+                _write(engine, batch.results, report)
             bar.update(batch.files)
     return report
 
 
-def _write(engine: sa.Engine, results: list[FileResult], summaries: dict[str, _Summary],
-           report: IngestReport) -> None:
+def _write(engine: sa.Engine, results: list[FileResult], report: IngestReport) -> None:
     """One transaction for a batch of files: each file's rows, rejections and
-    ledger entry land together or not at all."""
+    ledger entry land together or not at all. The tickers' summaries are read
+    inside it, under the write lock, so two ingests at once cannot both
+    decide from the same stale snapshot."""
     now = _now()
     rejects, ledgers, dates = [], [], Counter()
     changed: dict[str, _Summary] = {}
     with store.write_transaction(engine) as conn:
+        summaries = _summaries(conn, {r.ticker for r in results if r.ticker is not None})
         for res in results:
             file_rejects = list(res.rejects)
             added = 0
@@ -128,6 +130,18 @@ def _write(engine: sa.Engine, results: list[FileResult], summaries: dict[str, _S
         pd_ = store.price_dates
         store.upsert(conn, pd_, [{"date": d, "n_rows": n} for d, n in sorted(dates.items())], ["date"],
                      {"n_rows": lambda ex: pd_.c.n_rows + ex.n_rows})
+
+
+SUMMARY_QUERY_TICKERS = 500  # bound parameters per query, well under any SQLite build's limit
+
+
+def _summaries(conn: sa.Connection, tickers: set[str]) -> dict[str, _Summary]:
+    t = store.tickers.c
+    names, found = sorted(tickers), {}
+    for i in range(0, len(names), SUMMARY_QUERY_TICKERS):
+        for r in conn.execute(sa.select(store.tickers).where(t.ticker.in_(names[i:i + SUMMARY_QUERY_TICKERS]))):
+            found[r.ticker] = _Summary(r.first_date, r.last_date, r.n_rows)
+    return found
 
 
 def _merged(summary: _Summary | None, rows: Rows) -> _Summary:
