@@ -198,7 +198,7 @@ def verify(model, tickers, db, windows, seed, tolerance):
 def info(model, as_json):
     """Print what MODEL was trained on, its held-out metrics and its sha256."""
     import json
-    from .verify import describe
+    from .scoring import describe
     meta = describe(model)
     if as_json:
         click.echo(json.dumps(meta, indent=2))

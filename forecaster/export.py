@@ -28,14 +28,14 @@ import torch
 from torch import nn
 
 from . import __version__, checkpoint
-from .errors import CheckpointError, ParityError
+from .errors import CheckpointError
 from .files import write_atomically
 from .lstm_graph import streamline_lstm_outputs
 from .model import MinMaxForecaster, ModelConfig, build_forecaster
+from .parity import DEFAULT_TOLERANCE, compare
 from .scoring import METADATA_FORMAT, METADATA_PREFIX, file_sha256
 
 DEFAULT_OPSET = 20
-DEFAULT_TOLERANCE = 1e-4  # relative, on the next close in price units
 
 
 @dataclass
@@ -151,16 +151,3 @@ def check_against_torch(blob: bytes, model: nn.Module, windows: torch.Tensor,
             expected = model(windows).double().numpy()
     got = session.run(["next_close"], feeds)[0].astype(np.float64)
     return compare(got, expected, tolerance, what=what)
-
-
-def compare(got: np.ndarray, expected: np.ndarray, tolerance: float, *, what: str) -> tuple[float, float]:
-    """(max absolute, max relative) difference; ParityError when relative > tolerance."""
-    if got.shape != expected.shape:
-        raise ParityError(f"{what}: shapes differ {got.shape} vs {expected.shape}", float("inf"),
-                          float("inf"), tolerance)
-    diff = np.abs(got - expected)
-    max_abs = float(diff.max()) if diff.size else 0.0
-    max_rel = float((diff / np.maximum(np.abs(expected), 1e-12)).max()) if diff.size else 0.0
-    if not np.isfinite(max_rel) or max_rel > tolerance:
-        raise ParityError(what, max_abs, max_rel, tolerance)
-    return max_abs, max_rel

@@ -27,7 +27,7 @@ def build_report(engine: sa.Engine, *, since: str | None = None, ticker: str | N
         params["since"] = since
     if ticker:
         where.append("ticker = :ticker")
-        params["ticker"] = ticker
+        params["ticker"] = ticker.strip().lower()  # stored as in the files' names, lower-case
     if model_id:
         where.append("model_id = :model_id")
         params["model_id"] = model_id

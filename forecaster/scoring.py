@@ -30,6 +30,9 @@ CPU = "CPUExecutionProvider"
 # costs more. Measured on 2 cores, interleaved: 1,024 windows in one call
 # 7.5-7.8 ms, in 256-row calls 6.1-6.2 ms; 8,192: 66-67 vs 48.4-48.6 ms.
 CPU_CHUNK_ROWS = 256
+REQUIRED_METADATA = ("seq_len", "features", "model_config", "scaling", "training", "train_input_extent",
+                     "created_at")
+JSON_METADATA = ("features", "model_config", "scaling", "training", "metrics", "versions")
 
 
 def file_sha256(path: str | Path) -> str:
@@ -95,6 +98,12 @@ def load_model(path: str | Path, device: str = "cpu") -> ModelFile:
     return ModelFile(path, hashlib.sha256(blob).hexdigest(), metadata, session, used)
 
 
+def describe(path: str | Path) -> dict:
+    """What `forecaster info` prints: the metadata and the file's sha256."""
+    model = load_model(path, "cpu")
+    return {"path": str(model.path), "sha256": model.sha256, **model.metadata}
+
+
 def nvidia_driver_present() -> bool:
     """Without the kernel driver CUDA cannot work, and asking ONNX Runtime to
     try anyway costs over a second of failed library loading."""
@@ -138,11 +147,15 @@ def _metadata(session: ort.InferenceSession, path: Path) -> dict:
     if fields.get("format_version") != str(METADATA_FORMAT):
         raise ModelFileError(f"{path}: model metadata format {fields.get('format_version')} is not "
                              f"supported (expected {METADATA_FORMAT})")
+    missing = [k for k in REQUIRED_METADATA if k not in fields]
+    if missing:
+        raise ModelFileError(f"{path}: model metadata lacks {', '.join(missing)}")
     try:
-        meta = {k: (json.loads(v) if k in ("features", "model_config", "scaling", "training",
-                                           "metrics", "versions") else v) for k, v in fields.items()}
+        meta = {k: (json.loads(v) if k in JSON_METADATA else v) for k, v in fields.items()}
         int(meta["seq_len"]), float(meta["train_input_extent"]), meta["scaling"]["method"]
-    except (KeyError, ValueError, TypeError) as exc:
+        if not isinstance(meta["features"], list) or not isinstance(meta["training"].get("tickers"), dict):
+            raise ValueError("features must be a list and training.tickers a mapping")
+    except (KeyError, ValueError, TypeError, AttributeError) as exc:
         raise ModelFileError(f"{path}: model metadata is incomplete or malformed ({exc})") from None
     return meta
 

@@ -8,8 +8,8 @@ import numpy as np
 import onnx
 import sqlalchemy as sa
 
-from .errors import DataError, ModelFileError
-from .export import DEFAULT_TOLERANCE, compare
+from .errors import DataError
+from .parity import DEFAULT_TOLERANCE, compare
 from .reference import from_onnx
 from .scoring import load_model
 from .windows import load_series, make_windows
@@ -70,11 +70,3 @@ def verify(model_path: str | Path, *, engine: sa.Engine | None = None, tickers: 
     expected = reference(windows, index)
     max_abs, max_rel = compare(got, expected, tolerance, what="ONNX Runtime vs the NumPy reference")
     return VerifyResult(max_abs, max_rel, len(windows), source)
-
-
-def describe(model_path: str | Path) -> dict:
-    """What `forecaster info` prints: the metadata and the file's sha256."""
-    model = load_model(model_path, "cpu")
-    if not model.metadata:
-        raise ModelFileError(f"{model_path}: no metadata")
-    return {"path": str(model.path), "sha256": model.sha256, **model.metadata}

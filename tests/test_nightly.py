@@ -154,6 +154,8 @@ def test_predict_cli_and_report(tmp_path, shared_data, tiny_model, any_db_url):
     assert (tmp_path / "r.png").stat().st_size > 0
     # 7 as_of dates from 2017-11-01 have a next close (11-01..11-09), for 9 tickers: N = 63.
     assert any(line.startswith("ALL") and line.split()[1] == "63" for line in report.output.splitlines())
+    upper = runner.invoke(main, ["report", "--db", any_db_url, "--since", "2017-11-01", "--ticker", "AAXJ"])
+    assert [line.split()[:2] for line in upper.output.splitlines()[2:4]] == [["aaxj", "7"], ["ALL", "7"]]
     both = runner.invoke(main, ["predict", "--model", str(tiny_model), "--as-of", "2017-11-10",
                                 "--from", "2017-11-01", "--db", any_db_url])
     assert both.exit_code == 2 and "give --as-of or --from/--to, not both" in both.output
