@@ -169,8 +169,8 @@ def latest_windows(engine: sa.Engine, as_of: str, seq_len: int) -> ScoringBatch:
     with engine.connect() as conn:
         start = conn.execute(sa.select(sa.func.min(sa.select(d.date).where(d.date <= as_of)
                              .order_by(d.date.desc()).limit(seq_len + WINDOW_SLACK).subquery().c.date))).scalar()
-        stale = list(conn.execute(sa.select(t.ticker).where(t.first_date <= as_of, t.last_date < as_of)
-                                  .order_by(t.ticker)).scalars())
+        # Every ticker that existed by as_of ends in exactly one of: scored, stale, skipped.
+        existing = conn.execute(sa.select(t.ticker).where(t.first_date <= as_of).order_by(t.ticker)).scalars().all()
         recent = conn.execute(
             sa.select(p.ticker, p.date, p.open, p.high, p.low, p.close)
             .select_from(store.tickers.join(store.prices, p.ticker == t.ticker))
@@ -184,11 +184,13 @@ def latest_windows(engine: sa.Engine, as_of: str, seq_len: int) -> ScoringBatch:
         one_ticker = (sa.select(p.date, p.open, p.high, p.low, p.close)
                       .where(p.ticker == sa.bindparam("ticker"), p.date <= as_of)
                       .order_by(p.date.desc()).limit(seq_len))
-        tickers, windows, skipped = [], [], {}
-        for ticker in sorted(by_ticker):
-            rows = by_ticker[ticker]
-            if rows[-1][0] != as_of:
-                stale.append(ticker)  # a gap in its history on as_of
+        tickers, windows, skipped, stale = [], [], {}, []
+        for ticker in existing:
+            rows = by_ticker.get(ticker)
+            if not rows or rows[-1][0] != as_of:
+                # No close on as_of: it ended before, or has a gap there (a halt,
+                # perhaps without a single row in the span read).
+                stale.append(ticker)
                 continue
             if len(rows) < seq_len:  # gaps in the span read, or a short history
                 rows = conn.execute(one_ticker, {"ticker": ticker}).all()[::-1]
@@ -198,4 +200,4 @@ def latest_windows(engine: sa.Engine, as_of: str, seq_len: int) -> ScoringBatch:
             tickers.append(ticker)
             windows.append([r[1:] for r in rows[-seq_len:]])
     array = np.asarray(windows, dtype=np.float64).reshape(len(windows), seq_len, len(FEATURES))
-    return ScoringBatch(tickers, array.astype(np.float32), array[:, -1, CLOSE].copy(), skipped, sorted(stale))
+    return ScoringBatch(tickers, array.astype(np.float32), array[:, -1, CLOSE].copy(), skipped, stale)

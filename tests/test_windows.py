@@ -41,3 +41,22 @@ def test_no_leakage_test_prices_change_neither_scaling_nor_training_windows(meth
 def test_too_little_history_names_the_ticker_and_row_count():
     with pytest.raises(DataError, match=r"ticker tiny has 25 rows; with --seq-len 20 it needs at least 30"):
         check_history(synthetic_series("tiny", days=25), 20)
+
+
+def test_every_ticker_that_existed_ends_scored_stale_or_skipped(engine, tmp_path):
+    # "halt" stops trading for two months and has no row at all in the span a
+    # run reads (the last seq_len + slack dates), though it traded again later.
+    import pandas as pd
+    from forecaster.ingest import ingest
+    from forecaster.sample import generate_ohlc
+    from forecaster.windows import latest_windows
+    from conftest import write_file
+    busy = generate_ohlc(300, seed=1)
+    halt = busy[(busy["Date"] <= "2017-06-30") | (busy["Date"] >= "2017-09-01")]
+    write_file(tmp_path / "d", "busy.us.txt", busy.to_csv(index=False))
+    write_file(tmp_path / "d", "halt.us.txt", halt.to_csv(index=False))
+    write_file(tmp_path / "d", "young.us.txt", busy[busy["Date"] >= "2017-08-01"].to_csv(index=False))
+    ingest(engine, [tmp_path / "d"])
+    batch = latest_windows(engine, "2017-08-15", seq_len=20)
+    assert batch.tickers == ["busy"] and batch.stale == ["halt"]
+    assert batch.skipped == {"young": "only 11 rows up to 2017-08-15, the model needs 20"}
