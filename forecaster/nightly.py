@@ -30,6 +30,7 @@ from .windows import latest_windows
 
 FLAG_OUT_OF_RANGE = "out_of_range"
 LISTED = 10  # tickers named in a message before "and N more"
+DEFAULT_LOOKBACK = 5  # sessions in which a late ticker's close is still scored
 
 
 @dataclass
@@ -39,6 +40,7 @@ class RunResult:
     target_date: str
     n_predictions: int            # written by this run
     n_already: int                # stored before by a run of the same model
+    late: list[str]               # scored now, after an earlier run of this as_of: their close came late
     stale: list[str]
     skipped: dict[str, str]
     flagged: list[str]
@@ -70,10 +72,11 @@ def predict(engine: sa.Engine, model_path: str | Path, *, as_of: str | None = No
 
 def catch_up(engine: sa.Engine, model_path: str | Path, *, data=(), device: str = "auto",
              calendar: str = DEFAULT_CALENDAR, should_stop=lambda: False,
-             shard: Shard | None = None) -> PredictOutcome:
-    """What the daemon runs: ingest, then score every as_of this model still owes.
-    The model is reloaded each time, so a re-exported file is picked up."""
-    return _score_dates(engine, model_path, lambda model: owed_dates(engine, model.sha256, shard),
+             shard: Shard | None = None, lookback: int = DEFAULT_LOOKBACK) -> PredictOutcome:
+    """What the daemon runs: ingest, then score every as_of this model still
+    owes (owed_dates). The model is reloaded each time, so a re-exported file
+    is picked up."""
+    return _score_dates(engine, model_path, lambda model: owed_dates(engine, model, shard, lookback),
                         data=data, device=device, calendar=calendar, should_stop=should_stop, shard=shard)
 
 
@@ -116,19 +119,48 @@ def as_of_dates(engine: sa.Engine, as_of: str | None, start: str | None, end: st
     return [newest]
 
 
-def owed_dates(engine: sa.Engine, model_id: str, shard: Shard | None = None) -> list[str]:
-    """Every as_of with prices after the last succeeded run of this model;
-    with no run yet, the newest as_of only. This ledger, not the scheduler,
-    decides what is still owed after downtime or a crash."""
+def owed_dates(engine: sa.Engine, model: ModelFile, shard: Shard | None = None,
+               lookback: int = DEFAULT_LOOKBACK) -> list[str]:
+    """The as_of dates this model still owes, from the ledgers (not from the
+    scheduler's memory), so downtime, a crash or late files lose nothing:
+
+    * every date with prices after its last succeeded run (with no run yet,
+      the newest date only);
+    * any of the last `lookback` dates since its first run on which some
+      ticker has a close and enough history but no prediction from this
+      model: its file arrived after that night was scored.
+    """
     r, d = store.runs.c, store.price_dates.c
     with engine.connect() as conn:
-        same_shard = r.shard.is_(None) if shard is None else r.shard == str(shard)
-        last = conn.execute(sa.select(sa.func.max(r.as_of)).where(
-            r.model_id == model_id, r.status == "succeeded", same_shard)).scalar()
+        first, last = conn.execute(sa.select(sa.func.min(r.as_of), sa.func.max(r.as_of)).where(
+            r.model_id == model.sha256, r.status == "succeeded", _same_shard(shard))).one()
         if last is None:
             newest = conn.execute(sa.select(sa.func.max(d.date))).scalar()
             return [newest] if newest else []
-        return list(conn.execute(sa.select(d.date).where(d.date > last).order_by(d.date)).scalars())
+        after = list(conn.execute(sa.select(d.date).where(d.date > last).order_by(d.date)).scalars())
+        recent = conn.execute(sa.select(d.date).where(d.date <= last, d.date >= first).order_by(d.date.desc())
+                              .limit(max(0, lookback - len(after)))).scalars().all()
+        late = [day for day in recent if late_tickers(conn, model, day, shard)]
+    return sorted(late) + after
+
+
+def late_tickers(conn: sa.Connection, model: ModelFile, as_of: str, shard: Shard | None = None) -> list[str]:
+    """Tickers with a close on as_of and enough history up to it that this
+    model has not scored for as_of (and could: its shard, its tickers)."""
+    t, p, q = store.tickers.c, store.prices.c, store.predictions.c
+    unscored = conn.execute(
+        sa.select(t.ticker).select_from(store.tickers.join(
+            store.prices, sa.and_(p.ticker == t.ticker, p.date == as_of)))  # one key seek per ticker
+        .where(t.first_date <= as_of, t.last_date >= as_of,
+               ~sa.exists().where(q.model_id == model.sha256, q.ticker == t.ticker, q.as_of == as_of))
+        .order_by(t.ticker)).scalars().all()
+    known = set(model.training_tickers) if model.uses_ticker_index else None
+    history = sa.select(sa.func.count()).select_from(
+        sa.select(p.date).where(p.ticker == sa.bindparam("ticker"), p.date <= as_of)
+        .limit(model.seq_len).subquery())
+    return [ticker for ticker in unscored
+            if (shard is None or ticker in shard) and (known is None or ticker in known)
+            and conn.execute(history, {"ticker": ticker}).scalar() >= model.seq_len]
 
 
 def run_one(engine: sa.Engine, model: ModelFile, as_of: str, calendar: str = DEFAULT_CALENDAR,
@@ -157,7 +189,8 @@ def run_one(engine: sa.Engine, model: ModelFile, as_of: str, calendar: str = DEF
                     for t, y, c in zip(tickers, predicted, last) if t not in already]
             if rows:
                 conn.execute(store.predictions.insert(), rows)
-            result = RunResult(run_id, as_of, target, len(rows), len(tickers) - len(rows), batch.stale,
+            late = [row["ticker"] for row in rows] if _scored_before(conn, model.sha256, as_of, shard) else []
+            result = RunResult(run_id, as_of, target, len(rows), len(tickers) - len(rows), late, batch.stale,
                                skipped, flagged, model.device, 0.0, "")
             result.message = _message(result)
             _finish_run(conn, run_id, "succeeded", result.message, len(rows))
@@ -184,6 +217,9 @@ def _known_to_model(model: ModelFile, tickers, windows, last, skipped):
 
 def _message(r: RunResult) -> str:
     parts = [f"as_of {r.as_of}: {r.n_predictions} predictions for {r.target_date}"]
+    if r.late:
+        parts.append(f"{len(r.late)} late (their close arrived after this as_of was first scored): "
+                     f"{_names(r.late)}")
     if r.n_already:
         parts.append(f"{r.n_already} already stored by an earlier run of this model, not added again")
     if r.stale:
@@ -284,6 +320,18 @@ def _ensure_model_row(conn: sa.Connection, model: ModelFile) -> None:
 def _stored_tickers(conn: sa.Connection, model_id: str, as_of: str) -> set[str]:
     p = store.predictions.c
     return set(conn.execute(sa.select(p.ticker).where(p.model_id == model_id, p.as_of == as_of)).scalars())
+
+
+def _scored_before(conn: sa.Connection, model_id: str, as_of: str, shard: Shard | None) -> bool:
+    r = store.runs.c
+    return conn.execute(sa.select(sa.exists().where(
+        r.model_id == model_id, r.as_of == as_of, r.status == "succeeded", _same_shard(shard)))).scalar()
+
+
+def _same_shard(shard: Shard | None):
+    """Runs of this shard only: each shard keeps its own ledger."""
+    column = store.runs.c.shard
+    return column.is_(None) if shard is None else column == str(shard)
 
 
 def _check_date(value: str) -> None:

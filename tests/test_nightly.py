@@ -136,10 +136,10 @@ def test_an_empty_database_is_a_clear_error(engine, tiny_model):
 def test_owed_dates_follow_the_runs_ledger(any_engine, shared_data, tiny_model):
     from forecaster.ingest import ingest
     ingest(any_engine, [shared_data])
-    model_id = load_model(tiny_model).sha256
-    assert owed_dates(any_engine, model_id) == ["2017-11-10"]  # no run yet: the newest only
+    model = load_model(tiny_model)
+    assert owed_dates(any_engine, model) == ["2017-11-10"]  # no run yet: the newest only
     predict(any_engine, tiny_model, as_of="2017-11-07", device="cpu")
-    assert owed_dates(any_engine, model_id) == ["2017-11-08", "2017-11-09", "2017-11-10"]
+    assert owed_dates(any_engine, model) == ["2017-11-08", "2017-11-09", "2017-11-10"]
 
 
 def test_predict_cli_and_report(tmp_path, shared_data, tiny_model, any_db_url):
@@ -205,3 +205,63 @@ def test_a_minmax_model_skips_tickers_it_never_saw_with_a_reason(engine, tmp_pat
     assert run.skipped == {"zz": "not a training ticker of this model (its minmax scaling has no numbers for it)"}
     assert "1 skipped: zz (not a training ticker" in run.message
     assert rows(engine, "SELECT ticker FROM predictions") == [("aa",)]
+
+
+def test_late_files_are_scored_on_catch_up_within_the_lookback(any_engine, shared_data, tiny_model, tmp_path):
+    # The issue's reproduction: five tickers' 2017-11-08 closes arrive, that
+    # night is scored, then four more arrive and the daemon restarts.
+    from forecaster.nightly import catch_up
+    data = tmp_path / "data"
+    cut = cut_copy(shared_data, data, "2017-11-07")
+    files = sorted(p for p in data.rglob("*.us.txt") if cut[p.name])  # actx has nothing after 11-07
+    early, late = files[:5], files[5:]
+    for path in early:
+        with open(path, "a") as fh:
+            fh.write(cut[path.name].pop(0))
+    first = catch_up(any_engine, tiny_model, data=[data], device="cpu")
+    assert [(r.as_of, r.n_predictions, r.late) for r in first.runs] == [("2017-11-08", 5, [])]
+    for path in late:
+        with open(path, "a") as fh:
+            fh.write(cut[path.name].pop(0))
+    from forecaster.ingest import ingest
+    ingest(any_engine, [data])
+    model = load_model(tiny_model)
+    assert owed_dates(any_engine, model) == ["2017-11-08"]
+    again = catch_up(any_engine, tiny_model, data=[data], device="cpu")  # a restarted daemon
+    [run] = again.runs
+    names = sorted(p.name.split(".")[0] for p in late)
+    assert (run.as_of, run.n_predictions, run.n_already, run.late) == ("2017-11-08", 4, 5, names)
+    assert f"4 late (their close arrived after this as_of was first scored): {', '.join(names)}" in run.message
+    assert rows(any_engine, "SELECT COUNT(*) FROM predictions WHERE as_of = '2017-11-08'") == [(9,)]
+    assert owed_dates(any_engine, model) == []  # nothing owed twice
+    assert catch_up(any_engine, tiny_model, data=[data], device="cpu").runs == []
+    # Outside the lookback a late ticker is no longer owed (the window is bounded).
+    with store.write_transaction(any_engine) as conn:
+        conn.execute(sa.text("DELETE FROM predictions WHERE ticker = :t AND as_of = '2017-11-08'"), {"t": names[0]})
+    assert owed_dates(any_engine, model, lookback=1) == ["2017-11-08"]
+    append_next_day(data, cut)
+    catch_up(any_engine, tiny_model, data=[data], device="cpu")  # scores 11-09, and 11-08's gap again
+    with store.write_transaction(any_engine) as conn:
+        conn.execute(sa.text("DELETE FROM predictions WHERE ticker = :t AND as_of = '2017-11-08'"), {"t": names[0]})
+    assert owed_dates(any_engine, model, lookback=1) == []
+    assert owed_dates(any_engine, model, lookback=2) == ["2017-11-08"]
+
+
+def test_a_late_ticker_of_another_shard_or_with_too_little_history_is_not_owed(engine, tmp_path, tiny_model):
+    from forecaster.ingest import ingest
+    from forecaster.sample import write_sample_data
+    from forecaster.shards import Shard
+    write_sample_data(tmp_path / "d", tickers=6, days=60, seed=4)
+    ingest(engine, [tmp_path / "d"])
+    model = load_model(tiny_model)
+    mine = Shard(1, 2)
+    predict(engine, tiny_model, device="cpu", shard=mine)
+    assert owed_dates(engine, model, mine) == []  # the other shard's tickers are not this one's debt
+    young = tmp_path / "young" / "new.us.txt"  # a listing with 5 rows: too little history for seq_len 20
+    young.parent.mkdir()
+    full = (tmp_path / "d" / "Stocks" / "syn0000.us.txt").read_text().splitlines(keepends=True)
+    young.write_text(full[0] + "".join(full[-5:]))
+    ingest(engine, [young])
+    assert owed_dates(engine, model) == ["2017-11-10"]  # unsharded: never ran
+    predict(engine, tiny_model, device="cpu")
+    assert owed_dates(engine, model) == []
