@@ -301,23 +301,39 @@ def report(since, ticker, model_id, plot, db):
 @option("--timezone", default="America/New_York", show_default=True, help="Time zone of --cron.")
 @option("--misfire-grace", default=3600, show_default=True, type=click.IntRange(1),
         help="Seconds a late run may still start (e.g. after a suspend).")
+@option("--lookback", default=5, show_default=True, type=click.IntRange(0),
+        help="Sessions back in which a ticker whose file arrived after its night was scored is still scored.")
+@option("--min-fresh", default=0.9, show_default=True, type=click.FloatRange(0, 1),
+        help="A scheduled run first waits until this share of the previous session's tickers have a close "
+             "on the new session (0: do not wait).")
+@option("--wait-max", default=120, show_default=True, type=click.IntRange(0),
+        help="Minutes a scheduled run waits for the night's data; then it scores what has arrived and "
+             "names what is missing.")
+@option("--recheck", default=5, show_default=True, type=click.IntRange(1),
+        help="Minutes between ingests while waiting for the night's data.")
 @device_option
 @calendar_option
 @shard_option
 @db_option
 @reports_errors
-def daemon(model, data, cron, timezone, misfire_grace, device, calendar, shard, db):
+def daemon(model, data, cron, timezone, misfire_grace, lookback, min_fresh, wait_max, recheck, device, calendar,
+           shard, db):
     """Run `predict` on a schedule until stopped (SIGTERM/SIGINT exit 0).
 
-    On start it catches up every as_of after this model's last succeeded
-    run, then waits for the schedule. One daemon per database: a second one
-    exits at once, naming the holder (with --shard: one daemon per shard).
+    On start it catches up every as_of this model still owes: each date after
+    its last succeeded run, and recent dates where a ticker's file arrived
+    late. A scheduled run first waits for the night's files (--min-fresh).
+    One daemon per database: a second one exits at once, naming the holder
+    (with --shard: one daemon per shard).
     """
+    import datetime as dt
     from .daemon import DaemonConfig, run_daemon
     from .shards import Shard
     run_daemon(DaemonConfig(db_url=db, model=model, data=list(data), cron=cron, timezone=timezone,
                             misfire_grace=misfire_grace, device=device, calendar=calendar,
-                            shard=Shard.parse(shard) if shard else None))
+                            shard=Shard.parse(shard) if shard else None, lookback=lookback,
+                            min_fresh=min_fresh, wait_max=dt.timedelta(minutes=wait_max),
+                            recheck=dt.timedelta(minutes=recheck)))
 
 
 @main.command()

@@ -3,9 +3,12 @@
 * One daemon per database (and --shard), by an exclusive flock on a lock file
   beside the SQLite file, or a PostgreSQL advisory lock: either dies with the
   process, so a killed daemon never blocks the next one.
-* On start it catches up every as_of the model still owes (from the `runs`
-  ledger, not from APScheduler's memory), then waits for the cron schedule.
-* SIGTERM/SIGINT: finish (or roll back) the run in progress, exit 0.
+* On start it catches up every as_of the model still owes (from the ledgers,
+  not from APScheduler's memory, late files included), then follows the
+  cron schedule. Both go through the same job, one at a time.
+* A scheduled run first waits for the night's data (freshness.py).
+* SIGTERM/SIGINT: the run in progress commits or rolls back, then exit 0;
+  the lock is released only after the job has returned.
 """
 from __future__ import annotations
 
@@ -21,15 +24,18 @@ import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.cron import CronTrigger
 
 from . import store
-from .calendar import DEFAULT_CALENDAR
+from .calendar import DEFAULT_CALENDAR, last_session
 from .errors import AlreadyRunning, ForecasterError
-from .nightly import catch_up
+from .freshness import Freshness, wait_for_data
+from .ingest import ingest
+from .nightly import DEFAULT_LOOKBACK, LISTED, catch_up
 from .shards import Shard
 
 log = logging.getLogger("forecaster.daemon")
@@ -47,6 +53,10 @@ class DaemonConfig:
     calendar: str = DEFAULT_CALENDAR
     shard: Shard | None = None
     lock_path: Path | None = None
+    lookback: int = DEFAULT_LOOKBACK    # sessions in which late files are still scored
+    min_fresh: float = 0.9              # share of the previous session's tickers to wait for; 0: no wait
+    wait_max: dt.timedelta = dt.timedelta(hours=2)
+    recheck: dt.timedelta = dt.timedelta(minutes=5)
 
 
 CRONTAB_DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")  # crontab: 0 (and 7) is Sunday
@@ -153,28 +163,73 @@ def single_instance(path: Path):
         os.close(fd)  # closing releases the lock
 
 
-def run_daemon(config: DaemonConfig) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    engine = store.connect(config.db_url)
-    trigger = make_trigger(config.cron, config.timezone)
-    stop = threading.Event()
-    scheduler = BlockingScheduler(timezone=config.timezone)
+class NightlyJob:
+    """What the scheduler calls: (for a scheduled run) wait for the night's
+    data, then catch up every owed as_of. Runs one at a time; `busy` is held
+    while it runs, so shutdown can wait for it."""
 
-    def nightly_job() -> None:
+    def __init__(self, engine: sa.Engine, config: DaemonConfig, stop: threading.Event, *,
+                 now=lambda tz: dt.datetime.now(tz), sleep=None):
+        self.engine, self.config, self.stop = engine, config, stop
+        self.now = now
+        self.sleep = sleep or (lambda seconds: stop.wait(seconds))  # a signal ends the wait at once
+        self.busy = threading.Lock()
+
+    def __call__(self, scheduled: bool = True) -> None:
+        with self.busy:
+            if scheduled and self.config.min_fresh > 0:
+                self.wait_for_tonights_data()
+            if self.stop.is_set():
+                return
+            self.catch_up()
+
+    def wait_for_tonights_data(self) -> Freshness | None:
+        config, tz = self.config, ZoneInfo(self.config.timezone)
+        started = self.now(tz)
         try:
-            outcome = catch_up(engine, config.model, data=config.data, device=config.device,
-                               calendar=config.calendar, should_stop=stop.is_set, shard=config.shard)
+            as_of = last_session(started.date(), config.calendar)
+            state = wait_for_data(
+                self.engine, as_of, data=config.data, min_share=config.min_fresh,
+                deadline=started + config.wait_max, recheck=config.recheck, shard=config.shard,
+                now=lambda: self.now(tz), sleep=self.sleep, should_stop=self.stop.is_set,
+                on_check=lambda f: f.share < config.min_fresh and log.info(
+                    "waiting for %s's data: %d of %d tickers have a close (%.0f%%, want %.0f%%)",
+                    f.as_of, f.present, f.expected, 100 * f.share, 100 * config.min_fresh))
+        except ForecasterError as exc:
+            log.error("could not check tonight's data: %s", exc)
+            return None
+        if state.share < config.min_fresh and not self.stop.is_set():
+            more = len(state.missing) - LISTED
+            log.warning("deadline reached: scoring %s with %d of %d tickers; missing %s%s", as_of, state.present,
+                        state.expected, ", ".join(state.missing[:LISTED]), f" and {more} more" if more > 0 else "")
+        return state
+
+    def catch_up(self) -> None:
+        config = self.config
+        try:
+            if config.data:  # first, so the log reads in the order things happen
+                log.info("ingest: %s", ingest(self.engine, config.data).summary())
+            outcome = catch_up(self.engine, config.model, device=config.device,
+                               calendar=config.calendar, should_stop=self.stop.is_set, shard=config.shard,
+                               lookback=config.lookback, on_run=lambda run: log.info(
+                                   "run %s on %s in %.2fs: %s", run.run_id, run.device, run.seconds, run.message))
         except ForecasterError as exc:  # tomorrow is another night: log and keep running
             log.error("nightly run failed: %s", exc)
             return
-        if outcome.ingest:
-            log.info("ingest: %s", outcome.ingest.summary())
         for run_id in outcome.recovered:
             log.warning("marked abandoned run %s as failed", run_id)
         if not outcome.runs:
             log.info("nothing owed: model %s is up to date", outcome.model_id[:12])
-        for run in outcome.runs:
-            log.info("run %s on %s in %.2fs: %s", run.run_id, run.device, run.seconds, run.message)
+
+
+def run_daemon(config: DaemonConfig) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)  # our own lines say what ran; keep its warnings
+    engine = store.connect(config.db_url)
+    trigger = make_trigger(config.cron, config.timezone)
+    stop = threading.Event()
+    scheduler = BlockingScheduler(timezone=config.timezone)
+    job = NightlyJob(engine, config, stop)
 
     def on_signal(signum, _frame) -> None:
         log.info("%s received: stopping after the run in progress", signal.Signals(signum).name)
@@ -182,16 +237,22 @@ def run_daemon(config: DaemonConfig) -> int:
         if scheduler.running:
             scheduler.shutdown(wait=False)
 
+    def first_then_scheduled() -> None:
+        job(scheduled=False)  # the catch-up on start: no waiting for tonight's data
+        if not stop.is_set():
+            scheduler.add_job(job, trigger, id="nightly", coalesce=True, max_instances=1,
+                              misfire_grace_time=config.misfire_grace)
+            log.info("next run at %s", trigger.get_next_fire_time(None, dt.datetime.now(trigger.timezone)))
+
     with daemon_lock(engine, config):
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
         log.info("daemon started: model %s, schedule %r (%s)", config.model, config.cron, config.timezone)
-        nightly_job()  # catch up first
-        if stop.is_set():
-            return 0
-        scheduler.add_job(nightly_job, trigger, id="nightly", coalesce=True, max_instances=1,
-                          misfire_grace_time=config.misfire_grace)
-        log.info("next run at %s", trigger.get_next_fire_time(None, dt.datetime.now(trigger.timezone)))
+        scheduler.add_job(first_then_scheduled, id="catch-up")  # runs at once, in the job thread
         scheduler.start()  # blocks until on_signal shuts it down
+        # shutdown(wait=False) returns while a job may still be writing: wait
+        # for it (it stops after its current run) before giving up the lock.
+        with job.busy:
+            pass
     log.info("daemon stopped")
     return 0

@@ -61,26 +61,29 @@ class PredictOutcome:
 def predict(engine: sa.Engine, model_path: str | Path, *, as_of: str | None = None,
             start: str | None = None, end: str | None = None, data=(), device: str = "auto",
             calendar: str = DEFAULT_CALENDAR, progress: bool = False, should_stop=lambda: False,
-            shard: Shard | None = None) -> PredictOutcome:
+            shard: Shard | None = None, on_run=lambda run: None) -> PredictOutcome:
     """Ingest `data` (if any), then score each as_of: the given one, every
     date with prices in [start, end], or by default the newest date stored.
-    With a `shard`, only the tickers of that shard are scored."""
+    With a `shard`, only the tickers of that shard are scored. `on_run` is
+    called with each run's result as soon as it has committed."""
     return _score_dates(engine, model_path, lambda model: as_of_dates(engine, as_of, start, end),
                         data=data, device=device, calendar=calendar, progress=progress,
-                        should_stop=should_stop, shard=shard, as_of=as_of)
+                        should_stop=should_stop, shard=shard, as_of=as_of, on_run=on_run)
 
 
 def catch_up(engine: sa.Engine, model_path: str | Path, *, data=(), device: str = "auto",
              calendar: str = DEFAULT_CALENDAR, should_stop=lambda: False,
-             shard: Shard | None = None, lookback: int = DEFAULT_LOOKBACK) -> PredictOutcome:
+             shard: Shard | None = None, lookback: int = DEFAULT_LOOKBACK, on_run=lambda run: None
+             ) -> PredictOutcome:
     """What the daemon runs: ingest, then score every as_of this model still
     owes (owed_dates). The model is reloaded each time, so a re-exported file
     is picked up."""
     return _score_dates(engine, model_path, lambda model: owed_dates(engine, model, shard, lookback),
-                        data=data, device=device, calendar=calendar, should_stop=should_stop, shard=shard)
+                        data=data, device=device, calendar=calendar, should_stop=should_stop, shard=shard,
+                        on_run=on_run)
 
 
-def _score_dates(engine, model_path, dates_for, *, data, device, calendar, should_stop, shard,
+def _score_dates(engine, model_path, dates_for, *, data, device, calendar, should_stop, shard, on_run,
                  progress=False, as_of=None) -> PredictOutcome:
     """Ingest, recover abandoned runs, load the model (a failure to load is a
     failed `runs` row too), then one all-or-nothing run per date."""
@@ -96,6 +99,7 @@ def _score_dates(engine, model_path, dates_for, *, data, device, calendar, shoul
         if should_stop():
             break
         outcome.runs.append(run_one(engine, model, day, calendar, shard))
+        on_run(outcome.runs[-1])
     return outcome
 
 

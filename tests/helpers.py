@@ -26,3 +26,24 @@ def make_checkpoint(path, scaling="relative"):
     state = {k: torch.randn(v.shape, generator=gen) * 0.3 for k, v in result.checkpoint["state_dict"].items()}
     checkpoint.save(path, {**result.checkpoint, "state_dict": state})
     return path
+
+
+def cut_copy(shared_data, dest, last_date):
+    """The real files with only the rows up to `last_date`; returns the rows cut off per file."""
+    cut = {}
+    for src in shared_data.rglob("*.us.txt"):
+        lines = src.read_text().splitlines(keepends=True)
+        keep = [lines[0]] + [l for l in lines[1:] if l[:10] <= last_date]
+        cut[src.name] = [l for l in lines[1:] if l[:10] > last_date]
+        target = dest / src.parent.name / src.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text("".join(keep))
+    return cut
+
+
+def append_next_day(dest, cut, tickers=None):
+    """Append each file's next cut-off row (only these tickers' files, if given)."""
+    for path in dest.rglob("*.us.txt"):
+        if cut[path.name] and (tickers is None or path.name.split(".")[0] in tickers):
+            with open(path, "a") as fh:
+                fh.write(cut[path.name].pop(0))

@@ -1,6 +1,7 @@
 """The daemon in real subprocesses (short timeouts, no sleeping on the schedule),
 and its cron schedule against a fixed clock."""
 import datetime as dt
+from collections import Counter
 import os
 import signal
 import subprocess
@@ -129,3 +130,25 @@ def test_a_bad_schedule_is_a_clear_error():
     from forecaster.errors import ForecasterError
     with pytest.raises(ForecasterError, match="bad schedule"):
         make_trigger("not a cron", "America/New_York")
+
+
+def test_sigterm_in_the_middle_of_a_run_waits_for_it_then_exits_0(stocked, any_db_url, tiny_model, tmp_path):
+    # Months owed: the catch-up runs in the scheduler's job thread, as every
+    # scheduled run does, and the signal arrives while it writes.
+    predict(stocked, tiny_model, as_of="2017-06-01", device="cpu")
+    daemon = start_daemon(any_db_url, tiny_model, tmp_path / "d.log")
+    try:
+        wait_for(tmp_path / "d.log", " on cpu in ", daemon)  # the first run of the catch-up is logged
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=30) == 0
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+    lines = (tmp_path / "d.log").read_text().splitlines()
+    signalled = next(i for i, line in enumerate(lines) if "SIGTERM received" in line)
+    runs_logged = [i for i, line in enumerate(lines) if " on cpu in " in line]
+    assert "daemon stopped" in lines[-1]  # after every run line: the job had returned
+    assert len([i for i in runs_logged if i > signalled]) <= 1  # at most the run in progress finished
+    statuses = dict(Counter(status for _, status, _ in runs(stocked)))
+    assert "running" not in statuses
+    assert statuses["succeeded"] == 1 + len(runs_logged) < 100  # it stopped early, every run whole

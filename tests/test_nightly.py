@@ -13,25 +13,7 @@ from forecaster.errors import DataError, DeviceError
 from forecaster.nightly import owed_dates, predict
 from forecaster.scoring import load_model
 
-
-def cut_copy(shared_data, dest, last_date):
-    """The real files with only the rows up to `last_date`; returns the rows cut off per file."""
-    cut = {}
-    for src in shared_data.rglob("*.us.txt"):
-        lines = src.read_text().splitlines(keepends=True)
-        keep = [lines[0]] + [l for l in lines[1:] if l[:10] <= last_date]
-        cut[src.name] = [l for l in lines[1:] if l[:10] > last_date]
-        target = dest / src.parent.name / src.name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text("".join(keep))
-    return cut
-
-
-def append_next_day(dest, cut):
-    for path in dest.rglob("*.us.txt"):
-        if cut[path.name]:
-            with open(path, "a") as fh:
-                fh.write(cut[path.name].pop(0))
+from helpers import append_next_day, cut_copy
 
 
 def rows(engine, sql, **params):
@@ -213,23 +195,19 @@ def test_late_files_are_scored_on_catch_up_within_the_lookback(any_engine, share
     from forecaster.nightly import catch_up
     data = tmp_path / "data"
     cut = cut_copy(shared_data, data, "2017-11-07")
-    files = sorted(p for p in data.rglob("*.us.txt") if cut[p.name])  # actx has nothing after 11-07
-    early, late = files[:5], files[5:]
-    for path in early:
-        with open(path, "a") as fh:
-            fh.write(cut[path.name].pop(0))
+    traded = sorted(name.split(".")[0] for name, rows in cut.items() if rows)  # actx: nothing after 11-07
+    early, late = traded[:5], traded[5:]
+    append_next_day(data, cut, early)
     first = catch_up(any_engine, tiny_model, data=[data], device="cpu")
     assert [(r.as_of, r.n_predictions, r.late) for r in first.runs] == [("2017-11-08", 5, [])]
-    for path in late:
-        with open(path, "a") as fh:
-            fh.write(cut[path.name].pop(0))
+    append_next_day(data, cut, late)
     from forecaster.ingest import ingest
     ingest(any_engine, [data])
     model = load_model(tiny_model)
     assert owed_dates(any_engine, model) == ["2017-11-08"]
     again = catch_up(any_engine, tiny_model, data=[data], device="cpu")  # a restarted daemon
     [run] = again.runs
-    names = sorted(p.name.split(".")[0] for p in late)
+    names = late
     assert (run.as_of, run.n_predictions, run.n_already, run.late) == ("2017-11-08", 4, 5, names)
     assert f"4 late (their close arrived after this as_of was first scored): {', '.join(names)}" in run.message
     assert rows(any_engine, "SELECT COUNT(*) FROM predictions WHERE as_of = '2017-11-08'") == [(9,)]

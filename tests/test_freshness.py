@@ -1,0 +1,102 @@
+"""The daemon waits for the night's files before a scheduled run, on a fixed clock."""
+import datetime as dt
+import logging
+import threading
+from zoneinfo import ZoneInfo
+
+import sqlalchemy as sa
+
+from forecaster.daemon import DaemonConfig, NightlyJob
+from forecaster.freshness import freshness, wait_for_data
+from forecaster.ingest import ingest
+
+from helpers import append_next_day, cut_copy
+
+NY = ZoneInfo("America/New_York")
+FIRE = dt.datetime(2017, 11, 8, 22, 0, tzinfo=NY)  # a Wednesday evening
+
+
+class Clock:
+    """A fixed clock that only moves when the code under test sleeps."""
+
+    def __init__(self, start: dt.datetime, on_sleep=lambda n: None):
+        self.at, self.slept, self.on_sleep = start, [], on_sleep
+
+    def now(self, tz=None) -> dt.datetime:
+        return self.at if tz is None else self.at.astimezone(tz)
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.at += dt.timedelta(seconds=seconds)
+        self.on_sleep(len(self.slept))
+
+
+def night(shared_data, tmp_path, engine):
+    """The ten tickers through 2017-11-07, then five of them with their 11-08 close."""
+    data = tmp_path / "data"
+    cut = cut_copy(shared_data, data, "2017-11-07")
+    traded = sorted(name.split(".")[0] for name, rows in cut.items() if rows)
+    append_next_day(data, cut, traded[:5])
+    ingest(engine, [data])
+    return data, cut, traded
+
+
+def test_freshness_counts_the_previous_sessions_tickers(engine, shared_data, tmp_path):
+    data, cut, traded = night(shared_data, tmp_path, engine)
+    state = freshness(engine, "2017-11-08")
+    with engine.connect() as conn:
+        had = set(conn.exec_driver_sql("SELECT ticker FROM prices WHERE date = '2017-11-07'").scalars())
+    assert (state.previous, state.expected, state.present) == ("2017-11-07", len(had), 5)
+    assert state.missing == sorted(had - set(traded[:5]))
+
+
+def test_it_waits_rechecking_until_enough_closes_have_arrived(engine, shared_data, tmp_path):
+    data, cut, traded = night(shared_data, tmp_path, engine)
+    clock = Clock(FIRE, on_sleep=lambda n: n == 2 and append_next_day(data, cut, traded[5:]))
+    state = wait_for_data(engine, "2017-11-08", data=[data], min_share=0.9, deadline=FIRE + dt.timedelta(hours=2),
+                          recheck=dt.timedelta(minutes=5), now=clock.now, sleep=clock.sleep)
+    assert (state.share, state.checks, state.missing) == (1.0, 3, [])
+    assert clock.slept == [300, 300]  # the files came during the second wait; the third check saw them
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT n_rows FROM price_dates WHERE date = '2017-11-08'").scalar() == 9
+
+
+def test_at_the_deadline_the_job_scores_what_it_has_and_names_what_is_missing(engine, db_url, shared_data, tmp_path,
+                                                                             tiny_model, caplog):
+    data, cut, traded = night(shared_data, tmp_path, engine)
+    clock = Clock(FIRE)
+    config = DaemonConfig(db_url=db_url, model=tiny_model, data=[data], device="cpu", min_fresh=0.9,
+                          wait_max=dt.timedelta(minutes=22), recheck=dt.timedelta(minutes=5))
+    job = NightlyJob(engine, config, threading.Event(), now=clock.now, sleep=clock.sleep)
+    with caplog.at_level(logging.INFO, logger="forecaster.daemon"):
+        job(scheduled=True)
+    assert clock.slept == [300, 300, 300, 300, 120]  # never past the deadline
+    late = ", ".join(traded[5:])
+    assert f"deadline reached: scoring 2017-11-08 with 5 of 9 tickers; missing {late}" in caplog.text
+    assert "waiting for 2017-11-08's data: 5 of 9 tickers have a close (56%, want 90%)" in caplog.text
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT COUNT(*) FROM predictions WHERE as_of = '2017-11-08'")).scalar() == 5
+
+
+def test_a_complete_night_and_the_start_up_catch_up_do_not_wait(engine, db_url, shared_data, tmp_path, tiny_model):
+    data, cut, traded = night(shared_data, tmp_path, engine)
+    clock = Clock(FIRE)
+    config = DaemonConfig(db_url=db_url, model=tiny_model, data=[data], device="cpu", min_fresh=0.9)
+    job = NightlyJob(engine, config, threading.Event(), now=clock.now, sleep=clock.sleep)
+    job(scheduled=False)  # the catch-up on start scores what is there
+    append_next_day(data, cut, traded[5:])
+    job(scheduled=True)  # everything has arrived: no wait, and the four late tickers are scored
+    assert clock.slept == []
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT COUNT(*) FROM predictions WHERE as_of = '2017-11-08'")).scalar() == 9
+
+
+def test_a_stop_ends_the_wait_at_once(engine, db_url, shared_data, tmp_path, tiny_model):
+    data, cut, traded = night(shared_data, tmp_path, engine)
+    stop = threading.Event()
+    clock = Clock(FIRE, on_sleep=lambda n: stop.set())
+    config = DaemonConfig(db_url=db_url, model=tiny_model, data=[data], device="cpu", min_fresh=0.9)
+    NightlyJob(engine, config, stop, now=clock.now, sleep=clock.sleep)(scheduled=True)
+    assert clock.slept == [300]
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT COUNT(*) FROM runs")).scalar() == 0  # stopped: nothing started
