@@ -15,16 +15,24 @@ import click
 from .errors import ForecasterError
 
 
-def option(*decls, **kwargs):
-    """click.option whose environment variable is FORECASTER_<LONG NAME>."""
+def option(*decls, command: str = "", **kwargs):
+    """click.option whose environment variable is FORECASTER_<LONG NAME>, or
+    FORECASTER_<COMMAND>_<LONG NAME> for an option whose meaning is the
+    command's own (one variable name, one meaning: tests/test_cli.py)."""
     long_name = next(d for d in decls if d.startswith("--")).split("/")[0]
-    kwargs.setdefault("envvar", "FORECASTER_" + long_name[2:].upper().replace("-", "_"))
+    prefix = f"FORECASTER_{command.upper().replace('-', '_')}_" if command else "FORECASTER_"
+    kwargs.setdefault("envvar", prefix + long_name[2:].upper().replace("-", "_"))
     kwargs.setdefault("show_envvar", True)
     return click.option(*decls, **kwargs)
 
 
 db_option = option("--db", default="sqlite:///forecaster.db", show_default=True, metavar="URL",
                    help="SQLAlchemy database URL.")
+data_option = option("--data", multiple=True, type=click.Path(path_type=Path),
+                     help="Ingest new rows from these files/folders first (repeatable).")
+tickers_option = option("--tickers", metavar="A,B", help="Comma-separated tickers, e.g. aaxj,a (any case).")
+tolerance_option = option("--tolerance", default=1e-4, show_default=True, type=click.FloatRange(0),
+                          help="Largest relative difference allowed between the two implementations compared.")
 quiet_option = option("--quiet", "-q", is_flag=True, help="Print only the result lines (for scripts).")
 
 
@@ -55,17 +63,17 @@ def main():
 
 @main.command("sample-data")
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
-@option("--tickers", default=5, show_default=True, type=click.IntRange(1), help="How many tickers.")
+@option("--n-tickers", default=5, show_default=True, type=click.IntRange(1), help="How many tickers.")
 @option("--days", default=750, show_default=True, type=click.IntRange(1),
         help="Business days of history per ticker.")
-@option("--seed", default=0, show_default=True, type=int, help="Same seed, same files.")
+@option("--seed", command="sample-data", default=0, show_default=True, type=int, help="Same seed, same files.")
 @option("--ar", default=0.0, show_default=True, type=click.FloatRange(-0.99, 0.99),
         help="AR(1) coefficient of daily log-returns (0: a pure random walk).")
 @reports_errors
-def sample_data(out_dir, tickers, days, seed, ar):
+def sample_data(out_dir, n_tickers, days, seed, ar):
     """Write synthetic OHLC files to OUT_DIR/Stocks/<ticker>.us.txt (dataset layout)."""
     from .sample import write_sample_data
-    paths = write_sample_data(out_dir, tickers=tickers, days=days, seed=seed, ar=ar)
+    paths = write_sample_data(out_dir, tickers=n_tickers, days=days, seed=seed, ar=ar)
     click.echo(f"wrote {len(paths)} files of {days} days to {out_dir / 'Stocks'}")
 
 
@@ -94,12 +102,11 @@ def parse_tickers(text: str | None) -> list[str]:
 
 
 @main.command()
-@option("--tickers", metavar="A,B", help="Comma-separated tickers to train one model on.")
+@tickers_option
 @option("--all", "all_tickers", is_flag=True, help="Train on every ticker in the database.")
-@option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+@option("--out", command="train", required=True, type=click.Path(dir_okay=False, path_type=Path),
         help="Checkpoint to write, e.g. exports/NAME.pt; metrics and plots go beside it.")
-@option("--data", multiple=True, type=click.Path(path_type=Path),
-        help="Ingest these files/folders first (repeatable).")
+@data_option
 @db_option
 @option("--seq-len", default=20, show_default=True, type=click.IntRange(2), help="Days in each input window.")
 @option("--hidden", default=32, show_default=True, type=click.IntRange(1), help="LSTM hidden size.")
@@ -114,7 +121,7 @@ def parse_tickers(text: str | None) -> list[str]:
 @option("--scaling", default="relative", show_default=True, type=click.Choice(["relative", "minmax"]),
         help="relative: each window divided by its last close; minmax: per ticker/column to [-1, 1] "
              "fitted on training rows.")
-@option("--seed", default=0, show_default=True, type=int, help="Seed for weights and shuffling.")
+@option("--seed", command="train", default=0, show_default=True, type=int, help="Seed for weights and shuffling.")
 @option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "bf16"]),
         help="bf16: run the training forward pass in bfloat16 (faster on CPUs with AVX512-BF16/AMX); "
              "weights and the exported model stay float32.")
@@ -122,8 +129,8 @@ def parse_tickers(text: str | None) -> list[str]:
 @reports_errors
 def train(tickers, all_tickers, out, data, db, seq_len, hidden, layers, epochs, lr, batch_size,
           test_fraction, scaling, seed, precision, quiet):
-    """Fit one stacked LSTM on the chosen tickers and report held-out accuracy
-    next to the naive forecast (tomorrow's close = today's close).
+    """Fit one stacked LSTM on --tickers (or --all) and report held-out
+    accuracy next to the naive forecast (tomorrow's close = today's close).
 
     Writes the checkpoint (--out), NAME.metrics.json, NAME.loss.png and one
     NAME.test.<ticker>.png per ticker beside it.
@@ -152,11 +159,10 @@ def train(tickers, all_tickers, out, data, db, seq_len, hidden, layers, epochs, 
 
 @main.command()
 @click.argument("checkpoint_path", metavar="CHECKPOINT", type=click.Path(dir_okay=False, path_type=Path))
-@option("--out", type=click.Path(dir_okay=False, path_type=Path),
+@option("--out", command="export", type=click.Path(dir_okay=False, path_type=Path),
         help="ONNX file to write [default: CHECKPOINT with .onnx].")
 @option("--opset", default=20, show_default=True, type=click.IntRange(14), help="ONNX opset version.")
-@option("--tolerance", default=1e-4, show_default=True, type=click.FloatRange(0),
-        help="Largest relative difference allowed between ONNX Runtime and torch.")
+@tolerance_option
 @reports_errors
 def export(checkpoint_path, out, opset, tolerance):
     """Write CHECKPOINT as one self-contained ONNX file, after checking it
@@ -171,18 +177,20 @@ def export(checkpoint_path, out, opset, tolerance):
 
 @main.command()
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
-@option("--tickers", metavar="A,B", help="Check on these tickers' latest windows from --db "
-                                         "instead of random windows.")
+@tickers_option
 @db_option
 @option("--windows", default=256, show_default=True, type=click.IntRange(1), help="How many windows to check.")
-@option("--seed", default=0, show_default=True, type=int, help="Seed for the random windows.")
-@option("--tolerance", default=1e-4, show_default=True, type=click.FloatRange(0),
-        help="Largest relative difference allowed.")
+@option("--seed", command="verify", default=0, show_default=True, type=int, help="Seed for the random windows.")
+@tolerance_option
 @reports_errors
 def verify(model, tickers, db, windows, seed, tolerance):
     """Run MODEL in ONNX Runtime and the tutorial's LSTM equations (NumPy, with
     the file's own weights) on the same windows; print the largest difference.
-    Exits non-zero above the tolerance."""
+    Exits non-zero above the tolerance.
+
+    The windows are random, or with --tickers the latest stored ones of those
+    tickers (from --db).
+    """
     from .verify import verify as run_verify
     names = parse_tickers(tickers)
     result = run_verify(model, engine=open_store(db) if names else None, tickers=names,
@@ -223,8 +231,6 @@ device_option = option("--device", default="auto", show_default=True,
                             "unless CUDA is active; cpu: never try CUDA.")
 model_option = option("--model", required=True, type=click.Path(dir_okay=False, path_type=Path),
                       help="The exported ONNX model.")
-data_option = option("--data", multiple=True, type=click.Path(path_type=Path),
-                     help="Ingest new rows from these files/folders first (repeatable).")
 shard_option = option("--shard", metavar="K/N",
                       help="Score only shard K of N (stable hash of the ticker), so N machines can split "
                            "a universe and write into one database without overlap.")

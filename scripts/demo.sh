@@ -8,7 +8,7 @@ export FORECASTER_DB="sqlite:///$out/forecaster.db"
 rm -rf "$out"; mkdir -p "$out"
 
 echo "== 1. sample data (8 tickers, 1000 business days, AR(1) returns: there is something to learn)"
-$fc sample-data "$out/data" --tickers 8 --days 1000 --seed 0 --ar 0.3
+$fc sample-data "$out/data" --n-tickers 8 --days 1000 --seed 0 --ar 0.3
 echo "== 2. ingest";  $fc ingest "$out/data" --quiet
 echo "== 3. train one model on all tickers (30 epochs for a quick demo; the default is 100)"
 $fc train --all --epochs 30 --out "$out/exports/demo.pt" --quiet

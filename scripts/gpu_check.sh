@@ -8,7 +8,7 @@ set -euo pipefail
 out=${1:-gpu-check}
 fc=".venv/bin/forecaster"
 rm -rf "$out"; mkdir -p "$out"
-$fc sample-data "$out/data" --tickers 200 --days 300 --seed 1 --ar 0.3 >/dev/null
+$fc sample-data "$out/data" --n-tickers 200 --days 300 --seed 1 --ar 0.3 >/dev/null
 $fc ingest "$out/data" --db "sqlite:///$out/cpu.db" -q >/dev/null
 $fc train --all --epochs 3 --db "sqlite:///$out/cpu.db" --out "$out/m.pt" -q >/dev/null
 $fc export "$out/m.pt" >/dev/null

@@ -26,7 +26,7 @@ def test_every_command_and_option_has_help(name):
 
 def test_sample_data_then_ingest_then_sql(tmp_path, db_url):
     out = tmp_path / "s"
-    assert invoke("sample-data", out, "--tickers", 2, "--days", 30).exit_code == 0
+    assert invoke("sample-data", out, "--n-tickers", 2, "--days", 30).exit_code == 0
     result = invoke("ingest", out, "--db", db_url)
     assert result.exit_code == 0
     assert "files read: 2" in result.output and "rows added: 60" in result.output
@@ -87,3 +87,18 @@ def test_sql_on_a_missing_sqlite_file_creates_nothing(tmp_path):
     assert result.exit_code == 1
     assert result.output == f"Error: cannot open database 'sqlite:///{tmp_path / 'nope.db'}': no such file\n"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_one_environment_variable_has_one_meaning():
+    # An option read from FORECASTER_X in several commands must be the same
+    # option in each (same help, type and default); one whose meaning is its
+    # command's own gets FORECASTER_<COMMAND>_X.
+    from collections import defaultdict
+    uses = defaultdict(set)
+    for name, command in main.commands.items():
+        for param in command.params:
+            if param.param_type_name == "option":
+                assert param.envvar, f"{name} {param.opts} has no environment variable"
+                uses[param.envvar].add((param.help, repr(param.type), repr(param.default), param.multiple))
+    assert {env: meanings for env, meanings in uses.items() if len(meanings) > 1} == {}
+    assert "FORECASTER_SAMPLE_DATA_SEED" in uses and "FORECASTER_EXPORT_OUT" in uses
