@@ -89,8 +89,13 @@ def _write(engine: sa.Engine, results: list[FileResult], report: IngestReport) -
     now = _now()
     rejects, ledgers, dates = [], [], Counter()
     changed: dict[str, _Summary] = {}
+    # A ticker in two files of this batch (x.us.txt beside x.csv): the second
+    # file must see the first one's rows, so those are inserted at once; all
+    # other rows go in together at the end (one bulk insert, not one per file).
+    files_per_ticker = Counter(r.ticker for r in results if r.rows is not None and len(r.rows))
+    deferred: list[np.ndarray] = []
     with store.write_transaction(engine) as conn:
-        summaries = _summaries(conn, {r.ticker for r in results if r.ticker is not None})
+        summaries = _summaries(conn, set(files_per_ticker))
         for res in results:
             file_rejects = list(res.rejects)
             added = 0
@@ -101,9 +106,11 @@ def _write(engine: sa.Engine, results: list[FileResult], report: IngestReport) -
                 report.rows_unchanged += unchanged
                 added = len(new)
                 if added:
-                    # Inserted now, not at the end of the batch: a later file of the
-                    # same ticker in this batch (x.us.txt beside x.csv) must see them.
-                    store.bulk_insert(conn, store.prices, _price_records(res.ticker, new))
+                    records = _price_records(res.ticker, new)
+                    if files_per_ticker[res.ticker] > 1:
+                        store.bulk_insert(conn, store.prices, records)
+                    else:
+                        deferred.append(records)
                     dates.update(new.dates.tolist())
                     changed[res.ticker] = summaries[res.ticker] = _merged(summaries.get(res.ticker), new)
             if res.ticker is None:
@@ -118,6 +125,8 @@ def _write(engine: sa.Engine, results: list[FileResult], report: IngestReport) -
                             "reason": r.reason, "rejected_at": now} for r in file_rejects)
             report.rows_added += added
             report.rows_rejected += sum(r.line is not None for r in file_rejects)
+        if deferred:
+            store.bulk_insert(conn, store.prices, np.concatenate(deferred))
         if rejects:
             conn.execute(store.rejected_rows.insert(), rejects)
         sf = store.source_files

@@ -181,7 +181,7 @@ def run_one(engine: sa.Engine, model: ModelFile, as_of: str, calendar: str = DEF
         if model.uses_ticker_index:
             tickers, windows, last, index = _known_to_model(model, tickers, windows, last, skipped)
         predicted, extent = model.score(windows, index) if tickers else (np.empty(0), np.empty(0))
-        target = next_trading_day(as_of, calendar)
+        target = next_trading_day(as_of, calendar, engine=engine)
         flagged = [t for t, e in zip(tickers, extent) if not e <= model.train_input_extent]
         with store.write_transaction(engine) as conn:
             _ensure_model_row(conn, model)

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-import pandas as pd
 
 from .errors import SourceError
 
@@ -212,6 +211,7 @@ def _fields_by_line(body: str, header: Header, first_line: int) -> Fields:
 def _floats(texts: list[str]) -> np.ndarray:
     """Numbers from text; NaN for anything that is not one (reasons come later)."""
     if len(texts) > 256:
+        import pandas as pd  # only for large bodies: a nightly run of one-line appends never loads it
         return pd.to_numeric(pd.Series(texts, dtype=object), errors="coerce").to_numpy(dtype=np.float64)
     out = np.empty(len(texts))
     for i, t in enumerate(texts):
@@ -289,6 +289,7 @@ def _number_layout(header: Header) -> tuple:
 def _numbers(group: list[_Regular]) -> list[np.ndarray] | None:
     """Each body's (n, 5) values, from one C-parser call over all of them;
     None when any field holds text where a number belongs."""
+    import pandas as pd  # only for large bodies (FAST_PATH_BYTES and up)
     header = group[0].body.header
     numbers = [p for p, _ in _number_layout(header)[1]]
     try:

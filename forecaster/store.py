@@ -19,7 +19,7 @@ from sqlalchemy import event
 
 from .errors import StoreError, first_line
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DEFAULT_URL = "sqlite:///forecaster.db"
 BUSY_TIMEOUT_MS = 60_000
 PAGE_SIZE = 16384
@@ -130,6 +130,26 @@ predictions = sa.Table(
     sa.Column("flags", sa.String),
     sa.UniqueConstraint("model_id", "ticker", "as_of", name="uq_predictions_model_ticker_asof"),
     sa.Index("ix_predictions_ticker_asof", "ticker", "as_of"),
+)
+
+# Trading sessions of an exchange calendar, copied from exchange_calendars
+# once per range (by `source`, its version: a new one may know new holidays).
+# A nightly run then reads its next trading day here instead of importing
+# the library and building the calendar (about 0.4 s a night).
+calendar_sessions = sa.Table(
+    "calendar_sessions", metadata,
+    sa.Column("calendar", sa.String(16), primary_key=True),
+    sa.Column("source", sa.String(64), primary_key=True),
+    sa.Column("date", sa.String(10), primary_key=True),
+)
+
+# The days each (calendar, source) covers: every session in [first_day, last_day] is stored.
+calendar_coverage = sa.Table(
+    "calendar_coverage", metadata,
+    sa.Column("calendar", sa.String(16), primary_key=True),
+    sa.Column("source", sa.String(64), primary_key=True),
+    sa.Column("first_day", sa.String(10), nullable=False),
+    sa.Column("last_day", sa.String(10), nullable=False),
 )
 
 VIEWS = {
@@ -259,14 +279,16 @@ def connect(url: str = DEFAULT_URL, *, read_only: bool = False) -> sa.Engine:
     try:
         with engine.connect() as conn:
             version = _version(conn)
-        if version is None:
-            if read_only:
-                raise StoreError(f"database {url!r} holds no forecaster data (no schema)")
+        if version is not None and version > SCHEMA_VERSION:
+            raise StoreError(f"database schema version is {version}, this forecaster expects "
+                             f"{SCHEMA_VERSION} (a newer forecaster wrote it)")
+        if version != SCHEMA_VERSION and read_only:
+            raise StoreError(f"database {url!r} holds no forecaster data (no schema)" if version is None else
+                             f"database {url!r} has schema version {version}: open it once with a writing "
+                             f"command (e.g. forecaster ingest) to upgrade it to {SCHEMA_VERSION}")
+        if version != SCHEMA_VERSION:
             with _immediate_transaction(engine) as conn:
-                _ensure_schema(conn)  # another process may have created it meanwhile
-        elif version != SCHEMA_VERSION:
-            raise StoreError(
-                f"database schema version is {version}, this forecaster expects {SCHEMA_VERSION}")
+                _ensure_schema(conn)  # another process may have done it meanwhile
     except StoreError:
         raise
     except sa.exc.SQLAlchemyError as exc:
@@ -299,11 +321,28 @@ def _version(conn: sa.Connection) -> int | None:
 
 
 def _ensure_schema(conn: sa.Connection) -> None:
-    if _version(conn) is None:
+    """Create the schema, or upgrade an older one step by step, in one transaction."""
+    version = _version(conn)
+    if version is None:
         metadata.create_all(conn)
         for name, sql in VIEWS.items():
             conn.exec_driver_sql(f"CREATE VIEW {name} AS {sql}")
         conn.execute(schema_info.insert().values(version=SCHEMA_VERSION))
+        return
+    for step in range(version, SCHEMA_VERSION):
+        MIGRATIONS[step](conn)
+    conn.execute(schema_info.update().values(version=SCHEMA_VERSION))
+
+
+def _add_missing_tables(conn: sa.Connection) -> None:
+    metadata.create_all(conn)  # checkfirst: only the tables that are not there yet
+
+
+# MIGRATIONS[v] upgrades a database from version v to v + 1. Never edit one
+# that has shipped: databases out there were upgraded by it.
+MIGRATIONS = {
+    1: _add_missing_tables,  # 2: calendar_sessions, calendar_coverage
+}
 
 
 ROWS_PER_INSERT = 100  # rows per SQLite INSERT statement; 700 parameters, under any build's limit
@@ -355,4 +394,12 @@ def upsert(conn: sa.Connection, table: sa.Table, rows: list[dict], keys: list[st
     stmt = insert(table)
     setters = ({c: fn(stmt.excluded) for c, fn in update.items()} if update else
                {c.name: stmt.excluded[c.name] for c in table.columns if c.name not in keys})
-    conn.execute(stmt.on_conflict_do_update(index_elements=keys, set_=setters), rows)
+    stmt = stmt.on_conflict_do_update(index_elements=keys, set_=setters)
+    if conn.dialect.name == "sqlite":
+        # Compiled once and run by the driver: SQLAlchemy's per-row parameter
+        # work was most of the cost for the thousands of rows of a nightly ingest.
+        compiled = stmt.compile(dialect=conn.dialect, column_keys=list(rows[0]))
+        conn.connection.dbapi_connection.cursor().executemany(
+            str(compiled), [tuple(row[k] for k in compiled.positiontup) for row in rows])
+        return
+    conn.execute(stmt, rows)

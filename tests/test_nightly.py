@@ -243,3 +243,18 @@ def test_a_late_ticker_of_another_shard_or_with_too_little_history_is_not_owed(e
     assert owed_dates(engine, model) == ["2017-11-10"]  # unsharded: never ran
     predict(engine, tiny_model, device="cpu")
     assert owed_dates(engine, model) == []
+
+
+def test_the_calendar_is_copied_once_and_read_from_the_database(engine, monkeypatch):
+    from forecaster import calendar
+    assert next_trading_day("2016-11-23", engine=engine) == "2016-11-25"  # fills the copy (Thanksgiving)
+    with engine.connect() as conn:
+        (first, last), = conn.exec_driver_sql("SELECT first_day, last_day FROM calendar_coverage").all()
+    assert first == "2015-01-01" and last >= "2017-11-10"
+    monkeypatch.setattr(calendar, "_calendar", lambda *a: pytest.fail("the library was asked again"))
+    for as_of, target in [("2017-11-10", "2017-11-13"), ("2016-12-23", "2016-12-27"), ("2015-07-02", "2015-07-06")]:
+        assert next_trading_day(as_of, engine=engine) == target
+    monkeypatch.undo()
+    assert next_trading_day("1990-12-31", engine=engine) == "1991-01-02"  # before the copy: extended back
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT first_day FROM calendar_coverage").scalar() == "1989-01-01"

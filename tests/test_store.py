@@ -24,7 +24,7 @@ def test_schema_is_created_once_and_versioned(any_db_url):
 def test_a_database_from_another_version_is_refused(any_engine, any_db_url):
     with store.write_transaction(any_engine) as conn:
         conn.execute(store.schema_info.update().values(version=999))
-    with pytest.raises(StoreError, match="schema version is 999, this forecaster expects 1"):
+    with pytest.raises(StoreError, match=f"schema version is 999, this forecaster expects {store.SCHEMA_VERSION} .a newer forecaster wrote it."):
         store.connect(any_db_url)
 
 
@@ -80,3 +80,21 @@ def test_processes_opening_a_new_database_together_all_succeed(tmp_path):
 
 
 ROUNDS, PROCESSES = 5, 8  # with the old code this failed in 5 of 6 tries
+
+
+def test_a_version_1_database_is_upgraded_in_place_keeping_its_data(any_db_url):
+    # Version 1 had no calendar tables: rebuild one, with a price row in it.
+    engine = store.connect(any_db_url)
+    with store.write_transaction(engine) as conn:
+        conn.execute(store.prices.insert().values(ticker="x", date="2017-01-03", open=1, high=1, low=1, close=1))
+        for table in (store.calendar_sessions, store.calendar_coverage):
+            table.drop(conn)
+        conn.execute(store.schema_info.update().values(version=1))
+    engine.dispose()
+    with pytest.raises(StoreError, match="has schema version 1: open it once with a writing command"):
+        store.connect(any_db_url, read_only=True)
+    engine = store.connect(any_db_url)
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(store.schema_info.c.version)).scalar_one() == store.SCHEMA_VERSION
+        assert conn.execute(sa.select(sa.func.count()).select_from(store.prices)).scalar() == 1
+        assert sa.inspect(conn).has_table("calendar_sessions")
