@@ -10,6 +10,9 @@ Sections (keys of benchmarks/results.json):
                          3 such nights, peak RSS
   nightly_short_history  the same on a universe with 10x shorter history
   train                  the tutorial config (2x32 LSTM, 100 epochs, full batch) on aaxj
+  machine, calibration   the CPU, and figures measured in the same run (machine.py): start-up,
+                         NumPy GFLOP/s, SQLite's own insert rate; at the start and at the end
+  relative               each headline figure against its calibration, comparable across machines
 Benchmarks print numbers; nothing here asserts a time.
 """
 from __future__ import annotations
@@ -30,6 +33,8 @@ import numpy as np
 import pandas as pd
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import machine  # noqa: E402  (benchmarks/machine.py)
 SHARED = HERE.parents[1] / "shared" / "data"
 BATCHES = (1, 64, 1024, 8192)
 BLOCKS = 3  # alternating blocks per library for the 'alone' scoring times
@@ -262,7 +267,9 @@ def main() -> int:
     only = set(args.only.split(",")) if args.only else None
     wanted = lambda name: only is None or name in only
 
-    results: dict = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}}
+    log(f"machine: {machine.describe()}")
+    results: dict = {"machine": machine.describe(), "calibration": {"start": machine.calibrate()}}
+    log(f"calibration: {results['calibration']['start']}")
     with tempfile.TemporaryDirectory(prefix="forecaster-bench-") as tmp:
         tmp = Path(tmp)
         ckpt, onnx_path = tutorial_model(tmp)
@@ -278,9 +285,27 @@ def main() -> int:
             results["history_cost_ratio"] = results["nightly"]["seconds"] / results["nightly_short_history"]["seconds"]
     if wanted("train"):
         results["train"] = bench_train()
+    # The machine's speed drifts during a run of minutes: calibrate again and use the mean.
+    calibration = results["calibration"]
+    calibration["end"] = machine.calibrate()
+    calibration.update({k: statistics.mean([calibration["start"][k], calibration["end"][k]])
+                        for k in calibration["start"]})
+    results["relative"] = relative(results)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     print_table(results)
     return 0
+
+
+def relative(r: dict) -> dict:
+    """Headline figures over their calibration: the numbers to compare between machines."""
+    c, out = r["calibration"], {}
+    if "nightly" in r:
+        out["nightly_over_startup"] = r["nightly"]["seconds"] / c["startup_s"]
+    if "ingest_full" in r:
+        out["ingest_over_sqlite"] = r["ingest_full"]["rows_per_s"] / c["sqlite_rows_per_s"]
+    if "train" in r:  # seconds x GFLOP/s: the run's length in units of this machine's arithmetic
+        out["train_gflop_seconds"] = r["train"]["seconds"] * c["numpy_gflops"]
+    return out
 
 
 def print_table(r: dict) -> None:
@@ -292,6 +317,11 @@ def print_table(r: dict) -> None:
             print(f"| {row['batch']} | {row['ort_ms']:.3f} | {row['torch_ms']:.3f} | {row['torch_over_ort']:.2f} | "
                   f"{row['ort_ms_alone']:.3f} | {row['torch_ms_alone']:.3f} | {row['torch_over_ort_alone']:.2f} |")
         print()
+    m, c = r["machine"], r["calibration"]
+    print(f"Machine: {m['cpu']}, {m['usable_cpus']} CPUs, {', '.join(m['flags'])}; calibration (mean of start "
+          f"and end): start-up {c['startup_s']:.2f} s, NumPy {c['numpy_gflops']:.0f} GFLOP/s, "
+          f"SQLite {c['sqlite_rows_per_s']:,.0f} rows/s")
+    print()
     print("| measure | value |")
     print("|---|---:|")
     if "ingest_full" in r:
@@ -321,6 +351,13 @@ def print_table(r: dict) -> None:
               f"{t['glibc_defaults_seconds']:.1f} s ({t['kept_memory_speedup']:.2f}x slower; page faults "
               f"{t['precisions']['fp32_glibc_defaults']['minor_page_faults']:,} vs "
               f"{t['precisions']['fp32']['minor_page_faults']:,}) |")
+    rel = r.get("relative", {})
+    if "nightly_over_startup" in rel:
+        print(f"| nightly run / start-up | {rel['nightly_over_startup']:.2f} |")
+    if "ingest_over_sqlite" in rel:
+        print(f"| first ingest rows/s / SQLite's own rows/s | {rel['ingest_over_sqlite']:.2f} |")
+    if "train_gflop_seconds" in rel:
+        print(f"| train seconds x NumPy GFLOP/s | {rel['train_gflop_seconds']:.0f} |")
 
 
 if __name__ == "__main__":

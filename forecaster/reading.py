@@ -20,7 +20,7 @@ from .sources import (Body, Rejection, Rows, UnreadableFile, decode, parse_heade
 
 TAIL_BYTES = 4096          # how much of a file's old end must match to trust an append
 FLUSH_ROWS = 200_000       # batches (one transaction each) of about this many rows...
-FLUSH_FILES = 2048         # ...or this many files, whichever comes first
+FLUSH_FILES = 8192         # ...or this many files (a nightly run of one-line appends: one transaction)
 
 
 @dataclass
@@ -109,9 +109,8 @@ def _read_file(path: Path, key: str, known: Known | None) -> FileResult | None:
         with open(path, "rb") as fh:
             # Read exactly the bytes the ledger will record, even if a writer is
             # still appending: the rest is the next ingest's tail.
-            body, ledger["lines"] = (_read_tail(fh, known, stat.st_size)
-                                     if _is_append(fh, known, stat.st_size) else _read_whole(fh, stat.st_size))
-            ledger["tail_sha256"] = _tail_hash(fh, stat.st_size)
+            appended = _read_append(fh, known, stat.st_size)
+            body, ledger["lines"], ledger["tail_sha256"] = appended or _read_whole(fh, stat.st_size)
     except UnreadableFile as exc:
         # Remembered in the ledger too, so it is reported once, not every night.
         reason = str(exc).removeprefix(f"{path}: ")
@@ -121,38 +120,37 @@ def _read_file(path: Path, key: str, known: Known | None) -> FileResult | None:
     return FileResult(key, ticker, body, [], ledger)
 
 
-def _is_append(fh, known: Known | None, size: int) -> bool:
-    """True when the file is the known file plus new lines at its end."""
+HEADER_BYTES = 1024  # read for the header line of an appended file
+
+
+def _read_append(fh, known: Known | None, size: int) -> tuple[Body, int, str] | None:
+    """(the appended lines, the file's line count, its new tail hash) when the
+    file is the known file plus new lines at its end, else None. One read
+    covers the old tail (to check it), the new bytes and so the new tail."""
     if known is None or size <= known.size or known.lines < 1:
-        return False
-    return _tail_hash(fh, known.size) == known.tail_sha256 and _last_byte(fh, known.size) == b"\n"
+        return None
+    start = max(0, known.size - TAIL_BYTES)
+    fh.seek(start)
+    data = fh.read(size - start)
+    old = known.size - start
+    if len(data) != size - start or data[old - 1:old] != b"\n" or \
+            hashlib.sha256(data[:old]).hexdigest() != known.tail_sha256:
+        return None
+    fh.seek(0)
+    first = fh.read(HEADER_BYTES).partition(b"\n")[0]
+    header = parse_header(decode(first if len(first) < HEADER_BYTES else first + fh.readline()))
+    body = decode(data[old:])
+    # The old content ended with "\n", so the ledger's last line was empty.
+    return (Body(body, header, first_line=known.lines), known.lines + body.count("\n"),
+            hashlib.sha256(data[-TAIL_BYTES:]).hexdigest())
 
 
-def _read_whole(fh, size: int) -> tuple[Body, int]:
+def _read_whole(fh, size: int) -> tuple[Body, int, str]:
     fh.seek(0)
     data = fh.read(size)
     if not data.strip():
         raise UnreadableFile("empty file")
     text = decode(data)
     first, body = split_header(text)
-    return Body(body, parse_header(first), first_line=2), text.count("\n") + 1
-
-
-def _read_tail(fh, known: Known, size: int) -> tuple[Body, int]:
-    fh.seek(0)
-    header = parse_header(decode(fh.readline()))
-    fh.seek(known.size)
-    body = decode(fh.read(size - known.size))
-    # The old content ended with "\n", so the ledger's last line was empty.
-    return Body(body, header, first_line=known.lines), known.lines + body.count("\n")
-
-
-def _tail_hash(fh, end: int) -> str:
-    start = max(0, end - TAIL_BYTES)
-    fh.seek(start)
-    return hashlib.sha256(fh.read(end - start)).hexdigest()
-
-
-def _last_byte(fh, end: int) -> bytes:
-    fh.seek(end - 1)
-    return fh.read(1)
+    return Body(body, parse_header(first), first_line=2), text.count("\n") + 1, \
+        hashlib.sha256(data[-TAIL_BYTES:]).hexdigest()

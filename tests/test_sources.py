@@ -162,7 +162,12 @@ def test_validating_many_files_at_once_equals_one_by_one():
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from forecaster.sources import _fields_by_line, _fields_fast  # noqa: E402
+from forecaster.sources import Body, _fields_by_line, _fields_fast  # noqa: E402
+
+
+def line_path(body, header, first_line=2):
+    """One body read line by line (the path small and odd files take)."""
+    return _fields_by_line([Body(body, header, first_line)])[0]
 
 
 def assert_same_fields(fast, slow):
@@ -186,7 +191,7 @@ def test_the_fast_path_reads_clean_layouts_exactly_like_the_line_path(header, ro
     body = newline.join(row.format(d=d) for d in dates) + newline
     fast = _fields_fast(body, parse_header(header), 2)
     assert fast is not None, "a clean file must take the fast path"
-    assert_same_fields(fast, _fields_by_line(body, parse_header(header), 2))
+    assert_same_fields(fast, line_path(body, parse_header(header)))
 
 
 @pytest.mark.parametrize("odd", [
@@ -219,7 +224,7 @@ def test_the_fast_path_reads_every_number_exactly_as_python_does(numbers):
     body = "".join(f"{d},{','.join(v)},0\n" for d, v in zip(dates, numbers))
     fast = _fields_fast(body, parse_header(HEADER), 2)
     assert fast is not None
-    assert_same_fields(fast, _fields_by_line(body, parse_header(HEADER), 2))
+    assert_same_fields(fast, line_path(body, parse_header(HEADER)))
 
 
 def test_reading_many_bodies_at_once_equals_reading_each_alone():
@@ -233,12 +238,16 @@ def test_reading_many_bodies_at_once_equals_reading_each_alone():
         Body(clean.replace("\n", "\r\n"), parse_header(HEADER), 40),       # same layout, CRLF, a tail
         Body("2017-01-03,10,11,9,10.5,100,0\n", parse_header(HEADER), 7),  # small: line by line
         Body(clean.replace("100,0\n", "1e3,0\n"), parse_header(HEADER), 2),
+        # Small bodies of two layouts, read line by line in one pass per layout:
+        Body("2017-01-04,1,1.5,1,1\n\n2017-01-05,x,1,1,1\n", parse_header("Date,Open,High,Low,Close"), 3),
+        Body("2017-01-04,2,2,2,2,,0\r\n2017-01-05,2,2\n", parse_header(HEADER), 9),
     ]
     together = read_many(bodies)
     for body, fields in zip(bodies, together):
         assert_same_fields(fields, read_fields(body.text, body.header, first_line=body.first_line))
-        assert_same_fields(fields, _fields_by_line(body.text, body.header, body.first_line))
+        assert_same_fields(fields, line_path(body.text, body.header, body.first_line))
     assert together[2].values[0, 0] != together[2].values[0, 0]  # "ten": NaN, judged later
     assert together[3].lines[0] == 40 and together[5].values[0, 4] == 1000
     # One odd file does not send the others of its layout line by line (the fast path keeps U10 dates).
-    assert [f.date_text.dtype.kind for f in together] == ["U", "U", "O", "U", "O", "U"]
+    assert [f.date_text.dtype.kind for f in together] == ["U", "U", "O", "U", "O", "U", "O", "O"]
+    assert together[6].lines.tolist() == [3, 5] and together[7].width_ok.tolist() == [True, False]
