@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   := demo
 
-.PHONY: install test postgres demo bench seed-comparison scaling-comparison clean
+.PHONY: install test lint format postgres demo bench seed-comparison scaling-comparison clean
 
 install: $(STAMP)
 
@@ -17,6 +17,16 @@ $(STAMP): pyproject.toml
 
 test: install postgres
 	$(BIN)/pytest -q
+
+# ruff: lint and formatting, configured in pyproject.toml
+LINTED := forecaster tests benchmarks
+lint: install
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
+
+format: install
+	$(BIN)/ruff check --fix $(LINTED)
+	$(BIN)/ruff format $(LINTED)
 
 # The PostgreSQL tests start their own throwaway server from Debian's package.
 postgres:

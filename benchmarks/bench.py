@@ -16,6 +16,7 @@ Sections (keys of benchmarks/results.json):
   relative               each headline figure against its calibration, comparable across machines
 Benchmarks print numbers; nothing here asserts a time.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,6 +37,7 @@ import pandas as pd
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import machine  # noqa: E402  (benchmarks/machine.py)
+
 SHARED = HERE.parents[1] / "shared" / "data"
 BATCHES = (1, 64, 1024, 8192)
 BLOCKS = 3  # alternating blocks per library for the 'alone' scoring times
@@ -49,14 +51,19 @@ def log(msg: str) -> None:
 def tutorial_model(folder: Path) -> tuple[Path, Path]:
     """A 2x32 LSTM checkpoint and its ONNX export (weights randomised: speed does not care)."""
     import torch
-    from forecaster import checkpoint
-    from forecaster.export import export
-    from forecaster.sample import generate_ohlc
-    from forecaster.train import TrainConfig, train
-    from forecaster.windows import Series
+
+    from forecaster.artifact.export import export
+    from forecaster.data.prices import Series
+    from forecaster.data.sample import generate_ohlc
+    from forecaster.training import checkpoint
+    from forecaster.training.train import TrainConfig, train
+
     f = generate_ohlc(300, seed=0)
-    series = {"syn": Series("syn", f["Date"].to_numpy(dtype=object),
-                            np.array(f[["Open", "High", "Low", "Close"]], dtype=np.float64))}
+    series = {
+        "syn": Series(
+            "syn", f["Date"].to_numpy(dtype=object), np.array(f[["Open", "High", "Low", "Close"]], dtype=np.float64)
+        )
+    }
     result = train(series, TrainConfig(epochs=1))
     gen = torch.Generator().manual_seed(0)
     state = {k: torch.randn(v.shape, generator=gen) * 0.2 for k, v in result.checkpoint["state_dict"].items()}
@@ -67,10 +74,12 @@ def tutorial_model(folder: Path) -> tuple[Path, Path]:
 
 def bench_scoring(ckpt: Path, onnx_path: Path, reps: int) -> list[dict]:
     import torch
-    from forecaster import checkpoint
-    from forecaster.model import ModelConfig, build_forecaster
-    from forecaster.scoring import load_model
-    from forecaster.verify import random_windows
+
+    from forecaster.artifact.model_file import load_model
+    from forecaster.artifact.verify import random_windows
+    from forecaster.training import checkpoint
+    from forecaster.training.model import ModelConfig, build_forecaster
+
     threads = os.cpu_count() or 1
     torch.set_num_threads(threads)
     data = checkpoint.load(ckpt)
@@ -81,10 +90,10 @@ def bench_scoring(ckpt: Path, onnx_path: Path, reps: int) -> list[dict]:
         x = random_windows(batch, 20, seed=batch)
         xt = torch.from_numpy(x)
 
-        def run_ort():
+        def run_ort(x=x):
             model.score(x)
 
-        def run_torch():
+        def run_torch(xt=xt):
             with torch.no_grad():
                 eager(xt)
 
@@ -101,14 +110,25 @@ def bench_scoring(ckpt: Path, onnx_path: Path, reps: int) -> list[dict]:
             for fn, times in alone.items():
                 time.sleep(0.2)
                 times.extend(_seconds(fn) for _ in range(reps))
-        ms = lambda times: 1000 * statistics.median(times)
-        row = {"batch": batch, "ort_ms": ms(interleaved[run_ort]), "torch_ms": ms(interleaved[run_torch]),
-               "ort_ms_alone": ms(alone[run_ort]), "torch_ms_alone": ms(alone[run_torch]), "threads": threads}
+
+        def ms(times):
+            return 1000 * statistics.median(times)
+
+        row = {
+            "batch": batch,
+            "ort_ms": ms(interleaved[run_ort]),
+            "torch_ms": ms(interleaved[run_torch]),
+            "ort_ms_alone": ms(alone[run_ort]),
+            "torch_ms_alone": ms(alone[run_torch]),
+            "threads": threads,
+        }
         row["torch_over_ort"] = row["torch_ms"] / row["ort_ms"]
         row["torch_over_ort_alone"] = row["torch_ms_alone"] / row["ort_ms_alone"]
         out.append(row)
-        log(f"scoring batch {batch}: interleaved ort {row['ort_ms']:.3f} ms, torch {row['torch_ms']:.3f} ms; "
-            f"alone ort {row['ort_ms_alone']:.3f} ms, torch {row['torch_ms_alone']:.3f} ms")
+        log(
+            f"scoring batch {batch}: interleaved ort {row['ort_ms']:.3f} ms, torch {row['torch_ms']:.3f} ms; "
+            f"alone ort {row['ort_ms_alone']:.3f} ms, torch {row['torch_ms_alone']:.3f} ms"
+        )
     return out
 
 
@@ -171,9 +191,10 @@ def _vm_hwm_kb(pid: int) -> int:
 
 def ingest_universe(folder: Path, tickers: int, days: int, compare_inline: bool = False) -> dict:
     """Generate a universe and time its first ingest (and, as a baseline, the same read inline)."""
-    from forecaster import store
-    from forecaster.ingest import ingest
-    from forecaster.sample import write_sample_data
+    from forecaster.data import store
+    from forecaster.data.ingest import ingest
+    from forecaster.data.sample import write_sample_data
+
     start = time.perf_counter()
     write_sample_data(folder / "data", tickers=tickers, days=days, seed=7)
     log(f"generated {tickers} x {days} in {time.perf_counter() - start:.0f} s")
@@ -182,8 +203,12 @@ def ingest_universe(folder: Path, tickers: int, days: int, compare_inline: bool 
     report = ingest(engine, [folder / "data"])  # reader="auto": a reader process at this size
     seconds = time.perf_counter() - start
     engine.dispose()
-    full = {"rows": report.rows_added, "files": report.files_read, "seconds": seconds,
-            "rows_per_s": report.rows_added / seconds}
+    full = {
+        "rows": report.rows_added,
+        "files": report.files_read,
+        "seconds": seconds,
+        "rows_per_s": report.rows_added / seconds,
+    }
     log(f"ingest {tickers} x {days}: {full['rows']} rows in {seconds:.1f} s = {full['rows_per_s']:.0f} rows/s")
     if compare_inline:  # the baseline: reading and writing take turns in one process
         inline_engine = store.connect(f"sqlite:///{folder / 'inline.db'}")
@@ -192,10 +217,15 @@ def ingest_universe(folder: Path, tickers: int, days: int, compare_inline: bool 
         inline_seconds = time.perf_counter() - start
         inline_engine.dispose()
         (folder / "inline.db").unlink()
-        full.update(inline_seconds=inline_seconds, inline_rows_per_s=report.rows_added / inline_seconds,
-                    reader_process_speedup=inline_seconds / seconds)
-        log(f"  the same read in this process: {inline_seconds:.1f} s = {full['inline_rows_per_s']:.0f} rows/s "
-            f"(reader process {full['reader_process_speedup']:.2f}x faster)")
+        full.update(
+            inline_seconds=inline_seconds,
+            inline_rows_per_s=report.rows_added / inline_seconds,
+            reader_process_speedup=inline_seconds / seconds,
+        )
+        log(
+            f"  the same read in this process: {inline_seconds:.1f} s = {full['inline_rows_per_s']:.0f} rows/s "
+            f"(reader process {full['reader_process_speedup']:.2f}x faster)"
+        )
     return full
 
 
@@ -207,27 +237,52 @@ def nightly_runs(universes: list[tuple[Path, int, int]], onnx_path: Path) -> lis
     for night in range(NIGHTS + 1):
         for folder, _, _ in universes:
             append_one_day(folder / "data", seed=night)
-            runs[folder].append(run_cli(["predict", "--model", str(onnx_path), "--data", str(folder / "data"),
-                                         "--db", f"sqlite:///{folder / 'bench.db'}", "--device", "cpu", "--quiet"]))
+            runs[folder].append(
+                run_cli(
+                    [
+                        "predict",
+                        "--model",
+                        str(onnx_path),
+                        "--data",
+                        str(folder / "data"),
+                        "--db",
+                        f"sqlite:///{folder / 'bench.db'}",
+                        "--device",
+                        "cpu",
+                        "--quiet",
+                    ]
+                )
+            )
     out = []
     for folder, tickers, days in universes:
         warm_up, nights = runs[folder][0], runs[folder][1:]
         seconds = statistics.median(s for s, _ in nights)
         rss = max(r for _, r in runs[folder])
-        out.append({"tickers": tickers, "history_days": days, "seconds": seconds, "peak_rss_mb": rss,
-                    "nights": [s for s, _ in nights], "first_night_seconds": warm_up[0]})
-        log(f"nightly {tickers} x {days}: median of {NIGHTS} nights {seconds:.2f} s "
-            f"({', '.join(f'{s:.2f}' for s, _ in nights)}; first night {warm_up[0]:.2f} s), peak RSS {rss:.0f} MB")
+        out.append(
+            {
+                "tickers": tickers,
+                "history_days": days,
+                "seconds": seconds,
+                "peak_rss_mb": rss,
+                "nights": [s for s, _ in nights],
+                "first_night_seconds": warm_up[0],
+            }
+        )
+        log(
+            f"nightly {tickers} x {days}: median of {NIGHTS} nights {seconds:.2f} s "
+            f"({', '.join(f'{s:.2f}' for s, _ in nights)}; first night {warm_up[0]:.2f} s), peak RSS {rss:.0f} MB"
+        )
     return out
 
 
 def bench_train() -> dict:
-    from forecaster import store
-    from forecaster import train as train_module
-    from forecaster.ingest import ingest
-    from forecaster.precision import bf16_support
-    from forecaster.train import TrainConfig, train
-    from forecaster.windows import load_series, make_windows
+    from forecaster.data import store
+    from forecaster.data.ingest import ingest
+    from forecaster.data.prices import load_series, make_windows
+    from forecaster.training import train as train_module
+    from forecaster.training.precision import bf16_support
+    from forecaster.training.train import TrainConfig, train
+
     with tempfile.TemporaryDirectory() as tmp:
         engine = store.connect(f"sqlite:///{tmp}/t.db")
         ingest(engine, [SHARED / "ETFs" / "aaxj.us.txt"])
@@ -235,7 +290,7 @@ def bench_train() -> dict:
     train(series, TrainConfig(batch_size=0, epochs=1))  # warm-up: first-call imports
     out = {}
     # The baseline: glibc's own malloc thresholds, i.e. training without
-    # forecaster.allocator (every pass faults in fresh workspace pages).
+    # forecaster.training.allocator (every pass faults in fresh workspace pages).
     runs = [("fp32_glibc_defaults", "fp32", False), ("fp32", "fp32", True), ("bf16", "bf16", True)]
     kept_memory = train_module.reuse_freed_memory
     support = bf16_support()
@@ -255,15 +310,19 @@ def bench_train() -> dict:
         finally:
             train_module.reuse_freed_memory = kept_memory
         ratio = result.metrics["tickers"]["aaxj"]["ratio"]
-        log(f"train aaxj tutorial config, {name}: {seconds:.1f} s, {faults:,} page faults, "
-            f"held-out ratio {ratio:.3f}")
+        log(f"train aaxj tutorial config, {name}: {seconds:.1f} s, {faults:,} page faults, held-out ratio {ratio:.3f}")
         out[name] = {"seconds": seconds, "ratio_to_naive": ratio, "minor_page_faults": faults}
     windows = len(make_windows(series["aaxj"].ohlc, 20)[1])
-    return {"windows": windows, "epochs": 100, "batch_size": "full", "seconds": out["fp32"]["seconds"],
-            "bf16_seconds": out["bf16"]["seconds"],
-            "glibc_defaults_seconds": out["fp32_glibc_defaults"]["seconds"],
-            "kept_memory_speedup": out["fp32_glibc_defaults"]["seconds"] / out["fp32"]["seconds"],
-            "precisions": out}
+    return {
+        "windows": windows,
+        "epochs": 100,
+        "batch_size": "full",
+        "seconds": out["fp32"]["seconds"],
+        "bf16_seconds": out["bf16"]["seconds"],
+        "glibc_defaults_seconds": out["fp32_glibc_defaults"]["seconds"],
+        "kept_memory_speedup": out["fp32_glibc_defaults"]["seconds"] / out["fp32"]["seconds"],
+        "precisions": out,
+    }
 
 
 def main() -> int:
@@ -276,7 +335,9 @@ def main() -> int:
     ap.add_argument("--out", default=str(HERE / "results.json"))
     args = ap.parse_args()
     only = set(args.only.split(",")) if args.only else None
-    wanted = lambda name: only is None or name in only
+
+    def wanted(name):
+        return only is None or name in only
 
     log(f"machine: {machine.describe()}")
     results: dict = {"machine": machine.describe(), "calibration": {"start": machine.calibrate()}}
@@ -293,7 +354,7 @@ def main() -> int:
         if wanted("nightly_short_history"):
             results["ingest_short"] = ingest_universe(tmp / "short", args.tickers, args.short_days)
             universes.append(("nightly_short_history", (tmp / "short", args.tickers, args.short_days)))
-        for (key, _), nights in zip(universes, nightly_runs([u for _, u in universes], onnx_path)):
+        for (key, _), nights in zip(universes, nightly_runs([u for _, u in universes], onnx_path), strict=True):
             results[key] = nights
         if "nightly" in results and "nightly_short_history" in results:
             results["history_cost_ratio"] = results["nightly"]["seconds"] / results["nightly_short_history"]["seconds"]
@@ -302,8 +363,9 @@ def main() -> int:
     # The machine's speed drifts during a run of minutes: calibrate again and use the mean.
     calibration = results["calibration"]
     calibration["end"] = machine.calibrate()
-    calibration.update({k: statistics.mean([calibration["start"][k], calibration["end"][k]])
-                        for k in calibration["start"]})
+    calibration.update(
+        {k: statistics.mean([calibration["start"][k], calibration["end"][k]]) for k in calibration["start"]}
+    )
     results["relative"] = relative(results)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     print_table(results)
@@ -324,47 +386,69 @@ def relative(r: dict) -> dict:
 
 def print_table(r: dict) -> None:
     if "scoring" in r:
-        print("| batch | ORT ms, interleaved | torch ms, interleaved | torch / ORT | ORT ms, alone | "
-              "torch ms, alone | torch / ORT |")
+        print(
+            "| batch | ORT ms, interleaved | torch ms, interleaved | torch / ORT | ORT ms, alone | "
+            "torch ms, alone | torch / ORT |"
+        )
         print("|---:|---:|---:|---:|---:|---:|---:|")
         for row in r["scoring"]:
-            print(f"| {row['batch']} | {row['ort_ms']:.3f} | {row['torch_ms']:.3f} | {row['torch_over_ort']:.2f} | "
-                  f"{row['ort_ms_alone']:.3f} | {row['torch_ms_alone']:.3f} | {row['torch_over_ort_alone']:.2f} |")
+            print(
+                f"| {row['batch']} | {row['ort_ms']:.3f} | {row['torch_ms']:.3f} | {row['torch_over_ort']:.2f} | "
+                f"{row['ort_ms_alone']:.3f} | {row['torch_ms_alone']:.3f} | {row['torch_over_ort_alone']:.2f} |"
+            )
         print()
     m, c = r["machine"], r["calibration"]
-    print(f"Machine: {m['cpu']}, {m['usable_cpus']} CPUs, {', '.join(m['flags'])}; calibration (mean of start "
-          f"and end): start-up {c['startup_s']:.2f} s, NumPy {c['numpy_gflops']:.0f} GFLOP/s, "
-          f"SQLite {c['sqlite_rows_per_s']:,.0f} rows/s")
+    print(
+        f"Machine: {m['cpu']}, {m['usable_cpus']} CPUs, {', '.join(m['flags'])}; calibration (mean of start "
+        f"and end): start-up {c['startup_s']:.2f} s, NumPy {c['numpy_gflops']:.0f} GFLOP/s, "
+        f"SQLite {c['sqlite_rows_per_s']:,.0f} rows/s"
+    )
     print()
     print("| measure | value |")
     print("|---|---:|")
     if "ingest_full" in r:
         i = r["ingest_full"]
-        print(f"| first ingest, {i['files']} files, {i['rows']:,} rows | {i['seconds']:.1f} s = {i['rows_per_s']:,.0f} rows/s |")
+        print(
+            f"| first ingest, {i['files']} files, {i['rows']:,} rows | {i['seconds']:.1f} s = "
+            f"{i['rows_per_s']:,.0f} rows/s |"
+        )
         if "inline_seconds" in i:
-            print(f"| the same, read in the writing process (no reader process) | {i['inline_seconds']:.1f} s = "
-                  f"{i['inline_rows_per_s']:,.0f} rows/s ({i['reader_process_speedup']:.2f}x slower) |")
+            print(
+                f"| the same, read in the writing process (no reader process) | {i['inline_seconds']:.1f} s = "
+                f"{i['inline_rows_per_s']:,.0f} rows/s ({i['reader_process_speedup']:.2f}x slower) |"
+            )
     if "ingest_short" in r:
         i = r["ingest_short"]
-        print(f"| first ingest, {i['files']} smaller files, {i['rows']:,} rows | {i['seconds']:.1f} s = "
-              f"{i['rows_per_s']:,.0f} rows/s |")
+        print(
+            f"| first ingest, {i['files']} smaller files, {i['rows']:,} rows | {i['seconds']:.1f} s = "
+            f"{i['rows_per_s']:,.0f} rows/s |"
+        )
     for key in ("nightly", "nightly_short_history"):
         if key in r:
             n = r[key]
-            print(f"| nightly run, {n['tickers']} tickers x {n['history_days']} days | "
-                  f"{n['seconds']:.2f} s, peak RSS {n['peak_rss_mb']:.0f} MB |")
+            print(
+                f"| nightly run, {n['tickers']} tickers x {n['history_days']} days | "
+                f"{n['seconds']:.2f} s, peak RSS {n['peak_rss_mb']:.0f} MB |"
+            )
     if "history_cost_ratio" in r:
         print(f"| cost of 10x longer history | {r['history_cost_ratio']:.2f}x |")
     if "train" in r:
         t = r["train"]
-        bf16 = (f"{t['bf16_seconds']:.1f} s (--precision bf16)" if t["bf16_seconds"] is not None
-                else t["precisions"]["bf16"]["not_supported"])
-        print(f"| train aaxj, tutorial config ({t['windows']} windows, 100 epochs, full batch) | "
-              f"{t['seconds']:.1f} s (fp32), {bf16} |")
-        print(f"| the same fp32, glibc's malloc defaults (no forecaster.allocator) | "
-              f"{t['glibc_defaults_seconds']:.1f} s ({t['kept_memory_speedup']:.2f}x slower; page faults "
-              f"{t['precisions']['fp32_glibc_defaults']['minor_page_faults']:,} vs "
-              f"{t['precisions']['fp32']['minor_page_faults']:,}) |")
+        bf16 = (
+            f"{t['bf16_seconds']:.1f} s (--precision bf16)"
+            if t["bf16_seconds"] is not None
+            else t["precisions"]["bf16"]["not_supported"]
+        )
+        print(
+            f"| train aaxj, tutorial config ({t['windows']} windows, 100 epochs, full batch) | "
+            f"{t['seconds']:.1f} s (fp32), {bf16} |"
+        )
+        print(
+            f"| the same fp32, glibc's malloc defaults (no forecaster.training.allocator) | "
+            f"{t['glibc_defaults_seconds']:.1f} s ({t['kept_memory_speedup']:.2f}x slower; page faults "
+            f"{t['precisions']['fp32_glibc_defaults']['minor_page_faults']:,} vs "
+            f"{t['precisions']['fp32']['minor_page_faults']:,}) |"
+        )
     rel = r.get("relative", {})
     if "nightly_over_startup" in rel:
         print(f"| nightly run / start-up | {rel['nightly_over_startup']:.2f} |")

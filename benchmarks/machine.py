@@ -9,6 +9,7 @@ reported against a calibration figure of the same kind:
   sqlite_rows_per_s  SQLite inserting generated rows into a table shaped like
                      `prices`, in pure SQL (no Python per row)
 """
+
 from __future__ import annotations
 
 import os
@@ -23,7 +24,7 @@ import time
 import numpy as np
 
 FLAGS_OF_INTEREST = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "fma")
-STARTUP_IMPORTS = "import forecaster.cli, forecaster.nightly, forecaster.scoring"
+STARTUP_IMPORTS = "import forecaster.cli, forecaster.serving.nightly, forecaster.artifact.model_file"
 
 
 def describe() -> dict:
@@ -38,9 +39,14 @@ def describe() -> dict:
                     flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return {"cpu": model, "flags": [f for f in FLAGS_OF_INTEREST if f in flags], "cpus": os.cpu_count(),
-            "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-            "python": sys.version.split()[0], "platform": platform.platform()}
+    return {
+        "cpu": model,
+        "flags": [f for f in FLAGS_OF_INTEREST if f in flags],
+        "cpus": os.cpu_count(),
+        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+    }
 
 
 def startup_seconds(runs: int = 5) -> float:
@@ -62,7 +68,7 @@ def numpy_gflops(n: int = 1024, runs: int = 20) -> float:
         start = time.perf_counter()
         a @ b
         times.append(time.perf_counter() - start)
-    return 2 * n ** 3 / statistics.median(times) / 1e9
+    return 2 * n**3 / statistics.median(times) / 1e9
 
 
 def sqlite_rows_per_s(rows: int = 1_000_000) -> float:
@@ -72,8 +78,10 @@ def sqlite_rows_per_s(rows: int = 1_000_000) -> float:
         con.execute("PRAGMA page_size = 16384")
         con.execute("PRAGMA journal_mode = WAL")
         con.execute("PRAGMA synchronous = NORMAL")
-        con.execute("CREATE TABLE p (ticker TEXT, date TEXT, open REAL, high REAL, low REAL, close REAL, "
-                    "volume REAL, PRIMARY KEY (ticker, date)) WITHOUT ROWID")
+        con.execute(
+            "CREATE TABLE p (ticker TEXT, date TEXT, open REAL, high REAL, low REAL, close REAL, "
+            "volume REAL, PRIMARY KEY (ticker, date)) WITHOUT ROWID"
+        )
         start = time.perf_counter()
         con.execute("BEGIN")
         con.execute(f"""

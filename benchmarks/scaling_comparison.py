@@ -3,6 +3,7 @@
 Trains one model per shared ticker for each variant and prints the
 model RMSE / naive RMSE on held-out days. Run: make scaling-comparison
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from forecaster import store
-from forecaster.ingest import ingest
-from forecaster.train import TrainConfig, train
-from forecaster.windows import all_tickers, load_series
+from forecaster.data import store
+from forecaster.data.ingest import ingest
+from forecaster.data.prices import all_tickers, load_series
+from forecaster.training.train import TrainConfig, train
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -25,9 +26,12 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--data", default=str(SHARED))
-    ap.add_argument("--variants", default="scaling=relative;scaling=minmax",
-                    help="';'-separated variants, each a ','-separated list of TrainConfig "
-                         "fields, e.g. 'scaling=relative,batch_size=0;scaling=minmax'")
+    ap.add_argument(
+        "--variants",
+        default="scaling=relative;scaling=minmax",
+        help="';'-separated variants, each a ','-separated list of TrainConfig "
+        "fields, e.g. 'scaling=relative,batch_size=0;scaling=minmax'",
+    )
     ap.add_argument("--epochs", type=int, default=100)
     ap.add_argument("--out", help="also write the table as JSON here")
     args = ap.parse_args()
@@ -46,10 +50,16 @@ def main() -> int:
                 r = train({t: series[t]}, TrainConfig(**{"epochs": args.epochs, **fields}))
                 seconds += time.perf_counter() - start
                 ratios[t] = r.metrics["tickers"][t]["ratio"]
-            results[variant] = {"ratios": ratios, "mean_ratio": float(np.mean(list(ratios.values()))),
-                                "seconds": seconds}
-            print(f"done {variant}: mean ratio {results[variant]['mean_ratio']:.4f} in {seconds:.0f} s",
-                  file=sys.stderr, flush=True)
+            results[variant] = {
+                "ratios": ratios,
+                "mean_ratio": float(np.mean(list(ratios.values()))),
+                "seconds": seconds,
+            }
+            print(
+                f"done {variant}: mean ratio {results[variant]['mean_ratio']:.4f} in {seconds:.0f} s",
+                file=sys.stderr,
+                flush=True,
+            )
 
     variants = list(results)
     print("| ticker | " + " | ".join(variants) + " |")

@@ -11,6 +11,7 @@ the same date range. Both are scored on the test target dates they share
 (real trading days only), next to naive. Five seeds each.
 Run: make seed-comparison
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,11 +26,11 @@ import torch
 from sklearn.preprocessing import MinMaxScaler
 from torch import nn
 
-from forecaster import store
-from forecaster.ingest import ingest
-from forecaster.metrics import accuracy
-from forecaster.train import TrainConfig, seed_everything, train
-from forecaster.windows import Series, load_series
+from forecaster.data import store
+from forecaster.data.ingest import ingest
+from forecaster.data.prices import Series, load_series
+from forecaster.training.metrics import accuracy
+from forecaster.training.train import TrainConfig, train
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 START, END, SEQ = "2010-10-11", "2017-10-11", 20
@@ -47,7 +48,8 @@ class TutorialLSTM(nn.Module):
 
 def tutorial_recipe(frame: pd.DataFrame, seed: int, epochs: int) -> pd.Series:
     """Held-out last-step predictions in dollars, indexed by target date."""
-    seed_everything(seed)
+    torch.manual_seed(seed)  # the recipe as the tutorial runs it: global seeding
+    np.random.seed(seed)
     days = frame.reindex(pd.bdate_range(START, END)).ffill()
     cols = ["open", "high", "low", "close"]
     scalers = {c: MinMaxScaler((-1, 1)).fit(days[[c]]) for c in cols}  # fitted on ALL rows
@@ -90,35 +92,41 @@ def main() -> int:
         full = load_series(engine, ["aaxj"])["aaxj"]
     keep = (full.dates >= START) & (full.dates <= END)
     series = Series("aaxj", full.dates[keep], full.ohlc[keep])
-    frame = pd.DataFrame(series.ohlc, columns=["open", "high", "low", "close"],
-                         index=pd.to_datetime(series.dates))
+    frame = pd.DataFrame(series.ohlc, columns=["open", "high", "low", "close"], index=pd.to_datetime(series.dates))
     close = pd.Series(series.ohlc[:, 3], index=series.dates)
     previous = close.shift(1)
 
     runs = {"tutorial recipe": [], "forecaster default": []}
     seconds = {k: 0.0 for k in runs}
     for seed in range(args.seeds):
-        for name, fn in (("tutorial recipe", lambda s: tutorial_recipe(frame, s, args.epochs)),
-                         ("forecaster default", lambda s: our_default(series, s, args.epochs))):
+        for name, fn in (
+            ("tutorial recipe", lambda s: tutorial_recipe(frame, s, args.epochs)),
+            ("forecaster default", lambda s: our_default(series, s, args.epochs)),
+        ):
             start = time.perf_counter()
             runs[name].append(fn(seed))
             seconds[name] += time.perf_counter() - start
             print(f"{name} seed {seed} done", file=sys.stderr, flush=True)
 
     # Common targets: real trading days in both test sets.
-    common = sorted(set(runs["tutorial recipe"][0].index) & set(runs["forecaster default"][0].index)
-                    & set(close.index[1:]))
+    common = sorted(
+        set(runs["tutorial recipe"][0].index) & set(runs["forecaster default"][0].index) & set(close.index[1:])
+    )
     actual, last = close[common].to_numpy(), previous[common].to_numpy()
     naive = accuracy(last, actual, last)
-    print(f"aaxj, {len(common)} common held-out trading days {common[0]}..{common[-1]}, "
-          f"{args.seeds} seeds, {args.epochs} epochs\n")
+    print(
+        f"aaxj, {len(common)} common held-out trading days {common[0]}..{common[-1]}, "
+        f"{args.seeds} seeds, {args.epochs} epochs\n"
+    )
     print("| recipe | RMSE (mean ± sd over seeds) | MAE | RMSE / naive | seconds per run |")
     print("|---|---|---|---|---|")
     for name, series_list in runs.items():
         m = [accuracy(s[common].to_numpy(), actual, last) for s in series_list]
         rmse = np.array([x["rmse"] for x in m])
-        print(f"| {name} | {rmse.mean():.3f} ± {rmse.std():.3f} | {np.mean([x['mae'] for x in m]):.3f} | "
-              f"{rmse.mean() / naive['rmse']:.3f} | {seconds[name] / args.seeds:.1f} |")
+        print(
+            f"| {name} | {rmse.mean():.3f} ± {rmse.std():.3f} | {np.mean([x['mae'] for x in m]):.3f} | "
+            f"{rmse.mean() / naive['rmse']:.3f} | {seconds[name] / args.seeds:.1f} |"
+        )
     print(f"| naive (previous close) | {naive['rmse']:.3f} | {naive['mae']:.3f} | 1.000 | 0 |")
     return 0
 

@@ -1,18 +1,33 @@
 """The `forecaster` command line: parse, call the library, print.
 
-Heavy imports (torch, onnx, onnxruntime) live inside the commands that need
-them, so `--help` is instant and the scoring path never loads torch.
-Every option can also come from the environment as FORECASTER_<OPTION>.
+Defaults come from the library's own settings (the config modules), so a
+changed default changes the command too. Heavy imports (torch, onnx,
+onnxruntime) live inside the commands that need them, so `--help` is
+instant and the scoring path never loads torch. Every option can also come
+from the environment (see `option`).
 """
+
 from __future__ import annotations
 
+import dataclasses
 import functools
 import sys
 from pathlib import Path
 
 import click
 
+from .artifact.config import DEFAULT_OPSET, DEFAULT_TOLERANCE, DEVICES
+from .data.config import DEFAULT_CALENDAR, DEFAULT_DB_URL
 from .errors import ForecasterError
+from .serving.config import DEFAULT_DEVICE, DaemonConfig
+from .training.config import PRECISIONS, TrainConfig
+
+TRAIN = TrainConfig()
+SCALINGS = ("relative", "minmax")
+
+
+def daemon_default(name: str):
+    return next(f.default for f in dataclasses.fields(DaemonConfig) if f.name == name)
 
 
 def option(*decls, command: str = "", **kwargs):
@@ -26,53 +41,104 @@ def option(*decls, command: str = "", **kwargs):
     return click.option(*decls, **kwargs)
 
 
-db_option = option("--db", default="sqlite:///forecaster.db", show_default=True, metavar="URL",
-                   help="SQLAlchemy database URL.")
-data_option = option("--data", multiple=True, type=click.Path(path_type=Path),
-                     help="Ingest new rows from these files/folders first (repeatable).")
+db_option = option("--db", default=DEFAULT_DB_URL, show_default=True, metavar="URL", help="SQLAlchemy database URL.")
+data_option = option(
+    "--data",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Ingest new rows from these files/folders first (repeatable).",
+)
 tickers_option = option("--tickers", metavar="A,B", help="Comma-separated tickers, e.g. aaxj,a (any case).")
-tolerance_option = option("--tolerance", default=1e-4, show_default=True, type=click.FloatRange(0),
-                          help="Largest relative difference allowed between the two implementations compared.")
+tolerance_option = option(
+    "--tolerance",
+    default=DEFAULT_TOLERANCE,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="Largest relative difference allowed between the two implementations compared.",
+)
 quiet_option = option("--quiet", "-q", is_flag=True, help="Print only the result lines (for scripts).")
+device_option = option(
+    "--device",
+    default=DEFAULT_DEVICE,
+    show_default=True,
+    type=click.Choice(DEVICES),
+    help="auto: CUDA when ONNX Runtime can really use it, else CPU; cuda: fail "
+    "unless CUDA is active; cpu: never try CUDA.",
+)
+model_option = option(
+    "--model", required=True, type=click.Path(dir_okay=False, path_type=Path), help="The exported ONNX model."
+)
+shard_option = option(
+    "--shard",
+    metavar="K/N",
+    help="Score only shard K of N (stable hash of the ticker), so N machines can split "
+    "a universe and write into one database without overlap.",
+)
+calendar_option = option(
+    "--calendar",
+    default=DEFAULT_CALENDAR,
+    show_default=True,
+    help="Exchange calendar for the next trading day (exchange_calendars code).",
+)
 
 
 def reports_errors(func):
-    """Turn library errors into `Error: <one line>` and a non-zero exit."""
+    """Turn library errors into `Error: <one line>` and a non-zero exit
+    (with --debug: the traceback, causes included). Anything else is a bug
+    and keeps its traceback."""
+
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         try:
             return func(*args, **kwargs)
         except ForecasterError as exc:
+            if click.get_current_context().find_root().params.get("debug"):
+                raise
             raise click.ClickException(str(exc)) from None
         except OSError as exc:  # e.g. an output folder that cannot be written
             raise click.ClickException(f"{exc.strerror}: {exc.filename}" if exc.filename else str(exc)) from None
+
     return wrapper
 
 
 def open_store(url: str, *, read_only: bool = False):
-    from . import store
+    from .data import store
+
     return store.connect(url, read_only=read_only)
+
+
+def parse_tickers(text: str | None) -> list[str]:
+    return [t.strip().lower() for t in (text or "").split(",") if t.strip()]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="forecaster")
-def main():
+@option("--debug", is_flag=True, help="On an error, show the full traceback (with its causes), not one line.")
+def main(debug):
     """Next-day close forecasts from daily OHLC history: ingest prices, train a
     stacked LSTM, export it to ONNX, and score every night into SQL."""
+
+
+# -- files -> prices -------------------------------------------------------
 
 
 @main.command("sample-data")
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
 @option("--n-tickers", default=5, show_default=True, type=click.IntRange(1), help="How many tickers.")
-@option("--days", default=750, show_default=True, type=click.IntRange(1),
-        help="Business days of history per ticker.")
+@option("--days", default=750, show_default=True, type=click.IntRange(1), help="Business days of history per ticker.")
 @option("--seed", command="sample-data", default=0, show_default=True, type=int, help="Same seed, same files.")
-@option("--ar", default=0.0, show_default=True, type=click.FloatRange(-0.99, 0.99),
-        help="AR(1) coefficient of daily log-returns (0: a pure random walk).")
+@option(
+    "--ar",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(-0.99, 0.99),
+    help="AR(1) coefficient of daily log-returns (0: a pure random walk).",
+)
 @reports_errors
 def sample_data(out_dir, n_tickers, days, seed, ar):
     """Write synthetic OHLC files to OUT_DIR/Stocks/<ticker>.us.txt (dataset layout)."""
-    from .sample import write_sample_data
+    from .data.sample import write_sample_data
+
     paths = write_sample_data(out_dir, tickers=n_tickers, days=days, seed=seed, ar=ar)
     click.echo(f"wrote {len(paths)} files of {days} days to {out_dir / 'Stocks'}")
 
@@ -89,46 +155,91 @@ def ingest(paths, db, quiet):
     their new rows. Bad rows are set aside in `rejected_rows` with their file,
     line and reason; the good rows and other files still go in.
     """
-    from .ingest import ingest as run_ingest
-    engine = open_store(db)
-    report = run_ingest(engine, paths, progress=not quiet)
+    from .data.ingest import ingest as run_ingest
+
+    report = run_ingest(open_store(db), paths, progress=not quiet)
     for line in report.problems:
         click.echo(f"unreadable: {line}", err=True)
     click.echo(report.summary())
 
 
-def parse_tickers(text: str | None) -> list[str]:
-    return [t.strip().lower() for t in (text or "").split(",") if t.strip()]
+# -- prices -> model -------------------------------------------------------
 
 
 @main.command()
 @tickers_option
 @option("--all", "all_tickers", is_flag=True, help="Train on every ticker in the database.")
-@option("--out", command="train", required=True, type=click.Path(dir_okay=False, path_type=Path),
-        help="Checkpoint to write, e.g. exports/NAME.pt; metrics and plots go beside it.")
+@option(
+    "--out",
+    command="train",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Checkpoint to write, e.g. exports/NAME.pt; metrics and plots go beside it.",
+)
 @data_option
 @db_option
-@option("--seq-len", default=20, show_default=True, type=click.IntRange(2), help="Days in each input window.")
-@option("--hidden", default=32, show_default=True, type=click.IntRange(1), help="LSTM hidden size.")
-@option("--layers", default=2, show_default=True, type=click.IntRange(1), help="Stacked LSTM layers.")
-@option("--epochs", default=100, show_default=True, type=click.IntRange(1), help="Training epochs.")
-@option("--lr", default=0.01, show_default=True, type=click.FloatRange(0, min_open=True),
-        help="Adam learning rate.")
-@option("--batch-size", default=256, show_default=True, type=click.IntRange(0),
-        help="Windows per gradient step; 0 = the whole training set (the tutorial's choice).")
-@option("--test-fraction", default=0.2, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
-        help="Share of each ticker's latest windows held out for the test.")
-@option("--scaling", default="relative", show_default=True, type=click.Choice(["relative", "minmax"]),
-        help="relative: each window divided by its last close; minmax: per ticker/column to [-1, 1] "
-             "fitted on training rows.")
-@option("--seed", command="train", default=0, show_default=True, type=int, help="Seed for weights and shuffling.")
-@option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "bf16"]),
-        help="bf16: run the training forward pass in bfloat16 (faster on CPUs with AVX512-BF16/AMX); "
-             "weights and the exported model stay float32.")
+@option(
+    "--seq-len", default=TRAIN.seq_len, show_default=True, type=click.IntRange(2), help="Days in each input window."
+)
+@option("--hidden", default=TRAIN.hidden, show_default=True, type=click.IntRange(1), help="LSTM hidden size.")
+@option("--layers", default=TRAIN.layers, show_default=True, type=click.IntRange(1), help="Stacked LSTM layers.")
+@option("--epochs", default=TRAIN.epochs, show_default=True, type=click.IntRange(1), help="Training epochs.")
+@option(
+    "--lr", default=TRAIN.lr, show_default=True, type=click.FloatRange(0, min_open=True), help="Adam learning rate."
+)
+@option(
+    "--batch-size",
+    default=TRAIN.batch_size,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Windows per gradient step; 0 = the whole training set (the tutorial's choice).",
+)
+@option(
+    "--test-fraction",
+    default=TRAIN.test_fraction,
+    show_default=True,
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    help="Share of each ticker's latest windows held out for the test.",
+)
+@option(
+    "--scaling",
+    default=TRAIN.scaling,
+    show_default=True,
+    type=click.Choice(SCALINGS),
+    help="relative: each window divided by its last close; minmax: per ticker/column to [-1, 1] "
+    "fitted on training rows.",
+)
+@option(
+    "--seed", command="train", default=TRAIN.seed, show_default=True, type=int, help="Seed for weights and shuffling."
+)
+@option(
+    "--precision",
+    default=TRAIN.precision,
+    show_default=True,
+    type=click.Choice(PRECISIONS),
+    help="bf16: run the training forward pass in bfloat16 (faster on CPUs with AVX512-BF16/AMX; "
+    "fp32 with a warning where the CPU cannot); weights and the exported model stay float32.",
+)
 @quiet_option
 @reports_errors
-def train(tickers, all_tickers, out, data, db, seq_len, hidden, layers, epochs, lr, batch_size,
-          test_fraction, scaling, seed, precision, quiet):
+def train(
+    tickers,
+    all_tickers,
+    out,
+    data,
+    db,
+    seq_len,
+    hidden,
+    layers,
+    epochs,
+    lr,
+    batch_size,
+    test_fraction,
+    scaling,
+    seed,
+    precision,
+    quiet,
+):
     """Fit one stacked LSTM on --tickers (or --all) and report held-out
     accuracy next to the naive forecast (tomorrow's close = today's close).
 
@@ -137,17 +248,31 @@ def train(tickers, all_tickers, out, data, db, seq_len, hidden, layers, epochs, 
     """
     if bool(tickers) == all_tickers:
         raise click.UsageError("give either --tickers A,B or --all")
-    engine = open_store(db)
-    from .training_job import TrainJob, run_training  # torch: only once the cheap checks passed
+    engine = open_store(db, read_only=not data)  # without --data, training only reads
+    from .training.job import TrainJob, run_training  # torch: only once the cheap checks passed
+
     if data:
-        from .ingest import ingest as run_ingest
+        from .data.ingest import ingest as run_ingest
+
         click.echo(run_ingest(engine, data, progress=not quiet).summary(), err=quiet)
-    from .train import TrainConfig
-    config = TrainConfig(seq_len=seq_len, hidden=hidden, layers=layers, epochs=epochs, lr=lr,
-                         batch_size=batch_size, test_fraction=test_fraction, scaling=scaling, seed=seed,
-                         precision=precision)
-    job = run_training(engine, TrainJob(tickers=parse_tickers(tickers), all_tickers=all_tickers,
-                                        config=config, out=out), progress=not quiet)
+    config = dataclasses.replace(
+        TRAIN,
+        seq_len=seq_len,
+        hidden=hidden,
+        layers=layers,
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        test_fraction=test_fraction,
+        scaling=scaling,
+        seed=seed,
+        precision=precision,
+    )
+    job = run_training(
+        engine,
+        TrainJob(tickers=parse_tickers(tickers), all_tickers=all_tickers, config=config, out=out),
+        progress=not quiet,
+    )
     for line in job.warnings:
         click.echo(f"warning: {line}", err=True)
     for line in job.notes:
@@ -157,22 +282,31 @@ def train(tickers, all_tickers, out, data, db, seq_len, hidden, layers, epochs, 
     click.echo(f"wrote {', '.join(str(p) for p in job.written)}")
 
 
+# -- model -> ONNX file ----------------------------------------------------
+
+
 @main.command()
 @click.argument("checkpoint_path", metavar="CHECKPOINT", type=click.Path(dir_okay=False, path_type=Path))
-@option("--out", command="export", type=click.Path(dir_okay=False, path_type=Path),
-        help="ONNX file to write [default: CHECKPOINT with .onnx].")
-@option("--opset", default=20, show_default=True, type=click.IntRange(14), help="ONNX opset version.")
+@option(
+    "--out",
+    command="export",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="ONNX file to write [default: CHECKPOINT with .onnx].",
+)
+@option("--opset", default=DEFAULT_OPSET, show_default=True, type=click.IntRange(14), help="ONNX opset version.")
 @tolerance_option
 @reports_errors
 def export(checkpoint_path, out, opset, tolerance):
     """Write CHECKPOINT as one self-contained ONNX file, after checking it
     against torch on held-out windows; on a mismatch nothing is written."""
-    from .export import export as run_export
-    result = run_export(checkpoint_path, out or checkpoint_path.with_suffix(".onnx"), opset=opset,
-                        tolerance=tolerance)
+    from .artifact.export import export as run_export
+
+    result = run_export(checkpoint_path, out or checkpoint_path.with_suffix(".onnx"), opset=opset, tolerance=tolerance)
     click.echo(f"wrote {result.path} (sha256 {result.sha256})")
-    click.echo(f"ONNX Runtime vs torch on {result.n_checked} held-out windows: largest difference "
-               f"{result.max_abs:.3g} (relative {result.max_rel:.3g})")
+    click.echo(
+        f"ONNX Runtime vs torch on {result.n_checked} held-out windows: largest difference "
+        f"{result.max_abs:.3g} (relative {result.max_rel:.3g})"
+    )
 
 
 @main.command()
@@ -191,12 +325,21 @@ def verify(model, tickers, db, windows, seed, tolerance):
     The windows are random, or with --tickers the latest stored ones of those
     tickers (from --db).
     """
-    from .verify import verify as run_verify
+    from .artifact.verify import verify as run_verify
+
     names = parse_tickers(tickers)
-    result = run_verify(model, engine=open_store(db) if names else None, tickers=names,
-                        n_windows=windows, seed=seed, tolerance=tolerance)
-    click.echo(f"ONNX Runtime vs NumPy reference on {result.source}: largest difference "
-               f"{result.max_abs:.3g} (relative {result.max_rel:.3g}), within {tolerance:g}")
+    result = run_verify(
+        model,
+        engine=open_store(db, read_only=True) if names else None,
+        tickers=names,
+        n_windows=windows,
+        seed=seed,
+        tolerance=tolerance,
+    )
+    click.echo(
+        f"ONNX Runtime vs NumPy reference on {result.source}: largest difference "
+        f"{result.max_abs:.3g} (relative {result.max_rel:.3g}), within {tolerance:g}"
+    )
 
 
 @main.command()
@@ -206,36 +349,32 @@ def verify(model, tickers, db, windows, seed, tolerance):
 def info(model, as_json):
     """Print what MODEL was trained on, its held-out metrics and its sha256."""
     import json
-    from .scoring import describe
+
+    from .artifact.model_file import describe
+
     meta = describe(model)
     if as_json:
         click.echo(json.dumps(meta, indent=2))
         return
     training = meta["training"]
     click.echo(f"model     {meta['path']}\nsha256    {meta['sha256']}\ncreated   {meta['created_at']}")
-    click.echo(f"network   {meta['model_config']['layers']}x{meta['model_config']['hidden']} LSTM, "
-               f"seq_len {meta['seq_len']}, features {', '.join(meta['features'])}")
+    click.echo(
+        f"network   {meta['model_config']['layers']}x{meta['model_config']['hidden']} LSTM, "
+        f"seq_len {meta['seq_len']}, features {', '.join(meta['features'])}"
+    )
     click.echo(f"scaling   {meta['scaling']['method']}")
     click.echo(f"data      sha256 {training['data_sha256']}")
     for ticker, t in training["tickers"].items():
         m = meta["metrics"].get("tickers", {}).get(ticker, {})
-        click.echo(f"  {ticker:<10} {t['first_date']}..{t['last_date']} ({t['rows']} rows, trained to "
-                   f"{t['train_end_date']})  held-out RMSE {m.get('test_rmse', float('nan')):.4f} vs naive "
-                   f"{m.get('naive_rmse', float('nan')):.4f}")
+        click.echo(
+            f"  {ticker:<10} {t['first_date']}..{t['last_date']} ({t['rows']} rows, trained to "
+            f"{t['train_end_date']})  held-out RMSE {m.get('test_rmse', float('nan')):.4f} vs naive "
+            f"{m.get('naive_rmse', float('nan')):.4f}"
+        )
     click.echo(f"versions  {', '.join(f'{k} {v}' for k, v in meta['versions'].items())}")
 
 
-device_option = option("--device", default="auto", show_default=True,
-                       type=click.Choice(["auto", "cpu", "cuda"]),
-                       help="auto: CUDA when ONNX Runtime can really use it, else CPU; cuda: fail "
-                            "unless CUDA is active; cpu: never try CUDA.")
-model_option = option("--model", required=True, type=click.Path(dir_okay=False, path_type=Path),
-                      help="The exported ONNX model.")
-shard_option = option("--shard", metavar="K/N",
-                      help="Score only shard K of N (stable hash of the ticker), so N machines can split "
-                           "a universe and write into one database without overlap.")
-calendar_option = option("--calendar", default="XNYS", show_default=True,
-                         help="Exchange calendar for the next trading day (exchange_calendars code).")
+# -- model + new prices -> predictions -------------------------------------
 
 
 @main.command()
@@ -257,14 +396,24 @@ def predict(model, data, as_of, start, end, device, calendar, shard, db, quiet):
     Each as_of commits whole or not at all; a rerun adds nothing. Tickers
     without a close on as_of are reported as stale, not scored.
     """
-    from .nightly import predict as run_predict
-    from .shards import Shard
+    from .serving.nightly import predict as run_predict
+    from .serving.shards import Shard
+
     if as_of and (start or end):
         raise click.UsageError("give --as-of or --from/--to, not both")
     part = Shard.parse(shard) if shard else None
-    engine = open_store(db)
-    outcome = run_predict(engine, model, as_of=as_of, start=start, end=end, data=data, device=device,
-                          calendar=calendar, progress=not quiet, shard=part)
+    outcome = run_predict(
+        open_store(db),
+        model,
+        as_of=as_of,
+        start=start,
+        end=end,
+        data=data,
+        device=device,
+        calendar=calendar,
+        progress=not quiet,
+        shard=part,
+    )
     if outcome.ingest and not quiet:
         click.echo(outcome.ingest.summary())
     for run_id in outcome.recovered:
@@ -274,56 +423,60 @@ def predict(model, data, as_of, start, end, device, calendar, shard, db, quiet):
 
 
 @main.command()
-@option("--since", metavar="DATE", help="Only predictions made as of this date or later.")
-@option("--ticker", help="Only this ticker.")
-@option("--model-id", help="Only this model (sha256, as in `forecaster info`).")
-@option("--plot", type=click.Path(dir_okay=False, path_type=Path),
-        help="Write predicted vs actual closes as a PNG here.")
-@db_option
-@reports_errors
-def report(since, ticker, model_id, plot, db):
-    """Realized accuracy of stored predictions against the naive forecast:
-    N, RMSE, MAE, naive RMSE, their ratio and direction accuracy, per ticker
-    and overall."""
-    from .report import build_report, plot_report
-    rep = build_report(open_store(db), since=since, ticker=ticker, model_id=model_id)
-    if rep.overall["n"] == 0:
-        click.echo(f"no prediction has an outcome yet ({rep.pending} waiting for their next close)")
-        return
-    columns = ["ticker", "n", "rmse", "mae", "naive_rmse", "ratio", "direction_accuracy"]
-    rows = [tuple(r[c] for c in columns) for r in rep.per_ticker.to_dict("records")]
-    rows.append(tuple(["ALL"] + [rep.overall[c] for c in columns[1:]]))
-    click.echo(format_table(columns, rows))
-    click.echo(f"{rep.pending} predictions still wait for their next close")
-    if plot:
-        click.echo(f"wrote {plot_report(rep, plot)}")
-
-
-@main.command()
 @model_option
 @data_option
-@option("--cron", default="0 22 * * 1-5", show_default=True,
-        help="When to run, as a crontab line (minute hour day month weekday).")
-@option("--timezone", default="America/New_York", show_default=True, help="Time zone of --cron.")
-@option("--misfire-grace", default=3600, show_default=True, type=click.IntRange(1),
-        help="Seconds a late run may still start (e.g. after a suspend).")
-@option("--lookback", default=5, show_default=True, type=click.IntRange(0),
-        help="Sessions back in which a ticker whose file arrived after its night was scored is still scored.")
-@option("--min-fresh", default=0.9, show_default=True, type=click.FloatRange(0, 1),
-        help="A scheduled run first waits until this share of the previous session's tickers have a close "
-             "on the new session (0: do not wait).")
-@option("--wait-max", default=120, show_default=True, type=click.IntRange(0),
-        help="Minutes a scheduled run waits for the night's data; then it scores what has arrived and "
-             "names what is missing.")
-@option("--recheck", default=5, show_default=True, type=click.IntRange(1),
-        help="Minutes between ingests while waiting for the night's data.")
+@option(
+    "--cron",
+    default=daemon_default("cron"),
+    show_default=True,
+    help="When to run, as a crontab line (minute hour day month weekday).",
+)
+@option("--timezone", default=daemon_default("timezone"), show_default=True, help="Time zone of --cron.")
+@option(
+    "--misfire-grace",
+    default=daemon_default("misfire_grace"),
+    show_default=True,
+    type=click.IntRange(1),
+    help="Seconds a late run may still start (e.g. after a suspend).",
+)
+@option(
+    "--lookback",
+    default=daemon_default("lookback"),
+    show_default=True,
+    type=click.IntRange(0),
+    help="Sessions back in which a ticker whose file arrived after its night was scored is still scored.",
+)
+@option(
+    "--min-fresh",
+    default=daemon_default("min_fresh"),
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="A scheduled run first waits until this share of the previous session's tickers have a close "
+    "on the new session (0: do not wait).",
+)
+@option(
+    "--wait-max",
+    default=int(daemon_default("wait_max").total_seconds() // 60),
+    show_default=True,
+    type=click.IntRange(0),
+    help="Minutes a scheduled run waits for the night's data; then it scores what has arrived and "
+    "names what is missing.",
+)
+@option(
+    "--recheck",
+    default=int(daemon_default("recheck").total_seconds() // 60),
+    show_default=True,
+    type=click.IntRange(1),
+    help="Minutes between ingests while waiting for the night's data.",
+)
 @device_option
 @calendar_option
 @shard_option
 @db_option
 @reports_errors
-def daemon(model, data, cron, timezone, misfire_grace, lookback, min_fresh, wait_max, recheck, device, calendar,
-           shard, db):
+def daemon(
+    model, data, cron, timezone, misfire_grace, lookback, min_fresh, wait_max, recheck, device, calendar, shard, db
+):
     """Run `predict` on a schedule until stopped (SIGTERM/SIGINT exit 0).
 
     On start it catches up every as_of this model still owes: each date after
@@ -333,13 +486,59 @@ def daemon(model, data, cron, timezone, misfire_grace, lookback, min_fresh, wait
     (with --shard: one daemon per shard).
     """
     import datetime as dt
-    from .daemon import DaemonConfig, run_daemon
-    from .shards import Shard
-    run_daemon(DaemonConfig(db_url=db, model=model, data=list(data), cron=cron, timezone=timezone,
-                            misfire_grace=misfire_grace, device=device, calendar=calendar,
-                            shard=Shard.parse(shard) if shard else None, lookback=lookback,
-                            min_fresh=min_fresh, wait_max=dt.timedelta(minutes=wait_max),
-                            recheck=dt.timedelta(minutes=recheck)))
+
+    from .serving.daemon import run_daemon
+    from .serving.shards import Shard
+
+    run_daemon(
+        DaemonConfig(
+            db_url=db,
+            model=model,
+            data=list(data),
+            cron=cron,
+            timezone=timezone,
+            misfire_grace=misfire_grace,
+            device=device,
+            calendar=calendar,
+            shard=Shard.parse(shard) if shard else None,
+            lookback=lookback,
+            min_fresh=min_fresh,
+            wait_max=dt.timedelta(minutes=wait_max),
+            recheck=dt.timedelta(minutes=recheck),
+        )
+    )
+
+
+# -- questions asked of the predictions --------------------------------------
+
+
+@main.command()
+@option("--since", metavar="DATE", help="Only predictions made as of this date or later.")
+@option("--ticker", help="Only this ticker.")
+@option("--model-id", help="Only this model (sha256, as in `forecaster info`).")
+@option(
+    "--plot", type=click.Path(dir_okay=False, path_type=Path), help="Write predicted vs actual closes as a PNG here."
+)
+@db_option
+@reports_errors
+def report(since, ticker, model_id, plot, db):
+    """Realized accuracy of stored predictions against the naive forecast:
+    N, RMSE, MAE, naive RMSE, their ratio and direction accuracy, per ticker
+    and overall."""
+    from .serving.report import build_report, plot_report
+    from .tables import format_table
+
+    rep = build_report(open_store(db, read_only=True), since=since, ticker=ticker, model_id=model_id)
+    if rep.overall["n"] == 0:
+        click.echo(f"no prediction has an outcome yet ({rep.pending} waiting for their next close)")
+        return
+    columns = ["ticker", "n", "rmse", "mae", "naive_rmse", "ratio", "direction_accuracy"]
+    rows = [tuple(r[c] for c in columns) for r in rep.per_ticker]
+    rows.append(tuple(["ALL"] + [rep.overall[c] for c in columns[1:]]))
+    click.echo(format_table(columns, rows))
+    click.echo(f"{rep.pending} predictions still wait for their next close")
+    if plot:
+        click.echo(f"wrote {plot_report(rep, plot)}")
 
 
 @main.command()
@@ -352,24 +551,13 @@ def sql(query, db, limit):
 
     Example: forecaster sql "select * from latest_predictions"
     """
-    from .query import run_query
+    from .serving.query import run_query
+    from .tables import format_table
+
     columns, rows, more = run_query(open_store(db, read_only=True), query, limit=limit)
     click.echo(format_table(columns, rows))
     if more:
         click.echo(f"... (first {limit} rows shown)")
-
-
-def format_table(columns: list[str], rows: list[tuple]) -> str:
-    def cell(v):
-        if isinstance(v, float):
-            return f"{v:.4f}"
-        return "" if v is None else str(v)
-    text = [[cell(v) for v in r] for r in rows]
-    widths = [max([len(c)] + [len(r[i]) for r in text]) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)),
-             "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in text]
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":  # pragma: no cover

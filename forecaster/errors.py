@@ -17,6 +17,14 @@ class StoreError(ForecasterError):
     """The database cannot be opened, written or has the wrong schema."""
 
 
+class DatabaseError(StoreError):
+    """The database itself refused a statement (read or write); `reason` is its one line."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+        super().__init__(f"database error: {reason}")
+
+
 class SourceError(ForecasterError):
     """An input path does not exist or holds nothing we can read."""
 
@@ -39,15 +47,15 @@ class ParityError(ForecasterError):
     def __init__(self, what: str, max_abs: float, max_rel: float, tolerance: float):
         self.max_abs, self.max_rel, self.tolerance = max_abs, max_rel, tolerance
         super().__init__(
-            f"{what}: largest difference {max_abs:.3g} (relative {max_rel:.3g}) "
-            f"exceeds the tolerance {tolerance:g}")
+            f"{what}: largest difference {max_abs:.3g} (relative {max_rel:.3g}) exceeds the tolerance {tolerance:g}"
+        )
 
 
 class DeviceError(ForecasterError):
     """The requested execution device cannot be used."""
 
 
-class AlreadyRunning(ForecasterError):
+class AlreadyRunningError(ForecasterError):
     """Another daemon holds this database."""
 
 

@@ -1,18 +1,19 @@
-"""Figures written as PNG (matplotlib's Agg backend: no screen needed)."""
+"""Figures written as PNG. Matplotlib's object API with the Agg canvas: no
+screen, no pyplot, and no global backend switched for whoever imports us."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 
 def loss_curves(history: dict, path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig = Figure(figsize=(8, 4.5))
+    ax = fig.subplots()
     epochs = np.arange(1, len(history["train_loss"]) + 1)
     ax.plot(epochs, history["train_loss"], label="train")
     ax.plot(epochs, history["val_loss"], label="validation")
@@ -24,7 +25,8 @@ def loss_curves(history: dict, path: Path) -> Path:
 
 def forecast_vs_actual(ticker: str, dates, actual, predicted, naive, path: Path, title: str = "") -> Path:
     """Predicted next closes against the actual ones, with the naive forecast."""
-    fig, ax = plt.subplots(figsize=(10, 4.5))
+    fig = Figure(figsize=(10, 4.5))
+    ax = fig.subplots()
     x = pd.to_datetime(pd.Series(dates))
     ax.plot(x, actual, label="actual close", color="black", linewidth=1)
     ax.plot(x, naive, label="naive (previous close)", color="tab:grey", linewidth=0.8, linestyle="--")
@@ -35,9 +37,8 @@ def forecast_vs_actual(ticker: str, dates, actual, predicted, naive, path: Path,
     return _save(fig, path)
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig: Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    FigureCanvasAgg(fig).print_png(str(path))
     return path

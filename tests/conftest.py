@@ -1,5 +1,6 @@
 """Shared fixtures: real SQLite files in tmp paths, a tiny synthetic universe,
 and the real tickers from ../shared/data (a missing folder fails, never skips)."""
+
 from __future__ import annotations
 
 import glob
@@ -12,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from forecaster import store
-from forecaster.sample import write_sample_data
+from forecaster.data import store
+from forecaster.data.sample import write_sample_data
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -42,8 +43,10 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """A small exported ONNX model (relative scaling, randomised weights), made once."""
-    from forecaster.export import export
     from helpers import make_checkpoint
+
+    from forecaster.artifact.export import export
+
     folder = tmp_path_factory.mktemp("model")
     return export(make_checkpoint(folder / "tiny.pt"), folder / "tiny.onnx").path
 
@@ -67,6 +70,7 @@ def write_file(folder: Path, name: str, text: str | bytes) -> Path:
 
 # -- PostgreSQL: a real server from Debian's packages, started per session ----
 
+
 def _pg_tool(name: str) -> str:
     found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}")) or [shutil.which(name)]
     if not found[-1]:
@@ -83,16 +87,44 @@ def pg_socket():
         shutil.chown(root, "postgres")
         as_postgres = ["runuser", "-u", "postgres", "--"]
     data, log = root / "data", root / "server.log"
-    subprocess.run([*as_postgres, _pg_tool("initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
-                    "-E", "UTF8", "--no-sync"], check=True, capture_output=True)
-    subprocess.run([*as_postgres, _pg_tool("pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-o",
-                    f"-k {root} -c listen_addresses='' -c fsync=off -c max_connections=200", "start"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            *as_postgres,
+            _pg_tool("initdb"),
+            "-D",
+            str(data),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [
+            *as_postgres,
+            _pg_tool("pg_ctl"),
+            "-D",
+            str(data),
+            "-l",
+            str(log),
+            "-w",
+            "-o",
+            f"-k {root} -c listen_addresses='' -c fsync=off -c max_connections=200",
+            "start",
+        ],
+        check=True,
+        capture_output=True,
+    )
     try:
         yield root
     finally:
-        subprocess.run([*as_postgres, _pg_tool("pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-                       capture_output=True)
+        subprocess.run(
+            [*as_postgres, _pg_tool("pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], capture_output=True
+        )
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -100,6 +132,7 @@ def pg_socket():
 def pg_url(pg_socket) -> str:
     """A fresh, empty database on the session's server."""
     import psycopg
+
     name = f"t_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(host=str(pg_socket), user="postgres", dbname="postgres", autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {name}")

@@ -1,20 +1,22 @@
 """Small builders shared by tests (no fixtures: plain functions)."""
+
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from forecaster import checkpoint
-from forecaster.train import TrainConfig, train
-
-from forecaster.sample import generate_ohlc
-from forecaster.windows import Series
+from forecaster.data.prices import Series
+from forecaster.data.sample import generate_ohlc
+from forecaster.data.sources import Body, Fields, Header, ParsedRows, _numbers, _regular, read_many, validate
+from forecaster.training import checkpoint
+from forecaster.training.train import TrainConfig, train
 
 
 def synthetic_series(ticker: str = "syn", days: int = 300, seed: int = 0, ar: float = 0.0) -> Series:
     f = generate_ohlc(days, seed, ar=ar)
-    return Series(ticker, f["Date"].to_numpy(dtype=object),
-                  np.array(f[["Open", "High", "Low", "Close"]], dtype=np.float64))
+    return Series(
+        ticker, f["Date"].to_numpy(dtype=object), np.array(f[["Open", "High", "Low", "Close"]], dtype=np.float64)
+    )
 
 
 def make_checkpoint(path, scaling="relative"):
@@ -33,8 +35,8 @@ def cut_copy(shared_data, dest, last_date):
     cut = {}
     for src in shared_data.rglob("*.us.txt"):
         lines = src.read_text().splitlines(keepends=True)
-        keep = [lines[0]] + [l for l in lines[1:] if l[:10] <= last_date]
-        cut[src.name] = [l for l in lines[1:] if l[:10] > last_date]
+        keep = [lines[0]] + [line for line in lines[1:] if line[:10] <= last_date]
+        cut[src.name] = [line for line in lines[1:] if line[:10] > last_date]
         target = dest / src.parent.name / src.name
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text("".join(keep))
@@ -47,3 +49,24 @@ def append_next_day(dest, cut, tickers=None):
         if cut[path.name] and (tickers is None or path.name.split(".")[0] in tickers):
             with open(path, "a") as fh:
                 fh.write(cut[path.name].pop(0))
+
+
+# -- reading one body, as the tests ask it (the library reads many at once) --
+
+
+def read_fields(body: str, header: Header, *, first_line: int) -> Fields:
+    """One body split and typed, by whichever path read_many chooses for it."""
+    return read_many([Body(body, header, first_line)])[0]
+
+
+def parse_rows(body: str, header: Header, *, first_line: int, today=None) -> ParsedRows:
+    """One body split, typed and judged."""
+    return validate([read_fields(body, header, first_line=first_line)], today)[0]
+
+
+def fields_fast(body: str, header: Header, first_line: int = 2) -> Fields | None:
+    """One body by the fast path (NumPy and the C parser) at any size; None
+    where the library would read it line by line."""
+    regular = _regular(Body(body, header, first_line))
+    values = None if regular is None else _numbers([regular])
+    return None if values is None else regular.fields(values[0])

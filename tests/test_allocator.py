@@ -1,5 +1,6 @@
 """Training keeps torch's freed LSTM workspace mapped (glibc) instead of
 faulting in fresh pages on every pass, and hands the memory back afterwards."""
+
 import json
 import os
 import platform
@@ -8,14 +9,14 @@ import sys
 
 import pytest
 
-from forecaster import allocator
+from forecaster.training import allocator
 
 # Run in a fresh interpreter: the heap of a long test session is fragmented
 # by the tests before, which blurs the page counts.
 MEASURE = r"""
 import json, resource, torch
 from torch import nn
-from forecaster import allocator
+from forecaster.training import allocator
 
 def rss_bytes():
     with open("/proc/self/statm") as f:
@@ -41,8 +42,7 @@ print(json.dumps({"applied": applied, "inside": inside, "outside": outside,
 
 
 # Skips only on a developer's non-glibc machine; in CI (Linux, glibc) it must run, never skip.
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc" and not os.environ.get("CI"),
-                    reason="mallopt is glibc's")
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc" and not os.environ.get("CI"), reason="mallopt is glibc's")
 def test_a_full_batch_pass_reuses_mapped_pages_while_training_only():
     run = subprocess.run([sys.executable, "-c", MEASURE], capture_output=True, text=True, check=True)
     m = json.loads(run.stdout)

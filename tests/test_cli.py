@@ -1,9 +1,8 @@
 import pytest
 from click.testing import CliRunner
+from conftest import REAL_ROWS
 
 from forecaster.cli import main
-
-from conftest import REAL_ROWS
 
 
 def invoke(*args, env=None):
@@ -62,7 +61,9 @@ def test_sql_refuses_a_broken_query(engine, db_url):
 
 
 def test_python_dash_m_works():
-    import subprocess, sys
+    import subprocess
+    import sys
+
     out = subprocess.run([sys.executable, "-m", "forecaster", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "Usage: forecaster" in out.stdout
 
@@ -94,6 +95,7 @@ def test_one_environment_variable_has_one_meaning():
     # option in each (same help, type and default); one whose meaning is its
     # command's own gets FORECASTER_<COMMAND>_X.
     from collections import defaultdict
+
     uses = defaultdict(set)
     for name, command in main.commands.items():
         for param in command.params:
@@ -102,3 +104,42 @@ def test_one_environment_variable_has_one_meaning():
                 uses[param.envvar].add((param.help, repr(param.type), repr(param.default), param.multiple))
     assert {env: meanings for env, meanings in uses.items() if len(meanings) > 1} == {}
     assert "FORECASTER_SAMPLE_DATA_SEED" in uses and "FORECASTER_EXPORT_OUT" in uses
+
+
+def test_a_database_that_fails_a_read_is_one_line_and_debug_shows_the_traceback(sample_dir, db_url):
+    from forecaster.data import store
+
+    invoke("ingest", sample_dir, "--db", db_url)
+    with store.write_transaction(store.connect(db_url)) as conn:
+        conn.exec_driver_sql("DROP TABLE predictions")  # the views now fail when read
+    result = CliRunner().invoke(main, ["report", "--db", db_url])
+    assert result.exit_code == 1 and result.output == "Error: database error: no such table: main.predictions\n"
+    debug = CliRunner().invoke(main, ["--debug", "report", "--db", db_url])
+    assert debug.exit_code == 1 and type(debug.exception).__name__ == "DatabaseError"
+    assert isinstance(debug.exception.__cause__, __import__("sqlite3").OperationalError)
+
+
+def test_the_cli_takes_its_defaults_from_the_library():
+    import dataclasses
+
+    from forecaster.artifact.config import DEFAULT_OPSET, DEFAULT_TOLERANCE
+    from forecaster.data.config import DEFAULT_CALENDAR, DEFAULT_DB_URL
+    from forecaster.serving.config import DaemonConfig
+    from forecaster.training.config import TrainConfig
+
+    def defaults(command):
+        return {p.name: p.default for p in main.commands[command].params}
+
+    train = defaults("train")
+    for field in dataclasses.fields(TrainConfig):
+        if field.name in train:
+            assert train[field.name] == field.default, field.name
+    daemon = defaults("daemon")
+    for field in dataclasses.fields(DaemonConfig):
+        if field.name in daemon and field.default is not dataclasses.MISSING and field.name not in ("data", "shard"):
+            expected = field.default
+            if field.name in ("wait_max", "recheck"):
+                expected = expected.total_seconds() // 60  # minutes on the command line
+            assert daemon[field.name] == expected, field.name
+    assert defaults("export")["opset"] == DEFAULT_OPSET and defaults("verify")["tolerance"] == DEFAULT_TOLERANCE
+    assert defaults("predict")["db"] == DEFAULT_DB_URL and defaults("predict")["calendar"] == DEFAULT_CALENDAR

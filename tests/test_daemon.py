@@ -1,30 +1,30 @@
 """The daemon in real subprocesses (short timeouts, no sleeping on the schedule),
 and its cron schedule against a fixed clock."""
+
 import datetime as dt
-from collections import Counter
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from zoneinfo import ZoneInfo
 
 import pytest
-import sqlalchemy as sa
 
-from forecaster import store
-from forecaster.daemon import make_trigger
-from forecaster.ingest import ingest
-from forecaster.nightly import predict
+from forecaster.data.ingest import ingest
+from forecaster.serving.daemon import make_trigger
+from forecaster.serving.nightly import predict
 
 NY = ZoneInfo("America/New_York")
 
 
 def start_daemon(db_url, model, log_path, *extra):
-    log = open(log_path, "w")
-    return subprocess.Popen([sys.executable, "-m", "forecaster", "daemon", "--model", str(model),
-                             "--db", db_url, "--device", "cpu", *extra],
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    with open(log_path, "w") as log:  # the child keeps its own copy of the handle
+        command = [sys.executable, "-m", "forecaster", "daemon", "--model", str(model), "--db", db_url]
+        return subprocess.Popen(
+            [*command, "--device", "cpu", *extra], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
 
 def wait_for(log_path, text, proc, timeout=60):
@@ -42,8 +42,7 @@ def wait_for(log_path, text, proc, timeout=60):
 
 def runs(engine):
     with engine.connect() as conn:
-        return [tuple(r) for r in conn.exec_driver_sql(
-            "SELECT as_of, status, n_predictions FROM runs ORDER BY run_id")]
+        return [tuple(r) for r in conn.exec_driver_sql("SELECT as_of, status, n_predictions FROM runs ORDER BY run_id")]
 
 
 @pytest.fixture
@@ -58,12 +57,20 @@ def test_catch_up_then_refuse_a_second_daemon_then_stop_on_sigterm(stocked, any_
     try:
         log = wait_for(tmp_path / "first.log", "next run at", first)
         # The three missed nights were scored once each, in order.
-        assert runs(stocked) == [("2017-11-07", "succeeded", 9), ("2017-11-08", "succeeded", 9),
-                                 ("2017-11-09", "succeeded", 9), ("2017-11-10", "succeeded", 9)]
+        assert runs(stocked) == [
+            ("2017-11-07", "succeeded", 9),
+            ("2017-11-08", "succeeded", 9),
+            ("2017-11-09", "succeeded", 9),
+            ("2017-11-10", "succeeded", 9),
+        ]
         assert "as_of 2017-11-10: 9 predictions for 2017-11-13" in log
 
-        second = subprocess.run([sys.executable, "-m", "forecaster", "daemon", "--model", str(tiny_model),
-                                 "--db", any_db_url], capture_output=True, text=True, timeout=60)
+        second = subprocess.run(
+            [sys.executable, "-m", "forecaster", "daemon", "--model", str(tiny_model), "--db", any_db_url],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert second.returncode == 1
         assert f"another daemon already runs on this database (pid {first.pid} on" in second.stderr
 
@@ -117,17 +124,27 @@ def test_the_dst_week_keeps_22_00_local():
     assert utc == [3, 2, 2]
 
 
-@pytest.mark.parametrize("field, names", [
-    ("1-5", "mon,tue,wed,thu,fri"), ("0,6", "sun,sat"), ("7", "sun"), ("5-7", "sun,fri,sat"),
-    ("*/2", "sun,tue,thu,sat"), ("mon-fri", "mon,tue,wed,thu,fri"), ("*", "*"),
-])
+@pytest.mark.parametrize(
+    "field, names",
+    [
+        ("1-5", "mon,tue,wed,thu,fri"),
+        ("0,6", "sun,sat"),
+        ("7", "sun"),
+        ("5-7", "sun,fri,sat"),
+        ("*/2", "sun,tue,thu,sat"),
+        ("mon-fri", "mon,tue,wed,thu,fri"),
+        ("*", "*"),
+    ],
+)
 def test_crontab_weekday_numbers_mean_what_cron_means(field, names):
-    from forecaster.daemon import crontab_weekdays
+    from forecaster.serving.daemon import crontab_weekdays
+
     assert crontab_weekdays(field) == names
 
 
 def test_a_bad_schedule_is_a_clear_error():
     from forecaster.errors import ForecasterError
+
     with pytest.raises(ForecasterError, match="bad schedule"):
         make_trigger("not a cron", "America/New_York")
 

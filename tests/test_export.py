@@ -6,19 +6,18 @@ import onnxruntime as ort
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import make_checkpoint
 from onnx import numpy_helper
 
-from forecaster import checkpoint
-from forecaster import export as export_mod
+from forecaster.artifact import export as export_mod
+from forecaster.artifact.export import export
+from forecaster.artifact.model_file import load_model
+from forecaster.artifact.reference import LSTMLayer, lstm_layer
+from forecaster.artifact.verify import random_windows, verify
 from forecaster.cli import main
 from forecaster.errors import ParityError
-from forecaster.export import export
-from forecaster.model import ModelConfig, build_forecaster
-from forecaster.reference import LSTMLayer, lstm_layer
-from forecaster.scoring import load_model
-from forecaster.verify import random_windows, verify
-
-from helpers import make_checkpoint
+from forecaster.training import checkpoint
+from forecaster.training.model import ModelConfig, build_forecaster
 
 
 @pytest.fixture(scope="module", params=["relative", "minmax"])
@@ -85,7 +84,10 @@ def test_scaling_inside_the_graph_matches_the_checkpoint(exported, tmp_path):
     shutil.copy(onnx_path, tmp_path / "m.onnx")
     model, data = torch_model(ckpt)
     inits = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(tmp_path / "m.onnx")).graph.initializer}
-    by_suffix = lambda s: next(v for k, v in inits.items() if k.endswith(s))
+
+    def by_suffix(suffix):
+        return next(v for k, v in inits.items() if k.endswith(suffix))
+
     if data["scaling"]["method"] == "relative":
         np.testing.assert_allclose(by_suffix("gain"), data["scaling"]["gain"], rtol=1e-6)
     else:  # the exporter folds the tables into anonymous constants: find them by value
@@ -145,8 +147,11 @@ def test_numpy_reference_matches_torch_lstm_on_the_same_weights():
 
     h = x.numpy()
     for k in range(2):
-        layer = LSTMLayer(onnx_order(getattr(lstm, f"weight_ih_l{k}")), onnx_order(getattr(lstm, f"weight_hh_l{k}")),
-                          onnx_order(getattr(lstm, f"bias_ih_l{k}")) + onnx_order(getattr(lstm, f"bias_hh_l{k}")))
+        layer = LSTMLayer(
+            onnx_order(getattr(lstm, f"weight_ih_l{k}")),
+            onnx_order(getattr(lstm, f"weight_hh_l{k}")),
+            onnx_order(getattr(lstm, f"bias_ih_l{k}")) + onnx_order(getattr(lstm, f"bias_hh_l{k}")),
+        )
         h = lstm_layer(h, layer)
     np.testing.assert_allclose(h, expected, rtol=1e-10, atol=1e-12)
 
@@ -171,10 +176,10 @@ def test_export_cli(tmp_path):
 
 def raw_export(ckpt):
     """The exporter's graph before our rewrite, and the model's ONNX Runtime feeds."""
-    from forecaster.export import _WithExtent, _to_onnx
-    from forecaster.model import MinMaxForecaster
+    from forecaster.artifact.export import _to_onnx, _WithExtent
+
     model, data = torch_model(ckpt)
-    uses_index = isinstance(model, MinMaxForecaster)
+    uses_index = model.scaling.uses_ticker_index
     windows = torch.tensor(random_windows(2, 20, seed=0))
     example = (windows, torch.tensor([0, 1])) if uses_index else (windows,)
     return _to_onnx(_WithExtent(model).eval(), example, uses_index, 20), uses_index
@@ -189,23 +194,28 @@ def run_graph(proto, uses_index, batch):
 
 
 def test_the_lstm_rewrite_gives_the_same_bits_with_less_data_movement(exported):
-    from forecaster.lstm_graph import streamline_lstm_outputs
+    from forecaster.artifact.lstm_graph import streamline_lstm_outputs
+
     raw, uses_index = raw_export(exported[0])
     fast = onnx.ModelProto.FromString(raw.SerializeToString())
     assert streamline_lstm_outputs(fast) == 2  # between the layers, and after the top one
     onnx.checker.check_model(fast, full_check=True)
-    count = lambda proto, op: sum(n.op_type == op for n in proto.graph.node)
+
+    def count(proto, op):
+        return sum(n.op_type == op for n in proto.graph.node)
+
     assert count(fast, "Transpose") == count(raw, "Transpose") - 3
     top = [n for n in fast.graph.node if n.op_type == "LSTM"][-1]
     assert top.output[0] == "" and top.output[1]  # reads Y_h; the sequence Y is never written
     for batch in (1, 300):
-        for before, after in zip(run_graph(raw, uses_index, batch), run_graph(fast, uses_index, batch)):
+        for before, after in zip(run_graph(raw, uses_index, batch), run_graph(fast, uses_index, batch), strict=True):
             np.testing.assert_array_equal(before, after)
     assert count(onnx.load(str(exported[1])), "Transpose") == count(fast, "Transpose")  # export applies it
 
 
 def test_the_lstm_rewrite_leaves_a_graph_it_does_not_recognise_alone(exported):
-    from forecaster.lstm_graph import streamline_lstm_outputs
+    from forecaster.artifact.lstm_graph import streamline_lstm_outputs
+
     raw, uses_index = raw_export(exported[0])
     # Someone else also reads the lower layer's sequence: that step must stay as it is.
     lower = next(n for n in raw.graph.node if n.op_type == "LSTM")
@@ -214,7 +224,7 @@ def test_the_lstm_rewrite_leaves_a_graph_it_does_not_recognise_alone(exported):
     before = run_graph(raw, uses_index, 5)
     assert streamline_lstm_outputs(raw) == 1  # only the top layer's read of its last step
     onnx.checker.check_model(raw, full_check=True)
-    for a, b in zip(before, run_graph(raw, uses_index, 5)):
+    for a, b in zip(before, run_graph(raw, uses_index, 5), strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -233,7 +243,11 @@ def test_verify_reads_the_head_by_structure_as_gemm_or_matmul_plus_add(onnx_path
     weight = numpy_helper.to_array(inits[gemm.input[1]])
     weight = weight.T if attrs.get("transB", 0) else weight
     model.graph.initializer.append(numpy_helper.from_array(weight.astype(np.float32), "head_w_t"))
-    bias = numpy_helper.to_array(inits[gemm.input[2]]) if len(gemm.input) > 2 and gemm.input[2] else np.zeros(1, np.float32)
+    bias = (
+        numpy_helper.to_array(inits[gemm.input[2]])
+        if len(gemm.input) > 2 and gemm.input[2]
+        else np.zeros(1, np.float32)
+    )
     model.graph.initializer.append(numpy_helper.from_array((bias + 0.5).astype(np.float32), "head_b"))
     position = list(model.graph.node).index(gemm)
     out = gemm.output[0]

@@ -1,16 +1,16 @@
 """The daemon waits for the night's files before a scheduled run, on a fixed clock."""
+
 import datetime as dt
 import logging
 import threading
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
-
-from forecaster.daemon import DaemonConfig, NightlyJob
-from forecaster.freshness import freshness, wait_for_data
-from forecaster.ingest import ingest
-
 from helpers import append_next_day, cut_copy
+
+from forecaster.data.ingest import ingest
+from forecaster.serving.daemon import DaemonConfig, NightlyJob
+from forecaster.serving.freshness import freshness, wait_for_data
 
 NY = ZoneInfo("America/New_York")
 FIRE = dt.datetime(2017, 11, 8, 22, 0, tzinfo=NY)  # a Wednesday evening
@@ -53,20 +53,36 @@ def test_freshness_counts_the_previous_sessions_tickers(engine, shared_data, tmp
 def test_it_waits_rechecking_until_enough_closes_have_arrived(engine, shared_data, tmp_path):
     data, cut, traded = night(shared_data, tmp_path, engine)
     clock = Clock(FIRE, on_sleep=lambda n: n == 2 and append_next_day(data, cut, traded[5:]))
-    state = wait_for_data(engine, "2017-11-08", data=[data], min_share=0.9, deadline=FIRE + dt.timedelta(hours=2),
-                          recheck=dt.timedelta(minutes=5), now=clock.now, sleep=clock.sleep)
+    state = wait_for_data(
+        engine,
+        "2017-11-08",
+        data=[data],
+        min_share=0.9,
+        deadline=FIRE + dt.timedelta(hours=2),
+        recheck=dt.timedelta(minutes=5),
+        now=clock.now,
+        sleep=clock.sleep,
+    )
     assert (state.share, state.checks, state.missing) == (1.0, 3, [])
     assert clock.slept == [300, 300]  # the files came during the second wait; the third check saw them
     with engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT n_rows FROM price_dates WHERE date = '2017-11-08'").scalar() == 9
 
 
-def test_at_the_deadline_the_job_scores_what_it_has_and_names_what_is_missing(engine, db_url, shared_data, tmp_path,
-                                                                             tiny_model, caplog):
+def test_at_the_deadline_the_job_scores_what_it_has_and_names_what_is_missing(
+    engine, db_url, shared_data, tmp_path, tiny_model, caplog
+):
     data, cut, traded = night(shared_data, tmp_path, engine)
     clock = Clock(FIRE)
-    config = DaemonConfig(db_url=db_url, model=tiny_model, data=[data], device="cpu", min_fresh=0.9,
-                          wait_max=dt.timedelta(minutes=22), recheck=dt.timedelta(minutes=5))
+    config = DaemonConfig(
+        db_url=db_url,
+        model=tiny_model,
+        data=[data],
+        device="cpu",
+        min_fresh=0.9,
+        wait_max=dt.timedelta(minutes=22),
+        recheck=dt.timedelta(minutes=5),
+    )
     job = NightlyJob(engine, config, threading.Event(), now=clock.now, sleep=clock.sleep)
     with caplog.at_level(logging.INFO, logger="forecaster.daemon"):
         job(scheduled=True)
@@ -100,3 +116,20 @@ def test_a_stop_ends_the_wait_at_once(engine, db_url, shared_data, tmp_path, tin
     assert clock.slept == [300]
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT COUNT(*) FROM runs")).scalar() == 0  # stopped: nothing started
+
+
+def test_the_job_logs_a_failed_night_and_a_bug_and_keeps_going(
+    engine, db_url, tiny_model, tmp_path, caplog, monkeypatch
+):
+    from forecaster.serving import daemon
+
+    config = DaemonConfig(db_url=db_url, model=tmp_path / "missing.onnx", device="cpu", min_fresh=0)
+    job = NightlyJob(engine, config, threading.Event())
+    with caplog.at_level(logging.INFO, logger="forecaster.daemon"):
+        job(scheduled=False)  # a library error: one line, no traceback
+        monkeypatch.setattr(daemon, "catch_up", lambda *a, **k: 1 / 0)
+        job(scheduled=False)  # a bug: its traceback in the log
+    failed, bug = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert "nightly run failed: " in failed.getMessage() and "missing.onnx" in failed.getMessage()
+    assert failed.exc_info is None
+    assert bug.getMessage() == "nightly run failed with an unexpected error" and bug.exc_info[0] is ZeroDivisionError

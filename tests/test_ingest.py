@@ -2,13 +2,12 @@ import os
 
 import pytest
 import sqlalchemy as sa
-
-from forecaster import reading as reading_mod
-from forecaster import store
-from forecaster.errors import SourceError
-from forecaster.ingest import ingest
-
 from conftest import REAL_ROWS, write_file
+
+from forecaster.data import reading as reading_mod
+from forecaster.data import schema, store
+from forecaster.data.ingest import ingest
+from forecaster.errors import SourceError
 
 HEADER = "Date,Open,High,Low,Close,Volume,OpenInt\n"
 
@@ -20,8 +19,12 @@ def count(engine, table="prices", where=""):
 
 def rejects(engine):
     with engine.connect() as conn:
-        return [tuple(r) for r in conn.exec_driver_sql(
-            "SELECT source, line, ticker, reason FROM rejected_rows ORDER BY rejection_id")]
+        return [
+            tuple(r)
+            for r in conn.exec_driver_sql(
+                "SELECT source, line, ticker, reason FROM rejected_rows ORDER BY rejection_id"
+            )
+        ]
 
 
 def test_all_ten_real_tickers_twice(any_engine, shared_data):
@@ -32,7 +35,7 @@ def test_all_ten_real_tickers_twice(any_engine, shared_data):
     assert (second.files_skipped, second.rows_added) == (10, 0)
     assert count(any_engine) == REAL_ROWS
     with any_engine.connect() as conn:
-        aaxj = conn.execute(sa.select(store.tickers).where(store.tickers.c.ticker == "aaxj")).one()
+        aaxj = conn.execute(sa.select(schema.tickers).where(schema.tickers.c.ticker == "aaxj")).one()
     assert (aaxj.first_date, aaxj.last_date, aaxj.n_rows) == ("2008-08-15", "2017-11-10", 2325)
 
 
@@ -132,38 +135,53 @@ def test_one_ticker_in_two_files_of_one_ingest(any_engine, tmp_path):
     assert reason.startswith("differs from the stored row for 2017-01-04")
 
 
-INGEST_AT = ("import sys, time\nfrom forecaster import store\nfrom forecaster.ingest import ingest\n"
-             "url, start, folder = sys.argv[1], float(sys.argv[2]), sys.argv[3]\n"
-             "engine = store.connect(url)\nwhile time.time() < start: pass\ningest(engine, [folder])\n")
+INGEST_AT = (
+    "import sys, time\nfrom forecaster.data import store\nfrom forecaster.data.ingest import ingest\n"
+    "url, start, folder = sys.argv[1], float(sys.argv[2]), sys.argv[3]\n"
+    "engine = store.connect(url)\nwhile time.time() < start: pass\ningest(engine, [folder])\n"
+)
 
 
 def ingest_together(url: str, *folders) -> list[str]:
     """Real processes ingesting into one database, released at the same instant; their stderr on failure."""
-    import subprocess, sys, time
+    import subprocess
+    import sys
+    import time
+
     start = time.time() + 2.0
-    procs = [subprocess.Popen([sys.executable, "-c", INGEST_AT, url, str(start), str(f)], stderr=subprocess.PIPE,
-                              text=True) for f in folders]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", INGEST_AT, url, str(start), str(f)], stderr=subprocess.PIPE, text=True)
+        for f in folders
+    ]
     return [p.stderr.read() for p in procs if p.wait() != 0]
 
 
 def summaries_against_prices(engine) -> list[tuple]:
     """Rows where `tickers` or `price_dates` disagree with `prices` itself (none is right)."""
     with engine.connect() as conn:
-        return [tuple(r) for r in conn.exec_driver_sql(
-            "SELECT t.ticker, t.first_date, t.last_date, t.n_rows, p.first, p.last, p.n FROM tickers t "
-            "JOIN (SELECT ticker, MIN(date) AS first, MAX(date) AS last, COUNT(*) AS n FROM prices "
-            "      GROUP BY ticker) p ON p.ticker = t.ticker "
-            "WHERE t.first_date != p.first OR t.last_date != p.last OR t.n_rows != p.n")] + [
-            tuple(r) for r in conn.exec_driver_sql(
-            "SELECT d.date, d.n_rows, p.n FROM price_dates d JOIN (SELECT date, COUNT(*) AS n FROM prices "
-            "GROUP BY date) p ON p.date = d.date WHERE d.n_rows != p.n")]
+        return [
+            tuple(r)
+            for r in conn.exec_driver_sql(
+                "SELECT t.ticker, t.first_date, t.last_date, t.n_rows, p.first, p.last, p.n FROM tickers t "
+                "JOIN (SELECT ticker, MIN(date) AS first, MAX(date) AS last, COUNT(*) AS n FROM prices "
+                "      GROUP BY ticker) p ON p.ticker = t.ticker "
+                "WHERE t.first_date != p.first OR t.last_date != p.last OR t.n_rows != p.n"
+            )
+        ] + [
+            tuple(r)
+            for r in conn.exec_driver_sql(
+                "SELECT d.date, d.n_rows, p.n FROM price_dates d JOIN (SELECT date, COUNT(*) AS n FROM prices "
+                "GROUP BY date) p ON p.date = d.date WHERE d.n_rows != p.n"
+            )
+        ]
 
 
 def test_two_ingests_at_once_keep_the_summaries_right(any_db_url, tmp_path):
     # One ticker in two files (every other day in each), 60 tickers, each file
     # ingested by its own process at the same instant. Before the fix every
     # ticker's summary came from a snapshot read before the other's commit.
-    from forecaster.sample import generate_ohlc
+    from forecaster.data.sample import generate_ohlc
+
     for i in range(60):
         frame = generate_ohlc(1300, seed=i)
         write_file(tmp_path / "a", f"x{i}.us.txt", frame.iloc[0::2].to_csv(index=False))
@@ -175,7 +193,8 @@ def test_two_ingests_at_once_keep_the_summaries_right(any_db_url, tmp_path):
 
 
 def test_the_same_new_rows_ingested_twice_at_once_are_stored_once(any_db_url, tmp_path):
-    from forecaster.sample import write_sample_data
+    from forecaster.data.sample import write_sample_data
+
     write_sample_data(tmp_path / "d", tickers=40, days=1300, seed=3)
     engine = store.connect(any_db_url)
     assert ingest_together(any_db_url, tmp_path / "d", tmp_path / "d") == []  # no UNIQUE failure

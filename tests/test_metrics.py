@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from forecaster.metrics import accuracy
+from forecaster.training.metrics import accuracy
 
 
 def test_naive_and_model_metrics_on_a_hand_computed_series():

@@ -1,19 +1,17 @@
 """Nightly runs on the real tickers: two nights, reruns, backfill, devices."""
-import shutil
 
 import numpy as np
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
-
-from forecaster import store
-from forecaster.calendar import next_trading_day
-from forecaster.cli import main
-from forecaster.errors import DataError, DeviceError
-from forecaster.nightly import owed_dates, predict
-from forecaster.scoring import load_model
-
 from helpers import append_next_day, cut_copy
+
+from forecaster.artifact.model_file import load_model
+from forecaster.cli import main
+from forecaster.data import store
+from forecaster.data.calendar import next_trading_day
+from forecaster.errors import DataError, DeviceError
+from forecaster.serving.nightly import owed_dates, predict
 
 
 def rows(engine, sql, **params):
@@ -42,26 +40,41 @@ def test_two_nights_on_real_data(any_engine, shared_data, tiny_model, tmp_path):
 
     # One prediction per fresh ticker per night, none for actx, all in succeeded runs.
     assert rows(any_engine, "SELECT as_of, COUNT(*) FROM predictions GROUP BY as_of ORDER BY as_of") == [
-        ("2017-11-08", 9), ("2017-11-09", 9)]
+        ("2017-11-08", 9),
+        ("2017-11-09", 9),
+    ]
     assert rows(any_engine, "SELECT COUNT(*) FROM predictions WHERE ticker = 'actx'") == [(0,)]
     assert rows(any_engine, "SELECT status, n_predictions, device FROM runs ORDER BY run_id") == [
-        ("succeeded", 9, "cpu"), ("succeeded", 9, "cpu"), ("succeeded", 0, "cpu")]
+        ("succeeded", 9, "cpu"),
+        ("succeeded", 9, "cpu"),
+        ("succeeded", 0, "cpu"),
+    ]
 
     # Outcomes join the next stored close: aaxj closed 76.24 on 2017-11-09 (from the file).
     [(actual_date, actual, last, error, naive_error, predicted)] = rows(
-        any_engine, "SELECT actual_date, actual_close, last_close, error, naive_error, predicted_close "
-                "FROM prediction_outcomes WHERE ticker = 'aaxj' AND as_of = '2017-11-08'")
-    expected_close = float(next(l for l in (shared_data / "ETFs/aaxj.us.txt").read_text().splitlines()
-                                if l.startswith("2017-11-09")).split(",")[4])
+        any_engine,
+        "SELECT actual_date, actual_close, last_close, error, naive_error, predicted_close "
+        "FROM prediction_outcomes WHERE ticker = 'aaxj' AND as_of = '2017-11-08'",
+    )
+    expected_close = float(
+        next(
+            line
+            for line in (shared_data / "ETFs/aaxj.us.txt").read_text().splitlines()
+            if line.startswith("2017-11-09")
+        ).split(",")[4]
+    )
     assert (actual_date, actual) == ("2017-11-09", expected_close)
     assert error == pytest.approx(predicted - actual) and naive_error == pytest.approx(last - actual)
     # The latest night's prediction is pending (its next close is not stored yet).
-    assert rows(any_engine, "SELECT actual_close FROM prediction_outcomes WHERE ticker='aaxj' AND as_of='2017-11-09'") == [(None,)]
+    assert rows(
+        any_engine, "SELECT actual_close FROM prediction_outcomes WHERE ticker='aaxj' AND as_of='2017-11-09'"
+    ) == [(None,)]
     assert rows(any_engine, "SELECT as_of FROM latest_predictions WHERE ticker = 'aaxj'") == [("2017-11-09",)]
 
 
 def test_backfill_is_point_in_time(any_engine, shared_data, tiny_model):
-    from forecaster.ingest import ingest
+    from forecaster.data.ingest import ingest
+
     ingest(any_engine, [shared_data])
     outcome = predict(any_engine, tiny_model, start="2017-10-02", end="2017-10-06", device="cpu")
     assert [r.as_of for r in outcome.runs] == ["2017-10-02", "2017-10-03", "2017-10-04", "2017-10-05", "2017-10-06"]
@@ -69,38 +82,54 @@ def test_backfill_is_point_in_time(any_engine, shared_data, tiny_model):
     assert [r.n_predictions for r in outcome.runs] == [9, 9, 10, 9, 9]
     assert [r.stale for r in outcome.runs] == [["actx"], ["actx"], [], ["actx"], ["actx"]]
     # Each prediction's last close is the close on its own as_of, not the newest one.
-    mismatched = rows(any_engine, "SELECT COUNT(*) FROM predictions p JOIN prices x "
-                              "ON x.ticker = p.ticker AND x.date = p.as_of WHERE x.close != p.last_close")
+    mismatched = rows(
+        any_engine,
+        "SELECT COUNT(*) FROM predictions p JOIN prices x "
+        "ON x.ticker = p.ticker AND x.date = p.as_of WHERE x.close != p.last_close",
+    )
     assert mismatched == [(0,)] and rows(any_engine, "SELECT COUNT(*) FROM predictions") == [(46,)]
     assert outcome.runs[-1].target_date == "2017-10-09"  # Friday -> Monday
 
 
 def test_point_in_time_ignores_later_rows(any_engine, shared_data, tiny_model):
-    from forecaster.ingest import ingest
+    from forecaster.data.ingest import ingest
+
     ingest(any_engine, [shared_data])
     model = load_model(tiny_model, "cpu")
     run = predict(any_engine, tiny_model, as_of="2017-06-01", device="cpu").runs[0]
-    [(last_close, predicted)] = rows(any_engine, "SELECT last_close, predicted_close FROM predictions WHERE ticker='aaxj'")
+    [(last_close, predicted)] = rows(
+        any_engine, "SELECT last_close, predicted_close FROM predictions WHERE ticker='aaxj'"
+    )
     [(close,)] = rows(any_engine, "SELECT close FROM prices WHERE ticker='aaxj' AND date='2017-06-01'")
-    window = np.array(rows(any_engine, "SELECT open, high, low, close FROM prices WHERE ticker='aaxj' AND date <= '2017-06-01' "
-                                   "ORDER BY date DESC LIMIT 20")[::-1], dtype=np.float32)
+    window = np.array(
+        rows(
+            any_engine,
+            "SELECT open, high, low, close FROM prices WHERE ticker='aaxj' AND date <= '2017-06-01' "
+            "ORDER BY date DESC LIMIT 20",
+        )[::-1],
+        dtype=np.float32,
+    )
     assert last_close == close and run.target_date == "2017-06-02"
     assert predicted == pytest.approx(model.score(window[None])[0][0], rel=1e-6)
 
 
-@pytest.mark.parametrize("as_of, target", [
-    ("2017-11-10", "2017-11-13"),  # Friday -> Monday
-    ("2016-11-23", "2016-11-25"),  # Thanksgiving
-    ("2016-12-23", "2016-12-27"),  # Christmas observed on Monday
-    ("2015-07-02", "2015-07-06"),  # Independence Day observed on Friday
-    ("1990-12-31", "1991-01-02"),  # older than the library's default window
-])
+@pytest.mark.parametrize(
+    "as_of, target",
+    [
+        ("2017-11-10", "2017-11-13"),  # Friday -> Monday
+        ("2016-11-23", "2016-11-25"),  # Thanksgiving
+        ("2016-12-23", "2016-12-27"),  # Christmas observed on Monday
+        ("2015-07-02", "2015-07-06"),  # Independence Day observed on Friday
+        ("1990-12-31", "1991-01-02"),  # older than the library's default window
+    ],
+)
 def test_target_date_skips_weekends_and_holidays(as_of, target):
     assert next_trading_day(as_of) == target
 
 
 def test_devices(any_engine, sample_dir, tiny_model):
-    from forecaster.ingest import ingest
+    from forecaster.data.ingest import ingest
+
     ingest(any_engine, [sample_dir])
     with pytest.raises(DeviceError, match="CUDA was requested but ONNX Runtime cannot use it here"):
         predict(any_engine, tiny_model, device="cuda")
@@ -116,7 +145,8 @@ def test_an_empty_database_is_a_clear_error(engine, tiny_model):
 
 
 def test_owed_dates_follow_the_runs_ledger(any_engine, shared_data, tiny_model):
-    from forecaster.ingest import ingest
+    from forecaster.data.ingest import ingest
+
     ingest(any_engine, [shared_data])
     model = load_model(tiny_model)
     assert owed_dates(any_engine, model) == ["2017-11-10"]  # no run yet: the newest only
@@ -126,11 +156,28 @@ def test_owed_dates_follow_the_runs_ledger(any_engine, shared_data, tiny_model):
 
 def test_predict_cli_and_report(tmp_path, shared_data, tiny_model, any_db_url):
     runner = CliRunner()
-    result = runner.invoke(main, ["predict", "--model", str(tiny_model), "--data", str(shared_data),
-                                  "--from", "2017-10-20", "--to", "2017-11-10", "--db", any_db_url, "-q"])
+    result = runner.invoke(
+        main,
+        [
+            "predict",
+            "--model",
+            str(tiny_model),
+            "--data",
+            str(shared_data),
+            "--from",
+            "2017-10-20",
+            "--to",
+            "2017-11-10",
+            "--db",
+            any_db_url,
+            "-q",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert result.output.count("run ") == 16 and "1 stale (no close on 2017-11-10): actx" in result.output
-    report = runner.invoke(main, ["report", "--db", any_db_url, "--since", "2017-11-01", "--plot", str(tmp_path / "r.png")])
+    report = runner.invoke(
+        main, ["report", "--db", any_db_url, "--since", "2017-11-01", "--plot", str(tmp_path / "r.png")]
+    )
     assert report.exit_code == 0, report.output
     assert "ALL" in report.output and "9 predictions still wait for their next close" in report.output
     assert (tmp_path / "r.png").stat().st_size > 0
@@ -138,17 +185,21 @@ def test_predict_cli_and_report(tmp_path, shared_data, tiny_model, any_db_url):
     assert any(line.startswith("ALL") and line.split()[1] == "63" for line in report.output.splitlines())
     upper = runner.invoke(main, ["report", "--db", any_db_url, "--since", "2017-11-01", "--ticker", "AAXJ"])
     assert [line.split()[:2] for line in upper.output.splitlines()[2:4]] == [["aaxj", "7"], ["ALL", "7"]]
-    both = runner.invoke(main, ["predict", "--model", str(tiny_model), "--as-of", "2017-11-10",
-                                "--from", "2017-11-01", "--db", any_db_url])
+    both = runner.invoke(
+        main,
+        ["predict", "--model", str(tiny_model), "--as-of", "2017-11-10", "--from", "2017-11-01", "--db", any_db_url],
+    )
     assert both.exit_code == 2 and "give --as-of or --from/--to, not both" in both.output
 
 
 def test_shards_together_make_exactly_one_unsharded_run(any_db_url, shared_data, tiny_model, tmp_path):
-    from forecaster.shards import Shard
+    from forecaster.serving.shards import Shard
+
     whole = store.connect(f"sqlite:///{tmp_path / 'whole.db'}")
     predict(whole, tiny_model, data=[shared_data], start="2017-11-01", device="cpu")
     sharded = store.connect(any_db_url)
-    from forecaster.ingest import ingest
+    from forecaster.data.ingest import ingest
+
     ingest(sharded, [shared_data])
     for k in (1, 2, 3):
         predict(sharded, tiny_model, start="2017-11-01", device="cpu", shard=Shard(k, 3))
@@ -161,7 +212,8 @@ def test_shards_together_make_exactly_one_unsharded_run(any_db_url, shared_data,
 
 
 def test_shard_membership_is_stable_and_complete():
-    from forecaster.shards import Shard
+    from forecaster.serving.shards import Shard
+
     tickers = [f"t{i}" for i in range(1000)]
     shards = [Shard(k, 4) for k in range(1, 5)]
     assert sorted(t for s in shards for t in tickers if t in s) == sorted(tickers)
@@ -171,10 +223,12 @@ def test_shard_membership_is_stable_and_complete():
 
 
 def test_a_minmax_model_skips_tickers_it_never_saw_with_a_reason(engine, tmp_path):
-    from forecaster.export import export
-    from forecaster.ingest import ingest
-    from forecaster.sample import write_sample_data
     from helpers import make_checkpoint
+
+    from forecaster.artifact.export import export
+    from forecaster.data.ingest import ingest
+    from forecaster.data.sample import write_sample_data
+
     model = export(make_checkpoint(tmp_path / "mm.pt", "minmax"), tmp_path / "mm.onnx").path  # trained on aa, bb
     folder = tmp_path / "d"
     for name, seed in (("aa", 1), ("zz", 2)):
@@ -192,7 +246,8 @@ def test_a_minmax_model_skips_tickers_it_never_saw_with_a_reason(engine, tmp_pat
 def test_late_files_are_scored_on_catch_up_within_the_lookback(any_engine, shared_data, tiny_model, tmp_path):
     # The issue's reproduction: five tickers' 2017-11-08 closes arrive, that
     # night is scored, then four more arrive and the daemon restarts.
-    from forecaster.nightly import catch_up
+    from forecaster.serving.nightly import catch_up
+
     data = tmp_path / "data"
     cut = cut_copy(shared_data, data, "2017-11-07")
     traded = sorted(name.split(".")[0] for name, rows in cut.items() if rows)  # actx: nothing after 11-07
@@ -201,7 +256,8 @@ def test_late_files_are_scored_on_catch_up_within_the_lookback(any_engine, share
     first = catch_up(any_engine, tiny_model, data=[data], device="cpu")
     assert [(r.as_of, r.n_predictions, r.late) for r in first.runs] == [("2017-11-08", 5, [])]
     append_next_day(data, cut, late)
-    from forecaster.ingest import ingest
+    from forecaster.data.ingest import ingest
+
     ingest(any_engine, [data])
     model = load_model(tiny_model)
     assert owed_dates(any_engine, model) == ["2017-11-08"]
@@ -226,9 +282,10 @@ def test_late_files_are_scored_on_catch_up_within_the_lookback(any_engine, share
 
 
 def test_a_late_ticker_of_another_shard_or_with_too_little_history_is_not_owed(engine, tmp_path, tiny_model):
-    from forecaster.ingest import ingest
-    from forecaster.sample import write_sample_data
-    from forecaster.shards import Shard
+    from forecaster.data.ingest import ingest
+    from forecaster.data.sample import write_sample_data
+    from forecaster.serving.shards import Shard
+
     write_sample_data(tmp_path / "d", tickers=6, days=60, seed=4)
     ingest(engine, [tmp_path / "d"])
     model = load_model(tiny_model)
@@ -246,10 +303,11 @@ def test_a_late_ticker_of_another_shard_or_with_too_little_history_is_not_owed(e
 
 
 def test_the_calendar_is_copied_once_and_read_from_the_database(engine, monkeypatch):
-    from forecaster import calendar
+    from forecaster.data import calendar
+
     assert next_trading_day("2016-11-23", engine=engine) == "2016-11-25"  # fills the copy (Thanksgiving)
     with engine.connect() as conn:
-        (first, last), = conn.exec_driver_sql("SELECT first_day, last_day FROM calendar_coverage").all()
+        ((first, last),) = conn.exec_driver_sql("SELECT first_day, last_day FROM calendar_coverage").all()
     assert first == "2015-01-01" and last >= "2017-11-10"
     monkeypatch.setattr(calendar, "_calendar", lambda *a: pytest.fail("the library was asked again"))
     for as_of, target in [("2017-11-10", "2017-11-13"), ("2016-12-23", "2016-12-27"), ("2015-07-02", "2015-07-06")]:
@@ -258,3 +316,22 @@ def test_the_calendar_is_copied_once_and_read_from_the_database(engine, monkeypa
     assert next_trading_day("1990-12-31", engine=engine) == "1991-01-02"  # before the copy: extended back
     with engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT first_day FROM calendar_coverage").scalar() == "1989-01-01"
+
+
+def test_a_bug_during_a_run_marks_it_failed_and_keeps_its_traceback(engine, sample_dir, tiny_model, monkeypatch):
+    from forecaster.artifact.model_file import ModelFile
+    from forecaster.data.ingest import ingest
+
+    ingest(engine, [sample_dir])
+    monkeypatch.setattr(ModelFile, "score", lambda self, *args: 1 / 0)
+    with pytest.raises(ZeroDivisionError):  # not dressed up as a database error
+        predict(engine, tiny_model, device="cpu")
+    assert rows(engine, "SELECT status, message FROM runs") == [("failed", "ZeroDivisionError: division by zero")]
+    assert rows(engine, "SELECT COUNT(*) FROM predictions") == [(0,)]
+
+
+def test_a_mistyped_date_fails_before_any_work(engine, tiny_model, tmp_path):
+    from forecaster.errors import DataError
+
+    with pytest.raises(DataError, match="'2017-13-01' is not a date"):
+        predict(engine, tiny_model, as_of="2017-13-01", data=[tmp_path / "not even there"])

@@ -1,6 +1,7 @@
 """A large ingest reads its files in a second process (reader_process.py).
 It must store exactly what reading in one process stores, fail cleanly when
 the reader dies, and never outlive the process it reads for."""
+
 import os
 import signal
 import sqlite3
@@ -11,14 +12,13 @@ import time
 from pathlib import Path
 
 import pytest
-
-from forecaster import reader_process, store
-from forecaster.errors import ReaderError
-from forecaster.ingest import ingest
-from forecaster.reading import Known, new_bytes
-from forecaster.sample import write_sample_data
-
 from conftest import write_file
+
+from forecaster.data import reader_process, store
+from forecaster.data.ingest import ingest
+from forecaster.data.reading import Known, new_bytes
+from forecaster.data.sample import write_sample_data
+from forecaster.errors import ReaderError
 
 HEADER = "Date,Open,High,Low,Close,Volume,OpenInt\n"
 CLEAN = [f"2016-{m:02d}-{d:02d},10,11,9,10.5,100,0" for m in range(1, 13) for d in range(1, 29)]
@@ -28,8 +28,11 @@ def messy_folder(root: Path) -> Path:
     """Every kind of file: clean (both parse paths), rows set aside, unreadable."""
     folder = root / "in"
     write_sample_data(folder, tickers=4, days=300, seed=3)
-    write_file(folder, "bad.us.txt", HEADER + "\n".join(CLEAN + ["2017-01-02,x,11,9,10.5,100,0",
-                                                                 "2017-01-03,10,8,9,10.5,100,0"]) + "\n")
+    write_file(
+        folder,
+        "bad.us.txt",
+        HEADER + "\n".join(CLEAN + ["2017-01-02,x,11,9,10.5,100,0", "2017-01-03,10,8,9,10.5,100,0"]) + "\n",
+    )
     write_file(folder, "latin.us.txt", HEADER.encode() + b"2017-01-03,10,11,9,10.5,100,0\n2017-01-04,\xe9,1,1,1,1,0\n")
     write_file(folder, "small.csv", "date,open,high,low,close\n2017-01-03,10,11,9,10.5\n")
     write_file(folder, "empty.us.txt", "")
@@ -44,10 +47,13 @@ def dump(db: Path) -> dict:
             "prices": conn.execute("SELECT * FROM prices ORDER BY ticker, date").fetchall(),
             "tickers": conn.execute("SELECT * FROM tickers ORDER BY ticker").fetchall(),
             "price_dates": conn.execute("SELECT * FROM price_dates ORDER BY date").fetchall(),
-            "rejected": conn.execute("SELECT source, line, ticker, raw, reason FROM rejected_rows "
-                                     "ORDER BY source, line, reason").fetchall(),
-            "ledger": conn.execute("SELECT path, ticker, size, mtime_ns, lines, tail_sha256, rows_added, "
-                                   "rows_rejected FROM source_files ORDER BY path").fetchall(),
+            "rejected": conn.execute(
+                "SELECT source, line, ticker, raw, reason FROM rejected_rows ORDER BY source, line, reason"
+            ).fetchall(),
+            "ledger": conn.execute(
+                "SELECT path, ticker, size, mtime_ns, lines, tail_sha256, rows_added, "
+                "rows_rejected FROM source_files ORDER BY path"
+            ).fetchall(),
         }
 
 
@@ -81,7 +87,7 @@ def child_that_dies_after(batches: int, saying: str) -> list[str]:
     """The real reader, in batches of 2 files, that dies after sending `batches`."""
     script = textwrap.dedent(f"""
         import os, sys
-        from forecaster import reader_process, reading
+        from forecaster.data import reader_process, reading
         reading.FLUSH_FILES = 2
         send, sent = reader_process._send_batch, []
         def send_then_die(out, batch):
@@ -128,7 +134,9 @@ def test_a_reader_that_cannot_start_is_a_one_line_error(tmp_path, monkeypatch):
 def test_a_reader_that_prints_something_else_is_a_one_line_error(tmp_path, monkeypatch):
     folder = tmp_path / "in"
     write_sample_data(folder, tickers=2, days=30, seed=2)
-    monkeypatch.setattr(reader_process, "COMMAND", [sys.executable, "-c", "import sys; sys.stdin.read(); print('hello ' * 100)"])
+    monkeypatch.setattr(
+        reader_process, "COMMAND", [sys.executable, "-c", "import sys; sys.stdin.read(); print('hello ' * 100)"]
+    )
     with pytest.raises(ReaderError, match="sent something that is not a batch"):
         ingest_into(tmp_path / "f.db", folder, "process")
 
@@ -160,9 +168,9 @@ def test_killing_the_ingesting_process_stops_its_reader(tmp_path):
     # The parent stalls in its first write, so the reader fills the pipe and waits.
     script = textwrap.dedent(f"""
         import time
-        from forecaster import ingest, store
+        from forecaster.data import ingest, store
         ingest._write = lambda *a: time.sleep(600)
-        ingest.ingest(store.connect("sqlite:///{tmp_path / 'f.db'}"), ["{folder}"], reader="process")
+        ingest.ingest(store.connect("sqlite:///{tmp_path / "f.db"}"), ["{folder}"], reader="process")
     """)
     parent = subprocess.Popen([sys.executable, "-c", script])
     deadline = time.monotonic() + 60

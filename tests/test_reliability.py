@@ -4,6 +4,7 @@ Real processes die here (kill -9), real file systems fill up or go read-only
 (tmpfs mounts when running as root, as CI does), real readers run beside
 writers. Each test name is cited in docs/guarantees.md.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -19,11 +20,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from forecaster import store
-from forecaster.errors import CheckpointError, ModelFileError, StoreError
-from forecaster.ingest import ingest
-from forecaster.nightly import predict
-from forecaster.sample import write_sample_data
+from forecaster.data import store
+from forecaster.data.ingest import ingest
+from forecaster.data.sample import write_sample_data
+from forecaster.errors import StoreError
+from forecaster.serving.nightly import predict
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from bench import append_one_day  # noqa: E402  (the benchmark's "one more day" helper)
@@ -40,11 +41,13 @@ class _Reader:
 
     def __init__(self, url: str):
         import sqlalchemy as sa
+
         self.engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
         self.conn = self.engine.connect()
 
     def execute(self, sql: str, params=()):
         import sqlalchemy as sa
+
         names = {f"p{i}": v for i, v in enumerate(params)}
         for i in range(len(params)):
             sql = sql.replace("?", f":p{i}", 1)
@@ -62,12 +65,15 @@ def check_invariants(db: Path | str, committed: set) -> dict:
     try:
         if url.startswith("sqlite"):
             assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        orphans = con.execute("SELECT COUNT(*) FROM predictions p JOIN runs r USING (run_id) "
-                              "WHERE r.status != 'succeeded'").fetchone()[0]
+        orphans = con.execute(
+            "SELECT COUNT(*) FROM predictions p JOIN runs r USING (run_id) WHERE r.status != 'succeeded'"
+        ).fetchone()[0]
         assert orphans == 0, "predictions outside a succeeded run"
-        wrong = con.execute("SELECT r.run_id, r.n_predictions, COUNT(p.prediction_id) FROM runs r "
-                            "LEFT JOIN predictions p USING (run_id) WHERE r.status = 'succeeded' "
-                            "GROUP BY r.run_id HAVING r.n_predictions != COUNT(p.prediction_id)").fetchall()
+        wrong = con.execute(
+            "SELECT r.run_id, r.n_predictions, COUNT(p.prediction_id) FROM runs r "
+            "LEFT JOIN predictions p USING (run_id) WHERE r.status = 'succeeded' "
+            "GROUP BY r.run_id HAVING r.n_predictions != COUNT(p.prediction_id)"
+        ).fetchall()
         assert wrong == [], f"succeeded runs whose n_predictions is not what they wrote: {wrong}"
         prices = {tuple(r) for r in con.execute("SELECT ticker, date FROM prices")}
         assert committed <= prices, f"{len(committed - prices)} committed price rows lost"
@@ -87,8 +93,20 @@ def test_kill_minus_9_at_random_moments_loses_nothing(tmp_path, tiny_model, any_
     write_sample_data(data, tickers=1200, days=40, seed=3)
     # Each attempt ingests a new day for 1,200 files, then scores the last 15
     # dates (one transaction each), so a kill can land in any phase.
-    args = ["predict", "--model", tiny_model, "--data", data, "--from", "2017-10-20",
-            "--db", db, "--device", "cpu", "-q"]
+    args = [
+        "predict",
+        "--model",
+        tiny_model,
+        "--data",
+        data,
+        "--from",
+        "2017-10-20",
+        "--db",
+        db,
+        "--device",
+        "cpu",
+        "-q",
+    ]
     rng = random.Random(7)
     committed: set = set()
     # Time one whole attempt after the first (bulk) ingest, so that the kills
@@ -135,8 +153,13 @@ def test_kill_minus_9_at_random_moments_loses_nothing(tmp_path, tiny_model, any_
 def tmpfs(path: Path, size: str):
     """A small real file system (root), else a plain folder (callers fall back)."""
     path.mkdir()
-    mounted = os.geteuid() == 0 and subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True).returncode == 0
+    mounted = (
+        os.geteuid() == 0
+        and subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+        ).returncode
+        == 0
+    )
     try:
         yield mounted
     finally:
@@ -153,8 +176,10 @@ def stocked_db(url: str, data: Path, model: Path) -> None:
 def snapshot(db: Path) -> tuple:
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
-        return tuple(con.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
-                     for t in ("prices", "predictions", "runs", "source_files"))
+        return tuple(
+            con.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
+            for t in ("prices", "predictions", "runs", "source_files")
+        )
     finally:
         con.close()
 
@@ -192,7 +217,10 @@ def test_a_full_disk_fails_the_run_and_keeps_the_previous_state(tmp_path, tiny_m
         engine = store.connect(url)
         if not mounted:  # no tmpfs: cap the file's size inside SQLite instead
             from sqlalchemy import event
-            event.listen(engine, "connect", lambda c, _: c.execute(f"PRAGMA max_page_count = {db.stat().st_size // 4096 + 40}"))
+
+            event.listen(
+                engine, "connect", lambda c, _: c.execute(f"PRAGMA max_page_count = {db.stat().st_size // 4096 + 40}")
+            )
             engine.dispose()
         with pytest.raises(StoreError) as info:
             predict(engine, tiny_model, data=[big], device="cpu")
@@ -203,10 +231,11 @@ def test_a_full_disk_fails_the_run_and_keeps_the_previous_state(tmp_path, tiny_m
 
 
 def test_a_vanished_database_folder_is_a_one_line_error(tmp_path, sample_dir, tiny_model):
-    result = cli("predict", "--model", tiny_model, "--data", sample_dir,
-                 "--db", f"sqlite:///{tmp_path}/gone/f.db")
+    result = cli("predict", "--model", tiny_model, "--data", sample_dir, "--db", f"sqlite:///{tmp_path}/gone/f.db")
     assert result.returncode == 1
-    assert result.stderr == f"Error: cannot open database 'sqlite:///{tmp_path}/gone/f.db': unable to open database file\n"
+    assert (
+        result.stderr == f"Error: cannot open database 'sqlite:///{tmp_path}/gone/f.db': unable to open database file\n"
+    )
 
 
 READER = r"""
@@ -239,11 +268,28 @@ def test_readers_never_see_a_partial_run_and_nobody_is_locked_out(tmp_path, tiny
     db = tmp_path / "busy.db"
     url = f"sqlite:///{db}"
     stocked_db(url, data, tiny_model)
-    readers = [subprocess.Popen([sys.executable, "-c", READER, str(db), "12"], stdout=subprocess.PIPE, text=True)
-               for _ in range(4)]
-    backfill = subprocess.Popen([*PYTHON, "predict", "--model", str(tiny_model), "--from", "2017-06-01",
-                                 "--to", "2017-11-10", "--db", url, "-q"], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+    readers = [
+        subprocess.Popen([sys.executable, "-c", READER, str(db), "12"], stdout=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    backfill = subprocess.Popen(
+        [
+            *PYTHON,
+            "predict",
+            "--model",
+            str(tiny_model),
+            "--from",
+            "2017-06-01",
+            "--to",
+            "2017-11-10",
+            "--db",
+            url,
+            "-q",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     time.sleep(1.5)  # the backfill is writing; now a large ingest arrives and must wait its turn
     bulk = cli("ingest", big, "--db", url, "-q")
     assert bulk.returncode == 0, bulk.stderr
@@ -261,6 +307,7 @@ def test_readers_never_see_a_partial_run_and_nobody_is_locked_out(tmp_path, tiny
 def model_variants(tiny_model: Path, folder: Path) -> dict[str, Path]:
     """Broken or hostile model files, each with what makes it so."""
     import onnx
+
     blob = tiny_model.read_bytes()
     folder.mkdir()
     out = {}
@@ -286,8 +333,10 @@ def test_hostile_or_broken_model_files_are_refused_and_recorded(tmp_path, sample
     engine = store.connect(url)
     ingest(engine, [sample_dir])
     expected = {
-        "truncated": "not a loadable ONNX model", "random": "not a loadable ONNX model",
-        "empty": "not a loadable ONNX model", "external": "not a loadable ONNX model",
+        "truncated": "not a loadable ONNX model",
+        "random": "not a loadable ONNX model",
+        "empty": "not a loadable ONNX model",
+        "external": "not a loadable ONNX model",
         "wrong_seq_len": "graph input ohlc has shape ['batch', 20, 4], but the metadata says seq_len 30",
         "wrong_features": "but the metadata says seq_len 20 and 5 features",
     }
@@ -302,6 +351,7 @@ def test_hostile_or_broken_model_files_are_refused_and_recorded(tmp_path, sample
 
 def test_a_checkpoint_with_code_is_refused_by_export(tmp_path):
     import pickle
+
     sentinel = tmp_path / "ran"
 
     class Evil:
@@ -331,12 +381,27 @@ def test_hostile_file_names_are_stored_verbatim_and_never_injected(tmp_path, tin
     stored = {r[0] for r in con.execute("SELECT ticker FROM tickers")}
     assert stored == {n.lower() for n in HOSTILE_NAMES}
     assert {r[0] for r in con.execute("SELECT ticker FROM predictions")} == stored
-    assert con.execute("SELECT reason FROM rejected_rows WHERE ticker IS NULL").fetchone()[0] == \
-        "the file name gives no ticker (it starts with a dot)"
+    assert (
+        con.execute("SELECT reason FROM rejected_rows WHERE ticker IS NULL").fetchone()[0]
+        == "the file name gives no ticker (it starts with a dot)"
+    )
     # Plots named after odd tickers stay in their folder.
     out = tmp_path / "exports" / "m.pt"
-    train = cli("train", "--all", "--db", f"sqlite:///{db}", "--out", out, "--epochs", "1", "--hidden", "4",
-                "--layers", "1", "-q")
+    train = cli(
+        "train",
+        "--all",
+        "--db",
+        f"sqlite:///{db}",
+        "--out",
+        out,
+        "--epochs",
+        "1",
+        "--hidden",
+        "4",
+        "--layers",
+        "1",
+        "-q",
+    )
     assert train.returncode == 0, train.stderr
     assert all(p.parent == out.parent for p in tmp_path.rglob("*.png"))
     assert len(list(out.parent.glob("m.test.*.png"))) == len(HOSTILE_NAMES)
@@ -359,12 +424,12 @@ def test_a_window_unlike_training_is_scored_but_flagged(engine, tmp_path, tiny_m
 
 # -- fuzzing the reader -------------------------------------------------------
 
+from helpers import read_fields  # noqa: E402
 from hypothesis import HealthCheck, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from forecaster import reading  # noqa: E402
-from forecaster.sources import (UnreadableFile, decode, parse_header, read_fields,  # noqa: E402
-                                read_many, split_header, validate)
+from forecaster.data import reading  # noqa: E402
+from forecaster.data.sources import UnreadableFile, decode, parse_header, read_many, split_header, validate  # noqa: E402
 
 FUZZ = settings(max_examples=300, deadline=5000, suppress_health_check=[HealthCheck.too_slow])
 HEADER = "Date,Open,High,Low,Close,Volume,OpenInt"
@@ -380,6 +445,7 @@ def non_blank_lines(body: str) -> int:
 @example(b"\xef\xbb\xbfDate,Open,High,Low,Close\n2017-01-03,\xef\xbc\x91,1,1,1\n")
 def test_fuzz_arbitrary_bytes_never_crash_and_the_accounting_adds_up(data):
     import io
+
     try:
         body, _, _ = reading._read_whole(io.BytesIO(data), len(data))
     except UnreadableFile:
@@ -390,14 +456,35 @@ def test_fuzz_arbitrary_bytes_never_crash_and_the_accounting_adds_up(data):
 
 
 field = st.one_of(
-    st.sampled_from(["", "1", "10.5", "0", "-3", "nan", "inf", "1e400", "abc", "１２", "1_0", " 7 ",
-                     "2017-01-03", "2017-02-30", "2099-01-01", "17-1-3", '"5"', "\r"]),
+    st.sampled_from(
+        [
+            "",
+            "1",
+            "10.5",
+            "0",
+            "-3",
+            "nan",
+            "inf",
+            "1e400",
+            "abc",
+            "１２",
+            "1_0",
+            " 7 ",
+            "2017-01-03",
+            "2017-02-30",
+            "2099-01-01",
+            "17-1-3",
+            '"5"',
+            "\r",
+        ]
+    ),
     st.floats(allow_nan=True, allow_infinity=True).map(repr),
     st.text(max_size=6),
 )
 row = st.lists(field, min_size=3, max_size=9).map(",".join)
 dated_row = st.tuples(st.dates().map(lambda d: d.isoformat()), st.lists(field, min_size=4, max_size=7)).map(
-    lambda t: ",".join([t[0], *t[1]]))
+    lambda t: ",".join([t[0], *t[1]])
+)
 
 
 @FUZZ
@@ -411,6 +498,7 @@ def test_fuzz_csv_shaped_lines_judged_the_same_in_small_and_large_files(lines):
     assert small.n_read == non_blank_lines(small_body)
     # The same lines after 300 clean rows from 1700: a body large enough for the C-parser path.
     import pandas as pd
+
     padding = [f"{d:%Y-%m-%d},1,1,1,1,1,0" for d in pd.bdate_range("1700-01-01", periods=300)]
     large_body = "\n".join(padding + lines) + "\n"
     large = validate([read_fields(large_body, header, first_line=2)])[0]
@@ -418,6 +506,9 @@ def test_fuzz_csv_shaped_lines_judged_the_same_in_small_and_large_files(lines):
     shift = len(padding)
     assert [(r.line - shift, r.reason) for r in large.rejects] == [(r.line, r.reason) for r in small.rejects]
     tail = large.rows.lines > shift + 1
-    by_line = lambda rows, sel=slice(None): sorted(zip(rows.lines[sel].tolist(), map(tuple, rows.values[sel].tolist())))
+
+    def by_line(rows, sel=slice(None)):
+        return sorted(zip(rows.lines[sel].tolist(), map(tuple, rows.values[sel].tolist()), strict=True))
+
     got = [(line - shift, v) for line, v in by_line(large.rows, tail)]
     assert repr(got) == repr(by_line(small.rows))  # repr: NaN volumes compare equal

@@ -1,6 +1,6 @@
 import numpy as np
 
-from forecaster.sample import generate_ohlc, write_sample_data
+from forecaster.data.sample import generate_ohlc, write_sample_data
 
 
 def test_same_seed_same_files(tmp_path):
@@ -17,6 +17,7 @@ def test_prices_are_valid_ohlc_on_business_days():
     assert (f["High"] >= f[["Open", "Close"]].max(axis=1)).all()
     assert (f["Low"] <= f[["Open", "Close"]].min(axis=1)).all()
     import pandas as pd
+
     assert (pd.to_datetime(f["Date"]).dt.day_of_week < 5).all()
 
 

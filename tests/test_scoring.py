@@ -1,13 +1,14 @@
 """The scoring side: what a host with ONNX Runtime and no torch can do, and
 model files whose metadata is not what it should be."""
+
 import subprocess
 import sys
 
 import onnx
 import pytest
 
+from forecaster.artifact.model_file import load_model
 from forecaster.errors import ModelFileError
-from forecaster.scoring import load_model
 
 # Runs the CLI in a fresh interpreter where `import torch` fails, as on a
 # scoring host that has onnxruntime only.
@@ -24,15 +25,20 @@ main(prog_name="forecaster")
 
 
 def without_torch(*args):
-    return subprocess.run([sys.executable, "-c", WITHOUT_TORCH, *map(str, args)], capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", WITHOUT_TORCH, *map(str, args)], capture_output=True, text=True, timeout=300
+    )
 
 
 def test_scoring_info_verify_report_and_sql_never_load_torch(tiny_model, shared_data, db_url):
-    for args in (["info", tiny_model], ["verify", tiny_model],
-                 ["predict", "--model", tiny_model, "--data", shared_data, "--db", db_url, "--device", "cpu"],
-                 ["verify", tiny_model, "--tickers", "aaxj", "--db", db_url],
-                 ["report", "--db", db_url], ["sql", "select count(*) from predictions", "--db", db_url]):
+    for args in (
+        ["info", tiny_model],
+        ["verify", tiny_model],
+        ["predict", "--model", tiny_model, "--data", shared_data, "--db", db_url, "--device", "cpu"],
+        ["verify", tiny_model, "--tickers", "aaxj", "--db", db_url],
+        ["report", "--db", db_url],
+        ["sql", "select count(*) from predictions", "--db", db_url],
+    ):
         run = without_torch(*args)
         assert run.returncode == 0, f"{args[0]}: {run.stderr}"
     assert "torch is not installed" in without_torch("export", tiny_model).stderr  # the blocker works
@@ -47,3 +53,13 @@ def test_metadata_missing_a_field_is_a_model_file_error(tiny_model, tmp_path, ke
     onnx.save(model, str(tmp_path / "m.onnx"))
     with pytest.raises(ModelFileError, match=f"model metadata lacks {key}$"):
         load_model(tmp_path / "m.onnx")
+
+
+def test_loading_a_model_leaves_onnx_runtime_s_global_logger_alone(tiny_model, monkeypatch):
+    import onnxruntime as ort
+
+    def refuse(*_):
+        raise AssertionError("the process-wide ONNX Runtime logger was changed")
+
+    monkeypatch.setattr(ort, "set_default_logger_severity", refuse)
+    assert load_model(tiny_model, "auto").device == "cpu"

@@ -1,12 +1,11 @@
 import datetime as dt
+from pathlib import Path
 
 import numpy as np
-
 import pytest
+from helpers import fields_fast, parse_rows, read_fields
 
-from forecaster.sources import (UnreadableFile, parse_header, parse_rows, split_header,
-                                ticker_from_path)
-from pathlib import Path
+from forecaster.data.sources import UnreadableFile, parse_header, split_header, ticker_from_path
 
 HEADER = "Date,Open,High,Low,Close,Volume,OpenInt"
 TODAY = dt.date(2020, 1, 1)
@@ -14,7 +13,7 @@ TODAY = dt.date(2020, 1, 1)
 
 def parse(lines: list[str], header: str = HEADER):
     parsed = parse_rows("\n".join(lines) + "\n", parse_header(header), first_line=2, today=TODAY)
-    assert parsed.n_read == sum(1 for l in lines if l.strip())  # accounting adds up
+    assert parsed.n_read == sum(1 for line in lines if line.strip())  # accounting adds up
     return parsed
 
 
@@ -56,6 +55,7 @@ def test_each_rule_sets_the_row_aside_with_its_reason(row, reason):
 def many_good_rows(n=300):
     """Distinct valid 2015 dates: enough bytes for the C-parser fast path."""
     import pandas as pd
+
     return [f"{d:%Y-%m-%d},10,11,9,10.5,100,0" for d in pd.bdate_range("2015-01-01", periods=n)]
 
 
@@ -70,7 +70,7 @@ def test_each_rule_gives_the_same_reason_inside_a_large_file(row, reason):
 def test_a_large_clean_file_parses_like_a_small_one():
     lines = many_good_rows()
     big = parse(lines)
-    small = [parse([l]) for l in lines[:5]]
+    small = [parse([line]) for line in lines[:5]]
     assert big.rows.dates[:5].tolist() == [p.rows.dates[0] for p in small]
     np.testing.assert_array_equal(big.rows.values[:5], np.vstack([p.rows.values for p in small]))
     assert big.rows.lines[:5].tolist() == [2, 3, 4, 5, 6]
@@ -100,12 +100,15 @@ def test_rows_in_any_order_come_out_sorted():
     assert parsed.rows.lines.tolist() == [3, 4, 2]
 
 
-@pytest.mark.parametrize("header", [
-    "date,open,high,low,close,volume,openint",
-    "\ufeffDATE,OPEN,HIGH,LOW,CLOSE,VOLUME,OPENINT\r",
-    ",Open,High,Low,Close,Volume,OpenInt",
-    "Date,Open,High,Low,Close,Adj Close,Volume",
-])
+@pytest.mark.parametrize(
+    "header",
+    [
+        "date,open,high,low,close,volume,openint",
+        "\ufeffDATE,OPEN,HIGH,LOW,CLOSE,VOLUME,OPENINT\r",
+        ",Open,High,Low,Close,Volume,OpenInt",
+        "Date,Open,High,Low,Close,Adj Close,Volume",
+    ],
+)
 def test_vendor_headers(header):
     h = parse_header(header)
     assert h.positions["date"] == 0 and h.positions["close"] == 4
@@ -123,10 +126,13 @@ def test_crlf_lines():
     assert parsed.rows.values[:, 3].tolist() == [10.5]
 
 
-@pytest.mark.parametrize("header, missing", [
-    ("Date,Open,High,Low,Volume", "Close"),
-    ("Open,High,Low,Close", "Date"),
-])
+@pytest.mark.parametrize(
+    "header, missing",
+    [
+        ("Date,Open,High,Low,Volume", "Close"),
+        ("Open,High,Low,Close", "Date"),
+    ],
+)
 def test_header_without_a_needed_column_is_unreadable(header, missing):
     with pytest.raises(UnreadableFile, match=f"header has no {missing} column"):
         parse_header(header)
@@ -139,7 +145,8 @@ def test_ticker_is_the_lowercased_name_up_to_the_first_dot():
 
 
 def test_validating_many_files_at_once_equals_one_by_one():
-    from forecaster.sources import read_fields, validate
+    from forecaster.data.sources import validate
+
     bodies = [
         ([GOOD, "2017-01-04,10,11,9,10.5,100,0", "2017-01-04,10,11,9,10.6,100,0"], HEADER),
         ([GOOD, "2017-01-05,abc,11,9,10.5,100,0"], HEADER),  # same date as file 0: not a duplicate
@@ -149,7 +156,7 @@ def test_validating_many_files_at_once_equals_one_by_one():
     fields = [read_fields("\n".join(lines) + "\n", parse_header(h), first_line=2) for lines, h in bodies]
     together = validate(fields, TODAY)
     alone = [validate([f], TODAY)[0] for f in fields]
-    for a, b in zip(together, alone):
+    for a, b in zip(together, alone, strict=True):
         assert a.rows.dates.tolist() == b.rows.dates.tolist()
         np.testing.assert_array_equal(a.rows.values, b.rows.values)
         assert [(r.line, r.reason) for r in a.rejects] == [(r.line, r.reason) for r in b.rejects]
@@ -162,7 +169,7 @@ def test_validating_many_files_at_once_equals_one_by_one():
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from forecaster.sources import Body, _fields_by_line, _fields_fast  # noqa: E402
+from forecaster.data.sources import Body, _fields_by_line  # noqa: E402
 
 
 def line_path(body, header, first_line=2):
@@ -178,39 +185,45 @@ def assert_same_fields(fast, slow):
     assert [fast.raw_line(i) for i in range(len(fast))] == [slow.raw_line(i) for i in range(len(slow))]
 
 
-@pytest.mark.parametrize("header, row", [
-    (HEADER, "{d},10.25,11,9,10.5,100,0"),
-    ("Date,Open,High,Low,Close", "{d},10.25,11,9,10.5"),            # no volume column
-    ("Open,High,Low,Close,Volume,Date", "10.25,11,9,10.5,100,{d}"),  # the date last
-    (HEADER, "{d},10.25,11,9,10.5,,0"),                               # empty volumes
-    (HEADER, "{d},,11,9,10.5,100,0"),                                 # empty opens: read, judged later
-])
+@pytest.mark.parametrize(
+    "header, row",
+    [
+        (HEADER, "{d},10.25,11,9,10.5,100,0"),
+        ("Date,Open,High,Low,Close", "{d},10.25,11,9,10.5"),  # no volume column
+        ("Open,High,Low,Close,Volume,Date", "10.25,11,9,10.5,100,{d}"),  # the date last
+        (HEADER, "{d},10.25,11,9,10.5,,0"),  # empty volumes
+        (HEADER, "{d},,11,9,10.5,100,0"),  # empty opens: read, judged later
+    ],
+)
 @pytest.mark.parametrize("newline", ["\n", "\r\n"])
 def test_the_fast_path_reads_clean_layouts_exactly_like_the_line_path(header, row, newline):
     dates = [line.split(",")[0] for line in many_good_rows()]
     body = newline.join(row.format(d=d) for d in dates) + newline
-    fast = _fields_fast(body, parse_header(header), 2)
+    fast = fields_fast(body, parse_header(header), 2)
     assert fast is not None, "a clean file must take the fast path"
     assert_same_fields(fast, line_path(body, parse_header(header)))
 
 
-@pytest.mark.parametrize("odd", [
-    '"2015-06-01",10,11,9,10.5,100,0',                     # quotes
-    "",                                                    # a blank line
-    "2015-06-01,10,11,9,10.5,100,0\r2015-06-02,10,11,9,10.5,100,0",  # a lone CR
-    "2015-6-1,10,11,9,10.5,100,0",                         # a date that is not 10 characters
-    "2015-06-01,10,11,9,10.5,100",                         # a field short
-    "2015-06-01,10,11,9,10.5,100,0,7",                     # a field too many
-    "2015-06-01,１０,11,9,10.5,100,0",                      # not ASCII
-    "2015-06-01,ten,11,9,10.5,100,0",                      # text where a number belongs
-])
+@pytest.mark.parametrize(
+    "odd",
+    [
+        '"2015-06-01",10,11,9,10.5,100,0',  # quotes
+        "",  # a blank line
+        "2015-06-01,10,11,9,10.5,100,0\r2015-06-02,10,11,9,10.5,100,0",  # a lone CR
+        "2015-6-1,10,11,9,10.5,100,0",  # a date that is not 10 characters
+        "2015-06-01,10,11,9,10.5,100",  # a field short
+        "2015-06-01,10,11,9,10.5,100,0,7",  # a field too many
+        "2015-06-01,１０,11,9,10.5,100,0",  # not ASCII
+        "2015-06-01,ten,11,9,10.5,100,0",  # text where a number belongs
+    ],
+)
 def test_the_fast_path_leaves_odd_files_to_the_line_path(odd):
     body = "\n".join(many_good_rows() + [odd]) + "\n"
-    assert _fields_fast(body, parse_header(HEADER), 2) is None
+    assert fields_fast(body, parse_header(HEADER), 2) is None
 
 
 decimal_text = st.one_of(
-    st.floats(min_value=1e-6, max_value=1e12).map(repr),                      # up to 17 digits, exponents
+    st.floats(min_value=1e-6, max_value=1e12).map(repr),  # up to 17 digits, exponents
     st.decimals(min_value=0, max_value=10**9, places=4).map(str),
     st.integers(0, 10**15).map(str),
 )
@@ -221,21 +234,22 @@ decimal_text = st.one_of(
 def test_the_fast_path_reads_every_number_exactly_as_python_does(numbers):
     # _fields_fast itself takes any size; read_fields sends it only large bodies.
     dates = [line.split(",")[0] for line in many_good_rows(len(numbers))]
-    body = "".join(f"{d},{','.join(v)},0\n" for d, v in zip(dates, numbers))
-    fast = _fields_fast(body, parse_header(HEADER), 2)
+    body = "".join(f"{d},{','.join(v)},0\n" for d, v in zip(dates, numbers, strict=True))
+    fast = fields_fast(body, parse_header(HEADER), 2)
     assert fast is not None
     assert_same_fields(fast, line_path(body, parse_header(HEADER)))
 
 
 def test_reading_many_bodies_at_once_equals_reading_each_alone():
-    from forecaster.sources import Body, read_fields, read_many
+    from forecaster.data.sources import Body, read_many
+
     dates = [line.split(",")[0] for line in many_good_rows()]
     clean = "\n".join(f"{d},10.25,11,9,10.5,100,0" for d in dates) + "\n"
     bodies = [
         Body(clean, parse_header(HEADER), 2),
         Body("\n".join(f"{d},10.25,11,9,10.5" for d in dates), parse_header("Date,Open,High,Low,Close"), 2),
         Body(clean.replace("10.25", "ten", 1), parse_header(HEADER), 2),  # text for a number: line by line
-        Body(clean.replace("\n", "\r\n"), parse_header(HEADER), 40),       # same layout, CRLF, a tail
+        Body(clean.replace("\n", "\r\n"), parse_header(HEADER), 40),  # same layout, CRLF, a tail
         Body("2017-01-03,10,11,9,10.5,100,0\n", parse_header(HEADER), 7),  # small: line by line
         Body(clean.replace("100,0\n", "1e3,0\n"), parse_header(HEADER), 2),
         # Small bodies of two layouts, read line by line in one pass per layout:
@@ -243,7 +257,7 @@ def test_reading_many_bodies_at_once_equals_reading_each_alone():
         Body("2017-01-04,2,2,2,2,,0\r\n2017-01-05,2,2\n", parse_header(HEADER), 9),
     ]
     together = read_many(bodies)
-    for body, fields in zip(bodies, together):
+    for body, fields in zip(bodies, together, strict=True):
         assert_same_fields(fields, read_fields(body.text, body.header, first_line=body.first_line))
         assert_same_fields(fields, line_path(body.text, body.header, body.first_line))
     assert together[2].values[0, 0] != together[2].values[0, 0]  # "ten": NaN, judged later

@@ -1,12 +1,10 @@
-import numpy as np
 import torch
-
-from forecaster import checkpoint
-from forecaster.model import build_forecaster, ModelConfig, predict
-from forecaster.precision import bf16_support
-from forecaster.train import TrainConfig, train
-
 from helpers import synthetic_series
+
+from forecaster.training import checkpoint
+from forecaster.training.model import ModelConfig, build_forecaster, predict
+from forecaster.training.precision import bf16_support
+from forecaster.training.train import TrainConfig, train
 
 FAST = dict(epochs=4, hidden=8, layers=1, batch_size=64)
 
@@ -69,6 +67,7 @@ def test_checkpoint_round_trip_rebuilds_the_same_model(tmp_path):
 
 def test_a_pickle_with_code_is_refused_and_not_run(tmp_path):
     import pickle
+
     sentinel = tmp_path / "pwned"
 
     class Evil:
@@ -79,7 +78,9 @@ def test_a_pickle_with_code_is_refused_and_not_run(tmp_path):
     with open(path, "wb") as fh:
         pickle.dump({"format": "forecaster-checkpoint", "x": Evil()}, fh)
     import pytest
+
     from forecaster.errors import CheckpointError
+
     with pytest.raises(CheckpointError, match="not a loadable forecaster checkpoint"):
         checkpoint.load(path)
     assert not sentinel.exists()
@@ -110,15 +111,41 @@ def test_bf16_trains_in_bf16_where_this_cpu_can_and_in_fp32_with_a_warning_where
 def test_train_cli_falls_back_where_onednn_cannot_do_bf16(tmp_path, sample_dir):
     # ONEDNN_MAX_CPU_ISA=AVX2 makes oneDNN behave as on a CPU without AVX-512,
     # where it cannot build a bfloat16 LSTM: the fallback is tested on every CPU.
-    import json, os, subprocess, sys
+    import json
+    import os
+    import subprocess
+    import sys
+
     out = tmp_path / "m.pt"
     env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
-    run = subprocess.run([sys.executable, "-m", "forecaster", "train", "--data", str(sample_dir), "--all",
-                          "--db", f"sqlite:///{tmp_path / 'x.db'}", "--out", str(out), "--epochs", "2",
-                          "--precision", "bf16", "--quiet"], capture_output=True, text=True, env=env)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "forecaster",
+            "train",
+            "--data",
+            str(sample_dir),
+            "--all",
+            "--db",
+            f"sqlite:///{tmp_path / 'x.db'}",
+            "--out",
+            str(out),
+            "--epochs",
+            "2",
+            "--precision",
+            "bf16",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert run.returncode == 0, run.stderr
-    assert ("warning: bf16: not supported on this CPU (ONEDNN_MAX_CPU_ISA=AVX2 limits oneDNN; oneDNN: "
-            "could not create a primitive descriptor for the LSTM forward propagation primitive") in run.stderr
+    assert (
+        "warning: bf16: not supported on this CPU (ONEDNN_MAX_CPU_ISA=AVX2 limits oneDNN; oneDNN: "
+        "could not create a primitive descriptor for the LSTM forward propagation primitive"
+    ) in run.stderr
     assert "training in fp32 instead" in run.stderr and "Traceback" not in run.stderr
     metrics = json.loads(out.with_suffix(".metrics.json").read_text())
     assert (metrics["overall"]["precision"], metrics["config"]["precision"]) == ("fp32", "bf16")
@@ -136,6 +163,19 @@ def test_the_bf16_check_leaves_the_random_stream_alone():
 
 def test_an_unknown_precision_is_refused():
     import pytest
+
     from forecaster.errors import DataError
+
     with pytest.raises(DataError, match="unknown precision 'fp8'"):
         train({"s": synthetic_series(days=100)}, TrainConfig(precision="fp8"))
+
+
+def test_training_leaves_the_global_random_state_as_it_was():
+    import numpy as np
+
+    torch.manual_seed(123)
+    np.random.seed(7)
+    torch_state, numpy_state = torch.get_rng_state(), np.random.get_state()[1].copy()
+    train({"syn": synthetic_series(days=120)}, TrainConfig(**FAST))
+    assert torch.equal(torch.get_rng_state(), torch_state)
+    assert (np.random.get_state()[1] == numpy_state).all()

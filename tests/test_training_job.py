@@ -13,14 +13,23 @@ def invoke(*args):
 
 def test_train_writes_checkpoint_metrics_and_plots(tmp_path, sample_dir, db_url):
     out = tmp_path / "exports" / "m.pt"
-    result = invoke("train", "--data", sample_dir, "--db", db_url, "--tickers", "syn0000,syn0001",
-                    "--out", out, "--quiet", *TINY)
+    result = invoke(
+        "train", "--data", sample_dir, "--db", db_url, "--tickers", "syn0000,syn0001", "--out", out, "--quiet", *TINY
+    )
     assert result.exit_code == 0, result.output
     assert "naive" in result.output and "syn0001" in result.output
     metrics = json.loads(out.with_suffix(".metrics.json").read_text())
     m = metrics["tickers"]["syn0000"]
-    for key in ("test_rmse", "test_mae", "naive_rmse", "naive_mae", "direction_accuracy", "n_test",
-                "test_start", "test_end"):
+    for key in (
+        "test_rmse",
+        "test_mae",
+        "naive_rmse",
+        "naive_mae",
+        "direction_accuracy",
+        "n_test",
+        "test_start",
+        "test_end",
+    ):
         assert key in m
     assert m["test_start"] <= m["test_end"] == "2017-11-10"
     assert metrics["config"]["epochs"] == 2 and "overall" in metrics
@@ -29,12 +38,25 @@ def test_train_writes_checkpoint_metrics_and_plots(tmp_path, sample_dir, db_url)
 
 
 def test_train_all_skips_short_tickers_with_a_warning(tmp_path, db_url):
-    from forecaster.sample import write_sample_data
+    from forecaster.data.sample import write_sample_data
+
     write_sample_data(tmp_path / "d", tickers=2, days=120, seed=1)
-    (tmp_path / "d" / "Stocks" / "short.us.txt").write_text(
-        "Date,Open,High,Low,Close\n2017-01-03,1,1,1,1\n")
-    result = CliRunner().invoke(main, ["train", "--data", str(tmp_path / "d"), "--db", db_url, "--all",
-                                       "--out", str(tmp_path / "m.pt"), "--quiet", *TINY])
+    (tmp_path / "d" / "Stocks" / "short.us.txt").write_text("Date,Open,High,Low,Close\n2017-01-03,1,1,1,1\n")
+    result = CliRunner().invoke(
+        main,
+        [
+            "train",
+            "--data",
+            str(tmp_path / "d"),
+            "--db",
+            db_url,
+            "--all",
+            "--out",
+            str(tmp_path / "m.pt"),
+            "--quiet",
+            *TINY,
+        ],
+    )
     assert result.exit_code == 0
     assert "warning: skipping short: 1 rows, fewer than 30 needed" in result.output
 
@@ -48,8 +70,7 @@ def test_unknown_ticker(tmp_path, sample_dir, db_url):
 
 def test_too_little_history_names_ticker_and_rows(tmp_path, sample_dir, db_url):
     invoke("ingest", sample_dir, "--db", db_url)
-    result = invoke("train", "--db", db_url, "--tickers", "syn0000", "--seq-len", "115",
-                    "--out", tmp_path / "m.pt")
+    result = invoke("train", "--db", db_url, "--tickers", "syn0000", "--seq-len", "115", "--out", tmp_path / "m.pt")
     assert result.exit_code == 1
     assert result.output.startswith("Error: ticker syn0000 has 120 rows; with --seq-len 115 it needs at least 125")
     assert not (tmp_path / "m.pt").exists()
@@ -63,10 +84,11 @@ def test_tickers_or_all_is_required(tmp_path, db_url):
 def test_a_model_that_kept_the_naive_epoch_says_so_and_its_export_verifies(tmp_path, sample_dir, db_url):
     # With a learning rate of 0 no epoch can beat the starting weights, on any CPU:
     # the kept model is the zero head, i.e. the naive forecast itself.
-    from forecaster.train import TrainConfig
-    from forecaster.training_job import TrainJob, run_training
-    from forecaster import store
-    from forecaster.ingest import ingest
+    from forecaster.data import store
+    from forecaster.data.ingest import ingest
+    from forecaster.training.job import TrainJob, run_training
+    from forecaster.training.train import TrainConfig
+
     engine = store.connect(db_url)
     ingest(engine, [sample_dir])
     out = tmp_path / "naive.pt"
@@ -74,8 +96,10 @@ def test_a_model_that_kept_the_naive_epoch_says_so_and_its_export_verifies(tmp_p
     overall = job.metrics["overall"]
     assert (overall["kept_epoch"], overall["is_naive"]) == (0, True)
     assert overall["tickers_worse_than_naive"] == 0 and overall["tickers_level_with_naive"] == 3
-    assert job.verdict.startswith("No epoch beat the naive forecast on validation, so the model kept its "
-                                  "starting weights and repeats the last close")
+    assert job.verdict.startswith(
+        "No epoch beat the naive forecast on validation, so the model kept its "
+        "starting weights and repeats the last close"
+    )
     assert "WORSE" not in job.verdict and "worse than naive" not in job.table
     assert job.table.count("same as naive") == 3
     saved = json.loads(out.with_suffix(".metrics.json").read_text())["overall"]
@@ -91,8 +115,9 @@ def test_the_issue_s_real_data_run_exports_a_file_that_verifies(tmp_path, shared
         (data / name).parent.mkdir(parents=True, exist_ok=True)
         (data / name).write_bytes((shared_data / name).read_bytes())
     out = tmp_path / "m.pt"
-    trained = invoke("train", "--data", data, "--db", db_url, "--tickers", "aaxj,a", "--epochs", "5",
-                     "--out", out, "--quiet")
+    trained = invoke(
+        "train", "--data", data, "--db", db_url, "--tickers", "aaxj,a", "--epochs", "5", "--out", out, "--quiet"
+    )
     assert trained.exit_code == 0, trained.output
     metrics = json.loads(out.with_suffix(".metrics.json").read_text())["overall"]
     assert metrics["is_naive"] == (metrics["kept_epoch"] == 0)
@@ -103,24 +128,42 @@ def test_the_issue_s_real_data_run_exports_a_file_that_verifies(tmp_path, shared
 
 
 def test_verdicts_count_ratios_within_float_noise_of_one_as_level():
-    from forecaster.training_job import verdict
+    from forecaster.training.job import verdict
+
     def metrics(*ratios, is_naive=False):
-        from forecaster.train import compared_with_naive
+        from forecaster.training.train import compared_with_naive
+
         kinds = [compared_with_naive(r) for r in ratios]
-        return {"overall": {"n_tickers": len(ratios), "mean_ratio": sum(ratios) / len(ratios),
-                            "median_ratio": sorted(ratios)[len(ratios) // 2], "is_naive": is_naive,
-                            "tickers_worse_than_naive": kinds.count("worse"),
-                            "tickers_level_with_naive": kinds.count("level")}}
+        return {
+            "overall": {
+                "n_tickers": len(ratios),
+                "mean_ratio": sum(ratios) / len(ratios),
+                "median_ratio": sorted(ratios)[len(ratios) // 2],
+                "is_naive": is_naive,
+                "tickers_worse_than_naive": kinds.count("worse"),
+                "tickers_level_with_naive": kinds.count("level"),
+            }
+        }
+
     assert verdict(metrics(1.0000001, 0.9999999)).startswith("The model is level with the naive forecast on every")
     assert verdict(metrics(0.95, 1.0000001, 1.2)).startswith(
-        "Of 3 tickers the model is 1 better than, 1 level with, 1 worse than the naive forecast.")
+        "Of 3 tickers the model is 1 better than, 1 level with, 1 worse than the naive forecast."
+    )
     assert verdict(metrics(1.01, 1.2)).startswith("The model is WORSE than the naive forecast on every ticker")
     assert verdict(metrics(0.9, 0.99)).startswith("The model beats the naive forecast on every ticker")
 
 
-def test_train_on_an_empty_database_names_it(tmp_path):
+def test_train_on_an_empty_or_missing_database_names_it(tmp_path):
+    from forecaster.data import store
+
     url = f"sqlite:///{tmp_path / 'empty.db'}"
+    missing = invoke("train", "--db", url, "--all", "--out", tmp_path / "m.pt")
+    assert missing.exit_code == 1  # training only reads: it creates no database
+    assert missing.output == f"Error: cannot open database '{url}': no such file\n"
+    assert not (tmp_path / "empty.db").exists()
+    store.connect(url).dispose()
     result = invoke("train", "--db", url, "--all", "--out", tmp_path / "m.pt")
     assert result.exit_code == 1
-    assert result.output == (f"Error: the database {url} holds no prices: ingest some first "
-                             "(forecaster ingest PATH) or pass --data\n")
+    assert result.output == (
+        f"Error: the database {url} holds no prices: ingest some first (forecaster ingest PATH) or pass --data\n"
+    )

@@ -1,0 +1,180 @@
+"""Checkpoint -> one self-contained ONNX file, proven before it is written.
+
+The graph takes raw OHLC windows (batch, seq_len, 4) in price units and
+returns the next close in price units: scaling and its inverse live inside.
+It also returns each window's largest scaled input, so the scoring side can
+flag windows unlike anything seen in training without re-implementing the
+scaling. Settings, scaling numbers and provenance go into metadata_props.
+
+Before anything is written: onnx.checker (full check), then ONNX Runtime
+against torch on held-out windows from the checkpoint. A difference beyond
+the tolerance raises ParityError and leaves no file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from .. import __version__
+from ..clock import utc_now
+from ..errors import CheckpointError
+from ..files import write_atomically
+from ..training import checkpoint
+from ..training.config import ModelConfig
+from ..training.model import Forecaster, build_forecaster
+from .config import DEFAULT_OPSET, DEFAULT_TOLERANCE
+from .lstm_graph import streamline_lstm_outputs
+from .model_file import METADATA_FORMAT, METADATA_PREFIX, file_sha256
+from .parity import compare
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    sha256: str
+    max_abs: float
+    max_rel: float
+    n_checked: int
+
+
+class _WithExtent(nn.Module):
+    """The forecaster plus the largest |scaled input| of each window."""
+
+    def __init__(self, forecaster: Forecaster):
+        super().__init__()
+        self.forecaster = forecaster
+
+    def forward(self, ohlc, ticker_index=None):
+        scaled = self.forecaster.scale_inputs(ohlc, ticker_index)
+        next_close = self.forecaster.unscale(self.forecaster.net(scaled), ohlc, ticker_index)
+        return next_close, scaled.abs().amax(dim=(1, 2))
+
+
+def export(
+    checkpoint_path: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSET, tolerance: float = DEFAULT_TOLERANCE
+) -> ExportResult:
+    data = checkpoint.load(checkpoint_path)
+    model = build_forecaster(ModelConfig(**data["model_config"]), data["scaling"], data["state_dict"])
+    wrapped = _WithExtent(model).eval()
+    windows = data["parity_windows"].to(torch.float32)
+    index = data["parity_ticker_index"].to(torch.long)
+    if len(windows) == 0:
+        raise CheckpointError(f"{checkpoint_path}: holds no held-out windows to check the export against")
+    uses_index = model.scaling.uses_ticker_index
+    example = (windows[:2], index[:2]) if uses_index else (windows[:2],)
+
+    proto = _to_onnx(wrapped, example, uses_index, opset)
+    streamline_lstm_outputs(proto)
+    _set_metadata(proto, data)
+    onnx.checker.check_model(proto, full_check=True)
+    blob = proto.SerializeToString()
+    max_abs, max_rel = check_against_torch(
+        blob, model, windows, index if uses_index else None, tolerance, what="ONNX Runtime vs torch"
+    )
+    out = Path(out)
+    write_atomically(out, lambda fh: fh.write(blob))
+    return ExportResult(out, file_sha256(out), max_abs, max_rel, len(windows))
+
+
+def _to_onnx(wrapped: nn.Module, example: tuple, uses_index: bool, opset: int) -> onnx.ModelProto:
+    batch = torch.export.Dim("batch", min=1)
+    names = ["ohlc", "ticker_index"] if uses_index else ["ohlc"]
+    shapes = {name: {0: batch} for name in names}
+    # The exporter narrates its steps and warns about internals of torch
+    # itself; none of it is actionable for a user, so keep the output ours.
+    with (
+        contextlib.redirect_stdout(io.StringIO()),
+        warnings.catch_warnings(),
+        _quiet_logger("torch.onnx"),
+        _quiet_logger("torch._dynamo"),
+        torch.no_grad(),
+    ):
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            wrapped,
+            example,
+            dynamo=True,
+            opset_version=opset,
+            input_names=names,
+            output_names=["next_close", "input_extent"],
+            dynamic_shapes=shapes,
+            external_data=False,
+            optimize=True,
+            verbose=False,
+        )
+    return program.model_proto
+
+
+@contextlib.contextmanager
+def _quiet_logger(name: str):
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _set_metadata(proto: onnx.ModelProto, data: dict) -> None:
+    cfg = data["model_config"]
+    meta = {
+        "format_version": str(METADATA_FORMAT),
+        "seq_len": str(cfg["seq_len"]),
+        "features": json.dumps(data["features"]),
+        "model_config": json.dumps(cfg),
+        "scaling": json.dumps(data["scaling"]),
+        "training": json.dumps(data["provenance"]),
+        "metrics": json.dumps(data.get("metrics", {})),
+        # The largest |scaled input| seen in training: scoring flags windows beyond it.
+        "train_input_extent": repr(float(data["provenance"]["train_input_extent"])),
+        "versions": json.dumps(
+            {
+                **data["provenance"].get("versions", {}),
+                "exporter_torch": str(torch.__version__),
+                "onnx": onnx.__version__,
+                "forecaster_export": __version__,
+            }
+        ),
+        "created_at": utc_now(),
+    }
+    del proto.metadata_props[:]
+    for key, value in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = METADATA_PREFIX + key, value
+    proto.producer_name = "forecaster"
+    proto.producer_version = __version__
+
+
+def check_against_torch(
+    blob: bytes,
+    model: Forecaster,
+    windows: torch.Tensor,
+    ticker_index: torch.Tensor | None,
+    tolerance: float,
+    *,
+    what: str,
+) -> tuple[float, float]:
+    """Run ONNX Runtime (CPU) and torch on the same windows; raise ParityError beyond `tolerance`."""
+    session = ort.InferenceSession(blob, providers=["CPUExecutionProvider"])
+    feeds = {"ohlc": windows.numpy()}
+    with torch.no_grad():
+        if ticker_index is not None:
+            feeds["ticker_index"] = ticker_index.numpy()
+            expected = model(windows, ticker_index).double().numpy()
+        else:
+            expected = model(windows).double().numpy()
+    got = session.run(["next_close"], feeds)[0].astype(np.float64)
+    return compare(got, expected, tolerance, what=what)

@@ -1,0 +1,198 @@
+"""The database's tables and views, their version, and upgrades between versions.
+
+SQLAlchemy Core table definitions, so any URL works. `ensure_schema` creates
+a new database, or upgrades an older one step by step, in one transaction
+(store.connect calls it under the write lock).
+"""
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+SCHEMA_VERSION = 2
+
+metadata = sa.MetaData()
+
+schema_info = sa.Table(
+    "schema_info", metadata,
+    sa.Column("version", sa.Integer, nullable=False),
+)
+
+prices = sa.Table(
+    "prices", metadata,
+    sa.Column("ticker", sa.String, primary_key=True),
+    # ISO "YYYY-MM-DD" text: sorts and compares as a date on every backend.
+    sa.Column("date", sa.String(10), primary_key=True),
+    sa.Column("open", sa.Float, nullable=False),
+    sa.Column("high", sa.Float, nullable=False),
+    sa.Column("low", sa.Float, nullable=False),
+    sa.Column("close", sa.Float, nullable=False),
+    sa.Column("volume", sa.Float),
+    # Clustered on (ticker, date): one B-tree, appends land together, and a
+    # ticker's last N rows are one short range scan. No index on date alone:
+    # inserting ticker by ticker would scatter writes all over it.
+    sqlite_with_rowid=False,
+)
+
+# The distinct trading dates present in `prices`, kept in the same
+# transaction, so "which dates exist" never scans millions of price rows.
+price_dates = sa.Table(
+    "price_dates", metadata,
+    sa.Column("date", sa.String(10), primary_key=True),
+    sa.Column("n_rows", sa.Integer, nullable=False),
+)
+
+# One row per ticker, kept in step with `prices` inside the same transaction,
+# so the nightly run finds fresh and stale tickers without scanning history.
+tickers = sa.Table(
+    "tickers", metadata,
+    sa.Column("ticker", sa.String, primary_key=True),
+    sa.Column("first_date", sa.String(10), nullable=False),
+    sa.Column("last_date", sa.String(10), nullable=False),
+    sa.Column("n_rows", sa.Integer, nullable=False),
+)
+
+rejected_rows = sa.Table(
+    "rejected_rows", metadata,
+    sa.Column("rejection_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("source", sa.String, nullable=False),
+    sa.Column("line", sa.Integer),  # NULL when the whole file was unreadable
+    sa.Column("ticker", sa.String),
+    sa.Column("raw", sa.Text),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("rejected_at", sa.String, nullable=False),
+)
+
+# What was ingested from where: lets an unchanged file be skipped from its
+# size and mtime alone, and an appended file be read from its old end.
+source_files = sa.Table(
+    "source_files", metadata,
+    sa.Column("path", sa.String, primary_key=True),
+    sa.Column("ticker", sa.String, nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("mtime_ns", sa.BigInteger, nullable=False),
+    sa.Column("lines", sa.Integer, nullable=False),
+    sa.Column("tail_sha256", sa.String(64), nullable=False),
+    sa.Column("rows_added", sa.Integer, nullable=False),
+    sa.Column("rows_rejected", sa.Integer, nullable=False),
+    sa.Column("ingested_at", sa.String, nullable=False),
+)
+
+models = sa.Table(
+    "models", metadata,
+    sa.Column("model_id", sa.String(64), primary_key=True),  # sha256 of the ONNX file
+    sa.Column("path", sa.String, nullable=False),
+    sa.Column("created_at", sa.String, nullable=False),
+    sa.Column("metadata", sa.Text, nullable=False),  # JSON
+)
+
+runs = sa.Table(
+    "runs", metadata,
+    sa.Column("run_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("started_at", sa.String, nullable=False),
+    sa.Column("finished_at", sa.String),
+    sa.Column("status", sa.String(16), nullable=False),  # running | succeeded | failed
+    sa.Column("as_of", sa.String(10)),
+    sa.Column("model_id", sa.String(64)),
+    sa.Column("device", sa.String(16)),
+    sa.Column("n_predictions", sa.Integer),
+    sa.Column("message", sa.Text),
+    sa.Column("host", sa.String),
+    sa.Column("pid", sa.Integer),
+    sa.Column("shard", sa.String(16)),  # "K/N" when only shard K of N tickers was scored
+    sa.CheckConstraint("status IN ('running', 'succeeded', 'failed')", name="ck_runs_status"),
+)
+
+predictions = sa.Table(
+    "predictions", metadata,
+    sa.Column("prediction_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("run_id", sa.Integer, sa.ForeignKey("runs.run_id"), nullable=False),
+    sa.Column("model_id", sa.String(64), sa.ForeignKey("models.model_id"), nullable=False),
+    sa.Column("ticker", sa.String, nullable=False),
+    sa.Column("as_of", sa.String(10), nullable=False),
+    sa.Column("target_date", sa.String(10), nullable=False),
+    sa.Column("predicted_close", sa.Float, nullable=False),
+    sa.Column("last_close", sa.Float, nullable=False),
+    # e.g. "out_of_range": the window moved further than anything seen in training.
+    sa.Column("flags", sa.String),
+    sa.UniqueConstraint("model_id", "ticker", "as_of", name="uq_predictions_model_ticker_asof"),
+    sa.Index("ix_predictions_ticker_asof", "ticker", "as_of"),
+)
+
+# Trading sessions of an exchange calendar, copied from exchange_calendars
+# once per range (by `source`, its version: a new one may know new holidays).
+# A nightly run then reads its next trading day here instead of importing
+# the library and building the calendar (about 0.4 s a night).
+calendar_sessions = sa.Table(
+    "calendar_sessions", metadata,
+    sa.Column("calendar", sa.String(16), primary_key=True),
+    sa.Column("source", sa.String(64), primary_key=True),
+    sa.Column("date", sa.String(10), primary_key=True),
+)
+
+# The days each (calendar, source) covers: every session in [first_day, last_day] is stored.
+calendar_coverage = sa.Table(
+    "calendar_coverage", metadata,
+    sa.Column("calendar", sa.String(16), primary_key=True),
+    sa.Column("source", sa.String(64), primary_key=True),
+    sa.Column("first_day", sa.String(10), nullable=False),
+    sa.Column("last_day", sa.String(10), nullable=False),
+)
+
+VIEWS = {
+    "latest_predictions": """
+        SELECT ticker, as_of, target_date, predicted_close, last_close, model_id, run_id, flags
+        FROM (
+            SELECT p.*, ROW_NUMBER() OVER (
+                PARTITION BY p.ticker ORDER BY p.as_of DESC, p.run_id DESC) AS rn
+            FROM predictions p
+        ) AS ranked
+        WHERE rn = 1
+    """,
+    # Each prediction with the next close stored after its as_of (NULL while
+    # that day has not arrived). error = predicted - actual; naive_error is
+    # the same for "tomorrow's close = today's close".
+    "prediction_outcomes": """
+        SELECT p.ticker, p.as_of, p.target_date, p.predicted_close, p.last_close,
+               nx.date AS actual_date, nx.close AS actual_close,
+               p.predicted_close - nx.close AS error,
+               p.last_close - nx.close AS naive_error,
+               p.model_id, p.run_id, p.flags
+        FROM predictions p
+        LEFT JOIN prices nx
+          ON nx.ticker = p.ticker
+         AND nx.date = (SELECT MIN(q.date) FROM prices q
+                        WHERE q.ticker = p.ticker AND q.date > p.as_of)
+    """,
+}
+
+
+def version(conn: sa.Connection) -> int | None:
+    """The schema version, or None for a database without our schema."""
+    if not sa.inspect(conn).has_table("schema_info"):
+        return None
+    return conn.execute(sa.select(schema_info.c.version)).scalar()
+
+
+def ensure_schema(conn: sa.Connection) -> None:
+    """Create the schema, or upgrade an older one step by step, in one transaction."""
+    found = version(conn)
+    if found is None:
+        metadata.create_all(conn)
+        for name, sql in VIEWS.items():
+            conn.exec_driver_sql(f"CREATE VIEW {name} AS {sql}")
+        conn.execute(schema_info.insert().values(version=SCHEMA_VERSION))
+        return
+    for step in range(found, SCHEMA_VERSION):
+        MIGRATIONS[step](conn)
+    conn.execute(schema_info.update().values(version=SCHEMA_VERSION))
+
+
+def _add_missing_tables(conn: sa.Connection) -> None:
+    metadata.create_all(conn)  # checkfirst: only the tables that are not there yet
+
+
+# MIGRATIONS[v] upgrades a database from version v to v + 1. Never edit one
+# that has shipped: databases out there were upgraded by it.
+MIGRATIONS = {
+    1: _add_missing_tables,  # 2: calendar_sessions, calendar_coverage
+}

@@ -1,0 +1,88 @@
+"""Waiting for a night's files before scoring it.
+
+Files do not all arrive at once. At its fire time the daemon may find only
+some tickers' closes for the new session; scoring then would leave the rest
+to the late-file catch-up the next night. So a scheduled run first waits,
+re-ingesting every few minutes, until enough of the previous session's
+tickers have a close on the new one, or until a deadline, when it scores
+what it has and names what is missing.
+
+The clock and the sleep are arguments, so tests run it on a fixed clock.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import sqlalchemy as sa
+
+from ..data import schema
+from ..data.ingest import ingest
+from .shards import Shard
+
+
+@dataclass
+class Freshness:
+    as_of: str  # the session whose closes are awaited
+    previous: str | None  # the session before it with prices
+    expected: int  # tickers with a close on `previous`
+    present: int  # of those, with a close on `as_of`
+    missing: list[str] = field(default_factory=list)
+    checks: int = 1
+
+    @property
+    def share(self) -> float:
+        return self.present / self.expected if self.expected else 1.0
+
+
+def freshness(engine: sa.Engine, as_of: str, shard: Shard | None = None) -> Freshness:
+    """How many of the previous session's tickers already have a close on `as_of`."""
+    d, t, p = schema.price_dates.c, schema.tickers.c, schema.prices.c
+    with engine.connect() as conn:
+        previous = conn.execute(sa.select(sa.func.max(d.date)).where(d.date < as_of)).scalar()
+        if previous is None:
+            return Freshness(as_of, None, 0, 0)
+        rows = conn.execute(
+            sa.select(p.ticker, p.date)
+            .select_from(
+                schema.tickers.join(schema.prices, sa.and_(p.ticker == t.ticker, p.date.in_([previous, as_of])))
+            )  # key seeks
+            .where(t.last_date >= previous)
+        ).all()
+    had = {ticker for ticker, date in rows if date == previous and (shard is None or ticker in shard)}
+    has = {ticker for ticker, date in rows if date == as_of}
+    return Freshness(as_of, previous, len(had), len(had & has), sorted(had - has))
+
+
+def wait_for_data(
+    engine: sa.Engine,
+    as_of: str,
+    *,
+    data=(),
+    min_share: float,
+    deadline: dt.datetime,
+    recheck: dt.timedelta,
+    shard: Shard | None = None,
+    now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc),
+    sleep: Callable[[float], None] = time.sleep,
+    should_stop: Callable[[], bool] = lambda: False,
+    on_check: Callable[[Freshness], None] = lambda f: None,
+) -> Freshness:
+    """Ingest `data` and check, again every `recheck`, until at least
+    `min_share` of the previous session's tickers have a close on `as_of`,
+    or `deadline` passes, or `should_stop()`; returns the last check."""
+    checks = 0
+    while True:
+        if data:
+            ingest(engine, data)
+        state = freshness(engine, as_of, shard)
+        checks += 1
+        state.checks = checks
+        on_check(state)
+        left = (deadline - now()).total_seconds()
+        if state.share >= min_share or left <= 0 or should_stop():
+            return state
+        sleep(min(recheck.total_seconds(), left))

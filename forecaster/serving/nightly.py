@@ -1,0 +1,283 @@
+"""One nightly run: new rows in, next-day predictions out, atomically.
+
+The CLI (`forecaster predict`), cron and the daemon all call `predict()` or
+`catch_up()`. For each as_of, `run_one` reads one step at a time:
+
+  1. open a `runs` row as running (runs.py);
+  2. the windows to score: every ticker with a close on as_of, point in time
+     (rows dated <= as_of only), of this shard, that the model can scale;
+  3. score them with ONNX Runtime;
+  4. in one transaction: the `models` row, the predictions not stored yet,
+     and the run's success with its message.
+
+A failure marks the run failed with its reason and writes no prediction.
+Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import sqlalchemy as sa
+
+from ..artifact.model_file import ModelFile, load_model
+from ..data import schema, store
+from ..data.calendar import next_trading_day
+from ..data.config import DEFAULT_CALENDAR
+from ..data.ingest import IngestReport, ingest
+from ..data.prices import ScoringBatch, latest_windows
+from ..errors import ForecasterError, first_line
+from . import runs
+from .config import DEFAULT_DEVICE, DEFAULT_LOOKBACK
+from .dates import as_of_dates, check_dates, owed_dates
+from .shards import Shard
+
+FLAG_OUT_OF_RANGE = "out_of_range"
+LISTED = 10  # tickers named in a message before "and N more"
+
+
+@dataclass
+class RunResult:
+    run_id: int
+    as_of: str
+    target_date: str
+    n_predictions: int  # written by this run
+    n_already: int  # stored before by a run of the same model
+    late: list[str]  # scored now, after an earlier run of this as_of: their close came late
+    stale: list[str]
+    skipped: dict[str, str]
+    flagged: list[str]
+    device: str
+    seconds: float
+    message: str
+
+
+@dataclass
+class PredictOutcome:
+    runs: list[RunResult]
+    ingest: IngestReport | None = None
+    model_id: str = ""
+    device: str = ""
+    recovered: list[int] = field(default_factory=list)  # abandoned runs marked failed
+
+
+def predict(
+    engine: sa.Engine,
+    model_path: str | Path,
+    *,
+    as_of: str | None = None,
+    start: str | None = None,
+    end: str | None = None,
+    data=(),
+    device: str = DEFAULT_DEVICE,
+    calendar: str = DEFAULT_CALENDAR,
+    progress: bool = False,
+    should_stop: Callable[[], bool] = lambda: False,
+    shard: Shard | None = None,
+    on_run: Callable[[RunResult], None] = lambda run: None,
+) -> PredictOutcome:
+    """Ingest `data` (if any), then score each as_of: the given one, every
+    date with prices in [start, end], or by default the newest date stored.
+    With a `shard`, only the tickers of that shard are scored. `on_run` is
+    called with each run's result as soon as it has committed."""
+    check_dates(as_of, start, end)  # a typo fails at once, not after the ingest
+    return _score_dates(
+        engine,
+        model_path,
+        lambda model: as_of_dates(engine, as_of, start, end),
+        data=data,
+        device=device,
+        calendar=calendar,
+        progress=progress,
+        should_stop=should_stop,
+        shard=shard,
+        as_of=as_of,
+        on_run=on_run,
+    )
+
+
+def catch_up(
+    engine: sa.Engine,
+    model_path: str | Path,
+    *,
+    data=(),
+    device: str = DEFAULT_DEVICE,
+    calendar: str = DEFAULT_CALENDAR,
+    should_stop: Callable[[], bool] = lambda: False,
+    shard: Shard | None = None,
+    lookback: int = DEFAULT_LOOKBACK,
+    on_run: Callable[[RunResult], None] = lambda run: None,
+) -> PredictOutcome:
+    """What the daemon runs: ingest, then score every as_of this model still
+    owes (dates.owed_dates). The model is reloaded each time, so a
+    re-exported file is picked up."""
+    return _score_dates(
+        engine,
+        model_path,
+        lambda model: owed_dates(engine, model, shard, lookback),
+        data=data,
+        device=device,
+        calendar=calendar,
+        should_stop=should_stop,
+        shard=shard,
+        on_run=on_run,
+    )
+
+
+def _score_dates(
+    engine, model_path, dates_for, *, data, device, calendar, should_stop, shard, on_run, progress=False, as_of=None
+) -> PredictOutcome:
+    """Ingest, recover abandoned runs, load the model (a failure to load is a
+    failed `runs` row too), then one all-or-nothing run per date."""
+    report = ingest(engine, data, progress=progress) if data else None
+    recovered = runs.recover_abandoned_runs(engine)
+    try:
+        model = load_model(model_path, device)
+    except ForecasterError as exc:
+        runs.record_failed_run(engine, as_of, None, device, str(exc), shard)
+        raise
+    outcome = PredictOutcome([], report, model.sha256, model.device, recovered)
+    for day in dates_for(model):
+        if should_stop():
+            break
+        outcome.runs.append(run_one(engine, model, day, calendar, shard))
+        on_run(outcome.runs[-1])
+    return outcome
+
+
+def run_one(
+    engine: sa.Engine, model: ModelFile, as_of: str, calendar: str = DEFAULT_CALENDAR, shard: Shard | None = None
+) -> RunResult:
+    """Score one as_of; all or nothing. Any failure is recorded in the run's
+    row; a library error is then raised as it is, anything else (a bug)
+    keeps its traceback."""
+    started = time.perf_counter()
+    run_id = runs.start_run(engine, model.sha256, as_of, model.device, shard)
+    try:
+        batch, index = _to_score(engine, model, as_of, shard)
+        predicted, extent = model.score(batch.windows, index) if batch.tickers else (np.empty(0), np.empty(0))
+        result = _write(
+            engine,
+            model,
+            run_id,
+            as_of,
+            next_trading_day(as_of, calendar, engine=engine),
+            batch,
+            predicted,
+            extent,
+            shard,
+        )
+    except BaseException as exc:
+        runs.mark_failed(
+            engine, run_id, str(exc) if isinstance(exc, ForecasterError) else f"{type(exc).__name__}: {first_line(exc)}"
+        )
+        raise
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _to_score(
+    engine: sa.Engine, model: ModelFile, as_of: str, shard: Shard | None
+) -> tuple[ScoringBatch, np.ndarray | None]:
+    """The windows this model scores for as_of, and each one's row in its
+    per-ticker scaling table when it has one."""
+    batch = latest_windows(engine, as_of, model.seq_len)
+    if shard is not None:
+        batch = batch.only(lambda ticker: ticker in shard)
+    if not model.uses_ticker_index:
+        return batch, None
+    # A per-ticker scaling (minmax) has numbers only for the training tickers.
+    position = {t: i for i, t in enumerate(model.training_tickers)}
+    unknown = [t for t in batch.tickers if t not in position]
+    known = batch.only(lambda ticker: ticker not in unknown)
+    known.skipped.update(
+        {
+            t: f"not a training ticker of this model (its {model.scaling.method} scaling has no numbers for it)"
+            for t in unknown
+        }
+    )
+    return known, np.array([position[t] for t in known.tickers], dtype=np.int64)
+
+
+def _write(
+    engine: sa.Engine,
+    model: ModelFile,
+    run_id: int,
+    as_of: str,
+    target: str,
+    batch: ScoringBatch,
+    predicted: np.ndarray,
+    extent: np.ndarray,
+    shard: Shard | None,
+) -> RunResult:
+    """The predictions not stored yet, the model's row and the run's success, in one transaction."""
+    flagged = [t for t, e in zip(batch.tickers, extent, strict=True) if not e <= model.train_input_extent]
+    flagged_set = set(flagged)
+    with store.write_transaction(engine) as conn:
+        runs.ensure_model_row(conn, model)
+        p = schema.predictions.c
+        already = set(conn.execute(sa.select(p.ticker).where(p.model_id == model.sha256, p.as_of == as_of)).scalars())
+        rows = [
+            {
+                "run_id": run_id,
+                "model_id": model.sha256,
+                "ticker": t,
+                "as_of": as_of,
+                "target_date": target,
+                "predicted_close": float(y),
+                "last_close": float(c),
+                "flags": FLAG_OUT_OF_RANGE if t in flagged_set else None,
+            }
+            for t, y, c in zip(batch.tickers, predicted, batch.last_close, strict=True)
+            if t not in already
+        ]
+        if rows:
+            conn.execute(schema.predictions.insert(), rows)
+        late = [row["ticker"] for row in rows] if runs.scored_before(conn, model.sha256, as_of, shard) else []
+        result = RunResult(
+            run_id,
+            as_of,
+            target,
+            len(rows),
+            len(batch.tickers) - len(rows),
+            late,
+            batch.stale,
+            batch.skipped,
+            flagged,
+            model.device,
+            0.0,
+            "",
+        )
+        result.message = _message(result)
+        runs.finish_run(conn, run_id, "succeeded", result.message, len(rows))
+    return result
+
+
+def _message(r: RunResult) -> str:
+    parts = [f"as_of {r.as_of}: {r.n_predictions} predictions for {r.target_date}"]
+    if r.late:
+        parts.append(f"{len(r.late)} late (their close arrived after this as_of was first scored): {names(r.late)}")
+    if r.n_already:
+        parts.append(f"{r.n_already} already stored by an earlier run of this model, not added again")
+    if r.stale:
+        parts.append(f"{len(r.stale)} stale (no close on {r.as_of}): {names(r.stale)}")
+    if r.skipped:
+        parts.append(
+            f"{len(r.skipped)} skipped: " + "; ".join(f"{t} ({why})" for t, why in list(r.skipped.items())[:LISTED])
+        )
+    if r.flagged:
+        parts.append(
+            f"{len(r.flagged)} flagged {FLAG_OUT_OF_RANGE} (window beyond anything seen in "
+            f"training): {names(r.flagged)}"
+        )
+    return "; ".join(parts)
+
+
+def names(tickers: list[str]) -> str:
+    """The first LISTED tickers, "and N more"."""
+    more = len(tickers) - LISTED
+    return ", ".join(tickers[:LISTED]) + (f" and {more} more" if more > 0 else "")

@@ -1,0 +1,146 @@
+"""The `runs` ledger: one row per as_of scored, from `running` to
+`succeeded` or `failed`, and the `models` row each prediction points to.
+
+It is what makes a night idempotent and recoverable: what was scored, by
+which model, on which host, and what a dead process left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+import sqlalchemy as sa
+
+from ..artifact.model_file import ModelFile
+from ..clock import utc_now
+from ..data import schema, store
+from ..errors import StoreError
+from .shards import Shard
+
+
+def start_run(engine: sa.Engine, model_id: str, as_of: str, device: str, shard: Shard | None) -> int:
+    with store.write_transaction(engine) as conn:
+        return conn.execute(
+            schema.runs.insert().values(
+                started_at=utc_now(),
+                status="running",
+                as_of=as_of,
+                model_id=model_id,
+                device=device,
+                host=socket.gethostname(),
+                pid=os.getpid(),
+                shard=_text(shard),
+            )
+        ).inserted_primary_key[0]
+
+
+def finish_run(conn: sa.Connection, run_id: int, status: str, message: str, n: int | None) -> None:
+    conn.execute(
+        schema.runs.update()
+        .where(schema.runs.c.run_id == run_id)
+        .values(status=status, finished_at=utc_now(), message=message, n_predictions=n)
+    )
+
+
+def mark_failed(engine: sa.Engine, run_id: int, reason: str) -> None:
+    """Best effort: when the database itself is failing, this may fail too."""
+    try:
+        with store.write_transaction(engine) as conn:
+            finish_run(conn, run_id, "failed", reason, 0)
+    except StoreError:
+        pass
+
+
+def record_failed_run(
+    engine: sa.Engine, as_of: str | None, model_id: str | None, device: str, reason: str, shard: Shard | None = None
+) -> None:
+    """A run that failed before it could start (its model would not load)."""
+    try:
+        with store.write_transaction(engine) as conn:
+            conn.execute(
+                schema.runs.insert().values(
+                    started_at=utc_now(),
+                    finished_at=utc_now(),
+                    status="failed",
+                    as_of=as_of,
+                    model_id=model_id,
+                    device=device,
+                    n_predictions=0,
+                    message=reason,
+                    host=socket.gethostname(),
+                    pid=os.getpid(),
+                    shard=_text(shard),
+                )
+            )
+    except StoreError:
+        pass
+
+
+def recover_abandoned_runs(engine: sa.Engine) -> list[int]:
+    """Mark failed the runs left `running` by a process of this host that no longer exists."""
+    r = schema.runs.c
+    host = socket.gethostname()
+    with engine.connect() as conn:
+        running = conn.execute(sa.select(r.run_id, r.pid).where(r.status == "running", r.host == host)).all()
+    dead = [row for row in running if not _alive(row.pid)]
+    if dead:
+        with store.write_transaction(engine) as conn:
+            for row in dead:
+                conn.execute(
+                    schema.runs.update()
+                    .where(r.run_id == row.run_id, r.status == "running")
+                    .values(
+                        status="failed",
+                        finished_at=utc_now(),
+                        n_predictions=0,
+                        message=f"abandoned: process {row.pid} on {host} ended before finishing (killed or crashed)",
+                    )
+                )
+    return [row.run_id for row in dead]
+
+
+def ensure_model_row(conn: sa.Connection, model: ModelFile) -> None:
+    m = schema.models.c
+    if conn.execute(sa.select(m.model_id).where(m.model_id == model.sha256)).first() is None:
+        conn.execute(
+            schema.models.insert().values(
+                model_id=model.sha256,
+                path=str(model.path.resolve()),
+                created_at=model.metadata["created_at"],
+                metadata=json.dumps(model.metadata),
+            )
+        )
+
+
+def scored_before(conn: sa.Connection, model_id: str, as_of: str, shard: Shard | None) -> bool:
+    """Has this model (and shard) a succeeded run for as_of already?"""
+    r = schema.runs.c
+    return conn.execute(
+        sa.select(
+            sa.exists().where(r.model_id == model_id, r.as_of == as_of, r.status == "succeeded", same_shard(shard))
+        )
+    ).scalar()
+
+
+def same_shard(shard: Shard | None):
+    """Runs of this shard only: each shard keeps its own ledger."""
+    column = schema.runs.c.shard
+    return column.is_(None) if shard is None else column == str(shard)
+
+
+def _text(shard: Shard | None) -> str | None:
+    return None if shard is None else str(shard)
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
