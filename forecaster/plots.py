@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from numpy.typing import ArrayLike
 
 
 def loss_curves(history: dict, path: Path) -> Path:
@@ -23,7 +24,15 @@ def loss_curves(history: dict, path: Path) -> Path:
     return _save(fig, path)
 
 
-def forecast_vs_actual(ticker: str, dates, actual, predicted, naive, path: Path, title: str = "") -> Path:
+def forecast_vs_actual(
+    ticker: str,
+    dates: ArrayLike,
+    actual: ArrayLike,
+    predicted: ArrayLike,
+    naive: ArrayLike,
+    path: Path,
+    title: str = "",
+) -> Path:
     """Predicted next closes against the actual ones, with the naive forecast."""
     fig = Figure(figsize=(10, 4.5))
     ax = fig.subplots()

@@ -68,13 +68,13 @@ class RelativeScaling(Scaling):
     def to_metadata(self) -> dict:
         return {"method": self.method, "gain": self.gain}
 
-    def scale_inputs(self, ohlc, c, ticker_index=None):
+    def scale_inputs(self, ohlc: Array, c: dict[str, Array], ticker_index: Array = None) -> Array:
         return (ohlc / ohlc[:, -1:, CLOSE : CLOSE + 1] - 1.0) * c["gain"]
 
-    def scale_target(self, next_close, ohlc, c, ticker_index=None):
+    def scale_target(self, next_close: Array, ohlc: Array, c: dict[str, Array], ticker_index: Array = None) -> Array:
         return (next_close / ohlc[:, -1, CLOSE] - 1.0) * c["gain"]
 
-    def unscale(self, y, ohlc, c, ticker_index=None):
+    def unscale(self, y: Array, ohlc: Array, c: dict[str, Array], ticker_index: Array = None) -> Array:
         return ohlc[:, -1, CLOSE] * (1.0 + y / c["gain"])
 
 
@@ -103,15 +103,15 @@ class MinMaxScaling(Scaling):
             "highs": [list(r) for r in self.highs],
         }
 
-    def scale_inputs(self, ohlc, c, ticker_index=None):
+    def scale_inputs(self, ohlc: Array, c: dict[str, Array], ticker_index: Array = None) -> Array:
         low, span = c["lows"][ticker_index], c["spans"][ticker_index]  # (B, 4) each
         return 2.0 * (ohlc - low[:, None, :]) / span[:, None, :] - 1.0
 
-    def scale_target(self, next_close, ohlc, c, ticker_index=None):
+    def scale_target(self, next_close: Array, ohlc: Array, c: dict[str, Array], ticker_index: Array = None) -> Array:
         low, span = c["lows"][ticker_index], c["spans"][ticker_index]
         return 2.0 * (next_close - low[:, CLOSE]) / span[:, CLOSE] - 1.0
 
-    def unscale(self, y, ohlc, c, ticker_index=None):
+    def unscale(self, y: Array, ohlc: Array, c: dict[str, Array], ticker_index: Array = None) -> Array:
         low, span = c["lows"][ticker_index], c["spans"][ticker_index]
         return (y + 1.0) / 2.0 * span[:, CLOSE] + low[:, CLOSE]
 

@@ -8,6 +8,7 @@ close of row i + seq_len.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -82,7 +83,7 @@ class ScoringBatch:
     skipped: dict[str, str]              # ticker -> reason (a row on as_of, too little history)
     stale: list[str]                     # tickers with history but no row on as_of
 
-    def only(self, wanted) -> "ScoringBatch":
+    def only(self, wanted: Callable[[str], bool]) -> ScoringBatch:
         """The part of the batch whose tickers satisfy `wanted(ticker)`."""
         keep = [i for i, t in enumerate(self.tickers) if wanted(t)]
         return ScoringBatch([self.tickers[i] for i in keep], self.windows[keep], self.last_close[keep],

@@ -55,7 +55,7 @@ class Rows:
     def __len__(self) -> int:
         return len(self.dates)
 
-    def take(self, index) -> "Rows":
+    def take(self, index: np.ndarray) -> Rows:
         return Rows(self.dates[index], self.values[index], self.lines[index])
 
 

@@ -23,6 +23,7 @@ import signal
 import socket
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -104,7 +105,7 @@ def _holder_note() -> str:
 
 
 @contextlib.contextmanager
-def daemon_lock(engine: sa.Engine, config: DaemonConfig):
+def daemon_lock(engine: sa.Engine, config: DaemonConfig) -> Iterator[None]:
     """The one-daemon-per-database (and shard) rule: a PostgreSQL session
     advisory lock on PostgreSQL, else a flock on a file. Both die with the
     process, so a killed daemon never blocks the next one."""
@@ -133,7 +134,7 @@ def daemon_lock(engine: sa.Engine, config: DaemonConfig):
 
 
 @contextlib.contextmanager
-def single_instance(path: Path):
+def single_instance(path: Path) -> Iterator[None]:
     """Hold an exclusive lock on `path` or raise AlreadyRunningError naming the holder."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import sqlalchemy as sa
 
@@ -61,7 +62,7 @@ def wait_for_data(
     engine: sa.Engine,
     as_of: str,
     *,
-    data=(),
+    data: Iterable[str | Path] = (),
     min_share: float,
     deadline: dt.datetime,
     recheck: dt.timedelta,

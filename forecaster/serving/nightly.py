@@ -17,7 +17,7 @@ Nothing here imports torch.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,7 +72,7 @@ def predict(
     as_of: str | None = None,
     start: str | None = None,
     end: str | None = None,
-    data=(),
+    data: Iterable[str | Path] = (),
     device: str = DEFAULT_DEVICE,
     calendar: str = DEFAULT_CALENDAR,
     progress: bool = False,
@@ -104,7 +104,7 @@ def catch_up(
     engine: sa.Engine,
     model_path: str | Path,
     *,
-    data=(),
+    data: Iterable[str | Path] = (),
     device: str = DEFAULT_DEVICE,
     calendar: str = DEFAULT_CALENDAR,
     should_stop: Callable[[], bool] = lambda: False,

@@ -124,7 +124,7 @@ def scored_before(conn: sa.Connection, model_id: str, as_of: str, shard: Shard |
     ).scalar()
 
 
-def same_shard(shard: Shard | None):
+def same_shard(shard: Shard | None) -> sa.ColumnElement[bool]:
     """Runs of this shard only: each shard keeps its own ledger."""
     column = schema.runs.c.shard
     return column.is_(None) if shard is None else column == str(shard)

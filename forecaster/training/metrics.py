@@ -4,10 +4,11 @@
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 from sklearn.metrics import mean_absolute_error, root_mean_squared_error
 
 
-def accuracy(predicted, actual, last_close) -> dict:
+def accuracy(predicted: ArrayLike, actual: ArrayLike, last_close: ArrayLike) -> dict:
     """RMSE, MAE and direction accuracy of `predicted`, and of the naive forecast.
 
     Direction accuracy counts days where the sign of (forecast - last close)

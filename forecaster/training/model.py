@@ -11,6 +11,7 @@ share one definition of it.
 from __future__ import annotations
 
 import torch
+from numpy.typing import ArrayLike
 from torch import nn
 
 from ..features import FEATURES
@@ -74,7 +75,7 @@ def build_forecaster(config: ModelConfig, scaling: Scaling | dict, state_dict: d
     return Forecaster(net, scaling).eval()
 
 
-def predict(model: Forecaster, ohlc, ticker_index=None) -> torch.Tensor:
+def predict(model: Forecaster, ohlc: ArrayLike, ticker_index: ArrayLike | None = None) -> torch.Tensor:
     """Next closes for raw windows, with gradients off."""
     ohlc = torch.as_tensor(ohlc, dtype=torch.float32)
     index = torch.as_tensor(ticker_index, dtype=torch.long) if model.scaling.uses_ticker_index else None
