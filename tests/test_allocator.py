@@ -2,12 +2,9 @@
 faulting in fresh pages on every pass, and hands the memory back afterwards."""
 
 import json
-import os
 import platform
 import subprocess
 import sys
-
-import pytest
 
 from forecaster.training import allocator
 
@@ -41,11 +38,12 @@ print(json.dumps({"applied": applied, "inside": inside, "outside": outside,
 """
 
 
-# Skips only on a developer's non-glibc machine; in CI (Linux, glibc) it must run, never skip.
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc" and not os.environ.get("CI"), reason="mallopt is glibc's")
 def test_a_full_batch_pass_reuses_mapped_pages_while_training_only():
     run = subprocess.run([sys.executable, "-c", MEASURE], capture_output=True, text=True, check=True)
     m = json.loads(run.stdout)
+    if platform.libc_ver()[0] != "glibc":  # no mallopt: the right behaviour is to change nothing
+        assert m["applied"] is False
+        return
     assert m["applied"]
     assert m["outside"] > 5_000  # glibc's defaults: the workspace is unmapped and faulted in again
     assert m["inside"] < m["outside"] / 100
