@@ -9,18 +9,22 @@ from the environment (see `option`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import click
 
-from .artifact.config import DEFAULT_OPSET, DEFAULT_TOLERANCE, DEVICES
+from .artifact.config import DEFAULT_OPSET, DEFAULT_TOLERANCE
 from .data.config import DEFAULT_CALENDAR, DEFAULT_DB_URL
+from .devices import DEFAULT_DEVICE, DEVICES
 from .errors import ForecasterError
-from .serving.config import DEFAULT_DEVICE, DaemonConfig
-from .training.config import PRECISIONS, TrainConfig
+from .serving.config import DaemonConfig
+from .training.config import PRECISIONS, STEP_BUDGET, TUTORIAL_EPOCHS, TrainConfig
 
 TRAIN = TrainConfig()
 SCALINGS = ("relative", "minmax")
@@ -172,7 +176,6 @@ def ingest(paths, db, quiet):
 @option(
     "--out",
     command="train",
-    required=True,
     type=click.Path(dir_okay=False, path_type=Path),
     help="Checkpoint to write, e.g. exports/NAME.pt; metrics and plots go beside it.",
 )
@@ -183,7 +186,19 @@ def ingest(paths, db, quiet):
 )
 @option("--hidden", default=TRAIN.hidden, show_default=True, type=click.IntRange(1), help="LSTM hidden size.")
 @option("--layers", default=TRAIN.layers, show_default=True, type=click.IntRange(1), help="Stacked LSTM layers.")
-@option("--epochs", default=TRAIN.epochs, show_default=True, type=click.IntRange(1), help="Training epochs.")
+@option(
+    "--epochs",
+    default=TRAIN.epochs,
+    type=click.IntRange(1),
+    help=f"Passes over the training windows [default: {TUTORIAL_EPOCHS} when that is at most "
+    f"{STEP_BUDGET:,} optimiser steps, else --steps {STEP_BUDGET:,}].",
+)
+@option(
+    "--steps",
+    default=TRAIN.steps,
+    type=click.IntRange(1),
+    help="A budget in optimiser steps instead of epochs (for large universes).",
+)
 @option(
     "--lr", default=TRAIN.lr, show_default=True, type=click.FloatRange(0, min_open=True), help="Adam learning rate."
 )
@@ -192,7 +207,7 @@ def ingest(paths, db, quiet):
     default=TRAIN.batch_size,
     show_default=True,
     type=click.IntRange(0),
-    help="Windows per gradient step; 0 = the whole training set (the tutorial's choice).",
+    help="Windows per optimiser step, all processes together; 0 = the whole training set (the tutorial's).",
 )
 @option(
     "--test-fraction",
@@ -210,7 +225,12 @@ def ingest(paths, db, quiet):
     "fitted on training rows.",
 )
 @option(
-    "--seed", command="train", default=TRAIN.seed, show_default=True, type=int, help="Seed for weights and shuffling."
+    "--seed",
+    command="train",
+    default=TRAIN.seed,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Seed for weights and shuffling.",
 )
 @option(
     "--precision",
@@ -219,6 +239,19 @@ def ingest(paths, db, quiet):
     type=click.Choice(PRECISIONS),
     help="bf16: run the training forward pass in bfloat16 (faster on CPUs with AVX512-BF16/AMX; "
     "fp32 with a warning where the CPU cannot); weights and the exported model stay float32.",
+)
+@option(
+    "--device",
+    command="train",
+    default=TRAIN.device,
+    show_default=True,
+    type=click.Choice(DEVICES),
+    help="auto: CUDA when torch can use it, else CPU; cuda: fail unless CUDA is usable.",
+)
+@option(
+    "--resume",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Carry on a stopped training from its NAME.state.pt (its own settings; other options ignored).",
 )
 @quiet_option
 @reports_errors
@@ -232,54 +265,97 @@ def train(
     hidden,
     layers,
     epochs,
+    steps,
     lr,
     batch_size,
     test_fraction,
     scaling,
     seed,
     precision,
+    device,
+    resume,
     quiet,
 ):
     """Fit one stacked LSTM on --tickers (or --all) and report held-out
     accuracy next to the naive forecast (tomorrow's close = today's close).
 
-    Writes the checkpoint (--out), NAME.metrics.json, NAME.loss.png and one
-    NAME.test.<ticker>.png per ticker beside it.
+    Writes the checkpoint (--out), NAME.metrics.json, NAME.loss.png and
+    NAME.test.<ticker>.png plots beside it (for many tickers: a summary and
+    the best, median and worst few). The same command runs under
+    `torchrun --nproc-per-node N -m forecaster train ...` as one DDP job; rank
+    0 writes. SIGTERM or Ctrl-C save NAME.state.pt to resume from.
     """
-    if bool(tickers) == all_tickers:
-        raise click.UsageError("give either --tickers A,B or --all")
-    engine = open_store(db, read_only=not data)  # without --data, training only reads
-    from .training.job import TrainJob, run_training  # torch: only once the cheap checks passed
+    from .training.job import TrainJob, resume_job  # torch: only once the cheap checks passed
 
-    if data:
-        from .data.ingest import ingest as run_ingest
-
-        click.echo(run_ingest(engine, data, progress=not quiet).summary(), err=quiet)
-    config = dataclasses.replace(
-        TRAIN,
-        seq_len=seq_len,
-        hidden=hidden,
-        layers=layers,
-        epochs=epochs,
-        lr=lr,
-        batch_size=batch_size,
-        test_fraction=test_fraction,
-        scaling=scaling,
-        seed=seed,
-        precision=precision,
-    )
-    job = run_training(
-        engine,
-        TrainJob(tickers=parse_tickers(tickers), all_tickers=all_tickers, config=config, out=out),
-        progress=not quiet,
-    )
-    for line in job.warnings:
+    state = None
+    if resume:
+        job, state = resume_job(resume)
+        if click.get_current_context().get_parameter_source("db").name == "DEFAULT":
+            db = state["job"].get("db") or db  # the database the stopped run trained on
+            if "***" in db:
+                raise click.UsageError("give --db: the stopped run's database URL has a password, not saved")
+    else:
+        if bool(tickers) == all_tickers:
+            raise click.UsageError("give either --tickers A,B or --all")
+        if out is None:
+            raise click.UsageError("give --out NAME.pt (where the checkpoint goes)")
+        config = dataclasses.replace(
+            TRAIN,
+            seq_len=seq_len,
+            hidden=hidden,
+            layers=layers,
+            epochs=epochs,
+            steps=steps,
+            lr=lr,
+            batch_size=batch_size,
+            test_fraction=test_fraction,
+            scaling=scaling,
+            seed=seed,
+            precision=precision,
+            device=device,
+        )
+        job = TrainJob(tickers=parse_tickers(tickers), all_tickers=all_tickers, config=config, out=out)
+    outcome = _train(job, state, data, db, quiet)
+    if outcome is None:  # another rank of a torchrun job: rank 0 reports
+        return
+    for line in outcome.warnings:
         click.echo(f"warning: {line}", err=True)
-    for line in job.notes:
+    for line in outcome.notes:
         click.echo(line, err=True)
-    click.echo(job.table)
-    click.echo(job.verdict)
-    click.echo(f"wrote {', '.join(str(p) for p in job.written)}")
+    click.echo(outcome.table)
+    click.echo(outcome.verdict)
+    click.echo(f"wrote {', '.join(str(p) for p in outcome.written)}")
+
+
+def _train(job, state, data, db, quiet):
+    """Join the torchrun job (if any), ingest on rank 0, train with SIGTERM/SIGINT saving a state."""
+    from .training.distributed import join, leave
+    from .training.job import run_training
+
+    world = join(job.config.device)
+    try:
+        engine = open_store(db, read_only=not (data and world.is_main))  # without --data, training only reads
+        if data and world.is_main:
+            from .data.ingest import ingest as run_ingest
+
+            click.echo(run_ingest(engine, data, progress=not quiet).summary(), err=quiet)
+        world.barrier()  # the other ranks read what rank 0 ingested
+        with stop_on_signals() as should_stop:
+            return run_training(engine, job, world, progress=not quiet, should_stop=should_stop, resume=state, db=db)
+    finally:
+        leave(world)
+
+
+@contextlib.contextmanager
+def stop_on_signals():
+    """SIGTERM and SIGINT ask the work to stop at its next safe point (yields the question)."""
+    asked = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: asked.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield asked.is_set
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 # -- model -> ONNX file ----------------------------------------------------

@@ -13,13 +13,33 @@ from numpy.typing import ArrayLike
 
 
 def loss_curves(history: dict, path: Path) -> Path:
+    """Training and validation loss at each check (epochs, or steps for a step budget)."""
     fig = Figure(figsize=(8, 4.5))
     ax = fig.subplots()
-    epochs = np.arange(1, len(history["train_loss"]) + 1)
-    ax.plot(epochs, history["train_loss"], label="train")
-    ax.plot(epochs, history["val_loss"], label="validation")
-    ax.axvline(history["best_epoch"], color="grey", linestyle=":", label=f"kept: epoch {history['best_epoch']}")
-    ax.set(xlabel="epoch", ylabel="MSE (scaled)", yscale="log", title="Training and validation loss")
+    unit = history.get("unit", "epoch")
+    at = history.get("at") or list(range(1, len(history["train_loss"]) + 1))
+    ax.plot(at, history["train_loss"], label="train")
+    ax.plot(at, history["val_loss"], label="validation")
+    best = history.get("best_at", history.get("best_epoch", 0))
+    ax.axvline(best, color="grey", linestyle=":", label=f"kept: {unit} {best}")
+    ax.set(xlabel=unit, ylabel="MSE (scaled)", yscale="log", title="Training and validation loss")
+    ax.legend()
+    return _save(fig, path)
+
+
+def ratio_summary(ratios: dict[str, float], path: Path) -> Path:
+    """The held-out RMSE ratio to naive of every ticker, as a histogram: one picture for thousands."""
+    values = np.array(list(ratios.values()), dtype=np.float64)
+    fig = Figure(figsize=(8, 4.5))
+    ax = fig.subplots()
+    ax.hist(values[np.isfinite(values)], bins=60, color="tab:blue")
+    ax.axvline(1.0, color="black", linestyle="--", label="naive")
+    ax.axvline(float(np.nanmedian(values)), color="tab:orange", label=f"median {np.nanmedian(values):.3f}")
+    ax.set(
+        xlabel="held-out RMSE / naive RMSE (below 1 beats naive)",
+        ylabel="tickers",
+        title=f"{len(values)} tickers: held-out ratio to naive",
+    )
     ax.legend()
     return _save(fig, path)
 

@@ -167,3 +167,55 @@ def test_train_on_an_empty_or_missing_database_names_it(tmp_path):
     assert result.output == (
         f"Error: the database {url} holds no prices: ingest some first (forecaster ingest PATH) or pass --data\n"
     )
+
+
+def test_cuda_asked_for_where_torch_cannot_use_it_is_one_line(tmp_path, sample_dir, db_url):
+    import torch
+
+    result = invoke(
+        "train", "--data", sample_dir, "--db", db_url, "--all", "--out", tmp_path / "m.pt", "--device", "cuda", *TINY
+    )
+    if torch.cuda.is_available():  # a GPU machine: it trains there, and says so in the checkpoint
+        from forecaster.training import checkpoint
+
+        assert result.exit_code == 0 and checkpoint.load(tmp_path / "m.pt")["provenance"]["device"] == "cuda"
+    else:
+        assert result.exit_code == 1
+        assert result.output.splitlines()[-1].startswith("Error: CUDA was requested but torch cannot use it here")
+        assert not (tmp_path / "m.pt").exists()
+
+
+def test_many_tickers_get_a_summary_plot_and_a_chosen_few(tmp_path, db_url):
+    from forecaster.data.sample import write_sample_data
+
+    write_sample_data(tmp_path / "d", tickers=25, days=80, seed=2)
+    out = tmp_path / "m.pt"
+    result = invoke("train", "--data", tmp_path / "d", "--db", db_url, "--all", "--out", out, "--steps", "5", *TINY[2:])
+    assert result.exit_code == 0, result.output
+    pngs = sorted(p.name for p in tmp_path.glob("m.*.png"))
+    assert "m.ratios.png" in pngs and "m.loss.png" in pngs
+    assert len([p for p in pngs if p.startswith("m.test.")]) == 6  # best, median and worst two
+    assert result.output.count("..2017-11-10") == 25  # 25 table rows: up to 30 are all printed
+    metrics = json.loads(out.with_suffix(".metrics.json").read_text())
+    assert len(metrics["tickers"]) == 25 and metrics["overall"]["steps"] == 5
+    assert metrics["overall"]["unit"] == "step" and metrics["overall"]["world_size"] == 1
+
+
+def test_the_table_of_a_large_universe_shows_the_best_median_and_worst():
+    from forecaster.training.job import held_out_table
+
+    row = {
+        "n_test": 9,
+        "test_start": "2017-01-02",
+        "test_end": "2017-01-12",
+        "test_rmse": 1.0,
+        "naive_rmse": 1.0,
+        "test_mae": 1.0,
+        "naive_mae": 1.0,
+        "direction_accuracy": 0.5,
+    }
+    metrics = {"tickers": {f"t{i:02d}": {**row, "ratio": 0.9 + i / 100} for i in range(40)}}
+    table = held_out_table(metrics)
+    shown = [line.split()[0] for line in table.splitlines()[2:-1]]
+    assert shown == ["t00", "t01", "t19", "t20", "t38", "t39"]
+    assert table.endswith("(the best, median and worst 2 of 40 tickers by ratio; all of them are in the metrics file)")

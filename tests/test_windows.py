@@ -3,8 +3,9 @@ import pytest
 from helpers import synthetic_series
 
 from forecaster.data.prices import make_windows
+from forecaster.data.universe import Universe
 from forecaster.errors import DataError
-from forecaster.training.windows import check_history, fit_scaling, split
+from forecaster.training.windows import check_history, fit_scaling, gather, index_windows, split
 
 
 def test_windows_and_next_close_targets():
@@ -24,23 +25,40 @@ def test_split_is_chronological_with_validation_before_test():
 def test_no_leakage_test_prices_change_neither_scaling_nor_training_windows(method):
     series = synthetic_series(days=200)
     seq_len = 20
-    sp = split(len(series) - seq_len, 0.2, 0.1)
-    before = fit_scaling(method, {"syn": series}, {"syn": sp}, seq_len)
-    windows_before = make_windows(series.ohlc, seq_len)[0][: sp.val_end].copy()
+    universe = Universe.from_series({"syn": series})
+    index = index_windows(universe, seq_len, 0.2, 0.1)
+    sp = index.splits[0]
+    before = fit_scaling(method, universe, index)
+    trainval = np.concatenate([index.train, index.val])
+    windows_before = gather(universe, trainval, seq_len)[0].copy()
 
     # Rewrite every price the training part never saw (test targets onward).
-    series.ohlc[sp.last_training_row(seq_len) + 1 :] *= 7.0
-    after = fit_scaling(method, {"syn": series}, {"syn": sp}, seq_len)
-    windows_after, targets_after = make_windows(series.ohlc, seq_len)
+    universe.ohlc[sp.last_training_row(seq_len) + 1 :] *= 7.0
+    after = fit_scaling(method, universe, index)
     assert before == after
-    np.testing.assert_array_equal(windows_before, windows_after[: sp.val_end])
+    np.testing.assert_array_equal(windows_before, gather(universe, trainval, seq_len)[0])
     # ...and the test targets did change, so the check above could fail.
-    assert targets_after[sp.val_end :].mean() > 5 * windows_before[:, -1, 3].mean()
+    test_targets = gather(universe, index.test, seq_len)[1]
+    assert test_targets.mean() > 5 * windows_before[:, -1, 3].mean()
+
+
+def test_windows_are_index_ranges_into_the_prices_split_per_ticker_in_time_order():
+    series = {t: synthetic_series(t, days=n, seed=i) for i, (t, n) in enumerate([("a", 120), ("b", 60)])}
+    universe = Universe.from_series(series)
+    index = index_windows(universe, 20, 0.2, 0.1)
+    assert [(s.train_end, s.val_end, s.n) for s in index.splits] == [(72, 80, 100), (29, 32, 40)]
+    assert len(index.train) + len(index.val) + len(index.test) == 140  # every window once
+    windows, targets = gather(universe, index.test[:1], 20)  # ticker a's first test window: rows 80..99
+    np.testing.assert_array_equal(windows[0], series["a"].ohlc[80:100].astype(np.float32))
+    assert targets[0] == np.float32(series["a"].ohlc[100, 3])
+    # b's rows follow a's 120 rows: its windows start at row 120.
+    assert index.train[72:].tolist() == list(range(120, 149))
+    assert index.val.tolist() == [*range(72, 80), 149, 150, 151] and index.test[-1] == 159
 
 
 def test_too_little_history_names_the_ticker_and_row_count():
     with pytest.raises(DataError, match=r"ticker tiny has 25 rows; with --seq-len 20 it needs at least 30"):
-        check_history(synthetic_series("tiny", days=25), 20)
+        check_history("tiny", 25, 20)
 
 
 def test_every_ticker_that_existed_ends_scored_stale_or_skipped(engine, tmp_path):

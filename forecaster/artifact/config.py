@@ -1,5 +1,4 @@
 """Defaults of the export and its checks (the CLI reads them from here)."""
 
 DEFAULT_OPSET = 20
-DEVICES = ("auto", "cpu", "cuda")  # where ONNX Runtime scores: auto = CUDA when really usable
 DEFAULT_TOLERANCE = 1e-4  # largest relative difference allowed, on the next close in price units

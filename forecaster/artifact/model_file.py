@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from ..devices import DEVICES
 from ..errors import DeviceError, ForecasterError, ModelFileError, first_line
 from ..scaling import Scaling, from_metadata
-from .config import DEVICES
 
 METADATA_PREFIX = "forecaster."
 METADATA_FORMAT = 1

@@ -259,6 +259,24 @@ def upsert(conn: sa.Connection, table: sa.Table, rows: list[dict], keys: list[st
     conn.execute(stmt, rows)
 
 
+def iterate_plain(conn: sa.Connection, query: sa.Select, chunk: int) -> Iterator[list[tuple]]:
+    """A query's rows as the driver's tuples, `chunk` at a time: a large read
+    never holds every row as Python objects (a server-side cursor on PostgreSQL)."""
+    compiled = query.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
+    params = compiled.params
+    if conn.dialect.paramstyle in ("qmark", "numeric"):
+        params = tuple(params[name] for name in compiled.positiontup)
+    dbapi = conn.connection.dbapi_connection
+    with driver_errors(conn):
+        cursor = dbapi.cursor(name="forecaster_read") if conn.dialect.name == "postgresql" else dbapi.cursor()
+        try:
+            cursor.execute(str(compiled), params)
+            while rows := cursor.fetchmany(chunk):
+                yield rows
+        finally:
+            cursor.close()
+
+
 def fetch_plain(conn: sa.Connection, query: sa.Select) -> list[tuple]:
     """All rows of a query as the driver's plain tuples (SQLAlchemy's Row
     objects cost about as much again as SQLite's own work, for 100,000 rows)."""

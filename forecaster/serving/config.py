@@ -7,11 +7,10 @@ import datetime as dt
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..artifact.config import DEVICES  # noqa: F401  (offered by the CLI from here)
 from ..data.config import DEFAULT_CALENDAR
+from ..devices import DEFAULT_DEVICE
 from .shards import Shard
 
-DEFAULT_DEVICE = "auto"
 DEFAULT_LOOKBACK = 5  # sessions in which a ticker whose close arrived late is still scored
 
 

@@ -30,9 +30,10 @@ from ..data.calendar import next_trading_day
 from ..data.config import DEFAULT_CALENDAR
 from ..data.ingest import IngestReport, ingest
 from ..data.prices import ScoringBatch, latest_windows
+from ..devices import DEFAULT_DEVICE
 from ..errors import ForecasterError, first_line
 from . import runs
-from .config import DEFAULT_DEVICE, DEFAULT_LOOKBACK
+from .config import DEFAULT_LOOKBACK
 from .dates import as_of_dates, check_dates, owed_dates
 from .shards import Shard
 

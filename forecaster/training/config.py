@@ -6,9 +6,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..devices import DEFAULT_DEVICE
 from ..features import FEATURES
 
 PRECISIONS = ("fp32", "bf16")
+TUTORIAL_EPOCHS = 100  # the tutorial's budget, kept while it is at most STEP_BUDGET optimiser steps
+STEP_BUDGET = 20_000  # the default budget beyond that: about 5 minutes of steps on 2 cores
+VAL_SAMPLE = 32_768  # validation windows: a fixed, seeded sample of every ticker's validation slice
 
 
 @dataclass
@@ -27,7 +31,10 @@ class TrainConfig:
     seq_len: int = 20
     hidden: int = 32
     layers: int = 2
-    epochs: int = 100
+    # The budget: --steps wins, then --epochs; with neither, the tutorial's 100
+    # epochs when they fit in STEP_BUDGET optimiser steps, else STEP_BUDGET steps.
+    epochs: int | None = None
+    steps: int | None = None
     lr: float = 0.01
     batch_size: int = 256  # 0: the whole training set as one batch (the tutorial)
     test_fraction: float = 0.2
@@ -43,6 +50,8 @@ class TrainConfig:
     # exported model stay float32. On a CPU that cannot, training falls back
     # to fp32 and says so (precision.py).
     precision: str = "fp32"
+    device: str = DEFAULT_DEVICE  # auto: CUDA when torch can use it
+    val_sample: int = VAL_SAMPLE
 
     def model_config(self) -> ModelConfig:
         return ModelConfig(seq_len=self.seq_len, hidden=self.hidden, layers=self.layers, scaling=self.scaling)

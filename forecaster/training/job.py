@@ -1,9 +1,12 @@
-"""One `forecaster train` job: pick tickers, train, write the checkpoint, the
-metrics file and the plots, and say plainly how the model compares with naive."""
+"""One `forecaster train` job: pick tickers, load their prices, train (alone
+or as one rank of a torchrun job), then on rank 0 write the checkpoint, the
+metrics file and the plots, and say plainly how the model compares with naive.
+A stopped job leaves NAME.state.pt beside the checkpoint to resume from."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -11,18 +14,21 @@ import sqlalchemy as sa
 
 from .. import plots
 from ..data import store
-from ..data.prices import all_tickers as stored_tickers
-from ..data.prices import load_series
+from ..data.universe import load_universe, stored_counts
 from ..errors import DataError
 from ..files import write_atomically
 from ..tables import format_table
 from . import checkpoint
 from .config import TrainConfig
+from .distributed import World, join
+from .evaluate import compared_with_naive
 from .precision import bf16_support
-from .train import compared_with_naive, train
+from .train import TrainResult, train_universe
 from .windows import min_rows
 
-MAX_TICKER_PLOTS = 20
+MAX_TICKER_PLOTS = 20  # up to this many tickers each get a plot; beyond, a summary and a chosen few
+CHOSEN_EACH = 2  # ...the best, the median and the worst ones by ratio
+MAX_TABLE_ROWS = 30  # held-out table rows printed; all of them are in metrics.json
 
 
 @dataclass
@@ -31,6 +37,18 @@ class TrainJob:
     all_tickers: bool
     config: TrainConfig
     out: Path
+
+    def to_plain(self) -> dict:
+        return {
+            "tickers": self.tickers,
+            "all_tickers": self.all_tickers,
+            "config": asdict(self.config),
+            "out": str(self.out),
+        }
+
+    @classmethod
+    def from_plain(cls, data: dict) -> TrainJob:
+        return cls(list(data["tickers"]), bool(data["all_tickers"]), TrainConfig(**data["config"]), Path(data["out"]))
 
 
 @dataclass
@@ -43,42 +61,91 @@ class TrainOutcome:
     notes: list[str] = field(default_factory=list)  # one-line facts about this machine's run
 
 
-def run_training(engine: sa.Engine, job: TrainJob, *, progress: bool = False) -> TrainOutcome:
-    warnings: list[str] = []
-    stored = stored_tickers(engine)
-    if not stored:
+def state_path(out: Path) -> Path:
+    return Path(out).with_suffix(".state.pt")
+
+
+def resume_job(state_file: Path) -> tuple[TrainJob, dict]:
+    """The job and state of a stopped training."""
+    state = checkpoint.load_state(state_file)
+    return TrainJob.from_plain(state["job"]), state
+
+
+def run_training(
+    engine: sa.Engine,
+    job: TrainJob,
+    world: World | None = None,
+    *,
+    progress: bool = False,
+    should_stop: Callable[[], bool] = lambda: False,
+    resume: dict | None = None,
+    db: str | None = None,
+) -> TrainOutcome | None:
+    """Train and, on rank 0, write and describe the result (None on the other ranks).
+    `world`: this process's place in a torchrun job; by default it runs alone."""
+    world = world or join(job.config.device)
+    tickers, warnings = choose_tickers(engine, job)
+    universe = load_universe(engine, tickers)
+    result = train_universe(
+        universe,
+        job.config,
+        world,
+        progress=progress,
+        should_stop=should_stop,
+        state_path=state_path(job.out),
+        job={**job.to_plain(), "db": db and sa.engine.make_url(db).render_as_string(hide_password=True)},
+        resume=resume,
+    )
+    if not world.is_main:
+        return None
+    warnings.extend(result.warnings)
+    notes = [bf16_support(job.config.hidden, job.config.layers).line()] if result.precision == "bf16" else []
+    notes.append(
+        f"trained {result.history['budget']} on {len(universe)} ticker(s), {world.size} process(es), "
+        f"{world.device.type}"
+    )
+    written = write_results(job, result)
+    return TrainOutcome(
+        result.metrics, held_out_table(result.metrics), verdict(result.metrics), written, warnings, notes
+    )
+
+
+def choose_tickers(engine: sa.Engine, job: TrainJob) -> tuple[list[str], list[str]]:
+    """(the tickers to train on, warnings): --all skips those with too little history."""
+    counts = stored_counts(engine)
+    if not counts:
         raise DataError(
             f"the database {store.url_of(engine)} holds no prices: "
             "ingest some first (forecaster ingest PATH) or pass --data"
         )
-    if job.all_tickers:
-        series = load_series(engine, stored)
-        short = [t for t, s in series.items() if len(s) < min_rows(job.config.seq_len)]
-        for t in short:
-            warnings.append(
-                f"skipping {t}: {len(series.pop(t))} rows, fewer than {min_rows(job.config.seq_len)} needed"
-            )
-        if not series:
-            raise DataError("no ticker in the database has enough history to train on")
-    else:
-        series = load_series(engine, job.tickers)
+    if not job.all_tickers:
+        return list(job.tickers), []
+    needed = min_rows(job.config.seq_len)
+    warnings = [f"skipping {t}: {n} rows, fewer than {needed} needed" for t, n in counts.items() if n < needed]
+    chosen = [t for t, n in counts.items() if n >= needed]
+    if not chosen:
+        raise DataError("no ticker in the database has enough history to train on")
+    return chosen, warnings
 
-    result = train(series, job.config, progress=progress)
-    warnings.extend(result.warnings)
-    notes = [bf16_support(job.config.hidden, job.config.layers).line()] if result.precision == "bf16" else []
+
+def write_results(job: TrainJob, result: TrainResult) -> list[Path]:
+    """The checkpoint, NAME.metrics.json and the plots, beside --out."""
     out = Path(job.out)
     checkpoint.save(out, result.checkpoint)
     metrics = {**result.metrics, "config": asdict(job.config), "best_epoch": result.history["best_epoch"]}
     metrics_path = out.with_suffix(".metrics.json")
     write_atomically(metrics_path, lambda fh: fh.write((json.dumps(metrics, indent=2) + "\n").encode()))
     written = [out, metrics_path, plots.loss_curves(result.history, out.with_suffix(".loss.png"))]
-    for ticker in list(result.predictions)[:MAX_TICKER_PLOTS]:
-        p = result.predictions[ticker]
-        m = result.metrics["tickers"][ticker]
+    ratios = {t: m["ratio"] for t, m in result.metrics["tickers"].items()}
+    if len(ratios) > MAX_TICKER_PLOTS:
+        written.append(plots.ratio_summary(ratios, out.with_suffix(".ratios.png")))
+    for ticker in plotted(ratios):
+        p, m = result.predictions[ticker], result.metrics["tickers"][ticker]
+        dates = [result.universe.iso_date(r) for r in p["rows"]]
         written.append(
             plots.forecast_vs_actual(
                 ticker,
-                p["dates"],
+                dates,
                 p["actual"],
                 p["predicted"],
                 p["last"],
@@ -87,17 +154,27 @@ def run_training(engine: sa.Engine, job: TrainJob, *, progress: bool = False) ->
                 f"{m['naive_rmse']:.3f}, ratio {m['ratio']:.3f})",
             )
         )
-    if len(result.predictions) > MAX_TICKER_PLOTS:
-        warnings.append(f"plotted the first {MAX_TICKER_PLOTS} of {len(result.predictions)} tickers")
-    return TrainOutcome(metrics, held_out_table(result.metrics), verdict(result.metrics), written, warnings, notes)
+    return written
+
+
+def plotted(ratios: dict[str, float]) -> list[str]:
+    """Every ticker, or for a large universe the best, median and worst few by ratio."""
+    if len(ratios) <= MAX_TICKER_PLOTS:
+        return list(ratios)
+    ranked = sorted(ratios, key=ratios.get)
+    middle = len(ranked) // 2 - CHOSEN_EACH // 2
+    return list(dict.fromkeys(ranked[:CHOSEN_EACH] + ranked[middle : middle + CHOSEN_EACH] + ranked[-CHOSEN_EACH:]))
 
 
 def held_out_table(metrics: dict) -> str:
-    """Per ticker: held-out days, RMSE and MAE beside naive's, their ratio, direction accuracy."""
+    """Per ticker: held-out days, RMSE and MAE beside naive's, their ratio, direction accuracy.
+    For many tickers: the ones plotted (best, median, worst)."""
     says = {"better": "", "level": "same as naive", "worse": "worse than naive"}
+    tickers = metrics["tickers"]
+    shown = list(tickers) if len(tickers) <= MAX_TABLE_ROWS else plotted({t: m["ratio"] for t, m in tickers.items()})
     rows = [
         (
-            ticker,
+            t,
             m["n_test"],
             f"{m['test_start']}..{m['test_end']}",
             m["test_rmse"],
@@ -108,11 +185,17 @@ def held_out_table(metrics: dict) -> str:
             m["direction_accuracy"],
             says[compared_with_naive(m["ratio"])],
         )
-        for ticker, m in metrics["tickers"].items()
+        for t, m in ((t, tickers[t]) for t in shown)
     ]
-    return format_table(
+    table = format_table(
         ["ticker", "n_test", "test days", "rmse", "naive_rmse", "ratio", "mae", "naive_mae", "dir_acc", ""], rows
     )
+    if len(shown) < len(tickers):
+        table += (
+            f"\n(the best, median and worst {CHOSEN_EACH} of {len(tickers)} tickers by ratio; "
+            "all of them are in the metrics file)"
+        )
+    return table
 
 
 def verdict(metrics: dict) -> str:
@@ -123,8 +206,8 @@ def verdict(metrics: dict) -> str:
     )
     if o.get("is_naive"):
         return (
-            "No epoch beat the naive forecast on validation, so the model kept its starting "
-            f"weights and repeats the last close: it is the naive forecast. {summary}"
+            f"No {o.get('unit', 'epoch')} beat the naive forecast on validation, so the model kept its "
+            f"starting weights and repeats the last close: it is the naive forecast. {summary}"
         )
     n, worse, level = o["n_tickers"], o["tickers_worse_than_naive"], o["tickers_level_with_naive"]
     better = n - worse - level

@@ -1,8 +1,12 @@
-"""From a ticker's series to training data: the chronological split that
-keeps the future out of training, and the scaling fitted on training rows.
+"""From a universe's prices to training data: windows as index ranges, the
+chronological split that keeps the future out of training, and the scaling
+fitted on training rows.
 
-Windows are split in time order: train | validation | test. Everything
-fitted (the scaling) sees only rows up to the last training target.
+A window is the global row of its first day: it holds rows [r, r + seq_len)
+and its target is the close of row r + seq_len. Per ticker, windows are split
+in time order: train | validation | test. Everything fitted (the scaling)
+sees only rows up to the last training target. Windows are gathered from
+the price array batch by batch, never materialised all at once.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..data.prices import Series, make_windows
+from ..data.universe import Universe
 from ..errors import DataError
 from ..features import CLOSE
 from ..scaling import MinMaxScaling, RelativeScaling, Scaling
@@ -21,7 +25,7 @@ MIN_WINDOWS = 10  # below this a ticker cannot give train, validation and test w
 
 @dataclass
 class Split:
-    """Window index ranges: [0, train) [train, val) [val, n)."""
+    """One ticker's window index ranges: [0, train) [train, val) [val, n)."""
 
     train_end: int
     val_end: int
@@ -32,18 +36,29 @@ class Split:
         return self.n - self.val_end
 
     def last_training_row(self, seq_len: int) -> int:
-        """The last row any training or validation window (or its target) touches."""
+        """The last row (of the ticker) any training or validation window, or its target, touches."""
         return self.val_end - 1 + seq_len
+
+
+@dataclass
+class WindowIndex:
+    """Every window of a universe by part, as the global row of its first day."""
+
+    seq_len: int
+    splits: list[Split]  # per ticker
+    train: np.ndarray  # (n_train,) int64
+    val: np.ndarray
+    test: np.ndarray
 
 
 def min_rows(seq_len: int) -> int:
     return seq_len + MIN_WINDOWS
 
 
-def check_history(series: Series, seq_len: int) -> None:
-    if len(series) < min_rows(seq_len):
+def check_history(ticker: str, rows: int, seq_len: int) -> None:
+    if rows < min_rows(seq_len):
         raise DataError(
-            f"ticker {series.ticker} has {len(series)} rows; with --seq-len {seq_len} it needs at "
+            f"ticker {ticker} has {rows} rows; with --seq-len {seq_len} it needs at "
             f"least {min_rows(seq_len)} (seq_len + {MIN_WINDOWS} windows for train, validation and test)"
         )
 
@@ -59,27 +74,48 @@ def split(n_windows: int, test_fraction: float, val_fraction: float) -> Split:
     return Split(train_end=n_trainval - n_val, val_end=n_trainval, n=n_windows)
 
 
-def fit_scaling(method: str, series: dict[str, Series], splits: dict[str, Split], seq_len: int) -> Scaling:
+def index_windows(universe: Universe, seq_len: int, test_fraction: float, val_fraction: float) -> WindowIndex:
+    """Split every ticker's windows and list each part's windows by first row."""
+    splits, parts = [], {"train": [], "val": [], "test": []}
+    for k, ticker in enumerate(universe.tickers):
+        first, rows = int(universe.starts[k]), int(universe.counts[k])
+        check_history(ticker, rows, seq_len)
+        s = split(rows - seq_len, test_fraction, val_fraction)
+        splits.append(s)
+        for part, (a, b) in (
+            ("train", (0, s.train_end)),
+            ("val", (s.train_end, s.val_end)),
+            ("test", (s.val_end, s.n)),
+        ):
+            parts[part].append(np.arange(first + a, first + b, dtype=np.int64))
+    return WindowIndex(seq_len, splits, *(np.concatenate(parts[p]) for p in ("train", "val", "test")))
+
+
+def gather(universe: Universe, rows: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """(windows (B, seq_len, 4) float32, next closes (B,) float32) for windows starting at `rows`."""
+    windows = universe.ohlc[rows[:, None] + np.arange(seq_len)]
+    return windows, universe.ohlc[rows + seq_len, CLOSE]
+
+
+def fit_scaling(method: str, universe: Universe, index: WindowIndex) -> Scaling:
     """The scaling, fitted on training rows only (scaling.py applies it).
 
     relative: one gain = 1 / std of the next-day relative close move over the
-              training windows of all tickers.
+              training and validation windows of all tickers.
     minmax:   per ticker and column, the low and high of its training rows.
     """
+    seq_len = index.seq_len
     if method == "relative":
-        moves = []
-        for ticker, s in series.items():
-            windows, targets = make_windows(s.ohlc, seq_len)
-            end = splits[ticker].val_end
-            moves.append(targets[:end] / windows[:end, -1, CLOSE] - 1.0)
-        std = float(np.std(np.concatenate(moves)))
-        return RelativeScaling(1.0 / max(std, 1e-6))
+        rows = np.concatenate([index.train, index.val])
+        close = universe.ohlc[:, CLOSE].astype(np.float64)
+        moves = close[rows + seq_len] / close[rows + seq_len - 1] - 1.0
+        return RelativeScaling(1.0 / max(float(np.std(moves)), 1e-6))
     if method == "minmax":
-        tickers = list(series)
-        fit_rows = [series[t].ohlc[: splits[t].last_training_row(seq_len) + 1] for t in tickers]
-        return MinMaxScaling(
-            tuple(tickers),
-            tuple(tuple(rows.min(axis=0).tolist()) for rows in fit_rows),
-            tuple(tuple(rows.max(axis=0).tolist()) for rows in fit_rows),
-        )
+        lows, highs = [], []
+        for k, s in enumerate(index.splits):
+            first = int(universe.starts[k])
+            fit_rows = universe.ohlc[first : first + s.last_training_row(seq_len) + 1].astype(np.float64)
+            lows.append(tuple(fit_rows.min(axis=0).tolist()))
+            highs.append(tuple(fit_rows.max(axis=0).tolist()))
+        return MinMaxScaling(tuple(universe.tickers), tuple(lows), tuple(highs))
     raise DataError(f"unknown scaling {method!r}: choose relative or minmax")

@@ -1,0 +1,157 @@
+"""The same training as one DDP job of 2 CPU processes under torchrun (gloo),
+and a training stopped by SIGTERM that resumes. Real processes."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from forecaster.data import store
+from forecaster.data.ingest import ingest
+from forecaster.data.sample import write_sample_data
+from forecaster.data.universe import load_universe, stored_counts
+from forecaster.training import checkpoint
+from forecaster.training.windows import index_windows
+
+TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
+FORECASTER = [sys.executable, "-m", "forecaster"]
+SMALL = ["--hidden", "16", "--layers", "2", "--batch-size", "64", "--quiet"]
+# Two processes see the same shuffled windows and average their gradients:
+# the held-out ratios match one process's to float noise. Stated tolerance:
+RATIO_TOLERANCE = 0.005
+
+
+@pytest.fixture(scope="module")
+def universe_db(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ddp")
+    write_sample_data(folder / "d", tickers=6, days=400, seed=3, ar=0.3)
+    url = f"sqlite:///{folder / 't.db'}"
+    ingest(store.connect(url), [folder / "d"])
+    return url
+
+
+def test_two_processes_see_every_training_window_once_and_make_the_one_process_model(universe_db, tmp_path):
+    one = subprocess.run(
+        [
+            *FORECASTER,
+            "train",
+            "--all",
+            "--db",
+            universe_db,
+            "--out",
+            str(tmp_path / "one.pt"),
+            "--epochs",
+            "2",
+            *SMALL,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert one.returncode == 0, one.stderr
+    env = {**os.environ, "FORECASTER_RECORD_WINDOWS": str(tmp_path / "seen")}
+    two = subprocess.run(
+        [
+            TORCHRUN,
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "forecaster",
+            "train",
+            "--all",
+            "--db",
+            universe_db,
+            "--out",
+            str(tmp_path / "two.pt"),
+            "--epochs",
+            "2",
+            *SMALL,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert two.returncode == 0, two.stderr
+    assert two.stdout.count("wrote ") == 1  # rank 0 alone reports...
+    written = sorted(p.name for p in tmp_path.glob("two*"))
+    assert "two.pt" in written and "two.metrics.json" in written  # ...and writes
+
+    # Across the ranks, every epoch used every training window exactly once.
+    engine = store.connect(universe_db)
+    index = index_windows(load_universe(engine, list(stored_counts(engine))), 20, 0.2, 0.2)
+    ranks = [np.load(tmp_path / "seen" / f"rank{r}.npy") for r in (0, 1)]
+    per_epoch = len(index.train) // 2
+    assert sum(len(r) for r in ranks) == 2 * len(index.train)
+    for epoch in range(2):
+        mine = [r[epoch * per_epoch : (epoch + 1) * per_epoch] for r in ranks]
+        assert not set(mine[0]) & set(mine[1])
+        assert sorted(np.concatenate(mine).tolist()) == sorted(index.train.tolist())
+
+    metrics = {name: json.loads((tmp_path / f"{name}.metrics.json").read_text())["overall"] for name in ("one", "two")}
+    assert (metrics["one"]["world_size"], metrics["two"]["world_size"]) == (1, 2)
+    assert abs(metrics["two"]["mean_ratio"] - metrics["one"]["mean_ratio"]) <= RATIO_TOLERANCE
+    provenance = checkpoint.load(tmp_path / "two.pt")["provenance"]
+    assert (provenance["world_size"], provenance["device"]) == (2, "cpu")
+    # The checkpoint is the same format as ever: it exports and verifies.
+    assert subprocess.run([*FORECASTER, "export", str(tmp_path / "two.pt")], capture_output=True).returncode == 0
+    verified = subprocess.run([*FORECASTER, "verify", str(tmp_path / "two.onnx")], capture_output=True, text=True)
+    assert verified.returncode == 0, verified.stderr
+
+
+def test_sigterm_saves_a_state_and_resume_finishes_the_same_training(universe_db, tmp_path):
+    out = tmp_path / "m.pt"
+    log = tmp_path / "train.log"
+    args = [
+        "train",
+        "--all",
+        "--db",
+        universe_db,
+        "--out",
+        str(out),
+        "--steps",
+        "4000",
+        "--hidden",
+        "8",
+        "--layers",
+        "1",
+        "--batch-size",
+        "32",
+    ]
+    with open(log, "w") as fh:
+        proc = subprocess.Popen([*FORECASTER, *args], stdout=fh, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while "train:" not in log.read_text() and time.monotonic() < deadline:  # the progress bar is up
+            assert proc.poll() is None, log.read_text()
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 1
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    said = log.read_text()
+    state = out.with_suffix(".state.pt")
+    assert f"; resume with: forecaster train --resume {state}" in said and "Traceback" not in said
+    assert state.exists() and not out.exists()
+    stopped_at = checkpoint.load_state(state)["step"]
+    assert 0 < stopped_at < 4000
+
+    resumed = subprocess.run(
+        [*FORECASTER, "train", "--resume", str(state), "--quiet"], capture_output=True, text=True, timeout=600
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert out.exists() and not state.exists()
+    assert json.loads(out.with_suffix(".metrics.json").read_text())["overall"]["steps"] == 4000
+    torch_state = checkpoint.load(out)["state_dict"]
+    assert all(torch.isfinite(t).all() for t in torch_state.values())
+    shutil.rmtree(tmp_path / "m.state.pt", ignore_errors=True)
