@@ -11,6 +11,8 @@ Sections (keys of benchmarks/results.json):
                          universe's nights; peak RSS
   nightly_short_history  the same on a universe with 10x shorter history
   train                  the tutorial config (2x32 LSTM, 100 epochs, full batch) on aaxj
+  train_universe         `forecaster train --all` on the long universe for 2,000 steps, alone and
+                         under torchrun with 2 processes; the default budget extrapolated
   machine, calibration   the CPU, and figures measured in the same run (machine.py): start-up,
                          NumPy GFLOP/s, SQLite's own insert rate; at the start and at the end
   relative               each headline figure against its calibration, comparable across machines
@@ -156,7 +158,7 @@ def append_one_day(folder: Path, seed: int = 1) -> int:
     return n
 
 
-def run_cli(args: list[str]) -> tuple[float, float]:
+def run_cli(args: list[str], launcher: list[str] | None = None) -> tuple[float, float]:
     """(wall seconds, peak RSS MB) of one `forecaster` process.
 
     Peak RSS is the child's own VmHWM, sampled from /proc every 5 ms: the
@@ -164,7 +166,8 @@ def run_cli(args: list[str]) -> tuple[float, float]:
     parent that the child inherited for an instant before exec."""
     start = time.perf_counter()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen([sys.executable, "-m", "forecaster", *args], stdout=out, stderr=err)
+        command = [*(launcher or [sys.executable]), "-m", "forecaster", *args]
+        proc = subprocess.Popen(command, stdout=out, stderr=err)
         peak_kb = 0
         while proc.poll() is None:
             peak_kb = max(peak_kb, _vm_hwm_kb(proc.pid))
@@ -275,6 +278,46 @@ def nightly_runs(universes: list[tuple[Path, int, int]], onnx_path: Path) -> lis
     return out
 
 
+def bench_train_universe(db: Path, folder: Path, steps: int) -> dict:
+    """`forecaster train --all` on the long universe, as a user runs it, for `steps` optimiser
+    steps (a fraction of the default budget, to keep the bench short), alone and under
+    torchrun with 2 processes; the default budget's time is extrapolated from the parts."""
+    from forecaster.training.config import STEP_BUDGET
+
+    torchrun = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc-per-node", "2"]
+    out = {}
+    for name, launcher in (("one_process", None), ("torchrun_2", torchrun)):
+        target = folder / f"universe_{name}.pt"
+        seconds, _ = run_cli(
+            ["train", "--all", "--db", f"sqlite:///{db}", "--steps", str(steps), "--out", str(target), "--quiet"],
+            launcher,
+        )
+        metrics = json.loads(target.with_suffix(".metrics.json").read_text())
+        t, o = metrics["timing"], metrics["overall"]
+        per_step = t["train_seconds"] / steps
+        run = {
+            "tickers": o["n_tickers"],
+            "windows": o["train_windows"],
+            "steps": steps,
+            "seconds": seconds,
+            "load_seconds": t["load_seconds"],
+            "train_seconds": t["train_seconds"],
+            "evaluate_seconds": t["evaluate_seconds"],
+            "windows_per_s": steps * 256 / t["train_seconds"],
+            "peak_rss_mb": t["peak_rss_mb"],
+            "default_steps": STEP_BUDGET,
+            "extrapolated_default_seconds": seconds + per_step * (STEP_BUDGET - steps),
+        }
+        out[name] = run
+        log(
+            f"train --all {run['tickers']} tickers, {steps} steps, {name}: {seconds:.0f} s (load "
+            f"{run['load_seconds']:.0f}, steps {run['train_seconds']:.0f}, evaluate {run['evaluate_seconds']:.0f}), "
+            f"{run['windows_per_s']:,.0f} windows/s, peak {run['peak_rss_mb']:.0f} MB; the default "
+            f"{STEP_BUDGET} steps: about {run['extrapolated_default_seconds']:.0f} s"
+        )
+    return {**out["one_process"], "torchrun_2": out["torchrun_2"]}
+
+
 def bench_train() -> dict:
     from forecaster.data import store
     from forecaster.data.ingest import ingest
@@ -332,6 +375,7 @@ def main() -> int:
     ap.add_argument("--short-days", type=int, default=250)
     ap.add_argument("--reps", type=int, default=15, help="timed calls per batch size")
     ap.add_argument("--only", help="comma list of sections to run")
+    ap.add_argument("--universe-steps", type=int, default=2000, help="optimiser steps of the train_universe run")
     ap.add_argument("--out", default=str(HERE / "results.json"))
     args = ap.parse_args()
     only = set(args.only.split(",")) if args.only else None
@@ -356,6 +400,8 @@ def main() -> int:
             universes.append(("nightly_short_history", (tmp / "short", args.tickers, args.short_days)))
         for (key, _), nights in zip(universes, nightly_runs([u for _, u in universes], onnx_path), strict=True):
             results[key] = nights
+        if wanted("train_universe") and (tmp / "long" / "bench.db").exists():
+            results["train_universe"] = bench_train_universe(tmp / "long" / "bench.db", tmp, args.universe_steps)
         if "nightly" in results and "nightly_short_history" in results:
             results["history_cost_ratio"] = results["nightly"]["seconds"] / results["nightly_short_history"]["seconds"]
     if wanted("train"):
@@ -449,6 +495,17 @@ def print_table(r: dict) -> None:
             f"{t['precisions']['fp32_glibc_defaults']['minor_page_faults']:,} vs "
             f"{t['precisions']['fp32']['minor_page_faults']:,}) |"
         )
+    if "train_universe" in r:
+        for name, u in (
+            ("one process", r["train_universe"]),
+            ("torchrun, 2 processes", r["train_universe"]["torchrun_2"]),
+        ):
+            print(
+                f"| train --all, {u['tickers']} tickers ({u['windows']:,} training windows), {u['steps']} steps, "
+                f"{name} | {u['seconds']:.0f} s (load {u['load_seconds']:.0f}, steps {u['train_seconds']:.0f}, "
+                f"evaluate {u['evaluate_seconds']:.0f}), {u['windows_per_s']:,.0f} windows/s, peak "
+                f"{u['peak_rss_mb']:.0f} MB; {u['default_steps']:,} steps: ~{u['extrapolated_default_seconds']:.0f} s |"
+            )
     rel = r.get("relative", {})
     if "nightly_over_startup" in rel:
         print(f"| nightly run / start-up | {rel['nightly_over_startup']:.2f} |")

@@ -76,7 +76,7 @@ def tutorial_recipe(frame: pd.DataFrame, seed: int, epochs: int) -> pd.Series:
 def our_default(series: Series, seed: int, epochs: int) -> pd.Series:
     result = train({"aaxj": series}, TrainConfig(seed=seed, epochs=epochs))
     p = result.predictions["aaxj"]
-    return pd.Series(p["predicted"], index=list(p["dates"]))
+    return pd.Series(p["predicted"], index=[result.universe.iso_date(r) for r in p["rows"]])
 
 
 def main() -> int:

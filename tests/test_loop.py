@@ -88,13 +88,13 @@ def test_the_validation_sample_has_a_fixed_size_and_seed():
 
 
 def test_a_step_is_kept_only_when_it_beats_the_start_beyond_the_validation_noise():
-    from forecaster.training.loop import EVIDENCE
+    from forecaster.training.loop import EVIDENCE, MIN_GAIN
 
     result = train_universe(small_universe(), TrainConfig(steps=40, batch_size=32, hidden=8, layers=1), ALONE)
     h = result.history
     kept = h["initial_val_loss"] if h["best_step"] == 0 else h["val_loss"][h["at"].index(h["best_at"])]
     assert kept <= h["initial_val_loss"]
-    assert h["best_step"] == 0 or h["kept_z"] >= EVIDENCE
+    assert h["best_step"] == 0 or (h["kept_z"] >= EVIDENCE and kept <= h["initial_val_loss"] * (1 - MIN_GAIN))
     # On prices with nothing to learn, no step is kept: the model stays the naive forecast.
     noise = Universe.from_series({t: synthetic_series(t, days=400, seed=i) for i, t in enumerate("abcd")})
     walk = train_universe(noise, TrainConfig(steps=200, batch_size=32, hidden=8, layers=1), ALONE)

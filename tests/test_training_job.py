@@ -97,7 +97,7 @@ def test_a_model_that_kept_the_naive_epoch_says_so_and_its_export_verifies(tmp_p
     assert (overall["kept_epoch"], overall["is_naive"]) == (0, True)
     assert overall["tickers_worse_than_naive"] == 0 and overall["tickers_level_with_naive"] == 3
     assert job.verdict.startswith(
-        "No epoch beat the naive forecast on validation, so the model kept its "
+        "No epoch beat the naive forecast on validation beyond noise, so the model kept its "
         "starting weights and repeats the last close"
     )
     assert "WORSE" not in job.verdict and "worse than naive" not in job.table

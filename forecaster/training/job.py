@@ -6,6 +6,8 @@ A stopped job leaves NAME.state.pt beside the checkpoint to resume from."""
 from __future__ import annotations
 
 import json
+import resource
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -84,8 +86,10 @@ def run_training(
     """Train and, on rank 0, write and describe the result (None on the other ranks).
     `world`: this process's place in a torchrun job; by default it runs alone."""
     world = world or join(job.config.device)
+    started = time.perf_counter()
     tickers, warnings = choose_tickers(engine, job)
     universe = load_universe(engine, tickers)
+    loaded = time.perf_counter()
     result = train_universe(
         universe,
         job.config,
@@ -98,6 +102,12 @@ def run_training(
     )
     if not world.is_main:
         return None
+    # Where the time went, and this process's peak memory: in metrics.json for benchmarks and users.
+    result.metrics["timing"] = {
+        "load_seconds": loaded - started,
+        **result.timing,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
     warnings.extend(result.warnings)
     notes = [bf16_support(job.config.hidden, job.config.layers).line()] if result.precision == "bf16" else []
     notes.append(
@@ -206,8 +216,8 @@ def verdict(metrics: dict) -> str:
     )
     if o.get("is_naive"):
         return (
-            f"No {o.get('unit', 'epoch')} beat the naive forecast on validation, so the model kept its "
-            f"starting weights and repeats the last close: it is the naive forecast. {summary}"
+            f"No {o.get('unit', 'epoch')} beat the naive forecast on validation beyond noise, so the model kept "
+            f"its starting weights and repeats the last close: it is the naive forecast. {summary}"
         )
     n, worse, level = o["n_tickers"], o["tickers_worse_than_naive"], o["tickers_level_with_naive"]
     better = n - worse - level

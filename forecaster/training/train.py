@@ -12,6 +12,7 @@ index ranges into one float32 array (data/universe.py).
 from __future__ import annotations
 
 import platform
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -51,6 +52,7 @@ class TrainResult:
     precision: str = "fp32"  # what the training really ran in
     warnings: list[str] = field(default_factory=list)
     universe: Universe | None = None
+    timing: dict = field(default_factory=dict)  # seconds of the steps and of the evaluation
 
 
 def train(series: dict[str, Series], config: TrainConfig, *, progress: bool = False) -> TrainResult:
@@ -90,6 +92,7 @@ def train_universe(
                 "the prices changed since the training was stopped (its data sha256 differs): "
                 "start a new training instead of resuming"
             )
+        started = time.perf_counter()
         with reuse_freed_memory():  # half the time of a full-batch epoch was page faults
             history = fit(
                 model,
@@ -113,9 +116,11 @@ def train_universe(
         precision=precision,
         warnings=[precision_warning] if precision_warning else [],
         universe=universe,
+        timing={"train_seconds": time.perf_counter() - started},
     )
     if not world.is_main:
         return result
+    started = time.perf_counter()
     metrics, result.predictions = held_out(model, universe, index, torch.device("cpu"))
     # Step 0 kept: no step beat the starting weights on validation. Under
     # relative scaling those output "no change", i.e. the naive forecast itself.
@@ -125,6 +130,7 @@ def train_universe(
         is_naive=history["best_step"] == 0 and scaling.method == "relative",
         precision=precision,
         steps=history["steps"],
+        train_windows=len(index.train),
         unit=history["unit"],
         world_size=world.size,
         device=world.device.type,
@@ -147,6 +153,7 @@ def train_universe(
         "history": history,
         **parity_windows(universe, index),
     }
+    result.timing["evaluate_seconds"] = time.perf_counter() - started
     return result
 
 
