@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,6 +174,7 @@ def fit(
     net.load_state_dict(best["state"])
     net.eval()
     history.update(
+        validation_seconds=validation.seconds,
         kept_z=best["z"],
         best_step=best["step"],
         steps=budget.steps,
@@ -221,6 +223,7 @@ class Validation:
             rows = np.sort(chosen)
         self.mine = rows[world.rank :: world.size]
         self.start: np.ndarray | None = None  # the starting weights' squared errors
+        self.seconds = 0.0  # spent validating, so step times can be told apart
 
     def errors(self) -> np.ndarray:
         """This rank's squared errors, window by window."""
@@ -241,6 +244,7 @@ class Validation:
     def check(self) -> tuple[float, float]:
         """(mean squared error, z): z is the mean paired improvement over the
         start in standard errors (positive: better than the start)."""
+        started = time.perf_counter()
         errors = self.errors()
         if self.start is None:
             self.start = errors
@@ -251,6 +255,7 @@ class Validation:
         mean_gain = gain / count
         spread = math.sqrt(max(gain2 / count - mean_gain**2, 0.0) / count)
         z = mean_gain / spread if spread > 0 else (math.inf if mean_gain > 0 else 0.0)
+        self.seconds += time.perf_counter() - started
         return total / count, z
 
 

@@ -116,7 +116,7 @@ def train_universe(
         precision=precision,
         warnings=[precision_warning] if precision_warning else [],
         universe=universe,
-        timing={"train_seconds": time.perf_counter() - started},
+        timing={"train_seconds": time.perf_counter() - started, "validation_seconds": history["validation_seconds"]},
     )
     if not world.is_main:
         return result
