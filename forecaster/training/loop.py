@@ -85,8 +85,9 @@ def fit(
     state_path: Path | None = None,
     state_extra: dict | None = None,
     resume: dict | None = None,
-) -> dict:
-    """Train `model` in place; returns the history. Leaves the best weights in the model.
+) -> tuple[dict, float]:
+    """Train `model` in place; returns the history and the seconds spent
+    validating. Leaves the best weights in the model.
 
     When `should_stop()` turns true, everything needed to carry on (weights,
     optimiser, step, best so far, history, and `state_extra`) is saved to
@@ -174,7 +175,6 @@ def fit(
     net.load_state_dict(best["state"])
     net.eval()
     history.update(
-        validation_seconds=validation.seconds,
         kept_z=best["z"],
         best_step=best["step"],
         steps=budget.steps,
@@ -183,7 +183,7 @@ def fit(
     history["best_epoch"] = history["best_at"] if budget.unit == "epoch" else best["step"] / budget.per_epoch
     if state_path is not None and world.is_main:
         state_path.unlink(missing_ok=True)  # finished: a state to resume from would only mislead
-    return history
+    return history, validation.seconds
 
 
 def batch_tensors(

@@ -94,7 +94,7 @@ def train_universe(
             )
         started = time.perf_counter()
         with reuse_freed_memory():  # half the time of a full-batch epoch was page faults
-            history = fit(
+            history, validation_seconds = fit(
                 model,
                 universe,
                 index,
@@ -116,7 +116,7 @@ def train_universe(
         precision=precision,
         warnings=[precision_warning] if precision_warning else [],
         universe=universe,
-        timing={"train_seconds": time.perf_counter() - started, "validation_seconds": history["validation_seconds"]},
+        timing={"train_seconds": time.perf_counter() - started, "validation_seconds": validation_seconds},
     )
     if not world.is_main:
         return result
