@@ -323,7 +323,7 @@ def test_a_bug_during_a_run_marks_it_failed_and_keeps_its_traceback(engine, samp
     from forecaster.data.ingest import ingest
 
     ingest(engine, [sample_dir])
-    monkeypatch.setattr(ModelFile, "score", lambda self, *args: 1 / 0)
+    monkeypatch.setattr(ModelFile, "_run", lambda self, *args: 1 / 0)
     with pytest.raises(ZeroDivisionError):  # not dressed up as a database error
         predict(engine, tiny_model, device="cpu")
     assert rows(engine, "SELECT status, message FROM runs") == [("failed", "ZeroDivisionError: division by zero")]

@@ -93,12 +93,16 @@ ROUNDS, PROCESSES = 5, 8  # with the old code this failed in 5 of 6 tries
 
 
 def test_a_version_1_database_is_upgraded_in_place_keeping_its_data(any_db_url):
-    # Version 1 had no calendar tables: rebuild one, with a price row in it.
+    # Version 1 had no calendar tables and no interval columns: rebuild one, with a price row in it.
     engine = store.connect(any_db_url)
     with store.write_transaction(engine) as conn:
         conn.execute(schema.prices.insert().values(ticker="x", date="2017-01-03", open=1, high=1, low=1, close=1))
         for table in (schema.calendar_sessions, schema.calendar_coverage):
             table.drop(conn)
+        for view in ("prediction_outcomes", "latest_predictions"):
+            conn.exec_driver_sql(f"DROP VIEW {view}")
+        for column in schema.INTERVAL_COLUMNS:
+            conn.exec_driver_sql(f"ALTER TABLE predictions DROP COLUMN {column}")
         conn.execute(schema.schema_info.update().values(version=1))
     engine.dispose()
     with pytest.raises(StoreError, match="has schema version 1: open it once with a writing command"):
@@ -108,6 +112,7 @@ def test_a_version_1_database_is_upgraded_in_place_keeping_its_data(any_db_url):
         assert conn.execute(sa.select(schema.schema_info.c.version)).scalar_one() == schema.SCHEMA_VERSION
         assert conn.execute(sa.select(sa.func.count()).select_from(schema.prices)).scalar() == 1
         assert sa.inspect(conn).has_table("calendar_sessions")
+        assert {"lo80", "in95"} <= {c["name"] for c in sa.inspect(conn).get_columns("prediction_outcomes")}
 
 
 def test_every_database_error_reads_and_writes_becomes_one_database_error(any_engine):

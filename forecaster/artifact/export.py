@@ -30,7 +30,9 @@ from torch import nn
 from .. import __version__
 from ..clock import utc_now
 from ..errors import CheckpointError
+from ..features import CLOSE
 from ..files import write_atomically
+from ..intervals import COLUMNS, Calibration
 from ..training import checkpoint
 from ..training.config import ModelConfig
 from ..training.model import Forecaster, build_forecaster
@@ -50,16 +52,26 @@ class ExportResult:
 
 
 class _WithExtent(nn.Module):
-    """The forecaster plus the largest |scaled input| of each window."""
+    """The forecaster plus the largest |scaled input| of each window and,
+    when the checkpoint is calibrated, the 80% and 95% interval bounds."""
 
-    def __init__(self, forecaster: Forecaster):
+    def __init__(self, forecaster: Forecaster, calibration: Calibration | None = None):
         super().__init__()
         self.forecaster = forecaster
+        self.calibration = calibration
 
     def forward(self, ohlc, ticker_index=None):
         scaled = self.forecaster.scale_inputs(ohlc, ticker_index)
         next_close = self.forecaster.unscale(self.forecaster.net(scaled), ohlc, ticker_index)
-        return next_close, scaled.abs().amax(dim=(1, 2))
+        extent = scaled.abs().amax(dim=(1, 2))
+        if self.calibration is None:
+            return next_close, extent
+        return (next_close, extent, *self.calibration.bounds(next_close, ohlc))
+
+
+def outputs(calibrated: bool) -> list[str]:
+    """The graph's output names."""
+    return ["next_close", "input_extent", *(COLUMNS if calibrated else ())]
 
 
 def export(
@@ -67,7 +79,8 @@ def export(
 ) -> ExportResult:
     data = checkpoint.load(checkpoint_path)
     model = build_forecaster(ModelConfig(**data["model_config"]), data["scaling"], data["state_dict"])
-    wrapped = _WithExtent(model).eval()
+    calibration = Calibration.from_metadata(data["intervals"]) if "intervals" in data else None
+    wrapped = _WithExtent(model, calibration).eval()
     windows = data["parity_windows"].to(torch.float32)
     index = data["parity_ticker_index"].to(torch.long)
     if len(windows) == 0:
@@ -75,20 +88,22 @@ def export(
     uses_index = model.scaling.uses_ticker_index
     example = (windows[:2], index[:2]) if uses_index else (windows[:2],)
 
-    proto = _to_onnx(wrapped, example, uses_index, opset)
+    proto = _to_onnx(wrapped, example, uses_index, opset, outputs(calibration is not None))
     streamline_lstm_outputs(proto)
     _set_metadata(proto, data)
     onnx.checker.check_model(proto, full_check=True)
     blob = proto.SerializeToString()
     max_abs, max_rel = check_against_torch(
-        blob, model, windows, index if uses_index else None, tolerance, what="ONNX Runtime vs torch"
+        blob, wrapped, windows, index if uses_index else None, tolerance, what="ONNX Runtime vs torch"
     )
     out = Path(out)
     write_atomically(out, lambda fh: fh.write(blob))
     return ExportResult(out, file_sha256(out), max_abs, max_rel, len(windows))
 
 
-def _to_onnx(wrapped: nn.Module, example: tuple, uses_index: bool, opset: int) -> onnx.ModelProto:
+def _to_onnx(
+    wrapped: nn.Module, example: tuple, uses_index: bool, opset: int, output_names: list[str] | None = None
+) -> onnx.ModelProto:
     batch = torch.export.Dim("batch", min=1)
     names = ["ohlc", "ticker_index"] if uses_index else ["ohlc"]
     shapes = {name: {0: batch} for name in names}
@@ -108,7 +123,7 @@ def _to_onnx(wrapped: nn.Module, example: tuple, uses_index: bool, opset: int) -
             dynamo=True,
             opset_version=opset,
             input_names=names,
-            output_names=["next_close", "input_extent"],
+            output_names=output_names or outputs(False),
             dynamic_shapes=shapes,
             external_data=False,
             optimize=True,
@@ -137,7 +152,8 @@ def _set_metadata(proto: onnx.ModelProto, data: dict) -> None:
         "model_config": json.dumps(cfg),
         "scaling": json.dumps(data["scaling"]),
         "training": json.dumps(data["provenance"]),
-        "metrics": json.dumps(data.get("metrics", {})),
+        "metrics": json.dumps(_without_per_ticker_intervals(data.get("metrics", {}))),
+        "intervals": json.dumps(data["intervals"]) if "intervals" in data else None,
         # The largest |scaled input| seen in training: scoring flags windows beyond it.
         "train_input_extent": repr(float(data["provenance"]["train_input_extent"])),
         "versions": json.dumps(
@@ -150,6 +166,7 @@ def _set_metadata(proto: onnx.ModelProto, data: dict) -> None:
         ),
         "created_at": utc_now(),
     }
+    meta = {key: value for key, value in meta.items() if value is not None}
     del proto.metadata_props[:]
     for key, value in meta.items():
         entry = proto.metadata_props.add()
@@ -158,23 +175,39 @@ def _set_metadata(proto: onnx.ModelProto, data: dict) -> None:
     proto.producer_version = __version__
 
 
+def _without_per_ticker_intervals(metrics: dict) -> dict:
+    """The metrics for the file: per-ticker interval figures stay in NAME.metrics.json."""
+    if "intervals" not in metrics:
+        return metrics
+    return {**metrics, "intervals": {k: v for k, v in metrics["intervals"].items() if k != "tickers"}}
+
+
 def check_against_torch(
     blob: bytes,
-    model: Forecaster,
+    wrapped: nn.Module,
     windows: torch.Tensor,
     ticker_index: torch.Tensor | None,
     tolerance: float,
     *,
     what: str,
 ) -> tuple[float, float]:
-    """Run ONNX Runtime (CPU) and torch on the same windows; raise ParityError beyond `tolerance`."""
+    """Run ONNX Runtime (CPU) and torch on the same windows, every output but
+    the extent (the next close and any interval bounds); raise ParityError
+    beyond `tolerance`."""
     session = ort.InferenceSession(blob, providers=["CPUExecutionProvider"])
     feeds = {"ohlc": windows.numpy()}
+    if ticker_index is not None:
+        feeds["ticker_index"] = ticker_index.numpy()
     with torch.no_grad():
-        if ticker_index is not None:
-            feeds["ticker_index"] = ticker_index.numpy()
-            expected = model(windows, ticker_index).double().numpy()
-        else:
-            expected = model(windows).double().numpy()
-    got = session.run(["next_close"], feeds)[0].astype(np.float64)
-    return compare(got, expected, tolerance, what=what)
+        expected = [t.double().numpy() for t in wrapped(windows, ticker_index)]
+    names = [o.name for o in session.get_outputs()]
+    got = session.run(names, feeds)
+    last = windows[:, -1, CLOSE].double().numpy()
+    worst = (0.0, 0.0)
+    for name, g, e in zip(names, got, expected, strict=True):
+        if name != "input_extent":
+            difference = compare(
+                g.astype(np.float64), e, tolerance, what=f"{what}, {name}", scale=None if name == "next_close" else last
+            )
+            worst = max(worst, difference, key=lambda w: w[1])
+    return worst

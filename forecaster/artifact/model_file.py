@@ -22,6 +22,7 @@ import onnxruntime as ort
 
 from ..devices import DEVICES
 from ..errors import DeviceError, ForecasterError, ModelFileError, first_line
+from ..intervals import COLUMNS, Calibration
 from ..scaling import Scaling, from_metadata
 
 METADATA_PREFIX = "forecaster."
@@ -34,7 +35,7 @@ CPU = "CPUExecutionProvider"
 # 7.5-7.8 ms, in 256-row calls 6.1-6.2 ms; 8,192: 66-67 vs 48.4-48.6 ms.
 CPU_CHUNK_ROWS = 256
 REQUIRED_METADATA = ("seq_len", "features", "model_config", "scaling", "training", "train_input_extent", "created_at")
-JSON_METADATA = ("features", "model_config", "scaling", "training", "metrics", "versions")
+JSON_METADATA = ("features", "model_config", "scaling", "training", "metrics", "versions", "intervals")
 
 
 def file_sha256(path: str | Path) -> str:
@@ -72,8 +73,26 @@ class ModelFile:
     def train_input_extent(self) -> float:
         return float(self.metadata["train_input_extent"])
 
+    @property
+    def calibration(self) -> Calibration | None:
+        """The interval calibration in the file (None for a model made before intervals)."""
+        return Calibration.from_metadata(self.metadata["intervals"]) if "intervals" in self.metadata else None
+
     def score(self, ohlc: np.ndarray, ticker_index: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(next close, largest |scaled input|) for raw windows (B, seq_len, 4)."""
+        next_close, extent = self._run(["next_close", "input_extent"], ohlc, ticker_index)
+        return next_close, extent
+
+    def score_with_intervals(
+        self, ohlc: np.ndarray, ticker_index: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray] | None]:
+        """(next close, extent, [lo80, hi80, lo95, hi95] or None for an uncalibrated model)."""
+        if self.calibration is None:
+            return (*self.score(ohlc, ticker_index), None)
+        next_close, extent, *bounds = self._run(["next_close", "input_extent", *COLUMNS], ohlc, ticker_index)
+        return next_close, extent, bounds
+
+    def _run(self, names: list[str], ohlc: np.ndarray, ticker_index: np.ndarray | None) -> list[np.ndarray]:
         ohlc = np.ascontiguousarray(ohlc, dtype=np.float32)
         feeds = {"ohlc": ohlc}
         if self.uses_ticker_index:
@@ -81,11 +100,10 @@ class ModelFile:
         # On CPU, a few hundred rows per call: see CPU_CHUNK_ROWS. On a GPU, one call.
         step = CPU_CHUNK_ROWS if self.device == "cpu" else max(len(ohlc), 1)
         parts = [
-            self.session.run(["next_close", "input_extent"], {k: v[i : i + step] for k, v in feeds.items()})
+            self.session.run(names, {k: v[i : i + step] for k, v in feeds.items()})
             for i in range(0, max(len(ohlc), 1), step)
         ]
-        next_close, extent = (np.concatenate([p[j] for p in parts]) for j in (0, 1))
-        return next_close.astype(np.float64), extent.astype(np.float64)
+        return [np.concatenate([p[j] for p in parts]).astype(np.float64) for j in range(len(names))]
 
 
 def load_model(path: str | Path, device: str = "cpu") -> ModelFile:
@@ -166,6 +184,8 @@ def _metadata(session: ort.InferenceSession, path: Path) -> tuple[dict, Scaling]
         meta = {k: (json.loads(v) if k in JSON_METADATA else v) for k, v in fields.items()}
         int(meta["seq_len"]), float(meta["train_input_extent"])
         scaling = from_metadata(meta["scaling"])
+        if "intervals" in meta:
+            Calibration.from_metadata(meta["intervals"])
         if not isinstance(meta["features"], list) or not isinstance(meta["training"].get("tickers"), dict):
             raise ValueError("features must be a list and training.tickers a mapping")
     except (KeyError, ValueError, TypeError, AttributeError, ForecasterError) as exc:
@@ -178,7 +198,8 @@ def _check_signature(session: ort.InferenceSession, meta: dict, scaling: Scaling
     inputs = {i.name: i for i in session.get_inputs()}
     outputs = {o.name for o in session.get_outputs()}
     expected_inputs = {"ohlc", "ticker_index"} if scaling.uses_ticker_index else {"ohlc"}
-    if set(inputs) != expected_inputs or not {"next_close", "input_extent"} <= outputs:
+    expected_outputs = {"next_close", "input_extent", *(COLUMNS if "intervals" in meta else ())}
+    if set(inputs) != expected_inputs or not expected_outputs <= outputs:
         raise ModelFileError(
             f"{path}: graph inputs {sorted(inputs)} / outputs {sorted(outputs)} do not "
             f"match a forecaster with {scaling.method} scaling"

@@ -25,6 +25,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import ForecasterError, ModelFileError
+from ..intervals import Calibration
 from ..scaling import Scaling, from_metadata
 from .model_file import METADATA_PREFIX
 
@@ -68,6 +69,13 @@ class ReferenceModel:
     head_weight: np.ndarray  # (1, H)
     head_bias: np.ndarray  # (1,)
     scaling: Scaling
+    calibration: Calibration | None = None  # the interval bounds, when the file has them
+
+    def bounds(self, ohlc: np.ndarray, next_close: np.ndarray) -> list[np.ndarray] | None:
+        """[lo80, hi80, lo95, hi95] around `next_close`, from the window (float64)."""
+        if self.calibration is None:
+            return None
+        return self.calibration.bounds(next_close, np.asarray(ohlc, dtype=np.float64))
 
     def __call__(self, ohlc: np.ndarray, ticker_index: np.ndarray | None = None) -> np.ndarray:
         """Next close in price units for raw windows (B, T, 4), in float64."""
@@ -164,4 +172,8 @@ def from_onnx(model: onnx.ModelProto) -> ReferenceModel:
         scaling = from_metadata(json.loads(meta["scaling"]))
     except (ValueError, KeyError, TypeError, ForecasterError) as exc:
         raise ModelFileError(f"the file's scaling metadata is unreadable ({exc})") from None
-    return ReferenceModel(layers, head_w, head_b, scaling)
+    try:
+        calibration = Calibration.from_metadata(json.loads(meta["intervals"])) if "intervals" in meta else None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ModelFileError(f"the file's interval metadata is unreadable ({exc})") from None
+    return ReferenceModel(layers, head_w, head_b, scaling, calibration)

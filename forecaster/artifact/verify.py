@@ -11,6 +11,8 @@ import sqlalchemy as sa
 
 from ..data.prices import load_series, make_windows
 from ..errors import DataError
+from ..features import CLOSE
+from ..intervals import COLUMNS
 from .config import DEFAULT_TOLERANCE
 from .model_file import load_model
 from .parity import compare
@@ -79,7 +81,18 @@ def verify(
         windows = random_windows(n_windows, model.seq_len, seed)
         index = np.random.default_rng(seed).integers(0, len(training), len(windows))
         source = f"{len(windows)} random windows"
-    got, _ = model.score(windows, index)
+    got, _, got_bounds = model.score_with_intervals(windows, index)
     expected = reference(windows, index)
     max_abs, max_rel = compare(got, expected, tolerance, what="ONNX Runtime vs the NumPy reference")
+    # The interval bounds, around the reference's own forecast: the graph's
+    # volatility and quantiles against the formulas and the metadata's numbers.
+    for name, g, e in zip(COLUMNS, got_bounds or [], reference.bounds(windows, expected) or [], strict=True):
+        worst = compare(
+            g,
+            e,
+            tolerance,
+            what=f"ONNX Runtime vs the NumPy reference, {name}",
+            scale=windows[:, -1, CLOSE].astype(np.float64),
+        )
+        max_abs, max_rel = max(max_abs, worst[0]), max(max_rel, worst[1])
     return VerifyResult(max_abs, max_rel, len(windows), source)

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 metadata = sa.MetaData()
+INTERVAL_COLUMNS = ("lo80", "hi80", "lo95", "hi95")  # the same names as intervals.COLUMNS
 
 schema_info = sa.Table(
     "schema_info", metadata,
@@ -114,6 +115,8 @@ predictions = sa.Table(
     sa.Column("last_close", sa.Float, nullable=False),
     # e.g. "out_of_range": the window moved further than anything seen in training.
     sa.Column("flags", sa.String),
+    # The 80% and 95% intervals, in price units (NULL for a model without intervals).
+    *(sa.Column(name, sa.Float) for name in INTERVAL_COLUMNS),
     sa.UniqueConstraint("model_id", "ticker", "as_of", name="uq_predictions_model_ticker_asof"),
     sa.Index("ix_predictions_ticker_asof", "ticker", "as_of"),
 )
@@ -140,7 +143,8 @@ calendar_coverage = sa.Table(
 
 VIEWS = {
     "latest_predictions": """
-        SELECT ticker, as_of, target_date, predicted_close, last_close, model_id, run_id, flags
+        SELECT ticker, as_of, target_date, predicted_close, lo80, hi80, lo95, hi95, last_close, model_id,
+               run_id, flags
         FROM (
             SELECT p.*, ROW_NUMBER() OVER (
                 PARTITION BY p.ticker ORDER BY p.as_of DESC, p.run_id DESC) AS rn
@@ -150,12 +154,18 @@ VIEWS = {
     """,
     # Each prediction with the next close stored after its as_of (NULL while
     # that day has not arrived). error = predicted - actual; naive_error is
-    # the same for "tomorrow's close = today's close".
+    # the same for "tomorrow's close = today's close"; in80 / in95: 1 when the
+    # actual close fell inside the interval, 0 outside, NULL before it is known.
     "prediction_outcomes": """
         SELECT p.ticker, p.as_of, p.target_date, p.predicted_close, p.last_close,
                nx.date AS actual_date, nx.close AS actual_close,
                p.predicted_close - nx.close AS error,
                p.last_close - nx.close AS naive_error,
+               p.lo80, p.hi80, p.lo95, p.hi95,
+               CASE WHEN nx.close IS NULL OR p.lo80 IS NULL THEN NULL
+                    WHEN nx.close BETWEEN p.lo80 AND p.hi80 THEN 1 ELSE 0 END AS in80,
+               CASE WHEN nx.close IS NULL OR p.lo95 IS NULL THEN NULL
+                    WHEN nx.close BETWEEN p.lo95 AND p.hi95 THEN 1 ELSE 0 END AS in95,
                p.model_id, p.run_id, p.flags
         FROM predictions p
         LEFT JOIN prices nx
@@ -178,8 +188,7 @@ def ensure_schema(conn: sa.Connection) -> None:
     found = version(conn)
     if found is None:
         metadata.create_all(conn)
-        for name, sql in VIEWS.items():
-            conn.exec_driver_sql(f"CREATE VIEW {name} AS {sql}")
+        _create_views(conn)
         conn.execute(schema_info.insert().values(version=SCHEMA_VERSION))
         return
     for step in range(found, SCHEMA_VERSION):
@@ -187,12 +196,32 @@ def ensure_schema(conn: sa.Connection) -> None:
     conn.execute(schema_info.update().values(version=SCHEMA_VERSION))
 
 
+def _create_views(conn: sa.Connection) -> None:
+    for name, sql in VIEWS.items():
+        conn.exec_driver_sql(f"CREATE VIEW {name} AS {sql}")
+
+
+def _drop_views(conn: sa.Connection) -> None:
+    for name in reversed(list(VIEWS)):
+        conn.exec_driver_sql(f"DROP VIEW IF EXISTS {name}")
+
+
 def _add_missing_tables(conn: sa.Connection) -> None:
     metadata.create_all(conn)  # checkfirst: only the tables that are not there yet
+
+
+def _add_interval_columns(conn: sa.Connection) -> None:
+    _drop_views(conn)  # they name predictions' columns: rebuilt with the new ones
+    present = {c["name"] for c in sa.inspect(conn).get_columns("predictions")}
+    for name in INTERVAL_COLUMNS:
+        if name not in present:
+            conn.exec_driver_sql(f"ALTER TABLE predictions ADD COLUMN {name} FLOAT")
+    _create_views(conn)
 
 
 # MIGRATIONS[v] upgrades a database from version v to v + 1. Never edit one
 # that has shipped: databases out there were upgraded by it.
 MIGRATIONS = {
     1: _add_missing_tables,  # 2: calendar_sessions, calendar_coverage
+    2: _add_interval_columns,  # 3: predictions.lo80, hi80, lo95, hi95; in80 / in95 in prediction_outcomes
 }

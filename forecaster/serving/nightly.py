@@ -32,6 +32,7 @@ from ..data.ingest import IngestReport, ingest
 from ..data.prices import ScoringBatch, latest_windows
 from ..devices import DEFAULT_DEVICE
 from ..errors import ForecasterError, first_line
+from ..intervals import COLUMNS
 from . import runs
 from .config import DEFAULT_LOOKBACK
 from .dates import as_of_dates, check_dates, owed_dates
@@ -160,7 +161,10 @@ def run_one(
     run_id = runs.start_run(engine, model.sha256, as_of, model.device, shard)
     try:
         batch, index = _to_score(engine, model, as_of, shard)
-        predicted, extent = model.score(batch.windows, index) if batch.tickers else (np.empty(0), np.empty(0))
+        if batch.tickers:
+            predicted, extent, bounds = model.score_with_intervals(batch.windows, index)
+        else:
+            predicted, extent, bounds = np.empty(0), np.empty(0), None
         result = _write(
             engine,
             model,
@@ -170,6 +174,7 @@ def run_one(
             batch,
             predicted,
             extent,
+            bounds,
             shard,
         )
     except BaseException as exc:
@@ -213,9 +218,16 @@ def _write(
     batch: ScoringBatch,
     predicted: np.ndarray,
     extent: np.ndarray,
+    bounds: list[np.ndarray] | None,
     shard: Shard | None,
 ) -> RunResult:
-    """The predictions not stored yet, the model's row and the run's success, in one transaction."""
+    """The predictions not stored yet (with their intervals, when the model
+    has them), the model's row and the run's success, in one transaction."""
+    interval_rows = (
+        [dict(zip(COLUMNS, map(float, values), strict=True)) for values in zip(*bounds, strict=True)]
+        if bounds is not None
+        else [dict.fromkeys(COLUMNS)] * len(batch.tickers)
+    )
     flagged = [t for t, e in zip(batch.tickers, extent, strict=True) if not e <= model.train_input_extent]
     flagged_set = set(flagged)
     with store.write_transaction(engine) as conn:
@@ -232,8 +244,9 @@ def _write(
                 "predicted_close": float(y),
                 "last_close": float(c),
                 "flags": FLAG_OUT_OF_RANGE if t in flagged_set else None,
+                **interval,
             }
-            for t, y, c in zip(batch.tickers, predicted, batch.last_close, strict=True)
+            for t, y, c, interval in zip(batch.tickers, predicted, batch.last_close, interval_rows, strict=True)
             if t not in already
         ]
         if rows:

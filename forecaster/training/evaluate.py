@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .. import intervals
 from ..data.universe import Universe
 from ..features import CLOSE
 from .loop import INFERENCE_BATCH
@@ -82,3 +83,58 @@ def held_out(model: Forecaster, universe: Universe, index: WindowIndex, device: 
         "tickers_level_with_naive": sum(compared_with_naive(r) == "level" for r in ratios),
     }
     return {"tickers": per_ticker, "overall": overall}, predictions
+
+
+def calibrate(
+    model: Forecaster,
+    universe: Universe,
+    rows: np.ndarray,
+    seq_len: int,
+    device: torch.device,
+    method: str = intervals.DEFAULT_METHOD,
+) -> intervals.Calibration:
+    """The interval calibration, from the model's misses on validation windows (never test days)."""
+    predicted = predict_windows(model, universe, rows, seq_len, device)
+    windows, actual = gather(universe, rows, seq_len)
+    windows = windows.astype(np.float64)
+    return intervals.Calibration.fit(
+        actual.astype(np.float64),
+        predicted,
+        windows[:, -1, CLOSE],
+        intervals.window_volatility(windows, method),
+        method,
+    )
+
+
+def held_out_intervals(
+    calibration: intervals.Calibration, universe: Universe, index: WindowIndex, predictions: dict
+) -> dict:
+    """Coverage, width and interval score on the held-out days, per ticker and
+    overall, beside RiskMetrics' on the same days; adds each ticker's bounds to
+    `predictions` (for the plots)."""
+    seq_len, closes = index.seq_len, universe.ohlc[:, CLOSE]
+    per_ticker, model_bounds, baseline_bounds, actuals, lasts = {}, [], [], [], []
+    for k, ticker in enumerate(universe.tickers):
+        p = predictions[ticker]
+        windows, _ = gather(universe, p["rows"] - seq_len, seq_len)
+        bounds = calibration.bounds(p["predicted"], windows.astype(np.float64))
+        span = universe.rows(k)
+        volatility = intervals.riskmetrics_volatility(closes[span])[p["rows"] - 1 - span.start]
+        baseline = intervals.riskmetrics_bounds(p["last"], volatility)
+        p["bounds"] = bounds
+        per_ticker[ticker] = {
+            **intervals.summary(bounds, p["actual"], p["last"]),
+            "riskmetrics": intervals.summary(baseline, p["actual"], p["last"]),
+        }
+        model_bounds.append(bounds)
+        baseline_bounds.append(baseline)
+        actuals.append(p["actual"])
+        lasts.append(p["last"])
+    joined = [np.concatenate([b[i] for b in model_bounds]) for i in range(len(intervals.COLUMNS))]
+    base = [np.concatenate([b[i] for b in baseline_bounds]) for i in range(len(intervals.COLUMNS))]
+    actual, last = np.concatenate(actuals), np.concatenate(lasts)
+    overall = {**intervals.summary(joined, actual, last), "riskmetrics": intervals.summary(base, actual, last)}
+    overall["score_vs_riskmetrics"] = (overall["relative_score80"] + overall["relative_score95"]) / (
+        overall["riskmetrics"]["relative_score80"] + overall["riskmetrics"]["relative_score95"]
+    )
+    return {"calibration": calibration.to_metadata(), "overall": overall, "tickers": per_ticker}

@@ -198,6 +198,15 @@ def batch_tensors(
         return model.scale_inputs(ohlc, tickers), model.scale_target(target, ohlc, tickers)
 
 
+def validation_sample(index: WindowIndex, config: TrainConfig) -> np.ndarray:
+    """A fixed, seeded sample of at most config.val_sample validation windows (all when fewer)."""
+    rows = index.val
+    if len(rows) <= config.val_sample:
+        return rows
+    rng = np.random.default_rng([config.seed & 0xFFFFFFFF, 1 << 20])
+    return np.sort(rng.choice(rows, config.val_sample, replace=False))
+
+
 class Validation:
     """The mean squared error on a fixed, seeded sample of validation windows
     (all of them when fewer), over all ranks; and whether a candidate beats
@@ -215,13 +224,7 @@ class Validation:
 
     def __init__(self, model: Forecaster, universe: Universe, index: WindowIndex, config: TrainConfig, world: World):
         self.model, self.universe, self.seq_len, self.world = model, universe, index.seq_len, world
-        rows = index.val
-        if len(rows) > config.val_sample:
-            chosen = np.random.default_rng([config.seed & 0xFFFFFFFF, 1 << 20]).choice(
-                rows, config.val_sample, replace=False
-            )
-            rows = np.sort(chosen)
-        self.mine = rows[world.rank :: world.size]
+        self.mine = validation_sample(index, config)[world.rank :: world.size]
         self.start: np.ndarray | None = None  # the starting weights' squared errors
         self.seconds = 0.0  # spent validating, so step times can be told apart
 

@@ -29,8 +29,8 @@ from ..features import FEATURES
 from .allocator import reuse_freed_memory
 from .config import PRECISIONS, TrainConfig
 from .distributed import World
-from .evaluate import compared_with_naive, held_out
-from .loop import fit
+from .evaluate import calibrate, compared_with_naive, held_out, held_out_intervals
+from .loop import fit, validation_sample
 from .model import Forecaster, build_forecaster
 from .precision import resolve as resolve_precision
 from .windows import WindowIndex, fit_scaling, gather, index_windows
@@ -122,6 +122,8 @@ def train_universe(
         return result
     started = time.perf_counter()
     metrics, result.predictions = held_out(model, universe, index, torch.device("cpu"))
+    calibration = calibrate(model, universe, validation_sample(index, config), index.seq_len, torch.device("cpu"))
+    metrics["intervals"] = held_out_intervals(calibration, universe, index, result.predictions)
     # Step 0 kept: no step beat the starting weights on validation. Under
     # relative scaling those output "no change", i.e. the naive forecast itself.
     metrics["overall"].update(
@@ -141,6 +143,7 @@ def train_universe(
         "train_config": asdict(config),
         "state_dict": model.net.state_dict(),
         "scaling": scaling.to_metadata(),
+        "intervals": calibration.to_metadata(),
         "features": list(FEATURES),
         "provenance": {
             **provenance(universe, index, config, data_sha256),
