@@ -15,6 +15,7 @@ days (by RiskMetrics' volatility that morning), and the mean interval score
 relative to the last close (Winkler; lower is better), also as a ratio to
 RiskMetrics'. Prints a markdown table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -78,7 +79,8 @@ def evaluate(name, bounds, actual, last, calm, wild, reference=None) -> dict:
         row[f"gap{tag}"] = abs(inside[calm].mean() - inside[wild].mean())
     if reference:
         row["vs_riskmetrics"] = (s["relative_score80"] + s["relative_score95"]) / (
-            reference["relative_score80"] + reference["relative_score95"])
+            reference["relative_score80"] + reference["relative_score95"]
+        )
     return row
 
 
@@ -102,15 +104,19 @@ def main() -> int:
     rm_vol = riskmetrics_for(universe, index.test, seq)
     thirds = np.quantile(rm_vol, [1 / 3, 2 / 3])
     calm, wild = rm_vol <= thirds[0], rm_vol > thirds[1]
-    reference = evaluate("RiskMetrics (EWMA 0.94, Gaussian)", iv.riskmetrics_bounds(last, rm_vol), actual, last, calm,
-                         wild)
+    reference = evaluate(
+        "RiskMetrics (EWMA 0.94, Gaussian)", iv.riskmetrics_bounds(last, rm_vol), actual, last, calm, wild
+    )
     rows = [reference]
     order = np.argsort(universe.dates[index.test + seq], kind="stable")  # time order across tickers
     for method in iv.METHODS:
         cal = iv.Calibration.fit(val[1], val[3], val[2], iv.window_volatility(val[0], method), method)
         vol = iv.window_volatility(windows, method)
-        rows.append(evaluate(f"conformal, {method} volatility", cal.bounds(predicted, windows), actual, last, calm,
-                             wild, reference))
+        rows.append(
+            evaluate(
+                f"conformal, {method} volatility", cal.bounds(predicted, windows), actual, last, calm, wild, reference
+            )
+        )
         s_val = iv.scores(val[1], val[3], val[2], iv.window_volatility(val[0], method))
         s_test = iv.scores(actual, predicted, last, vol)
         bounds = []
@@ -118,17 +124,27 @@ def main() -> int:
             q = aci(s_val, s_test, order, level)
             half = q * last * vol
             bounds += [predicted - half, predicted + half]
-        rows.append(evaluate(f"conformal, {method} volatility + ACI (gamma {ACI_GAMMA})", bounds, actual, last,
-                             calm, wild, reference))
-    print(f"ten shared tickers, one model, {len(actual)} held-out days; calibrated on {len(val[1])} validation "
-          f"windows; {time.perf_counter() - started:.0f} s", file=sys.stderr)
-    print("| method | coverage 80 | coverage 95 | calm-wild gap 80 | gap 95 | score 80 (% of close) | "
-          "score 95 | vs RiskMetrics |")
+        rows.append(
+            evaluate(
+                f"conformal, {method} volatility + ACI (gamma {ACI_GAMMA})", bounds, actual, last, calm, wild, reference
+            )
+        )
+    print(
+        f"ten shared tickers, one model, {len(actual)} held-out days; calibrated on {len(val[1])} validation "
+        f"windows; {time.perf_counter() - started:.0f} s",
+        file=sys.stderr,
+    )
+    print(
+        "| method | coverage 80 | coverage 95 | calm-wild gap 80 | gap 95 | score 80 (% of close) | "
+        "score 95 | vs RiskMetrics |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['method']} | {100 * r['coverage80']:.1f}% | {100 * r['coverage95']:.1f}% | "
-              f"{100 * r['gap80']:.1f} | {100 * r['gap95']:.1f} | {100 * r['relative_score80']:.3f} | "
-              f"{100 * r['relative_score95']:.3f} | {r.get('vs_riskmetrics', 1.0):.3f} |")
+        print(
+            f"| {r['method']} | {100 * r['coverage80']:.1f}% | {100 * r['coverage95']:.1f}% | "
+            f"{100 * r['gap80']:.1f} | {100 * r['gap95']:.1f} | {100 * r['relative_score80']:.3f} | "
+            f"{100 * r['relative_score95']:.3f} | {r.get('vs_riskmetrics', 1.0):.3f} |"
+        )
     return 0
 
 
