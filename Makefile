@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   := demo
 
-.PHONY: install test lint format postgres demo bench seed-comparison scaling-comparison clean
+.PHONY: install test lint format postgres demo bench seed-comparison scaling-comparison interval-comparison clean
 
 install: $(STAMP)
 
@@ -49,3 +49,6 @@ seed-comparison: install
 
 bench: install
 	$(BIN)/python benchmarks/bench.py
+
+interval-comparison: install
+	$(BIN)/python benchmarks/interval_comparison.py

@@ -600,7 +600,8 @@ def daemon(
 def report(since, ticker, model_id, plot, db):
     """Realized accuracy of stored predictions against the naive forecast:
     N, RMSE, MAE, naive RMSE, their ratio and direction accuracy, per ticker
-    and overall."""
+    and overall; and of their 80% and 95% intervals against RiskMetrics':
+    coverage, mean width and mean interval score (Winkler)."""
     from .serving.report import build_report, plot_report
     from .tables import format_table
 
@@ -612,9 +613,62 @@ def report(since, ticker, model_id, plot, db):
     rows = [tuple(r[c] for c in columns) for r in rep.per_ticker]
     rows.append(tuple(["ALL"] + [rep.overall[c] for c in columns[1:]]))
     click.echo(format_table(columns, rows))
+    if rep.intervals:
+        click.echo()
+        click.echo(interval_table(rep.intervals))
     click.echo(f"{rep.pending} predictions still wait for their next close")
     if plot:
         click.echo(f"wrote {plot_report(rep, plot)}")
+
+
+def interval_table(figures: dict) -> str:
+    """Coverage, width and interval score of the intervals, beside RiskMetrics' (rm_), per ticker and overall."""
+    from .tables import format_table
+
+    def row(name, f):
+        rm = f["riskmetrics"]
+        return (
+            name,
+            f["n"],
+            pct(f["coverage80"]),
+            pct(rm["coverage80"]),
+            pct(f["coverage95"]),
+            pct(rm["coverage95"]),
+            f["width80"],
+            f["score80"],
+            rm["score80"],
+            f["score95"],
+            rm["score95"],
+            round(f["score_vs_riskmetrics"], 3),
+        )
+
+    def pct(x):
+        return f"{100 * x:.1f}%"
+
+    rows = [row(t, f) for t, f in figures["tickers"].items()] + [row("ALL", figures["overall"])]
+    table = format_table(
+        [
+            "ticker",
+            "n",
+            "in80",
+            "rm_in80",
+            "in95",
+            "rm_in95",
+            "width80",
+            "score80",
+            "rm_score80",
+            "score95",
+            "rm_score95",
+            "score_vs_rm",
+        ],
+        rows,
+    )
+    calm, wild = figures["thirds"]["calm"], figures["thirds"]["wild"]
+    return (
+        f"{table}\ncoverage in the calmest third of days {pct(calm['coverage80'])} / {pct(calm['coverage95'])}, "
+        f"in the wildest third {pct(wild['coverage80'])} / {pct(wild['coverage95'])} (80% / 95%); "
+        "score_vs_rm: interval score relative to the close, ours over RiskMetrics' (below 1 is better)"
+    )
 
 
 @main.command()

@@ -52,11 +52,16 @@ def forecast_vs_actual(
     naive: ArrayLike,
     path: Path,
     title: str = "",
+    bands: list[ArrayLike] | None = None,
 ) -> Path:
-    """Predicted next closes against the actual ones, with the naive forecast."""
+    """Predicted next closes against the actual ones, with the naive forecast
+    and, given `bands` [lo80, hi80, lo95, hi95], the 80% and 95% intervals."""
     fig = Figure(figsize=(10, 4.5))
     ax = fig.subplots()
     x = pd.to_datetime(pd.Series(dates))
+    if bands is not None:
+        ax.fill_between(x, bands[2], bands[3], color="tab:blue", alpha=0.12, linewidth=0, label="95% interval")
+        ax.fill_between(x, bands[0], bands[1], color="tab:blue", alpha=0.25, linewidth=0, label="80% interval")
     ax.plot(x, actual, label="actual close", color="black", linewidth=1)
     ax.plot(x, naive, label="naive (previous close)", color="tab:grey", linewidth=0.8, linestyle="--")
     ax.plot(x, predicted, label="model", color="tab:blue", linewidth=1)

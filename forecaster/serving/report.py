@@ -7,7 +7,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import sqlalchemy as sa
+
+from .. import intervals as iv
+from ..data import schema
 
 COLUMNS = ("n", "rmse", "mae", "naive_rmse", "naive_mae", "ratio", "direction_accuracy")
 
@@ -34,6 +38,7 @@ class Report:
     overall: dict  # COLUMNS over everything
     pending: int  # predictions whose next close has not arrived yet
     outcomes: list[dict]  # each prediction with its outcome (for the plot)
+    intervals: dict | None = None  # coverage, width, score beside RiskMetrics: "overall", "tickers", "thirds"
 
 
 def build_report(
@@ -70,13 +75,87 @@ def build_report(
             dict(r)
             for r in conn.execute(
                 sa.text(
-                    f"SELECT ticker, actual_date, actual_close, predicted_close, last_close FROM prediction_outcomes "
+                    f"SELECT ticker, as_of, actual_date, actual_close, predicted_close, last_close, "
+                    f"lo80, hi80, lo95, hi95 FROM prediction_outcomes "
                     f"WHERE actual_close IS NOT NULL AND {condition} ORDER BY ticker, as_of"
                 ),
                 params,
             ).mappings()
         ]
-    return Report(per_ticker, overall, pending, outcomes)
+        calibrated = [r for r in outcomes if r["lo80"] is not None]
+        intervals = _intervals(conn, calibrated) if calibrated else None
+    return Report(per_ticker, overall, pending, outcomes, intervals)
+
+
+RISKMETRICS_WARMUP = 250  # sessions of closes before the first as_of: lambda 0.94 forgets 0.94^250 ~ 2e-7
+
+
+def _intervals(conn: sa.Connection, rows: list[dict]) -> dict:
+    """Coverage, width and interval score of the stored intervals, per ticker
+    and overall, beside RiskMetrics' intervals on the same days (computed here
+    from the stored closes), and coverage in the calmest and wildest third of
+    days by RiskMetrics' volatility that evening."""
+    d = schema.price_dates.c
+    first = min(r["as_of"] for r in rows)
+    start = conn.execute(
+        sa.select(
+            sa.func.min(
+                sa.select(d.date)
+                .where(d.date <= first)
+                .order_by(d.date.desc())
+                .limit(RISKMETRICS_WARMUP)
+                .subquery()
+                .c.date
+            )
+        )
+    ).scalar()
+    volatility = {}
+    p = schema.prices.c
+    for ticker in sorted({r["ticker"] for r in rows}):
+        history = conn.execute(
+            sa.select(p.date, p.close).where(p.ticker == ticker, p.date >= start).order_by(p.date)
+        ).all()
+        vol = iv.riskmetrics_volatility(np.array([c for _, c in history]))
+        volatility.update({(ticker, date): v for (date, _), v in zip(history, vol, strict=True)})
+    per_ticker, columns = {}, {}
+    for ticker in sorted({r["ticker"] for r in rows}):
+        mine = [r for r in rows if r["ticker"] == ticker]
+        per_ticker[ticker] = _interval_figures(mine, np.array([volatility[(ticker, r["as_of"])] for r in mine]))
+    every = np.array([volatility[(r["ticker"], r["as_of"])] for r in rows])
+    overall = _interval_figures(rows, every)
+    relative = every  # RiskMetrics' volatility is a daily log-return sd: comparable across tickers
+    calm, wild = relative <= np.nanquantile(relative, 1 / 3), relative > np.nanquantile(relative, 2 / 3)
+    thirds = {
+        name: iv.summary(_bounds(selected), *_actual_last(selected))
+        for name, selected in (
+            ("calm", [r for r, c in zip(rows, calm, strict=True) if c]),
+            ("wild", [r for r, w in zip(rows, wild, strict=True) if w]),
+        )
+    }
+    columns.update(overall=overall, tickers=per_ticker, thirds=thirds)
+    return columns
+
+
+def _bounds(rows: list[dict]) -> list[np.ndarray]:
+    return [np.array([r[c] for r in rows], dtype=np.float64) for c in iv.COLUMNS]
+
+
+def _actual_last(rows: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    return (
+        np.array([r["actual_close"] for r in rows], dtype=np.float64),
+        np.array([r["last_close"] for r in rows], dtype=np.float64),
+    )
+
+
+def _interval_figures(rows: list[dict], volatility: np.ndarray) -> dict:
+    actual, last = _actual_last(rows)
+    ours = iv.summary(_bounds(rows), actual, last)
+    baseline = iv.summary(iv.riskmetrics_bounds(last, volatility), actual, last)
+    ours["riskmetrics"] = baseline
+    ours["score_vs_riskmetrics"] = (ours["relative_score80"] + ours["relative_score95"]) / (
+        baseline["relative_score80"] + baseline["relative_score95"]
+    )
+    return ours
 
 
 def _with_ratio(row) -> dict:
@@ -92,6 +171,7 @@ def plot_report(report: Report, path: Path) -> Path:
     busiest = max(report.per_ticker, key=lambda r: r["n"])["ticker"]
     rows = [r for r in report.outcomes if r["ticker"] == busiest]
     column = lambda name: [r[name] for r in rows]  # noqa: E731
+    bands = None if rows[0]["lo80"] is None else [column(c) for c in iv.COLUMNS]
     return forecast_vs_actual(
         busiest,
         column("actual_date"),
@@ -99,5 +179,7 @@ def plot_report(report: Report, path: Path) -> Path:
         column("predicted_close"),
         column("last_close"),
         path,
-        title=f"{busiest}: stored predictions vs actual closes",
+        title=f"{busiest}: stored predictions vs actual closes"
+        + (" with their 80% and 95% intervals" if bands else ""),
+        bands=bands,
     )

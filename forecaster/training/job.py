@@ -116,7 +116,12 @@ def run_training(
     )
     written = write_results(job, result)
     return TrainOutcome(
-        result.metrics, held_out_table(result.metrics), verdict(result.metrics), written, warnings, notes
+        result.metrics,
+        held_out_table(result.metrics),
+        verdict(result.metrics) + "\n" + intervals_line(result.metrics),
+        written,
+        warnings,
+        notes,
     )
 
 
@@ -162,6 +167,7 @@ def write_results(job: TrainJob, result: TrainResult) -> list[Path]:
                 out.with_suffix(f".test.{ticker}.png"),
                 title=f"{ticker}: held-out next-day close (RMSE {m['test_rmse']:.3f} vs naive "
                 f"{m['naive_rmse']:.3f}, ratio {m['ratio']:.3f})",
+                bands=p.get("bounds"),
             )
         )
     return written
@@ -206,6 +212,18 @@ def held_out_table(metrics: dict) -> str:
             "all of them are in the metrics file)"
         )
     return table
+
+
+def intervals_line(metrics: dict) -> str:
+    """The held-out intervals in one line, beside RiskMetrics'."""
+    o = metrics["intervals"]["overall"]
+    rm = o["riskmetrics"]
+    return (
+        f"Intervals on held-out days: 80% covered {100 * o['coverage80']:.1f}% (RiskMetrics "
+        f"{100 * rm['coverage80']:.1f}%), 95% covered {100 * o['coverage95']:.1f}% "
+        f"({100 * rm['coverage95']:.1f}%); "
+        f"interval score {o['score_vs_riskmetrics']:.3f} x RiskMetrics' (below 1 is better)"
+    )
 
 
 def verdict(metrics: dict) -> str:

@@ -1,0 +1,116 @@
+"""Prediction intervals: the conformal calibration, the bounds stored every
+night, point in time, checked by verify, and reported beside RiskMetrics."""
+
+import numpy as np
+import onnx
+import pytest
+import sqlalchemy as sa
+import torch
+from click.testing import CliRunner
+from helpers import cut_copy
+from onnx import numpy_helper
+
+from forecaster import intervals as iv
+from forecaster.artifact.model_file import load_model
+from forecaster.artifact.verify import random_windows, verify
+from forecaster.cli import main
+from forecaster.data.ingest import ingest
+from forecaster.errors import ParityError
+from forecaster.serving.nightly import predict
+
+
+def rows(engine, sql):
+    with engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(sa.text(sql))]
+
+
+def test_the_conformal_quantile_covers_a_new_score_at_its_level():
+    rng = np.random.default_rng(0)
+    hits = {0.8: 0, 0.95: 0}
+    for _ in range(2000):  # calibration and a new score drawn alike (exchangeable)
+        scores = rng.exponential(size=40)
+        new = rng.exponential()
+        for level in hits:
+            hits[level] += new <= iv.conformal_quantile(scores, level)
+    assert hits[0.8] / 2000 >= 0.78 and hits[0.95] / 2000 >= 0.94  # at least the level, up to noise
+    assert iv.conformal_quantile(np.arange(1.0, 11.0), 0.8) == 9.0  # ceil(11 * 0.8) = 9th smallest
+
+
+def test_the_volatility_is_the_same_in_numpy_and_torch():
+    windows = random_windows(50, 20, seed=4).astype(np.float64)
+    for method in iv.METHODS:
+        np.testing.assert_allclose(
+            iv.window_volatility(torch.from_numpy(windows), method).numpy(),
+            iv.window_volatility(windows, method),
+            rtol=1e-12,
+        )
+    flat = np.ones((1, 20, 4))
+    assert iv.window_volatility(flat)[0] == iv.MIN_VOLATILITY  # no move, no range: still a width
+
+
+def test_every_night_stores_ordered_intervals_around_the_forecast(engine, shared_data, tiny_model):
+    predict(engine, tiny_model, data=[shared_data], start="2017-10-02", device="cpu")
+    bad = rows(
+        engine,
+        "SELECT COUNT(*) FROM predictions WHERE NOT (lo95 <= lo80 AND lo80 <= predicted_close "
+        "AND predicted_close <= hi80 AND hi80 <= hi95) OR lo80 IS NULL",
+    )
+    total = rows(engine, "SELECT COUNT(*) FROM predictions")[0][0]
+    assert bad == [(0,)] and total == rows(engine, "SELECT SUM(n_predictions) FROM runs")[0][0] > 250
+    known = rows(
+        engine,
+        "SELECT in80, in95, actual_close BETWEEN lo80 AND hi80 FROM prediction_outcomes WHERE actual_close IS NOT NULL",
+    )
+    pending = rows(engine, "SELECT in80, in95 FROM prediction_outcomes WHERE actual_close IS NULL")
+    assert len(known) + len(pending) == total and 9 <= len(pending) <= 10  # the newest night (and actx's last)
+    assert all(in80 == inside and in95 in (0, 1) for in80, in95, inside in known)
+    assert set(pending) == {(None, None)}
+    assert all(in95 >= in80 for in80, in95, _ in known)  # inside 80% means inside 95%
+    latest = rows(engine, "SELECT lo80, hi95 FROM latest_predictions WHERE ticker = 'aaxj'")
+    assert latest and None not in latest[0]
+
+
+def test_an_interval_uses_nothing_after_its_as_of(tmp_path, shared_data, tiny_model):
+    from forecaster.data import store
+
+    early = store.connect(f"sqlite:///{tmp_path / 'early.db'}")
+    cut_copy(shared_data, tmp_path / "cut", "2017-10-31")
+    predict(early, tiny_model, data=[tmp_path / "cut"], as_of="2017-10-31", device="cpu")
+    later = store.connect(f"sqlite:///{tmp_path / 'later.db'}")  # everything up to 2017-11-10, backfilled
+    predict(later, tiny_model, data=[shared_data], start="2017-10-25", device="cpu")
+    query = "SELECT ticker, lo80, hi80, lo95, hi95 FROM predictions WHERE as_of = '2017-10-31' ORDER BY ticker"
+    assert rows(early, query) == rows(later, query) and len(rows(early, query)) == 9
+
+
+def test_verify_catches_a_graph_whose_interval_numbers_differ_from_its_metadata(tiny_model, tmp_path):
+    model = onnx.load(str(tiny_model))
+    q80 = load_model(tiny_model).calibration.quantiles[0]
+    changed = 0
+    for init in model.graph.initializer:
+        value = numpy_helper.to_array(init)
+        if value.size == 1 and np.isclose(float(value.reshape(-1)[0]), q80, rtol=1e-6):
+            init.CopyFrom(numpy_helper.from_array((value * 1.05).astype(value.dtype), init.name))
+            changed += 1
+    assert changed >= 1, "the 80% quantile should be a constant of the graph"
+    onnx.save(model, str(tmp_path / "bad.onnx"))
+    assert verify(tiny_model).max_rel <= 1e-4
+    with pytest.raises(ParityError, match="ONNX Runtime vs the NumPy reference, (lo80|hi80)"):
+        verify(tmp_path / "bad.onnx")
+
+
+def test_the_report_gives_coverage_width_and_score_beside_riskmetrics(db_url, shared_data, tiny_model, tmp_path):
+    from forecaster.data import store
+
+    engine = store.connect(db_url)
+    ingest(engine, [shared_data])
+    predict(engine, tiny_model, start="2017-09-01", device="cpu")
+    result = CliRunner().invoke(main, ["report", "--db", db_url, "--plot", str(tmp_path / "r.png")])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    header = next(line for line in lines if line.startswith("ticker") and "rm_in80" in line).split()
+    overall = next(line for line in lines if line.startswith("ALL") and "%" in line).split()
+    figures = dict(zip(header, overall, strict=True))
+    known = rows(engine, "SELECT COUNT(*) FROM prediction_outcomes WHERE actual_close IS NOT NULL")[0][0]
+    assert int(figures["n"]) == known > 400 and figures["in80"].endswith("%") and float(figures["score_vs_rm"]) > 0
+    assert "coverage in the calmest third of days" in result.output
+    assert (tmp_path / "r.png").stat().st_size > 10_000
