@@ -563,7 +563,7 @@ def daemon(
     """
     import datetime as dt
 
-    from .serving.daemon import run_daemon
+    from .lifecycle.daemon import run_daemon
     from .serving.shards import Shard
 
     run_daemon(

@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from forecaster.data.ingest import ingest
-from forecaster.serving.daemon import make_trigger
+from forecaster.lifecycle.daemon import make_trigger
 from forecaster.serving.nightly import predict
 
 NY = ZoneInfo("America/New_York")
@@ -137,7 +137,7 @@ def test_the_dst_week_keeps_22_00_local():
     ],
 )
 def test_crontab_weekday_numbers_mean_what_cron_means(field, names):
-    from forecaster.serving.daemon import crontab_weekdays
+    from forecaster.lifecycle.daemon import crontab_weekdays
 
     assert crontab_weekdays(field) == names
 

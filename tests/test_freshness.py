@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from helpers import append_next_day, cut_copy
 
 from forecaster.data.ingest import ingest
-from forecaster.serving.daemon import DaemonConfig, NightlyJob
+from forecaster.lifecycle.daemon import DaemonConfig, NightlyJob
 from forecaster.serving.freshness import freshness, wait_for_data
 
 NY = ZoneInfo("America/New_York")
@@ -121,7 +121,7 @@ def test_a_stop_ends_the_wait_at_once(engine, db_url, shared_data, tmp_path, tin
 def test_the_job_logs_a_failed_night_and_a_bug_and_keeps_going(
     engine, db_url, tiny_model, tmp_path, caplog, monkeypatch
 ):
-    from forecaster.serving import daemon
+    from forecaster.lifecycle import daemon
 
     config = DaemonConfig(db_url=db_url, model=tmp_path / "missing.onnx", device="cpu", min_fresh=0)
     job = NightlyJob(engine, config, threading.Event())

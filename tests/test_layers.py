@@ -1,5 +1,6 @@
 """The package's layering, read from the import graph (every import, at module
-level or inside a function): data -> training -> artifact -> serving -> cli,
+level or inside a function): data -> training -> artifact -> serving ->
+lifecycle -> cli,
 each importing only downward; serving never reaches training (so never torch);
 nothing imports the CLI."""
 
@@ -9,7 +10,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "forecaster"
-LAYERS = ["common", "data", "training", "artifact", "serving", "cli"]
+LAYERS = ["common", "data", "training", "artifact", "serving", "lifecycle", "cli"]
 
 
 def module_name(path: Path) -> str:
@@ -24,7 +25,7 @@ def layer(module: str) -> str:
     parts = module.split(".")
     if parts[1:2] in (["cli"], ["__main__"]):
         return "cli"
-    return parts[1] if len(parts) > 1 and parts[1] in ("data", "training", "artifact", "serving") else "common"
+    return parts[1] if len(parts) > 1 and parts[1] in LAYERS[1:-1] else "common"
 
 
 def imports(module: str) -> set[str]:

@@ -19,7 +19,7 @@ def test_schema_is_created_once_and_versioned(any_db_url):
     with engine.connect() as conn:
         assert conn.execute(sa.select(schema.schema_info.c.version)).scalar_one() == schema.SCHEMA_VERSION
         names = set(sa.inspect(conn).get_view_names())
-    assert names == {"latest_predictions", "prediction_outcomes"}
+    assert names == {"latest_predictions", "prediction_outcomes", "model_scoreboard"}
 
 
 def test_a_database_from_another_version_is_refused(any_engine, any_db_url):
@@ -99,10 +99,14 @@ def test_a_version_1_database_is_upgraded_in_place_keeping_its_data(any_db_url):
         conn.execute(schema.prices.insert().values(ticker="x", date="2017-01-03", open=1, high=1, low=1, close=1))
         for table in (schema.calendar_sessions, schema.calendar_coverage):
             table.drop(conn)
-        for view in ("prediction_outcomes", "latest_predictions"):
+        for view in ("model_scoreboard", "prediction_outcomes", "latest_predictions"):
             conn.exec_driver_sql(f"DROP VIEW {view}")
         for column in schema.INTERVAL_COLUMNS:
             conn.exec_driver_sql(f"ALTER TABLE predictions DROP COLUMN {column}")
+        schema.promotions.drop(conn)
+        conn.exec_driver_sql("DROP INDEX uq_models_one_champion")
+        for column in ("status", "promoted_at"):
+            conn.exec_driver_sql(f"ALTER TABLE models DROP COLUMN {column}")
         conn.execute(schema.schema_info.update().values(version=1))
     engine.dispose()
     with pytest.raises(StoreError, match="has schema version 1: open it once with a writing command"):
@@ -113,6 +117,7 @@ def test_a_version_1_database_is_upgraded_in_place_keeping_its_data(any_db_url):
         assert conn.execute(sa.select(sa.func.count()).select_from(schema.prices)).scalar() == 1
         assert sa.inspect(conn).has_table("calendar_sessions")
         assert {"lo80", "in95"} <= {c["name"] for c in sa.inspect(conn).get_columns("prediction_outcomes")}
+        assert sa.inspect(conn).has_table("promotions") and "model_scoreboard" in sa.inspect(conn).get_view_names()
 
 
 def test_every_database_error_reads_and_writes_becomes_one_database_error(any_engine):

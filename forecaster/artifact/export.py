@@ -150,6 +150,8 @@ def _set_metadata(proto: onnx.ModelProto, data: dict) -> None:
         "seq_len": str(cfg["seq_len"]),
         "features": json.dumps(data["features"]),
         "model_config": json.dumps(cfg),
+        # The settings it was trained with: a retrain makes its challenger the same way.
+        "train_config": json.dumps(data.get("train_config", {})),
         "scaling": json.dumps(data["scaling"]),
         "training": json.dumps(data["provenance"]),
         "metrics": json.dumps(_without_per_ticker_intervals(data.get("metrics", {}))),

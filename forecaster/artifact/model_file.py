@@ -35,7 +35,7 @@ CPU = "CPUExecutionProvider"
 # 7.5-7.8 ms, in 256-row calls 6.1-6.2 ms; 8,192: 66-67 vs 48.4-48.6 ms.
 CPU_CHUNK_ROWS = 256
 REQUIRED_METADATA = ("seq_len", "features", "model_config", "scaling", "training", "train_input_extent", "created_at")
-JSON_METADATA = ("features", "model_config", "scaling", "training", "metrics", "versions", "intervals")
+JSON_METADATA = ("features", "model_config", "scaling", "training", "metrics", "versions", "intervals", "train_config")
 
 
 def file_sha256(path: str | Path) -> str:

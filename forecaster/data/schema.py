@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 metadata = sa.MetaData()
 INTERVAL_COLUMNS = ("lo80", "hi80", "lo95", "hi95")  # the same names as intervals.COLUMNS
@@ -78,12 +78,33 @@ source_files = sa.Table(
     sa.Column("ingested_at", sa.String, nullable=False),
 )
 
+MODEL_STATUSES = ("champion", "challenger", "retired", "rejected")
+
 models = sa.Table(
     "models", metadata,
     sa.Column("model_id", sa.String(64), primary_key=True),  # sha256 of the ONNX file
     sa.Column("path", sa.String, nullable=False),
     sa.Column("created_at", sa.String, nullable=False),
     sa.Column("metadata", sa.Text, nullable=False),  # JSON
+    # The registry: NULL for a model only ever named by path (predict --model M.onnx).
+    sa.Column("status", sa.String(16)),
+    sa.Column("promoted_at", sa.String),
+    # At most one champion, enforced by the database itself (a partial unique index).
+    sa.Index("uq_models_one_champion", "status", unique=True, sqlite_where=sa.text("status = 'champion'"),
+             postgresql_where=sa.text("status = 'champion'")),
+)
+
+# Every gate decision, with its numbers.
+promotions = sa.Table(
+    "promotions", metadata,
+    sa.Column("promotion_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("decided_at", sa.String, nullable=False),
+    sa.Column("model_id", sa.String(64), sa.ForeignKey("models.model_id"), nullable=False),
+    sa.Column("previous_model_id", sa.String(64)),
+    sa.Column("decision", sa.String(16), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("metrics", sa.Text),  # JSON: each candidate's RMSE, naive's, n, on the gate days
+    sa.CheckConstraint("decision IN ('promoted', 'rejected')", name="ck_promotions_decision"),
 )
 
 runs = sa.Table(
@@ -142,6 +163,8 @@ calendar_coverage = sa.Table(
 )
 
 VIEWS = {
+    # The newest prediction per ticker of the champion (of any model while no
+    # model has been promoted): challengers' shadow predictions never show here.
     "latest_predictions": """
         SELECT ticker, as_of, target_date, predicted_close, lo80, hi80, lo95, hi95, last_close, model_id,
                run_id, flags
@@ -149,6 +172,8 @@ VIEWS = {
             SELECT p.*, ROW_NUMBER() OVER (
                 PARTITION BY p.ticker ORDER BY p.as_of DESC, p.run_id DESC) AS rn
             FROM predictions p
+            WHERE p.model_id IN (SELECT model_id FROM models WHERE status = 'champion')
+               OR NOT EXISTS (SELECT 1 FROM models WHERE status = 'champion')
         ) AS ranked
         WHERE rn = 1
     """,
@@ -173,6 +198,18 @@ VIEWS = {
          AND nx.date = (SELECT MIN(q.date) FROM prices q
                         WHERE q.ticker = p.ticker AND q.date > p.as_of)
     """,
+    # Realised accuracy per model, beside naive (the same days), and how often its intervals held.
+    "model_scoreboard": """
+        SELECT o.model_id, m.status, COUNT(*) AS n,
+               sqrt(AVG(o.error * o.error)) AS rmse, AVG(ABS(o.error)) AS mae,
+               sqrt(AVG(o.naive_error * o.naive_error)) AS naive_rmse,
+               sqrt(AVG(o.error * o.error)) / NULLIF(sqrt(AVG(o.naive_error * o.naive_error)), 0) AS ratio,
+               AVG(o.in80) AS coverage80, AVG(o.in95) AS coverage95,
+               MIN(o.as_of) AS first_as_of, MAX(o.as_of) AS last_as_of
+        FROM prediction_outcomes o JOIN models m ON m.model_id = o.model_id
+        WHERE o.actual_close IS NOT NULL
+        GROUP BY o.model_id, m.status
+    """,
 }
 
 
@@ -191,8 +228,10 @@ def ensure_schema(conn: sa.Connection) -> None:
         _create_views(conn)
         conn.execute(schema_info.insert().values(version=SCHEMA_VERSION))
         return
+    _drop_views(conn)  # they name tables' columns: rebuilt once, over the final tables
     for step in range(found, SCHEMA_VERSION):
         MIGRATIONS[step](conn)
+    _create_views(conn)
     conn.execute(schema_info.update().values(version=SCHEMA_VERSION))
 
 
@@ -211,17 +250,27 @@ def _add_missing_tables(conn: sa.Connection) -> None:
 
 
 def _add_interval_columns(conn: sa.Connection) -> None:
-    _drop_views(conn)  # they name predictions' columns: rebuilt with the new ones
     present = {c["name"] for c in sa.inspect(conn).get_columns("predictions")}
     for name in INTERVAL_COLUMNS:
         if name not in present:
             conn.exec_driver_sql(f"ALTER TABLE predictions ADD COLUMN {name} FLOAT")
-    _create_views(conn)
 
 
-# MIGRATIONS[v] upgrades a database from version v to v + 1. Never edit one
-# that has shipped: databases out there were upgraded by it.
+def _add_registry(conn: sa.Connection) -> None:
+    present = {c["name"] for c in sa.inspect(conn).get_columns("models")}
+    for name, kind in (("status", "VARCHAR(16)"), ("promoted_at", "VARCHAR")):
+        if name not in present:
+            conn.exec_driver_sql(f"ALTER TABLE models ADD COLUMN {name} {kind}")
+    metadata.create_all(conn, tables=[promotions])
+    schema_index = next(i for i in models.indexes if i.name == "uq_models_one_champion")
+    schema_index.create(conn, checkfirst=True)
+
+
+# MIGRATIONS[v] upgrades a database's tables from version v to v + 1 (the
+# views are rebuilt once after the last step). Never edit one that has
+# shipped: databases out there were upgraded by it.
 MIGRATIONS = {
     1: _add_missing_tables,  # 2: calendar_sessions, calendar_coverage
     2: _add_interval_columns,  # 3: predictions.lo80, hi80, lo95, hi95; in80 / in95 in prediction_outcomes
+    3: _add_registry,  # 4: models.status, promoted_at, promotions, model_scoreboard
 }

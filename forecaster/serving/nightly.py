@@ -33,7 +33,7 @@ from ..data.prices import ScoringBatch, latest_windows
 from ..devices import DEFAULT_DEVICE
 from ..errors import ForecasterError, first_line
 from ..intervals import COLUMNS
-from . import runs
+from . import registry, runs
 from .config import DEFAULT_LOOKBACK
 from .dates import as_of_dates, check_dates, owed_dates
 from .shards import Shard
@@ -56,6 +56,7 @@ class RunResult:
     device: str
     seconds: float
     message: str
+    shadows: dict[str, int] = field(default_factory=dict)  # challenger model_id -> predictions written
 
 
 @dataclass
@@ -134,11 +135,13 @@ def _score_dates(
     engine, model_path, dates_for, *, data, device, calendar, should_stop, shard, on_run, progress=False, as_of=None
 ) -> PredictOutcome:
     """Ingest, recover abandoned runs, load the model (a failure to load is a
-    failed `runs` row too), then one all-or-nothing run per date."""
+    failed `runs` row too), then one all-or-nothing run per date. `model_path`
+    "champion" names the registry's champion, scored with every challenger
+    beside it (shadow scoring), resolved afresh at every call."""
     report = ingest(engine, data, progress=progress) if data else None
     recovered = runs.recover_abandoned_runs(engine)
     try:
-        model = load_model(model_path, device)
+        model, shadows = _models(engine, model_path, device)
     except ForecasterError as exc:
         runs.record_failed_run(engine, as_of, None, device, str(exc), shard)
         raise
@@ -146,37 +149,45 @@ def _score_dates(
     for day in dates_for(model):
         if should_stop():
             break
-        outcome.runs.append(run_one(engine, model, day, calendar, shard))
+        outcome.runs.append(run_one(engine, model, day, calendar, shard, shadows))
         on_run(outcome.runs[-1])
     return outcome
 
 
+def _models(engine: sa.Engine, model_path: str | Path, device: str) -> tuple[ModelFile, list[ModelFile]]:
+    """The model to serve, and the challengers to score beside it."""
+    if str(model_path) != registry.CHAMPION:
+        return load_model(model_path, device), []
+    champion = registry.load_registered(registry.champion(engine), device)
+    return champion, [registry.load_registered(c, device) for c in registry.challengers(engine)]
+
+
+@dataclass
+class _Scored:
+    model: ModelFile
+    batch: ScoringBatch
+    predicted: np.ndarray
+    extent: np.ndarray
+    bounds: list[np.ndarray] | None
+
+
 def run_one(
-    engine: sa.Engine, model: ModelFile, as_of: str, calendar: str = DEFAULT_CALENDAR, shard: Shard | None = None
+    engine: sa.Engine,
+    model: ModelFile,
+    as_of: str,
+    calendar: str = DEFAULT_CALENDAR,
+    shard: Shard | None = None,
+    shadows: list[ModelFile] = (),
 ) -> RunResult:
-    """Score one as_of; all or nothing. Any failure is recorded in the run's
-    row; a library error is then raised as it is, anything else (a bug)
-    keeps its traceback."""
+    """Score one as_of with `model` (and the `shadows` beside it, each under
+    its own model_id and runs row); all or nothing. Any failure is recorded
+    in the run's row; a library error is then raised as it is, anything else
+    (a bug) keeps its traceback."""
     started = time.perf_counter()
     run_id = runs.start_run(engine, model.sha256, as_of, model.device, shard)
     try:
-        batch, index = _to_score(engine, model, as_of, shard)
-        if batch.tickers:
-            predicted, extent, bounds = model.score_with_intervals(batch.windows, index)
-        else:
-            predicted, extent, bounds = np.empty(0), np.empty(0), None
-        result = _write(
-            engine,
-            model,
-            run_id,
-            as_of,
-            next_trading_day(as_of, calendar, engine=engine),
-            batch,
-            predicted,
-            extent,
-            bounds,
-            shard,
-        )
+        scored = [_score(engine, m, as_of, shard) for m in (model, *shadows)]
+        result = _write(engine, run_id, as_of, next_trading_day(as_of, calendar, engine=engine), scored, shard)
     except BaseException as exc:
         runs.mark_failed(
             engine, run_id, str(exc) if isinstance(exc, ForecasterError) else f"{type(exc).__name__}: {first_line(exc)}"
@@ -184,6 +195,13 @@ def run_one(
         raise
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _score(engine: sa.Engine, model: ModelFile, as_of: str, shard: Shard | None) -> _Scored:
+    batch, index = _to_score(engine, model, as_of, shard)
+    if batch.tickers:
+        return _Scored(model, batch, *model.score_with_intervals(batch.windows, index))
+    return _Scored(model, batch, np.empty(0), np.empty(0), None)
 
 
 def _to_score(
@@ -210,48 +228,28 @@ def _to_score(
 
 
 def _write(
-    engine: sa.Engine,
-    model: ModelFile,
-    run_id: int,
-    as_of: str,
-    target: str,
-    batch: ScoringBatch,
-    predicted: np.ndarray,
-    extent: np.ndarray,
-    bounds: list[np.ndarray] | None,
-    shard: Shard | None,
+    engine: sa.Engine, run_id: int, as_of: str, target: str, scored: list[_Scored], shard: Shard | None
 ) -> RunResult:
-    """The predictions not stored yet (with their intervals, when the model
-    has them), the model's row and the run's success, in one transaction."""
-    interval_rows = (
-        [dict(zip(COLUMNS, map(float, values), strict=True)) for values in zip(*bounds, strict=True)]
-        if bounds is not None
-        else [dict.fromkeys(COLUMNS)] * len(batch.tickers)
-    )
-    flagged = [t for t, e in zip(batch.tickers, extent, strict=True) if not e <= model.train_input_extent]
-    flagged_set = set(flagged)
+    """In one transaction: each model's predictions not stored yet (with their
+    intervals, when it has them), its `models` row, the shadows' runs rows,
+    and the served model's run's success."""
     with store.write_transaction(engine) as conn:
-        runs.ensure_model_row(conn, model)
-        p = schema.predictions.c
-        already = set(conn.execute(sa.select(p.ticker).where(p.model_id == model.sha256, p.as_of == as_of)).scalars())
-        rows = [
-            {
-                "run_id": run_id,
-                "model_id": model.sha256,
-                "ticker": t,
-                "as_of": as_of,
-                "target_date": target,
-                "predicted_close": float(y),
-                "last_close": float(c),
-                "flags": FLAG_OUT_OF_RANGE if t in flagged_set else None,
-                **interval,
-            }
-            for t, y, c, interval in zip(batch.tickers, predicted, batch.last_close, interval_rows, strict=True)
-            if t not in already
-        ]
-        if rows:
-            conn.execute(schema.predictions.insert(), rows)
-        late = [row["ticker"] for row in rows] if runs.scored_before(conn, model.sha256, as_of, shard) else []
+        served, *shadows = scored
+        rows, flagged = _predictions(conn, run_id, as_of, target, served)
+        late = [row["ticker"] for row in rows] if runs.scored_before(conn, served.model.sha256, as_of, shard) else []
+        shadow_counts = {}
+        for shadow in shadows:
+            shadow_run = runs.add_finished_run(conn, shadow.model.sha256, as_of, shadow.model.device, shard)
+            shadow_rows, _ = _predictions(conn, shadow_run, as_of, target, shadow)
+            shadow_counts[shadow.model.sha256] = len(shadow_rows)
+            runs.finish_run(
+                conn,
+                shadow_run,
+                "succeeded",
+                f"as_of {as_of}: {len(shadow_rows)} shadow predictions beside champion {served.model.sha256[:12]}",
+                len(shadow_rows),
+            )
+        batch = served.batch
         result = RunResult(
             run_id,
             as_of,
@@ -262,13 +260,49 @@ def _write(
             batch.stale,
             batch.skipped,
             flagged,
-            model.device,
+            served.model.device,
             0.0,
             "",
+            shadow_counts,
         )
         result.message = _message(result)
         runs.finish_run(conn, run_id, "succeeded", result.message, len(rows))
     return result
+
+
+def _predictions(
+    conn: sa.Connection, run_id: int, as_of: str, target: str, scored: _Scored
+) -> tuple[list[dict], list[str]]:
+    """Insert one model's predictions for as_of that are not stored yet; (the rows, the tickers flagged)."""
+    model, batch = scored.model, scored.batch
+    runs.ensure_model_row(conn, model)
+    intervals = (
+        [dict(zip(COLUMNS, map(float, values), strict=True)) for values in zip(*scored.bounds, strict=True)]
+        if scored.bounds is not None
+        else [dict.fromkeys(COLUMNS)] * len(batch.tickers)
+    )
+    flagged = [t for t, e in zip(batch.tickers, scored.extent, strict=True) if not e <= model.train_input_extent]
+    flagged_set = set(flagged)
+    p = schema.predictions.c
+    already = set(conn.execute(sa.select(p.ticker).where(p.model_id == model.sha256, p.as_of == as_of)).scalars())
+    rows = [
+        {
+            "run_id": run_id,
+            "model_id": model.sha256,
+            "ticker": t,
+            "as_of": as_of,
+            "target_date": target,
+            "predicted_close": float(y),
+            "last_close": float(c),
+            "flags": FLAG_OUT_OF_RANGE if t in flagged_set else None,
+            **interval,
+        }
+        for t, y, c, interval in zip(batch.tickers, scored.predicted, batch.last_close, intervals, strict=True)
+        if t not in already
+    ]
+    if rows:
+        conn.execute(schema.predictions.insert(), rows)
+    return rows, flagged
 
 
 def _message(r: RunResult) -> str:
@@ -283,6 +317,8 @@ def _message(r: RunResult) -> str:
         parts.append(
             f"{len(r.skipped)} skipped: " + "; ".join(f"{t} ({why})" for t, why in list(r.skipped.items())[:LISTED])
         )
+    for model_id, n in r.shadows.items():
+        parts.append(f"shadow {model_id[:12]}: {n} predictions")
     if r.flagged:
         parts.append(
             f"{len(r.flagged)} flagged {FLAG_OUT_OF_RANGE} (window beyond anything seen in "

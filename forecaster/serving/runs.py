@@ -36,6 +36,22 @@ def start_run(engine: sa.Engine, model_id: str, as_of: str, device: str, shard: 
         ).inserted_primary_key[0]
 
 
+def add_finished_run(conn: sa.Connection, model_id: str, as_of: str, device: str, shard: Shard | None) -> int:
+    """A run row inside the caller's transaction (a shadow run commits with the run it shadows)."""
+    return conn.execute(
+        schema.runs.insert().values(
+            started_at=utc_now(),
+            status="running",
+            as_of=as_of,
+            model_id=model_id,
+            device=device,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            shard=_text(shard),
+        )
+    ).inserted_primary_key[0]
+
+
 def finish_run(conn: sa.Connection, run_id: int, status: str, message: str, n: int | None) -> None:
     conn.execute(
         schema.runs.update()

@@ -35,10 +35,10 @@ from ..data import store
 from ..data.calendar import last_session
 from ..data.ingest import ingest
 from ..errors import AlreadyRunningError, ForecasterError
-from .config import DaemonConfig
-from .freshness import Freshness, wait_for_data
-from .nightly import catch_up, names
-from .shards import Shard
+from ..serving.config import DaemonConfig
+from ..serving.freshness import Freshness, wait_for_data
+from ..serving.nightly import catch_up, names
+from ..serving.shards import Shard
 
 log = logging.getLogger("forecaster.daemon")
 
