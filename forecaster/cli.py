@@ -23,10 +23,11 @@ from .artifact.config import DEFAULT_OPSET, DEFAULT_TOLERANCE
 from .data.config import DEFAULT_CALENDAR, DEFAULT_DB_URL
 from .devices import DEFAULT_DEVICE, DEVICES
 from .errors import ForecasterError
-from .serving.config import DaemonConfig
+from .lifecycle.config import GATES, DaemonConfig, RetrainConfig
 from .training.config import PRECISIONS, STEP_BUDGET, TUTORIAL_EPOCHS, TrainConfig
 
 TRAIN = TrainConfig()
+RETRAIN = RetrainConfig()
 SCALINGS = ("relative", "minmax")
 
 
@@ -70,7 +71,11 @@ device_option = option(
     "unless CUDA is active; cpu: never try CUDA.",
 )
 model_option = option(
-    "--model", required=True, type=click.Path(dir_okay=False, path_type=Path), help="The exported ONNX model."
+    "--model",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The exported ONNX model, or `champion`: the registry's champion, resolved at every run and "
+    "scored with its challengers beside it (see `forecaster models`).",
 )
 shard_option = option(
     "--shard",
@@ -84,6 +89,53 @@ calendar_option = option(
     show_default=True,
     help="Exchange calendar for the next trading day (exchange_calendars code).",
 )
+
+
+def retrain_options(func):
+    """The options of a retrain, shared by `retrain` and `daemon --retrain-cron`."""
+    for decorator in reversed(
+        [
+            option(
+                "--gate-days",
+                default=RETRAIN.gate_days,
+                show_default=True,
+                type=click.IntRange(1),
+                help="Sessions the gate scores on: held back from the challenger (backtest), or nights "
+                "of realised outcomes beside the champion (realized).",
+            ),
+            option(
+                "--min-improvement",
+                default=RETRAIN.min_improvement,
+                show_default=True,
+                type=click.FloatRange(0, 1, max_open=True),
+                help="Promote only when the challenger's RMSE is at most the champion's x (1 - this); "
+                "it must also be no worse than naive.",
+            ),
+            option(
+                "--gate",
+                default=RETRAIN.gate,
+                show_default=True,
+                type=click.Choice(GATES),
+                help="backtest: score a challenger trained without the last gate days on them, decide at "
+                "once; realized: register it, shadow-score it nightly, decide after gate-days nights.",
+            ),
+            option(
+                "--models-dir",
+                default=RETRAIN.models_dir,
+                show_default=True,
+                type=click.Path(file_okay=False, path_type=Path),
+                help="Folder for the challengers' checkpoints, ONNX files and plots.",
+            ),
+        ]
+    ):
+        func = decorator(func)
+    return func
+
+
+def retrain_config(gate_days, min_improvement, gate, models_dir, device) -> RetrainConfig:
+    return RetrainConfig(
+        gate_days=gate_days, min_improvement=min_improvement, gate=gate, models_dir=models_dir, device=device
+    )
 
 
 def reports_errors(func):
@@ -545,13 +597,37 @@ def predict(model, data, as_of, start, end, device, calendar, shard, db, quiet):
     type=click.IntRange(1),
     help="Minutes between ingests while waiting for the night's data.",
 )
+@option(
+    "--retrain-cron",
+    metavar="CRON",
+    help='Also retrain on this schedule (crontab line, e.g. "0 6 * * 6"), never during a scoring run; '
+    "needs --model champion.",
+)
+@retrain_options
 @device_option
 @calendar_option
 @shard_option
 @db_option
 @reports_errors
 def daemon(
-    model, data, cron, timezone, misfire_grace, lookback, min_fresh, wait_max, recheck, device, calendar, shard, db
+    model,
+    data,
+    cron,
+    timezone,
+    misfire_grace,
+    lookback,
+    min_fresh,
+    wait_max,
+    recheck,
+    retrain_cron,
+    gate_days,
+    min_improvement,
+    gate,
+    models_dir,
+    device,
+    calendar,
+    shard,
+    db,
 ):
     """Run `predict` on a schedule until stopped (SIGTERM/SIGINT exit 0).
 
@@ -559,8 +635,12 @@ def daemon(
     its last succeeded run, and recent dates where a ticker's file arrived
     late. A scheduled run first waits for the night's files (--min-fresh).
     One daemon per database: a second one exits at once, naming the holder
-    (with --shard: one daemon per shard).
+    (with --shard: one daemon per shard). With --model champion and
+    --retrain-cron it also retrains (as `forecaster retrain`) on schedule,
+    one job at a time; a retrain missed while it was down runs on start.
     """
+    if retrain_cron and str(model) != "champion":
+        raise click.UsageError("--retrain-cron needs --model champion (a retrain replaces the champion)")
     import datetime as dt
 
     from .lifecycle.daemon import run_daemon
@@ -581,8 +661,87 @@ def daemon(
             min_fresh=min_fresh,
             wait_max=dt.timedelta(minutes=wait_max),
             recheck=dt.timedelta(minutes=recheck),
+            retrain_cron=retrain_cron,
+            retrain=retrain_config(gate_days, min_improvement, gate, models_dir, device),
         )
     )
+
+
+# -- keeping the model fresh: the registry -----------------------------------
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@option("--reason", required=True, command="promote", help="Why: recorded in the promotions table.")
+@db_option
+@reports_errors
+def promote(model, reason, db):
+    """Make MODEL (an exported ONNX file) the champion: the first one, or a
+    manual override. The previous champion is retired; the decision is
+    recorded in `promotions`. Warns when MODEL was worse than naive on its
+    own held-out days."""
+    from .serving.registry import promote as promote_model
+
+    for line in promote_model(open_store(db), model, reason):
+        click.echo(f"warning: {line}", err=True)
+    click.echo(f"{model} is the champion; `--model champion` serves it from the next run")
+
+
+@main.command()
+@retrain_options
+@device_option
+@db_option
+@quiet_option
+@reports_errors
+def retrain(gate_days, min_improvement, gate, models_dir, device, db, quiet):
+    """Train a challenger with the champion's settings and tickers (from its
+    metadata), export and verify it, and judge it: promoted only when its
+    RMSE on the gate days is no worse than naive's and than the champion's
+    x (1 - --min-improvement); else recorded as rejected, with the numbers.
+    SIGTERM or Ctrl-C stop it with nothing recorded."""
+    from .lifecycle.retrain import retrain as run_retrain
+
+    with stop_on_signals() as should_stop:
+        outcomes = run_retrain(
+            open_store(db),
+            retrain_config(gate_days, min_improvement, gate, models_dir, device),
+            progress=not quiet,
+            should_stop=should_stop,
+            say=lambda line: click.echo(line, err=True),
+        )
+    for o in outcomes:
+        click.echo(f"{o.decision}: {o.path} ({(o.model_id or '')[:12]})")
+
+
+@main.command()
+@option("--json", "as_json", is_flag=True, command="models", help="Print JSON instead of a table.")
+@db_option
+@reports_errors
+def models(as_json, db):
+    """Every model that served, is scored in the shadows or was judged: its
+    status, the day its training data ended, its last gate decision and
+    ratio to naive there, and its realised ratio to naive since promotion."""
+    import json
+
+    from .serving.registry import models_table
+    from .tables import format_table
+
+    rows = models_table(open_store(db, read_only=True))
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    columns = [
+        "model_id",
+        "status",
+        "trained_through",
+        "promoted_at",
+        "decision",
+        "gate_ratio",
+        "realised_n",
+        "realised_ratio",
+        "path",
+    ]
+    click.echo(format_table(columns, [tuple(r[c][:12] if c == "model_id" else r[c] for c in columns) for r in rows]))
 
 
 # -- questions asked of the predictions --------------------------------------

@@ -51,6 +51,17 @@ def tiny_model(tmp_path_factory) -> Path:
     return export(make_checkpoint(folder / "tiny.pt"), folder / "tiny.onnx").path
 
 
+@pytest.fixture(scope="session")
+def other_tiny_model(tmp_path_factory) -> Path:
+    """Another small ONNX model: the same shape as tiny_model, other weights."""
+    from helpers import make_checkpoint
+
+    from forecaster.artifact.export import export
+
+    folder = tmp_path_factory.mktemp("other")
+    return export(make_checkpoint(folder / "other.pt", seed=1), folder / "other.onnx").path
+
+
 @pytest.fixture
 def sample_dir(tmp_path) -> Path:
     out = tmp_path / "sample"

@@ -19,12 +19,12 @@ def synthetic_series(ticker: str = "syn", days: int = 300, seed: int = 0, ar: fl
     )
 
 
-def make_checkpoint(path, scaling="relative"):
-    """A tiny trained model whose weights are then randomised, so that every
-    part of the network shows in its output (a zero head would hide the LSTM)."""
+def make_checkpoint(path, scaling="relative", seed=0):
+    """A tiny trained model whose weights are then randomised (by `seed`), so
+    that every part of the network shows in its output (a zero head would hide the LSTM)."""
     series = {t: synthetic_series(t, days=150, seed=i) for i, t in enumerate(["aa", "bb"])}
     result = train(series, TrainConfig(epochs=1, hidden=8, layers=2, scaling=scaling))
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator().manual_seed(seed)
     state = {k: torch.randn(v.shape, generator=gen) * 0.3 for k, v in result.checkpoint["state_dict"].items()}
     checkpoint.save(path, {**result.checkpoint, "state_dict": state})
     return path

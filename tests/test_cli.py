@@ -124,7 +124,7 @@ def test_the_cli_takes_its_defaults_from_the_library():
 
     from forecaster.artifact.config import DEFAULT_OPSET, DEFAULT_TOLERANCE
     from forecaster.data.config import DEFAULT_CALENDAR, DEFAULT_DB_URL
-    from forecaster.serving.config import DaemonConfig
+    from forecaster.lifecycle.config import DaemonConfig
     from forecaster.training.config import TrainConfig
 
     def defaults(command):

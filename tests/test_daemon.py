@@ -55,7 +55,7 @@ def test_catch_up_then_refuse_a_second_daemon_then_stop_on_sigterm(stocked, any_
     predict(stocked, tiny_model, as_of="2017-11-07", device="cpu")  # the last night that ran
     first = start_daemon(any_db_url, tiny_model, tmp_path / "first.log")
     try:
-        log = wait_for(tmp_path / "first.log", "next run at", first)
+        log = wait_for(tmp_path / "first.log", "next nightly at", first)
         # The three missed nights were scored once each, in order.
         assert runs(stocked) == [
             ("2017-11-07", "succeeded", 9),
@@ -84,12 +84,12 @@ def test_catch_up_then_refuse_a_second_daemon_then_stop_on_sigterm(stocked, any_
 
 def test_a_killed_daemon_does_not_block_the_next_one(stocked, any_db_url, tiny_model, tmp_path):
     first = start_daemon(any_db_url, tiny_model, tmp_path / "a.log")
-    wait_for(tmp_path / "a.log", "next run at", first)
+    wait_for(tmp_path / "a.log", "next nightly at", first)
     os.killpg(first.pid, signal.SIGKILL)
     first.wait(timeout=10)
     second = start_daemon(any_db_url, tiny_model, tmp_path / "b.log")
     try:
-        log = wait_for(tmp_path / "b.log", "next run at", second)
+        log = wait_for(tmp_path / "b.log", "next nightly at", second)
         assert "nothing owed" in log  # the first one had already scored the newest night
         assert runs(stocked) == [("2017-11-10", "succeeded", 9)]
         second.send_signal(signal.SIGINT)

@@ -45,8 +45,7 @@ class Universe:
         return slice(int(self.starts[k]), int(self.starts[k + 1]))
 
     def iso_date(self, row: int) -> str:
-        d = int(self.dates[row])
-        return f"{d // 10000:04d}-{d // 100 % 100:02d}-{d % 100:02d}"
+        return iso_day(self.dates[row])
 
     def ticker_of(self, rows: np.ndarray) -> np.ndarray:
         """The ticker index (into `tickers`) of each global row."""
@@ -59,6 +58,14 @@ class Universe:
         counts = self.counts[keep]
         return Universe([self.tickers[k] for k in keep], np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
                         self.dates[rows], self.ohlc[rows])
+
+    def through(self, last_day: int) -> Universe:
+        """The same tickers with only their rows dated on or before last_day
+        (yyyymmdd): what the data looked like then."""
+        keep = self.dates <= last_day
+        counts = np.array([keep[self.rows(k)].sum() for k in range(len(self))], dtype=np.int64)
+        return Universe(list(self.tickers), np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+                        self.dates[keep], self.ohlc[keep])
 
     def data_hash(self) -> str:
         """sha256 over the tickers, their row counts, dates and prices: provenance for a checkpoint."""
@@ -77,6 +84,12 @@ class Universe:
         ohlc = (np.concatenate([series[t].ohlc for t in tickers]) if tickers else np.empty((0, len(FEATURES))))
         return cls(tickers, np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), dates.astype(np.int32),
                    ohlc.astype(np.float32))
+
+
+def iso_day(yyyymmdd: int) -> str:
+    """20240131 -> "2024-01-31" (the arrays' dates as the database writes them)."""
+    d = int(yyyymmdd)
+    return f"{d // 10000:04d}-{d // 100 % 100:02d}-{d % 100:02d}"
 
 
 def _yyyymmdd(iso: np.ndarray) -> np.ndarray:

@@ -35,10 +35,11 @@ from ..data import store
 from ..data.calendar import last_session
 from ..data.ingest import ingest
 from ..errors import AlreadyRunningError, ForecasterError
-from ..serving.config import DaemonConfig
+from ..serving import registry
 from ..serving.freshness import Freshness, wait_for_data
 from ..serving.nightly import catch_up, names
 from ..serving.shards import Shard
+from .config import DaemonConfig
 
 log = logging.getLogger("forecaster.daemon")
 
@@ -242,6 +243,41 @@ class NightlyJob:
             log.info("nothing owed: model %s is up to date", outcome.model_id[:12])
 
 
+class RetrainJob:
+    """What the scheduler calls for --retrain-cron: one retrain (retrain.py),
+    holding the nightly job's `busy` lock so the two never overlap. A failure
+    or a stop leaves the champion serving."""
+
+    def __init__(self, engine: sa.Engine, config: DaemonConfig, stop: threading.Event, busy: threading.Lock):
+        self.engine, self.config, self.stop, self.busy = engine, config, stop, busy
+
+    def __call__(self) -> None:
+        with self.busy:
+            if self.stop.is_set():
+                return
+            try:
+                from .retrain import retrain  # torch: only in a daemon that retrains
+
+                for outcome in retrain(self.engine, self.config.retrain, should_stop=self.stop.is_set, say=log.info):
+                    log.info("retrain: %s %s", outcome.decision, outcome.path)
+            except ForecasterError as exc:
+                log.error("retrain failed, the champion keeps serving: %s", exc)
+            except Exception:
+                log.exception("retrain failed with an unexpected error; the champion keeps serving")
+
+    def owed(self, trigger: CronTrigger, now: dt.datetime) -> bool:
+        """Was a scheduled retrain missed (the daemon down at its time)? True
+        when the last scheduled time in the past year is after the newest
+        registered model was made."""
+        last, at = None, trigger.get_next_fire_time(None, now - dt.timedelta(days=366))
+        while at is not None and at <= now:
+            last, at = at, trigger.get_next_fire_time(at, at + dt.timedelta(seconds=1))
+        if last is None:
+            return False
+        newest = registry.newest_registered_at(self.engine)
+        return newest is None or newest < last
+
+
 def run_daemon(config: DaemonConfig) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("apscheduler").setLevel(logging.WARNING)  # our own lines say what ran; keep its warnings
@@ -250,6 +286,8 @@ def run_daemon(config: DaemonConfig) -> int:
     stop = threading.Event()
     scheduler = BlockingScheduler(timezone=config.timezone)
     job = NightlyJob(engine, config, stop)
+    retrain_trigger = make_trigger(config.retrain_cron, config.timezone) if config.retrain_cron else None
+    retrain_job = RetrainJob(engine, config, stop, job.busy)
 
     def on_signal(signum, _frame) -> None:
         log.info("%s received: stopping after the run in progress", signal.Signals(signum).name)
@@ -259,11 +297,16 @@ def run_daemon(config: DaemonConfig) -> int:
 
     def first_then_scheduled() -> None:
         job(scheduled=False)  # the catch-up on start: no waiting for tonight's data
-        if not stop.is_set():
+        if retrain_trigger and not stop.is_set() and retrain_job.owed(retrain_trigger, dt.datetime.now(dt.UTC)):
+            log.info("a scheduled retrain was missed: retraining now")
+            retrain_job()
+        for name, function, when in (("nightly", job, trigger), ("retrain", retrain_job, retrain_trigger)):
+            if when is None or stop.is_set():
+                continue
             scheduler.add_job(
-                job, trigger, id="nightly", coalesce=True, max_instances=1, misfire_grace_time=config.misfire_grace
+                function, when, id=name, coalesce=True, max_instances=1, misfire_grace_time=config.misfire_grace
             )
-            log.info("next run at %s", trigger.get_next_fire_time(None, dt.datetime.now(trigger.timezone)))
+            log.info("next %s at %s", name, when.get_next_fire_time(None, dt.datetime.now(when.timezone)))
 
     with daemon_lock(engine, config):
         signal.signal(signal.SIGTERM, on_signal)

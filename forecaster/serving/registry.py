@@ -9,6 +9,7 @@ with its `promotions` row, so a crash leaves the previous state whole.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,25 @@ def challengers(engine: sa.Engine) -> list[Registered]:
     return _with_status(engine, "challenger")
 
 
+def champion_id(conn: sa.Connection) -> str | None:
+    m = schema.models.c
+    return conn.execute(sa.select(m.model_id).where(m.status == "champion")).scalar()
+
+
+def trained_through(metadata: dict) -> str:
+    """The newest training day of any of a model's tickers (validation and held-out days come after)."""
+    tickers = metadata.get("training", {}).get("tickers", {})
+    return max((t.get("train_end_date", "") for t in tickers.values()), default="")
+
+
+def newest_registered_at(engine: sa.Engine) -> dt.datetime | None:
+    """When the newest model with a registry status was made (a retrain makes one)."""
+    m = schema.models.c
+    with engine.connect() as conn:
+        newest = conn.execute(sa.select(sa.func.max(m.created_at)).where(m.status.is_not(None))).scalar()
+    return dt.datetime.fromisoformat(newest) if newest else None
+
+
 def _with_status(engine: sa.Engine, status: str) -> list[Registered]:
     m = schema.models.c
     with engine.connect() as conn:
@@ -76,7 +96,7 @@ def decide(conn: sa.Connection, model: ModelFile, decision: str, reason: str, me
     rejected, "challenger" registers it to be scored beside the champion."""
     m = schema.models.c
     ensure_model_row(conn, model)
-    previous = conn.execute(sa.select(m.model_id).where(m.status == "champion")).scalar()
+    previous = champion_id(conn)
     now = utc_now()
     if decision == "promoted":
         if previous and previous != model.sha256:
@@ -141,17 +161,16 @@ def models_table(engine: sa.Engine) -> list[dict]:
         }
         out = []
         for r in rows:
-            meta = json.loads(r.metadata)
-            through = max(
-                (t.get("train_end_date", "") for t in meta.get("training", {}).get("tickers", {}).values()), default=""
-            )
-            since = (r.promoted_at or "")[:10]
+            through = trained_through(json.loads(r.metadata))
+            # Since promotion: the predictions of runs started after it (a backfill included).
             realised = conn.execute(
                 sa.text(
-                    "SELECT COUNT(*), sqrt(AVG(error * error)) / NULLIF(sqrt(AVG(naive_error * naive_error)), 0) "
-                    "FROM prediction_outcomes WHERE model_id = :m AND actual_close IS NOT NULL AND as_of >= :since"
+                    "SELECT COUNT(*), "
+                    "sqrt(AVG(o.error * o.error)) / NULLIF(sqrt(AVG(o.naive_error * o.naive_error)), 0) "
+                    "FROM prediction_outcomes o JOIN runs r ON r.run_id = o.run_id "
+                    "WHERE o.model_id = :m AND o.actual_close IS NOT NULL AND r.started_at >= :since"
                 ),
-                {"m": r.model_id, "since": since},
+                {"m": r.model_id, "since": r.promoted_at or "9999"},
             ).one()
             gate = gates.get(r.model_id)
             figures = json.loads(gate.metrics) if gate and gate.metrics else {}

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 
 from .. import plots
 from ..data import store
-from ..data.universe import load_universe, stored_counts
+from ..data.universe import Universe, load_universe, stored_counts
 from ..errors import DataError
 from ..files import write_atomically
 from ..tables import format_table
@@ -39,6 +39,7 @@ class TrainJob:
     all_tickers: bool
     config: TrainConfig
     out: Path
+    through: str | None = None  # train on prices dated up to this day only (a retrain's challenger)
 
     def to_plain(self) -> dict:
         return {
@@ -46,11 +47,18 @@ class TrainJob:
             "all_tickers": self.all_tickers,
             "config": asdict(self.config),
             "out": str(self.out),
+            "through": self.through,
         }
 
     @classmethod
     def from_plain(cls, data: dict) -> TrainJob:
-        return cls(list(data["tickers"]), bool(data["all_tickers"]), TrainConfig(**data["config"]), Path(data["out"]))
+        return cls(
+            list(data["tickers"]),
+            bool(data["all_tickers"]),
+            TrainConfig(**data["config"]),
+            Path(data["out"]),
+            data.get("through"),
+        )
 
 
 @dataclass
@@ -89,6 +97,9 @@ def run_training(
     started = time.perf_counter()
     tickers, warnings = choose_tickers(engine, job)
     universe = load_universe(engine, tickers)
+    if job.through:
+        universe, dropped = _through(universe, job.through, job.config.seq_len)
+        warnings.extend(dropped)
     loaded = time.perf_counter()
     result = train_universe(
         universe,
@@ -123,6 +134,20 @@ def run_training(
         warnings,
         notes,
     )
+
+
+def _through(universe: Universe, day: str, seq_len: int) -> tuple[Universe, list[str]]:
+    """The prices up to `day`, without the tickers that had too little history by then."""
+    universe = universe.through(int(day.replace("-", "")))
+    needed = min_rows(seq_len)
+    short = {k for k, n in enumerate(universe.counts) if n < needed}
+    warnings = [
+        f"skipping {universe.tickers[k]}: {universe.counts[k]} rows up to {day}, fewer than {needed} needed"
+        for k in sorted(short)
+    ]
+    if len(short) == len(universe):
+        raise DataError(f"no ticker has enough history up to {day} to train on")
+    return universe.without(short), warnings
 
 
 def choose_tickers(engine: sa.Engine, job: TrainJob) -> tuple[list[str], list[str]]:

@@ -1,0 +1,162 @@
+"""The promotion gate: champion, challenger and naive scored on the same
+(ticker, day) pairs, and the rule that decides.
+
+Errors are measured relative to each prediction's last close, so a universe
+of $2 and $2,000 stocks is judged on every ticker and not on the dearest
+ones; the figures are root mean squares over every pair (pooled).
+
+Two ways to get the pairs:
+- backtest: the last `gate_days` sessions of stored prices, which the
+  challenger never saw, each scored point-in-time (the window ends on the
+  day before the target, exactly what the nightly run would have scored)
+  by the ONNX files themselves, as they would serve;
+- realized: the last N nights on which both models were scored by the
+  nightly run (the challenger as a shadow) and the next close has arrived.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import sqlalchemy as sa
+
+from ..artifact.model_file import ModelFile
+from ..data.universe import Universe, iso_day
+from ..errors import DataError
+from ..features import CLOSE
+
+
+@dataclass
+class GateFigures:
+    gate: str  # "backtest" or "realized"
+    n: int  # (ticker, day) pairs scored by all three
+    days: int
+    first_day: str  # first and last as_of of the pairs
+    last_day: str
+    champion_rmse: float  # RMS of (predicted - actual) / last close
+    challenger_rmse: float
+    naive_rmse: float
+
+    @property
+    def challenger_vs_naive(self) -> float:
+        return self.challenger_rmse / self.naive_rmse
+
+    @property
+    def challenger_vs_champion(self) -> float:
+        return self.challenger_rmse / self.champion_rmse
+
+    def to_plain(self) -> dict:
+        """What `promotions.metrics` holds."""
+        return {
+            **asdict(self),
+            "unit": "relative to last close",
+            "challenger_vs_naive": self.challenger_vs_naive,
+            "champion_vs_naive": self.champion_rmse / self.naive_rmse,
+            "challenger_vs_champion": self.challenger_vs_champion,
+        }
+
+
+def judge(figures: GateFigures, min_improvement: float) -> tuple[bool, str]:
+    """(promote?, why): the challenger must be at least `min_improvement`
+    better than the champion and no worse than naive, on the same pairs."""
+    bar = figures.champion_rmse * (1.0 - min_improvement)
+    beats_champion = figures.challenger_rmse <= bar
+    beats_naive = figures.challenger_rmse <= figures.naive_rmse
+    said = (
+        f"challenger RMSE {figures.challenger_rmse:.5f} vs champion {figures.champion_rmse:.5f}"
+        + (f" (bar {bar:.5f}, {min_improvement:.1%} better)" if min_improvement else "")
+        + f" and naive {figures.naive_rmse:.5f}, relative to last close, "
+        f"{figures.n} predictions over {figures.days} {figures.gate} days {figures.first_day}..{figures.last_day}"
+    )
+    if beats_champion and beats_naive:
+        return True, "promoted: " + said
+    failed = [w for w, ok in (("the champion", beats_champion), ("naive", beats_naive)) if not ok]
+    return False, f"rejected (worse than {' and '.join(failed)}): " + said
+
+
+def backtest(universe: Universe, champion: ModelFile, challenger: ModelFile, first_target: int) -> GateFigures:
+    """Score both files and naive on every stored close dated on or after
+    first_target (yyyymmdd) whose full window lies before it."""
+    seq_len = max(champion.seq_len, challenger.seq_len)
+    known = set(champion.training_tickers) & set(challenger.training_tickers)
+    targets = [
+        row
+        for k, ticker in enumerate(universe.tickers)
+        if ticker in known or not (champion.uses_ticker_index or challenger.uses_ticker_index)
+        for row in range(int(universe.starts[k]) + seq_len, int(universe.starts[k + 1]))
+        if universe.dates[row] >= first_target
+    ]
+    if not targets:
+        raise DataError("no stored close to score the gate on: too few sessions after the challenger's data")
+    targets = np.asarray(targets, dtype=np.int64)
+    tickers = universe.ticker_of(targets)
+    actual = universe.ohlc[targets, CLOSE].astype(np.float64)
+    last = universe.ohlc[targets - 1, CLOSE].astype(np.float64)
+    errors = {
+        name: _relative_errors(model, universe, targets, tickers, actual, last)
+        for name, model in (("champion", champion), ("challenger", challenger))
+    }
+    days = np.unique(universe.dates[targets - 1])
+    return GateFigures(
+        "backtest",
+        len(targets),
+        len(days),
+        iso_day(days[0]),
+        iso_day(days[-1]),
+        _rms(errors["champion"]),
+        _rms(errors["challenger"]),
+        _rms((last - actual) / last),
+    )
+
+
+def _relative_errors(model: ModelFile, universe, targets, tickers, actual, last) -> np.ndarray:
+    seq_len = model.seq_len
+    windows = universe.ohlc[targets[:, None] - seq_len + np.arange(seq_len)]
+    index = None
+    if model.uses_ticker_index:  # its per-ticker scaling numbers, by its own ticker order
+        position = {t: i for i, t in enumerate(model.training_tickers)}
+        index = np.array([position[universe.tickers[k]] for k in tickers], dtype=np.int64)
+    predicted, _ = model.score(windows, index)
+    return (predicted - actual) / last
+
+
+REALIZED_PAIRS = """
+    WITH pairs AS (
+        SELECT a.as_of, a.last_close, a.error AS champion_error, b.error AS challenger_error,
+               a.naive_error
+        FROM prediction_outcomes a
+        JOIN prediction_outcomes b ON b.ticker = a.ticker AND b.as_of = a.as_of
+        WHERE a.model_id = :champion AND b.model_id = :challenger
+          AND a.actual_close IS NOT NULL AND a.last_close > 0
+    ),
+    nights AS (SELECT DISTINCT as_of FROM pairs ORDER BY as_of DESC LIMIT :nights)
+    SELECT COUNT(*) AS n, COUNT(DISTINCT as_of) AS days, MIN(as_of) AS first_day, MAX(as_of) AS last_day,
+           AVG((champion_error / last_close) * (champion_error / last_close)) AS champion_ms,
+           AVG((challenger_error / last_close) * (challenger_error / last_close)) AS challenger_ms,
+           AVG((naive_error / last_close) * (naive_error / last_close)) AS naive_ms
+    FROM pairs WHERE as_of IN (SELECT as_of FROM nights)
+"""
+
+
+def realized(conn: sa.Connection, champion_id: str, challenger_id: str, nights: int) -> GateFigures:
+    """The last `nights` nights both models were scored on and whose outcome is known."""
+    r = conn.execute(
+        sa.text(REALIZED_PAIRS), {"champion": champion_id, "challenger": challenger_id, "nights": nights}
+    ).one()
+    if not r.n:
+        return GateFigures("realized", 0, 0, "", "", float("nan"), float("nan"), float("nan"))
+    return GateFigures(
+        "realized",
+        r.n,
+        r.days,
+        r.first_day,
+        r.last_day,
+        float(np.sqrt(r.champion_ms)),
+        float(np.sqrt(r.challenger_ms)),
+        float(np.sqrt(r.naive_ms)),
+    )
+
+
+def _rms(x: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(x))))

@@ -1,0 +1,168 @@
+"""`forecaster retrain`: make a challenger the way the champion was made,
+judge it at the gate, and record the decision.
+
+Backtest gate (the default): the challenger trains with the champion's own
+settings and tickers on the prices that stop `gate_days` sessions before the
+newest; champion, challenger and naive are then scored point-in-time on
+those held-back sessions (gate.py) and the challenger is promoted or
+rejected at once.
+
+Realized gate: every challenger that has been shadow-scored beside the
+champion for `gate_days` nights with known outcomes is promoted or rejected
+on those nights; when none is left waiting, a new challenger is trained on
+every stored price and registered to be shadow-scored from the next run.
+
+A promoted challenger serves as it is: the file the gate scored, not a refit
+on the held-back days (measured in docs/operations.md: a refit on 60 more
+sessions changed held-out RMSE by less than the run-to-run noise, and would
+serve a file no gate has seen).
+
+Nothing is recorded until the decision, in one transaction: a crash or a
+kill anywhere before it leaves the registry as it was (the challenger's
+files may stay in the models folder, unregistered).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import sqlalchemy as sa
+
+from ..artifact.export import export
+from ..artifact.model_file import ModelFile, load_model
+from ..artifact.verify import verify
+from ..data import store
+from ..data.universe import iso_day, load_universe
+from ..errors import DataError, ForecasterError
+from ..serving import registry
+from ..training.config import TrainConfig
+from ..training.job import TrainJob, run_training
+from . import gate
+from .config import GATES, RetrainConfig
+
+
+@dataclass
+class RetrainOutcome:
+    decision: str  # promoted, rejected, challenger (registered for shadow scoring) or waiting
+    model_id: str | None
+    path: Path | None
+    reason: str
+    metrics: dict = field(default_factory=dict)
+
+
+def retrain(
+    engine: sa.Engine,
+    config: RetrainConfig,
+    *,
+    progress: bool = False,
+    should_stop: Callable[[], bool] = lambda: False,
+    say: Callable[[str], None] = lambda line: None,
+) -> list[RetrainOutcome]:
+    """One retrain under `config`; what was decided, one entry per model judged or made."""
+    if config.gate not in GATES:
+        raise ForecasterError(f"unknown gate {config.gate!r}: choose {', '.join(GATES)}")
+    if config.gate_days < 1:
+        raise ForecasterError(f"--gate-days must be at least 1, not {config.gate_days}")
+    entry = registry.champion(engine)
+    champion = registry.load_registered(entry)
+    say(f"champion {entry.model_id[:12]} ({entry.path})")
+    if config.gate == "backtest":
+        return [_backtest(engine, config, champion, progress, should_stop, say)]
+    return _realized(engine, config, champion, progress, should_stop, say)
+
+
+def _backtest(engine, config, champion: ModelFile, progress, should_stop, say) -> RetrainOutcome:
+    universe = load_universe(engine, champion.training_tickers)
+    sessions = np.unique(universe.dates)
+    if len(sessions) <= config.gate_days + 1:
+        raise DataError(
+            f"{len(sessions)} sessions stored for the champion's tickers: too few to hold back "
+            f"{config.gate_days} gate days (--gate-days) and train on the rest"
+        )
+    through, first_target = iso_day(sessions[-config.gate_days - 1]), int(sessions[-config.gate_days])
+    say(f"training a challenger on prices up to {through}; the last {config.gate_days} sessions are the gate")
+    challenger = _make_challenger(engine, config, champion, through, progress, should_stop, say)
+    figures = gate.backtest(universe, champion, challenger, first_target)
+    extra = {"trained_through": through, "champion_trained_through": registry.trained_through(champion.metadata)}
+    caveat = (
+        "the champion trained on some gate days, which favours it"
+        if extra["champion_trained_through"] > through
+        else ""
+    )
+    return _judge(engine, config, champion, challenger, figures, extra, caveat, say)
+
+
+def _realized(engine, config, champion: ModelFile, progress, should_stop, say) -> list[RetrainOutcome]:
+    outcomes = []
+    for entry in registry.challengers(engine):
+        with engine.connect() as conn:
+            figures = gate.realized(conn, champion.sha256, entry.model_id, config.gate_days)
+        if figures.days < config.gate_days:
+            reason = f"waiting: {figures.days} of {config.gate_days} nights scored beside the champion with outcomes"
+            say(f"challenger {entry.model_id[:12]} {reason}")
+            outcomes.append(RetrainOutcome("waiting", entry.model_id, Path(entry.path), reason, figures.to_plain()))
+            continue
+        challenger = registry.load_registered(entry)
+        outcomes.append(_judge(engine, config, champion, challenger, figures, {}, "", say))
+        if outcomes[-1].decision == "promoted":
+            champion = challenger  # any other challenger waits to be judged against the new champion
+            break
+    if any(o.decision == "waiting" for o in outcomes):
+        return outcomes
+    say("training a challenger on every stored price, to be scored beside the champion from the next run")
+    challenger = _make_challenger(engine, config, champion, None, progress, should_stop, say)
+    with store.write_transaction(engine) as conn:
+        registry.decide(conn, challenger, "challenger", "")
+    reason = f"registered as a challenger: judged after {config.gate_days} nights of realised outcomes"
+    outcomes.append(RetrainOutcome("challenger", challenger.sha256, challenger.path, reason))
+    return outcomes
+
+
+def settings_of(champion: ModelFile, device: str) -> TrainConfig:
+    """The champion's training settings, from its metadata; a file made before
+    they were stored gives its network's shape, and defaults for the rest."""
+    stored = champion.metadata.get("train_config") or {
+        k: v for k, v in champion.metadata["model_config"].items() if k in ("seq_len", "hidden", "layers", "scaling")
+    }
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    return dataclasses.replace(TrainConfig(**{k: v for k, v in stored.items() if k in known}), device=device)
+
+
+def _make_challenger(engine, config, champion, through, progress, should_stop, say) -> ModelFile:
+    """Train, export and verify a challenger like the champion; the verified file."""
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    out = Path(config.models_dir) / f"challenger-{stamp}.pt"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    job = TrainJob(champion.training_tickers, False, settings_of(champion, config.device), out, through)
+    outcome = run_training(engine, job, progress=progress, should_stop=should_stop)
+    for line in outcome.warnings:
+        say(f"warning: {line}")
+    say(outcome.verdict)
+    exported = export(out, out.with_suffix(".onnx"))
+    checked = verify(exported.path)
+    say(f"exported and verified {exported.path} (largest difference from the reference {checked.max_abs:.2e})")
+    return load_model(exported.path, "cpu")
+
+
+def _judge(engine, config, champion, challenger, figures, extra, caveat, say) -> RetrainOutcome:
+    """Apply the gate's rule and record the decision with its numbers, in one
+    transaction, provided the champion is still the one judged against."""
+    promote, reason = gate.judge(figures, config.min_improvement)
+    reason += f"; {caveat}" if caveat else ""
+    decision = "promoted" if promote else "rejected"
+    metrics = {**figures.to_plain(), **extra, "min_improvement": config.min_improvement, "champion": champion.sha256}
+    with store.write_transaction(engine) as conn:
+        current = registry.champion_id(conn)
+        if current != champion.sha256:
+            raise ForecasterError(
+                f"the champion changed while the challenger was judged (now {str(current)[:12]}, judged against "
+                f"{champion.sha256[:12]}): nothing recorded; run retrain again"
+            )
+        registry.decide(conn, challenger, decision, reason, metrics)
+    say(reason)
+    return RetrainOutcome(decision, challenger.sha256, challenger.path, reason, metrics)
