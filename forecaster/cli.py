@@ -91,43 +91,44 @@ calendar_option = option(
 )
 
 
+RETRAIN_OPTIONS = [
+    option(
+        "--gate-days",
+        default=RETRAIN.gate_days,
+        show_default=True,
+        type=click.IntRange(1),
+        help="Sessions the gate scores on: held back from the challenger (backtest), or nights "
+        "of realised outcomes beside the champion (realized).",
+    ),
+    option(
+        "--min-improvement",
+        default=RETRAIN.min_improvement,
+        show_default=True,
+        type=click.FloatRange(0, 1, max_open=True),
+        help="Promote only when the challenger's RMSE is at most the champion's x (1 - this); "
+        "it must also be no worse than naive.",
+    ),
+    option(
+        "--gate",
+        default=RETRAIN.gate,
+        show_default=True,
+        type=click.Choice(GATES),
+        help="backtest: score a challenger trained without the last gate days on them, decide at "
+        "once; realized: register it, shadow-score it nightly, decide after gate-days nights.",
+    ),
+    option(
+        "--models-dir",
+        default=RETRAIN.models_dir,
+        show_default=True,
+        type=click.Path(file_okay=False, path_type=Path),
+        help="Folder for the challengers' checkpoints, ONNX files and plots.",
+    ),
+]
+
+
 def retrain_options(func):
     """The options of a retrain, shared by `retrain` and `daemon --retrain-cron`."""
-    for decorator in reversed(
-        [
-            option(
-                "--gate-days",
-                default=RETRAIN.gate_days,
-                show_default=True,
-                type=click.IntRange(1),
-                help="Sessions the gate scores on: held back from the challenger (backtest), or nights "
-                "of realised outcomes beside the champion (realized).",
-            ),
-            option(
-                "--min-improvement",
-                default=RETRAIN.min_improvement,
-                show_default=True,
-                type=click.FloatRange(0, 1, max_open=True),
-                help="Promote only when the challenger's RMSE is at most the champion's x (1 - this); "
-                "it must also be no worse than naive.",
-            ),
-            option(
-                "--gate",
-                default=RETRAIN.gate,
-                show_default=True,
-                type=click.Choice(GATES),
-                help="backtest: score a challenger trained without the last gate days on them, decide at "
-                "once; realized: register it, shadow-score it nightly, decide after gate-days nights.",
-            ),
-            option(
-                "--models-dir",
-                default=RETRAIN.models_dir,
-                show_default=True,
-                type=click.Path(file_okay=False, path_type=Path),
-                help="Folder for the challengers' checkpoints, ONNX files and plots.",
-            ),
-        ]
-    ):
+    for decorator in reversed(RETRAIN_OPTIONS):
         func = decorator(func)
     return func
 
@@ -599,6 +600,7 @@ def predict(model, data, as_of, start, end, device, calendar, shard, db, quiet):
 )
 @option(
     "--retrain-cron",
+    default=daemon_default("retrain_cron"),
     metavar="CRON",
     help='Also retrain on this schedule (crontab line, e.g. "0 6 * * 6"), never during a scoring run; '
     "needs --model champion.",

@@ -124,7 +124,7 @@ def test_the_cli_takes_its_defaults_from_the_library():
 
     from forecaster.artifact.config import DEFAULT_OPSET, DEFAULT_TOLERANCE
     from forecaster.data.config import DEFAULT_CALENDAR, DEFAULT_DB_URL
-    from forecaster.lifecycle.config import DaemonConfig
+    from forecaster.lifecycle.config import DaemonConfig, RetrainConfig
     from forecaster.training.config import TrainConfig
 
     def defaults(command):
@@ -141,5 +141,10 @@ def test_the_cli_takes_its_defaults_from_the_library():
             if field.name in ("wait_max", "recheck"):
                 expected = expected.total_seconds() // 60  # minutes on the command line
             assert daemon[field.name] == expected, field.name
+    for command in ("retrain", "daemon"):
+        options = defaults(command)
+        for field in dataclasses.fields(RetrainConfig):
+            if field.name != "device":
+                assert options[field.name] == field.default, (command, field.name)
     assert defaults("export")["opset"] == DEFAULT_OPSET and defaults("verify")["tolerance"] == DEFAULT_TOLERANCE
     assert defaults("predict")["db"] == DEFAULT_DB_URL and defaults("predict")["calendar"] == DEFAULT_CALENDAR

@@ -40,11 +40,11 @@ class GateFigures:
 
     @property
     def challenger_vs_naive(self) -> float:
-        return self.challenger_rmse / self.naive_rmse
+        return _ratio(self.challenger_rmse, self.naive_rmse)
 
     @property
     def challenger_vs_champion(self) -> float:
-        return self.challenger_rmse / self.champion_rmse
+        return _ratio(self.challenger_rmse, self.champion_rmse)
 
     def to_plain(self) -> dict:
         """What `promotions.metrics` holds."""
@@ -52,7 +52,7 @@ class GateFigures:
             **asdict(self),
             "unit": "relative to last close",
             "challenger_vs_naive": self.challenger_vs_naive,
-            "champion_vs_naive": self.champion_rmse / self.naive_rmse,
+            "champion_vs_naive": _ratio(self.champion_rmse, self.naive_rmse),
             "challenger_vs_champion": self.challenger_vs_champion,
         }
 
@@ -128,7 +128,7 @@ REALIZED_PAIRS = """
         FROM prediction_outcomes a
         JOIN prediction_outcomes b ON b.ticker = a.ticker AND b.as_of = a.as_of
         WHERE a.model_id = :champion AND b.model_id = :challenger
-          AND a.actual_close IS NOT NULL AND a.last_close > 0
+          AND a.actual_close IS NOT NULL AND a.last_close > 0 AND a.as_of >= :since
     ),
     nights AS (SELECT DISTINCT as_of FROM pairs ORDER BY as_of DESC LIMIT :nights)
     SELECT COUNT(*) AS n, COUNT(DISTINCT as_of) AS days, MIN(as_of) AS first_day, MAX(as_of) AS last_day,
@@ -139,10 +139,13 @@ REALIZED_PAIRS = """
 """
 
 
-def realized(conn: sa.Connection, champion_id: str, challenger_id: str, nights: int) -> GateFigures:
-    """The last `nights` nights both models were scored on and whose outcome is known."""
+def realized(conn: sa.Connection, champion_id: str, challenger_id: str, nights: int, since: str) -> GateFigures:
+    """The last `nights` nights both models were scored on and whose outcome
+    is known, from `since` on (the challenger's last day of data: a night it
+    trained on is no evidence)."""
     r = conn.execute(
-        sa.text(REALIZED_PAIRS), {"champion": champion_id, "challenger": challenger_id, "nights": nights}
+        sa.text(REALIZED_PAIRS),
+        {"champion": champion_id, "challenger": challenger_id, "nights": nights, "since": since},
     ).one()
     if not r.n:
         return GateFigures("realized", 0, 0, "", "", float("nan"), float("nan"), float("nan"))
@@ -156,6 +159,10 @@ def realized(conn: sa.Connection, champion_id: str, challenger_id: str, nights: 
         float(np.sqrt(r.challenger_ms)),
         float(np.sqrt(r.naive_ms)),
     )
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b else float("nan")
 
 
 def _rms(x: np.ndarray) -> float:

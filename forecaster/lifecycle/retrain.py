@@ -100,14 +100,18 @@ def _backtest(engine, config, champion: ModelFile, progress, should_stop, say) -
 def _realized(engine, config, champion: ModelFile, progress, should_stop, say) -> list[RetrainOutcome]:
     outcomes = []
     for entry in registry.challengers(engine):
-        with engine.connect() as conn:
-            figures = gate.realized(conn, champion.sha256, entry.model_id, config.gate_days)
-        if figures.days < config.gate_days:
-            reason = f"waiting: {figures.days} of {config.gate_days} nights scored beside the champion with outcomes"
-            say(f"challenger {entry.model_id[:12]} {reason}")
-            outcomes.append(RetrainOutcome("waiting", entry.model_id, Path(entry.path), reason, figures.to_plain()))
-            continue
         challenger = registry.load_registered(entry)
+        since = registry.data_through(challenger.metadata)
+        with engine.connect() as conn:
+            figures = gate.realized(conn, champion.sha256, entry.model_id, config.gate_days, since)
+        if figures.days < config.gate_days:
+            reason = (
+                f"waiting: {figures.days} of {config.gate_days} nights from {since} on scored beside the champion "
+                "with outcomes"
+            )
+            say(f"challenger {entry.model_id[:12]} {reason}")
+            outcomes.append(RetrainOutcome("waiting", entry.model_id, challenger.path, reason, figures.to_plain()))
+            continue
         outcomes.append(_judge(engine, config, champion, challenger, figures, {}, "", say))
         if outcomes[-1].decision == "promoted":
             champion = challenger  # any other challenger waits to be judged against the new champion

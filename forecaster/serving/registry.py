@@ -68,6 +68,12 @@ def newest_registered_at(engine: sa.Engine) -> dt.datetime | None:
     return dt.datetime.fromisoformat(newest) if newest else None
 
 
+def data_through(metadata: dict) -> str:
+    """The newest day of any price a model's training read (held-out days included)."""
+    tickers = metadata.get("training", {}).get("tickers", {})
+    return max((t.get("last_date", "") for t in tickers.values()), default="")
+
+
 def _with_status(engine: sa.Engine, status: str) -> list[Registered]:
     m = schema.models.c
     with engine.connect() as conn:
