@@ -713,6 +713,8 @@ def retrain(gate_days, min_improvement, gate, models_dir, device, db, quiet):
         )
     for o in outcomes:
         click.echo(f"{o.decision}: {o.path} ({(o.model_id or '')[:12]})")
+    if any(o.decision == "promoted" for o in outcomes):
+        click.echo("the new champion serves from the next run (`forecaster predict --model champion` runs one now)")
 
 
 @main.command()

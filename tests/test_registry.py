@@ -63,6 +63,12 @@ def test_challengers_are_scored_in_the_shadows_and_never_shown_as_latest(
     counts = dict(rows(any_engine, "SELECT model_id, COUNT(*) FROM predictions GROUP BY model_id"))
     assert counts == {champion: 3 * nights, challenger: 3 * nights}
     assert rows(any_engine, "SELECT status, COUNT(*) FROM runs GROUP BY status") == [("succeeded", 2 * nights)]
+    # Each shadow run names the champion's run of the same night it was scored beside.
+    pairs = (
+        "SELECT COUNT(*) FROM runs s JOIN runs c ON c.run_id = s.shadow_of "
+        "WHERE s.model_id = :ch AND c.model_id = :cp AND c.as_of = s.as_of AND c.shadow_of IS NULL"
+    )
+    assert rows(any_engine, pairs, ch=challenger, cp=champion) == [(nights,)]
     # ...the latest predictions are the champion's only...
     assert rows(any_engine, "SELECT DISTINCT model_id FROM latest_predictions") == [(champion,)]
     # ...and the scoreboard has both, each against naive on its own outcomes.

@@ -107,6 +107,7 @@ def test_a_version_1_database_is_upgraded_in_place_keeping_its_data(any_db_url):
         conn.exec_driver_sql("DROP INDEX uq_models_one_champion")
         for column in ("status", "promoted_at"):
             conn.exec_driver_sql(f"ALTER TABLE models DROP COLUMN {column}")
+        conn.exec_driver_sql("ALTER TABLE runs DROP COLUMN shadow_of")
         conn.execute(schema.schema_info.update().values(version=1))
     engine.dispose()
     with pytest.raises(StoreError, match="has schema version 1: open it once with a writing command"):
@@ -118,6 +119,8 @@ def test_a_version_1_database_is_upgraded_in_place_keeping_its_data(any_db_url):
         assert sa.inspect(conn).has_table("calendar_sessions")
         assert {"lo80", "in95"} <= {c["name"] for c in sa.inspect(conn).get_columns("prediction_outcomes")}
         assert sa.inspect(conn).has_table("promotions") and "model_scoreboard" in sa.inspect(conn).get_view_names()
+        assert "shadow_of" in {c["name"] for c in sa.inspect(conn).get_columns("runs")}
+        assert {"status", "promoted_at"} <= {c["name"] for c in sa.inspect(conn).get_columns("models")}
 
 
 def test_every_database_error_reads_and_writes_becomes_one_database_error(any_engine):

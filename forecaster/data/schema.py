@@ -121,6 +121,8 @@ runs = sa.Table(
     sa.Column("host", sa.String),
     sa.Column("pid", sa.Integer),
     sa.Column("shard", sa.String(16)),  # "K/N" when only shard K of N tickers was scored
+    # A challenger's shadow run: the run of the champion it was scored beside (NULL: a served run).
+    sa.Column("shadow_of", sa.Integer),
     sa.CheckConstraint("status IN ('running', 'succeeded', 'failed')", name="ck_runs_status"),
 )
 
@@ -257,10 +259,13 @@ def _add_interval_columns(conn: sa.Connection) -> None:
 
 
 def _add_registry(conn: sa.Connection) -> None:
-    present = {c["name"] for c in sa.inspect(conn).get_columns("models")}
-    for name, kind in (("status", "VARCHAR(16)"), ("promoted_at", "VARCHAR")):
-        if name not in present:
-            conn.exec_driver_sql(f"ALTER TABLE models ADD COLUMN {name} {kind}")
+    for table, name, kind in (
+        ("models", "status", "VARCHAR(16)"),
+        ("models", "promoted_at", "VARCHAR"),
+        ("runs", "shadow_of", "INTEGER"),
+    ):
+        if name not in {c["name"] for c in sa.inspect(conn).get_columns(table)}:
+            conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
     metadata.create_all(conn, tables=[promotions])
     schema_index = next(i for i in models.indexes if i.name == "uq_models_one_champion")
     schema_index.create(conn, checkfirst=True)
@@ -272,5 +277,5 @@ def _add_registry(conn: sa.Connection) -> None:
 MIGRATIONS = {
     1: _add_missing_tables,  # 2: calendar_sessions, calendar_coverage
     2: _add_interval_columns,  # 3: predictions.lo80, hi80, lo95, hi95; in80 / in95 in prediction_outcomes
-    3: _add_registry,  # 4: models.status, promoted_at, promotions, model_scoreboard
+    3: _add_registry,  # 4: models.status, promoted_at, runs.shadow_of, promotions, model_scoreboard
 }

@@ -248,8 +248,16 @@ class RetrainJob:
     holding the nightly job's `busy` lock so the two never overlap. A failure
     or a stop leaves the champion serving."""
 
-    def __init__(self, engine: sa.Engine, config: DaemonConfig, stop: threading.Event, busy: threading.Lock):
+    def __init__(
+        self,
+        engine: sa.Engine,
+        config: DaemonConfig,
+        stop: threading.Event,
+        busy: threading.Lock,
+        after_promotion=lambda: None,
+    ):
         self.engine, self.config, self.stop, self.busy = engine, config, stop, busy
+        self.after_promotion = after_promotion
 
     def __call__(self) -> None:
         with self.busy:
@@ -258,8 +266,12 @@ class RetrainJob:
             try:
                 from .retrain import retrain  # torch: only in a daemon that retrains
 
-                for outcome in retrain(self.engine, self.config.retrain, should_stop=self.stop.is_set, say=log.info):
+                outcomes = retrain(self.engine, self.config.retrain, should_stop=self.stop.is_set, say=log.info)
+                for outcome in outcomes:
                     log.info("retrain: %s %s", outcome.decision, outcome.path)
+                if any(o.decision == "promoted" for o in outcomes) and not self.stop.is_set():
+                    # The new champion scores the newest day now, so latest_predictions has its figures.
+                    self.after_promotion()
             except ForecasterError as exc:
                 log.error("retrain failed, the champion keeps serving: %s", exc)
             except Exception:
@@ -287,7 +299,7 @@ def run_daemon(config: DaemonConfig) -> int:
     scheduler = BlockingScheduler(timezone=config.timezone)
     job = NightlyJob(engine, config, stop)
     retrain_trigger = make_trigger(config.retrain_cron, config.timezone) if config.retrain_cron else None
-    retrain_job = RetrainJob(engine, config, stop, job.busy)
+    retrain_job = RetrainJob(engine, config, stop, job.busy, after_promotion=job.catch_up)
 
     def on_signal(signum, _frame) -> None:
         log.info("%s received: stopping after the run in progress", signal.Signals(signum).name)

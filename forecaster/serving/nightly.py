@@ -239,7 +239,7 @@ def _write(
         late = [row["ticker"] for row in rows] if runs.scored_before(conn, served.model.sha256, as_of, shard) else []
         shadow_counts = {}
         for shadow in shadows:
-            shadow_run = runs.add_finished_run(conn, shadow.model.sha256, as_of, shadow.model.device, shard)
+            shadow_run = runs.add_shadow_run(conn, shadow.model.sha256, as_of, shadow.model.device, shard, run_id)
             shadow_rows, _ = _predictions(conn, shadow_run, as_of, target, shadow)
             shadow_counts[shadow.model.sha256] = len(shadow_rows)
             runs.finish_run(

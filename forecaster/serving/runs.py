@@ -36,8 +36,10 @@ def start_run(engine: sa.Engine, model_id: str, as_of: str, device: str, shard: 
         ).inserted_primary_key[0]
 
 
-def add_finished_run(conn: sa.Connection, model_id: str, as_of: str, device: str, shard: Shard | None) -> int:
-    """A run row inside the caller's transaction (a shadow run commits with the run it shadows)."""
+def add_shadow_run(
+    conn: sa.Connection, model_id: str, as_of: str, device: str, shard: Shard | None, shadow_of: int
+) -> int:
+    """A challenger's run row inside the caller's transaction: it commits with the run it shadows."""
     return conn.execute(
         schema.runs.insert().values(
             started_at=utc_now(),
@@ -48,6 +50,7 @@ def add_finished_run(conn: sa.Connection, model_id: str, as_of: str, device: str
             host=socket.gethostname(),
             pid=os.getpid(),
             shard=_text(shard),
+            shadow_of=shadow_of,
         )
     ).inserted_primary_key[0]
 
