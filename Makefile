@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   := demo
 
-.PHONY: install test lint format postgres demo bench seed-comparison scaling-comparison interval-comparison clean
+.PHONY: install test lint format postgres demo bench seed-comparison scaling-comparison interval-comparison refit-comparison clean
 
 install: $(STAMP)
 
@@ -52,3 +52,6 @@ bench: install
 
 interval-comparison: install
 	$(BIN)/python benchmarks/interval_comparison.py
+
+refit-comparison: install
+	$(BIN)/python benchmarks/refit_comparison.py

@@ -123,6 +123,15 @@ RETRAIN_OPTIONS = [
         type=click.Path(file_okay=False, path_type=Path),
         help="Folder for the challengers' checkpoints, ONNX files and plots.",
     ),
+    option(
+        "--train-device",
+        command="retrain",
+        default=RETRAIN.device,
+        show_default=True,
+        type=click.Choice(DEVICES),
+        help="Where the challenger trains: auto: CUDA when torch can use it, else CPU; cuda: fail unless "
+        "CUDA is usable.",
+    ),
 ]
 
 
@@ -133,9 +142,9 @@ def retrain_options(func):
     return func
 
 
-def retrain_config(gate_days, min_improvement, gate, models_dir, device) -> RetrainConfig:
+def retrain_config(gate_days, min_improvement, gate, models_dir, train_device) -> RetrainConfig:
     return RetrainConfig(
-        gate_days=gate_days, min_improvement=min_improvement, gate=gate, models_dir=models_dir, device=device
+        gate_days=gate_days, min_improvement=min_improvement, gate=gate, models_dir=models_dir, device=train_device
     )
 
 
@@ -626,6 +635,7 @@ def daemon(
     min_improvement,
     gate,
     models_dir,
+    train_device,
     device,
     calendar,
     shard,
@@ -664,7 +674,7 @@ def daemon(
             wait_max=dt.timedelta(minutes=wait_max),
             recheck=dt.timedelta(minutes=recheck),
             retrain_cron=retrain_cron,
-            retrain=retrain_config(gate_days, min_improvement, gate, models_dir, device),
+            retrain=retrain_config(gate_days, min_improvement, gate, models_dir, train_device),
         )
     )
 
@@ -691,11 +701,10 @@ def promote(model, reason, db):
 
 @main.command()
 @retrain_options
-@device_option
 @db_option
 @quiet_option
 @reports_errors
-def retrain(gate_days, min_improvement, gate, models_dir, device, db, quiet):
+def retrain(gate_days, min_improvement, gate, models_dir, train_device, db, quiet):
     """Train a challenger with the champion's settings and tickers (from its
     metadata), export and verify it, and judge it: promoted only when its
     RMSE on the gate days is no worse than naive's and than the champion's
@@ -706,7 +715,7 @@ def retrain(gate_days, min_improvement, gate, models_dir, device, db, quiet):
     with stop_on_signals() as should_stop:
         outcomes = run_retrain(
             open_store(db),
-            retrain_config(gate_days, min_improvement, gate, models_dir, device),
+            retrain_config(gate_days, min_improvement, gate, models_dir, train_device),
             progress=not quiet,
             should_stop=should_stop,
             say=lambda line: click.echo(line, err=True),

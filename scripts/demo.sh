@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole story on synthetic data the project makes itself (no downloads):
-# sample data -> ingest -> train -> export -> verify -> nightly predictions -> SQL and report.
+# sample data -> ingest -> train -> export -> verify -> nightly predictions -> SQL and report
+# -> a champion and one gated retrain.
 set -euo pipefail
 out=${1:-demo}
 fc=".venv/bin/forecaster"
@@ -22,3 +23,10 @@ echo "== 6. what is predicted for the next trading day"
 $fc sql "select ticker, as_of, target_date, round(predicted_close, 4) as predicted, last_close from latest_predictions"
 echo "== 7. how good were the stored predictions"
 $fc report --plot "$out/report.png"
+echo "== 8. keeping the model fresh: the demo model becomes the champion; a challenger trained"
+echo "      without the last 60 sessions is judged on them against champion and naive"
+$fc promote "$out/exports/demo.onnx" --reason "first model"
+$fc retrain --gate-days 60 --models-dir "$out/exports" --quiet
+$fc predict --model champion --quiet
+$fc models
+$fc sql "select decided_at, decision, reason from promotions"

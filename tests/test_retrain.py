@@ -168,7 +168,7 @@ def test_a_kill_during_retrain_leaves_the_champion_untouched(db_url, world, tmp_
     before = rows(engine, "SELECT model_id, status FROM models"), rows(engine, "SELECT * FROM promotions")
 
     cli = [sys.executable, "-m", "forecaster", "retrain", "--db", db_url, "--models-dir", str(tmp_path / "models")]
-    proc = subprocess.Popen([*cli, "--device", "cpu"], stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([*cli, "--train-device", "cpu"], stderr=subprocess.PIPE, text=True)
     for line in proc.stderr:
         if "epoch" in line.lower() or "step" in line.lower():  # training is under way
             break
@@ -266,3 +266,41 @@ def test_a_failing_retrain_job_logs_and_keeps_the_daemon(engine, tmp_path, caplo
     config = DaemonConfig(db_url=str(engine.url), model=Path("champion"), retrain=settings(tmp_path))
     RetrainJob(engine, config, threading.Event(), threading.Lock())()  # no champion: an error, not a crash
     assert "retrain failed, the champion keeps serving: no champion yet" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("challenger", "champion", "naive", "min_improvement", "decision", "worse_than"),
+    [
+        (1.00, 1.00, 1.10, 0.0, True, ""),  # a tie with the champion passes: it is fresher
+        (0.99, 1.00, 1.10, 0.02, False, "the champion"),  # 1% better, 2% asked
+        (0.97, 1.00, 1.10, 0.02, True, ""),
+        (0.90, 1.20, 0.89, 0.0, False, "naive"),  # beats the champion, not naive
+        (1.30, 1.20, 1.00, 0.0, False, "the champion and naive"),
+    ],
+)
+def test_the_gate_rule(challenger, champion, naive, min_improvement, decision, worse_than):
+    from forecaster.lifecycle.gate import GateFigures, judge
+
+    figures = GateFigures("backtest", 100, 10, "2017-01-02", "2017-01-13", champion, challenger, naive)
+    promote, reason = judge(figures, min_improvement)
+    assert promote is decision
+    assert reason.startswith("promoted: " if decision else f"rejected (worse than {worse_than}): ")
+    assert f"ratios {challenger / champion:.4f} and {challenger / naive:.4f}" in reason
+
+
+def test_retrain_and_models_from_the_command_line(db_url, world, tmp_path):
+    from click.testing import CliRunner
+
+    from forecaster.cli import main
+
+    runner = CliRunner()
+    engine = store.connect(db_url)
+    ingest(engine, [world["data"]])
+    assert runner.invoke(main, ["promote", str(world["good"]), "--reason", "first", "--db", db_url]).exit_code == 0
+    args = ["--db", db_url, "--models-dir", str(tmp_path / "m"), "--train-device", "cpu", "--quiet"]
+    result = runner.invoke(main, ["retrain", "--gate-days", str(GATE_DAYS), *args])
+    assert result.exit_code == 0, result.output
+    [(decision, reason)] = rows(engine, "SELECT decision, reason FROM promotions WHERE reason != 'first'")
+    assert f"{decision}: {tmp_path / 'm'}" in result.output and reason in result.output
+    listed = runner.invoke(main, ["models", "--db", db_url]).output
+    assert ("rejected" if decision == "rejected" else "retired") in listed

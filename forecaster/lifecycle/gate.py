@@ -66,7 +66,8 @@ def judge(figures: GateFigures, min_improvement: float) -> tuple[bool, str]:
     said = (
         f"challenger RMSE {figures.challenger_rmse:.5f} vs champion {figures.champion_rmse:.5f}"
         + (f" (bar {bar:.5f}, {min_improvement:.1%} better)" if min_improvement else "")
-        + f" and naive {figures.naive_rmse:.5f}, relative to last close, "
+        + f" and naive {figures.naive_rmse:.5f} (ratios {figures.challenger_vs_champion:.4f} and "
+        f"{figures.challenger_vs_naive:.4f}), relative to last close, "
         f"{figures.n} predictions over {figures.days} {figures.gate} days {figures.first_day}..{figures.last_day}"
     )
     if beats_champion and beats_naive:
