@@ -14,8 +14,8 @@ every stored price and registered to be shadow-scored from the next run.
 
 A promoted challenger serves as it is: the file the gate scored, not a refit
 on the held-back days (measured in docs/operations.md: a refit on 60 more
-sessions changed held-out RMSE by less than the run-to-run noise, and would
-serve a file no gate has seen).
+sessions moved the ratio to naive by -0.4% to +0.2%, either way, about the
+size of seed-to-seed noise, and would serve a file no gate has seen).
 
 Nothing is recorded until the decision, in one transaction: a crash or a
 kill anywhere before it leaves the registry as it was (the challenger's
