@@ -21,25 +21,21 @@ from .shards import Shard
 
 
 def start_run(engine: sa.Engine, model_id: str, as_of: str, device: str, shard: Shard | None) -> int:
+    """A `running` row, committed at once: a crash from here on leaves a trace."""
     with store.write_transaction(engine) as conn:
-        return conn.execute(
-            schema.runs.insert().values(
-                started_at=utc_now(),
-                status="running",
-                as_of=as_of,
-                model_id=model_id,
-                device=device,
-                host=socket.gethostname(),
-                pid=os.getpid(),
-                shard=_text(shard),
-            )
-        ).inserted_primary_key[0]
+        return _insert_run(conn, model_id, as_of, device, shard)
 
 
 def add_shadow_run(
     conn: sa.Connection, model_id: str, as_of: str, device: str, shard: Shard | None, shadow_of: int
 ) -> int:
     """A challenger's run row inside the caller's transaction: it commits with the run it shadows."""
+    return _insert_run(conn, model_id, as_of, device, shard, shadow_of=shadow_of)
+
+
+def _insert_run(
+    conn: sa.Connection, model_id: str, as_of: str, device: str, shard: Shard | None, shadow_of: int | None = None
+) -> int:
     return conn.execute(
         schema.runs.insert().values(
             started_at=utc_now(),
