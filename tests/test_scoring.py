@@ -30,7 +30,7 @@ def without_torch(*args):
     )
 
 
-def test_scoring_info_verify_report_and_sql_never_load_torch(tiny_model, shared_data, db_url):
+def test_scoring_info_verify_report_sql_and_the_registry_never_load_torch(tiny_model, shared_data, db_url):
     for args in (
         ["info", tiny_model],
         ["verify", tiny_model],
@@ -38,6 +38,9 @@ def test_scoring_info_verify_report_and_sql_never_load_torch(tiny_model, shared_
         ["verify", tiny_model, "--tickers", "aaxj", "--db", db_url],
         ["report", "--db", db_url],
         ["sql", "select count(*) from predictions", "--db", db_url],
+        ["promote", tiny_model, "--reason", "first", "--db", db_url],
+        ["predict", "--model", "champion", "--db", db_url, "--device", "cpu"],
+        ["models", "--db", db_url],
     ):
         run = without_torch(*args)
         assert run.returncode == 0, f"{args[0]}: {run.stderr}"
