@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
+
 import numpy as np
+import pytest
 import torch
 
 from forecaster.data.prices import Series
@@ -70,3 +75,27 @@ def fields_fast(body: str, header: Header, first_line: int = 2) -> Fields | None
     regular = _regular(Body(body, header, first_line))
     values = None if regular is None else _numbers([regular])
     return None if values is None else regular.fields(values[0])
+
+
+# -- the daemon in a real subprocess --
+
+
+def start_daemon(db_url, model, log_path, *extra):
+    with open(log_path, "w") as log:  # the child keeps its own copy of the handle
+        command = [sys.executable, "-m", "forecaster", "daemon", "--model", str(model), "--db", db_url]
+        return subprocess.Popen(
+            [*command, "--device", "cpu", *extra], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def wait_for(log_path, text, proc, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        content = log_path.read_text()
+        if text in content:
+            return content
+        if proc.poll() is not None:
+            pytest.fail(f"daemon exited {proc.returncode} before {text!r}:\n{content}")
+        time.sleep(0.1)
+    proc.kill()
+    pytest.fail(f"no {text!r} within {timeout}s:\n{log_path.read_text()}")

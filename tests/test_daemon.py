@@ -6,38 +6,17 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from zoneinfo import ZoneInfo
 
 import pytest
+from helpers import start_daemon, wait_for
 
 from forecaster.data.ingest import ingest
 from forecaster.lifecycle.daemon import make_trigger
 from forecaster.serving.nightly import predict
 
 NY = ZoneInfo("America/New_York")
-
-
-def start_daemon(db_url, model, log_path, *extra):
-    with open(log_path, "w") as log:  # the child keeps its own copy of the handle
-        command = [sys.executable, "-m", "forecaster", "daemon", "--model", str(model), "--db", db_url]
-        return subprocess.Popen(
-            [*command, "--device", "cpu", *extra], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-
-
-def wait_for(log_path, text, proc, timeout=60):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        content = log_path.read_text()
-        if text in content:
-            return content
-        if proc.poll() is not None:
-            pytest.fail(f"daemon exited {proc.returncode} before {text!r}:\n{content}")
-        time.sleep(0.1)
-    proc.kill()
-    pytest.fail(f"no {text!r} within {timeout}s:\n{log_path.read_text()}")
 
 
 def runs(engine):

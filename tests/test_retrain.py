@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import sqlalchemy as sa
+from helpers import start_daemon, wait_for
 
 from forecaster.artifact.export import export
 from forecaster.artifact.model_file import file_sha256, load_model
@@ -304,3 +305,29 @@ def test_retrain_and_models_from_the_command_line(db_url, world, tmp_path):
     assert f"{decision}: {tmp_path / 'm'}" in result.output and reason in result.output
     listed = runner.invoke(main, ["models", "--db", db_url]).output
     assert ("rejected" if decision == "rejected" else "retired") in listed
+
+
+def test_the_daemon_serves_the_champion_and_runs_a_missed_retrain_on_start(db_url, world, tmp_path):
+    engine = store.connect(db_url)
+    ingest(engine, [world["data"]])
+    registry.promote(engine, world["good"], "first")
+    with engine.begin() as conn:  # the champion was made long before the last scheduled retrain
+        conn.execute(sa.text("UPDATE models SET created_at = '2020-01-01T00:00:00+00:00'"))
+    log_path = tmp_path / "daemon.log"
+    models_dir = str(tmp_path / "models")
+    extra = ["--retrain-cron", "0 0 * * *", "--gate-days", str(GATE_DAYS), "--models-dir", models_dir]
+    proc = start_daemon(db_url, "champion", log_path, *extra, "--train-device", "cpu")
+    try:
+        log = wait_for(log_path, "next retrain at", proc, timeout=180)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    assert proc.returncode == 0
+    # First the catch-up with the champion, then the owed retrain, then both schedules.
+    assert log.index("predictions for") < log.index("a scheduled retrain was missed") < log.index("retrain: ")
+    [(decision,)] = rows(engine, "SELECT decision FROM promotions WHERE reason != 'first'")
+    assert f"retrain: {decision}" in log and "next nightly at" in log
+    served = rows(engine, "SELECT DISTINCT model_id FROM runs WHERE shadow_of IS NULL AND status = 'succeeded'")
+    champion = registry.champion(engine).model_id
+    # A promotion is followed at once by a run of the new champion.
+    assert (champion,) in served and len(served) == (2 if decision == "promoted" else 1)
