@@ -32,28 +32,22 @@ from forecaster.data import store
 from forecaster.data.ingest import ingest
 from forecaster.data.universe import iso_day, load_universe, stored_counts
 from forecaster.features import CLOSE
+from forecaster.lifecycle.gate import target_rows
 from forecaster.training.config import TrainConfig
 from forecaster.training.distributed import World
 from forecaster.training.model import predict
 from forecaster.training.train import train_universe
-from forecaster.training.windows import min_rows
+from forecaster.training.windows import gather, min_rows
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 def relative_rmse(model, universe, first: int, last: int, seq_len: int) -> tuple[float, float, int]:
-    """(model RMSE, naive RMSE, n) over targets dated in [first, last], relative to the last close."""
-    rows = np.array(
-        [
-            r
-            for k in range(len(universe))
-            for r in range(int(universe.starts[k]) + seq_len, int(universe.starts[k + 1]))
-            if first <= universe.dates[r] <= last
-        ]
-    )
-    windows = universe.ohlc[rows[:, None] - seq_len + np.arange(seq_len)]
+    """(model RMSE, naive RMSE, n) over targets dated in [first, last], relative to the last close
+    (the rows and windows the promotion gate scores)."""
+    rows = target_rows(universe, seq_len, first, last)
+    windows, actual = gather(universe, rows - seq_len, seq_len)
     predicted = predict(model, windows).numpy().astype(np.float64)
-    actual = universe.ohlc[rows, CLOSE].astype(np.float64)
     previous = universe.ohlc[rows - 1, CLOSE].astype(np.float64)
 
     def rms(x):

@@ -25,6 +25,7 @@ from ..artifact.model_file import ModelFile
 from ..data.universe import Universe, iso_day
 from ..errors import DataError
 from ..features import CLOSE
+from ..training.windows import gather
 
 
 @dataclass
@@ -80,22 +81,16 @@ def backtest(universe: Universe, champion: ModelFile, challenger: ModelFile, fir
     """Score both files and naive on every stored close dated on or after
     first_target (yyyymmdd) whose full window lies before it."""
     seq_len = max(champion.seq_len, challenger.seq_len)
-    known = set(champion.training_tickers) & set(challenger.training_tickers)
-    targets = [
-        row
-        for k, ticker in enumerate(universe.tickers)
-        if ticker in known or not (champion.uses_ticker_index or challenger.uses_ticker_index)
-        for row in range(int(universe.starts[k]) + seq_len, int(universe.starts[k + 1]))
-        if universe.dates[row] >= first_target
-    ]
-    if not targets:
+    if champion.uses_ticker_index or challenger.uses_ticker_index:  # per-ticker scaling: their common tickers
+        known = set(champion.training_tickers) & set(challenger.training_tickers)
+        universe = universe.without({k for k, t in enumerate(universe.tickers) if t not in known})
+    targets = target_rows(universe, seq_len, first_target)
+    if not len(targets):
         raise DataError("no stored close to score the gate on: too few sessions after the challenger's data")
-    targets = np.asarray(targets, dtype=np.int64)
-    tickers = universe.ticker_of(targets)
     actual = universe.ohlc[targets, CLOSE].astype(np.float64)
     last = universe.ohlc[targets - 1, CLOSE].astype(np.float64)
     errors = {
-        name: _relative_errors(model, universe, targets, tickers, actual, last)
+        name: (_predict(model, universe, targets) - actual) / last
         for name, model in (("champion", champion), ("challenger", challenger))
     }
     days = np.unique(universe.dates[targets - 1])
@@ -111,15 +106,26 @@ def backtest(universe: Universe, champion: ModelFile, challenger: ModelFile, fir
     )
 
 
-def _relative_errors(model: ModelFile, universe, targets, tickers, actual, last) -> np.ndarray:
-    seq_len = model.seq_len
-    windows = universe.ohlc[targets[:, None] - seq_len + np.arange(seq_len)]
+def target_rows(universe: Universe, seq_len: int, first: int, last: int | None = None) -> np.ndarray:
+    """The rows whose close is dated in [first, last] (yyyymmdd) and that
+    have a full window of seq_len rows of their own ticker before them."""
+    rows = np.arange(len(universe.dates), dtype=np.int64)
+    own_start = universe.starts[universe.ticker_of(rows)]
+    keep = (rows - own_start >= seq_len) & (universe.dates >= first)
+    if last is not None:
+        keep &= universe.dates <= last
+    return rows[keep]
+
+
+def _predict(model: ModelFile, universe: Universe, targets: np.ndarray) -> np.ndarray:
+    """The file's forecasts for the closes at `targets`, each from the window just before it."""
+    windows, _ = gather(universe, targets - model.seq_len, model.seq_len)
     index = None
     if model.uses_ticker_index:  # its per-ticker scaling numbers, by its own ticker order
         position = {t: i for i, t in enumerate(model.training_tickers)}
-        index = np.array([position[universe.tickers[k]] for k in tickers], dtype=np.int64)
+        index = np.array([position[universe.tickers[k]] for k in universe.ticker_of(targets)], dtype=np.int64)
     predicted, _ = model.score(windows, index)
-    return (predicted - actual) / last
+    return predicted
 
 
 REALIZED_PAIRS = """
