@@ -132,9 +132,14 @@ def test_a_better_challenger_is_promoted_and_serves_the_next_run(any_db_url, wor
     assert rows(engine, "SELECT DISTINCT model_id FROM latest_predictions") == [(outcome.model_id,)]
 
 
-def test_a_challenger_short_of_the_bar_is_rejected_and_the_champion_keeps_serving(engine, world, tmp_path):
+def test_a_challenger_short_of_the_bar_is_rejected_and_the_champion_keeps_serving(engine, world, tmp_path, monkeypatch):
     ingest(engine, [world["data"]])
     registry.promote(engine, world["good"], "first")
+
+    def read_again(*_):
+        raise AssertionError("the retrain read the prices twice")
+
+    monkeypatch.setattr("forecaster.training.job.load_universe", read_again)  # the gate's read is reused
     [outcome] = retrain(engine, settings(tmp_path, min_improvement=0.5))  # 50% better: out of reach
     assert outcome.decision == "rejected" and "rejected (worse than the champion)" in outcome.reason
     m = outcome.metrics

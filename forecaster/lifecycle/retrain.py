@@ -86,7 +86,7 @@ def _backtest(engine, config, champion: ModelFile, progress, should_stop, say) -
         )
     through, first_target = iso_day(sessions[-config.gate_days - 1]), int(sessions[-config.gate_days])
     say(f"training a challenger on prices up to {through}; the last {config.gate_days} sessions are the gate")
-    challenger = _make_challenger(engine, config, champion, through, progress, should_stop, say)
+    challenger = _make_challenger(engine, config, champion, through, progress, should_stop, say, universe)
     figures = gate.backtest(universe, champion, challenger, first_target)
     extra = {"trained_through": through, "champion_trained_through": registry.trained_through(champion.metadata)}
     caveat = (
@@ -137,13 +137,14 @@ def settings_of(champion: ModelFile, device: str) -> TrainConfig:
     return dataclasses.replace(TrainConfig(**{k: v for k, v in stored.items() if k in known}), device=device)
 
 
-def _make_challenger(engine, config, champion, through, progress, should_stop, say) -> ModelFile:
-    """Train, export and verify a challenger like the champion; the verified file."""
+def _make_challenger(engine, config, champion, through, progress, should_stop, say, loaded=None) -> ModelFile:
+    """Train, export and verify a challenger like the champion; the verified file.
+    `loaded`: the champion's tickers' prices, when already read (read once, not twice)."""
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     out = Path(config.models_dir) / f"challenger-{stamp}.pt"
     out.parent.mkdir(parents=True, exist_ok=True)
     job = TrainJob(champion.training_tickers, False, settings_of(champion, config.device), out, through)
-    outcome = run_training(engine, job, progress=progress, should_stop=should_stop)
+    outcome = run_training(engine, job, progress=progress, should_stop=should_stop, loaded=loaded)
     for line in outcome.warnings:
         say(f"warning: {line}")
     say(outcome.verdict)

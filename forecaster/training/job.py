@@ -90,17 +90,19 @@ def run_training(
     should_stop: Callable[[], bool] = lambda: False,
     resume: dict | None = None,
     db: str | None = None,
+    loaded: Universe | None = None,
 ) -> TrainOutcome | None:
     """Train and, on rank 0, write and describe the result (None on the other ranks).
-    `world`: this process's place in a torchrun job; by default it runs alone."""
+    `world`: this process's place in a torchrun job; by default it runs alone.
+    `loaded`: the job's tickers' prices when the caller has read them already."""
     world = world or join(job.config.device)
     started = time.perf_counter()
     tickers, warnings = choose_tickers(engine, job)
-    universe = load_universe(engine, tickers)
+    universe = loaded if loaded is not None and loaded.tickers == sorted(tickers) else load_universe(engine, tickers)
     if job.through:
         universe, dropped = _through(universe, job.through, job.config.seq_len)
         warnings.extend(dropped)
-    loaded = time.perf_counter()
+    read = time.perf_counter()
     result = train_universe(
         universe,
         job.config,
@@ -115,7 +117,7 @@ def run_training(
         return None
     # Where the time went, and this process's peak memory: in metrics.json for benchmarks and users.
     result.metrics["timing"] = {
-        "load_seconds": loaded - started,
+        "load_seconds": read - started,
         **result.timing,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
