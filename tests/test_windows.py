@@ -79,3 +79,29 @@ def test_every_ticker_that_existed_ends_scored_stale_or_skipped(engine, tmp_path
     batch = latest_windows(engine, "2017-08-15", seq_len=20)
     assert batch.tickers == ["busy"] and batch.stale == ["halt"]
     assert batch.skipped == {"young": "only 11 rows up to 2017-08-15, the model needs 20"}
+
+
+def test_latest_windows_are_each_tickers_own_last_rows_up_to_as_of(any_engine, tmp_path):
+    # Tickers read in one pass beside ones read on their own (a gap in the span,
+    # a short history), and rows after as_of that must not be seen.
+    from conftest import write_file
+
+    from forecaster.data.ingest import ingest
+    from forecaster.data.prices import latest_windows, load_series
+    from forecaster.data.sample import generate_ohlc
+
+    full = {f"t{i}": generate_ohlc(120, seed=i) for i in range(6)}
+    full["t2"] = full["t2"].drop(full["t2"].index[-12:-8])  # a gap just before as_of
+    full["t4"] = full["t4"].iloc[-12:]  # 8 rows up to as_of, 4 after it
+    for name, frame in full.items():
+        write_file(tmp_path / "d", f"{name}.us.txt", frame.to_csv(index=False))
+    ingest(any_engine, [tmp_path / "d"])
+    as_of = full["t0"]["Date"].iloc[-5]
+    batch = latest_windows(any_engine, as_of, seq_len=10)
+    assert batch.tickers == ["t0", "t1", "t2", "t3", "t5"]
+    assert list(batch.skipped) == ["t4"]
+    series = load_series(any_engine, batch.tickers)
+    for ticker, window, last_close in zip(batch.tickers, batch.windows, batch.last_close, strict=True):
+        upto = series[ticker].ohlc[series[ticker].dates <= as_of]
+        np.testing.assert_array_equal(window, upto[-10:].astype(np.float32), err_msg=ticker)
+        assert last_close == upto[-1, 3]

@@ -66,8 +66,9 @@ def ingest(engine: sa.Engine, paths: Iterable[str | Path], *, progress: bool = F
     with engine.connect() as conn:
         # The ledger only says which bytes to read; what is new is decided
         # again under the write lock (another ingest may run beside this one).
-        ledger = {r.path: Known(r.size, r.mtime_ns, r.lines, r.tail_sha256)
-                  for r in conn.execute(sa.select(schema.source_files))}
+        sf = schema.source_files.c
+        ledger = {path: Known(*known) for path, *known in
+                  store.fetch_plain(conn, sa.select(sf.path, sf.size, sf.mtime_ns, sf.lines, sf.tail_sha256))}
     if reader == "auto":
         reader = "process" if new_bytes(files, ledger) >= READER_PROCESS_MIN_BYTES else "inline"
     batches: Iterator[Batch] = (reader_process.read_batches(files, ledger, today) if reader == "process"
@@ -147,11 +148,11 @@ SUMMARY_QUERY_TICKERS = 500  # bound parameters per query, well under any SQLite
 
 def _summaries(conn: sa.Connection, tickers: set[str]) -> dict[str, _Summary]:
     t = schema.tickers.c
-    names, found = sorted(tickers), {}
-    for i in range(0, len(names), SUMMARY_QUERY_TICKERS):
-        for r in conn.execute(sa.select(schema.tickers).where(t.ticker.in_(names[i:i + SUMMARY_QUERY_TICKERS]))):
-            found[r.ticker] = _Summary(r.first_date, r.last_date, r.n_rows)
-    return found
+    columns = sa.select(t.ticker, t.first_date, t.last_date, t.n_rows)
+    if len(tickers) > SUMMARY_QUERY_TICKERS:  # a night of thousands of files: one read of the whole table
+        return {name: _Summary(*rest) for name, *rest in store.fetch_plain(conn, columns) if name in tickers}
+    names = sorted(tickers)
+    return {name: _Summary(*rest) for name, *rest in store.fetch_plain(conn, columns.where(t.ticker.in_(names)))}
 
 
 def _merged(summary: _Summary | None, rows: Rows) -> _Summary:

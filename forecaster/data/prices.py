@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from itertools import chain
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,7 +18,7 @@ import sqlalchemy as sa
 from ..errors import DataError
 from ..features import CLOSE, FEATURES
 from . import schema
-from .store import fetch_plain
+from .store import fetch_plain, read_snapshot
 
 
 @dataclass
@@ -98,53 +99,52 @@ def latest_windows(engine: sa.Engine, as_of: str, seq_len: int) -> ScoringBatch:
     """Point in time: for each ticker with a close on `as_of`, its last
     `seq_len` rows dated <= as_of, whatever else the database holds.
 
-    One query joins `tickers` to the last seq_len + slack trading dates of
-    `prices` (a short primary-key range per ticker), so the cost grows with
-    tickers, not with years of history. A ticker with gaps in that span gets
-    a query of its own."""
+    Two queries over the same span, in one snapshot: `tickers` joined to the
+    last seq_len + slack trading dates of `prices` (a short primary-key range
+    per ticker), so the cost grows with tickers, not with years of history.
+    The first says how many rows each ticker has in the span and the date of
+    its last one; the second returns the rows' prices alone, in the same
+    order (a ticker name and a date per row cost as much to make as the four
+    prices). A ticker with gaps in that span gets a query of its own."""
     p, t, d = schema.prices.c, schema.tickers.c, schema.price_dates.c
-    with engine.connect() as conn:
+    with read_snapshot(engine) as conn:
         start = conn.execute(sa.select(sa.func.min(sa.select(d.date).where(d.date <= as_of)
                              .order_by(d.date.desc()).limit(seq_len + WINDOW_SLACK).subquery().c.date))).scalar()
         # Every ticker that existed by as_of ends in exactly one of: scored, stale, skipped.
         existing = conn.execute(sa.select(t.ticker).where(t.first_date <= as_of).order_by(t.ticker)).scalars().all()
-        query = (
-            sa.select(p.ticker, p.date, p.open, p.high, p.low, p.close)
-            .select_from(schema.tickers.join(schema.prices, p.ticker == t.ticker))
-            .where(t.first_date <= as_of, t.last_date >= as_of, p.date >= (start or as_of), p.date <= as_of)
-            # Ordering by tickers' column makes SQLite loop over tickers and seek
-            # each one's recent rows; ordering by prices' would scan all of prices.
-            .order_by(t.ticker, p.date))
-        recent = fetch_plain(conn, query)  # ~125,000 rows for 5,000 tickers
-        # Each ticker's rows are one run of the result: where it starts and ends.
-        names = [row[0] for row in recent]
-        bounds = {}
-        for i, name in enumerate(names):
-            if name not in bounds:
-                bounds[name] = [i, i + 1]
-            else:
-                bounds[name][1] = i + 1
-        one_ticker = (sa.select(p.date, p.open, p.high, p.low, p.close)
+        span = [t.first_date <= as_of, t.last_date >= as_of, p.date >= (start or as_of), p.date <= as_of]
+        joined = schema.tickers.join(schema.prices, p.ticker == t.ticker)
+        # Ordering by tickers' column makes SQLite loop over tickers and seek
+        # each one's recent rows; ordering by prices' would scan all of prices.
+        runs = fetch_plain(conn, sa.select(t.ticker, sa.func.count(), sa.func.max(p.date))
+                           .select_from(joined).where(*span).group_by(t.ticker).order_by(t.ticker))
+        recent = fetch_plain(conn, sa.select(*(p[f] for f in FEATURES))
+                             .select_from(joined).where(*span).order_by(t.ticker, p.date))
+        # Each ticker's rows are one run of `recent`: where it ends, and its last date.
+        ends = np.cumsum([count for _, count, _ in runs], dtype=np.int64)
+        last_row = {name: (int(end), count, last) for (name, count, last), end in zip(runs, ends)}
+        one_ticker = (sa.select(*(p[f] for f in FEATURES))
                       .where(p.ticker == sa.bindparam("ticker"), p.date <= as_of)
                       .order_by(p.date.desc()).limit(seq_len))
         tickers, rows_at, extra, skipped, stale = [], [], {}, {}, []
         for ticker in existing:
-            first, end = bounds.get(ticker, (0, 0))
-            if end == first or recent[end - 1][1] != as_of:
+            end, count, last = last_row.get(ticker, (0, 0, None))
+            if last != as_of:
                 # No close on as_of: it ended before, or has a gap there (a halt,
                 # perhaps without a single row in the span read).
                 stale.append(ticker)
                 continue
-            if end - first < seq_len:  # gaps in the span read, or a short history
+            if count < seq_len:  # gaps in the span read, or a short history
                 rows = conn.execute(one_ticker, {"ticker": ticker}).all()[::-1]
                 if len(rows) < seq_len:
                     skipped[ticker] = f"only {len(rows)} rows up to {as_of}, the model needs {seq_len}"
                     continue
-                extra[len(tickers)] = [r[1:] for r in rows]
+                extra[len(tickers)] = rows
             tickers.append(ticker)
             rows_at.append(end - seq_len)  # unused for the tickers read again (extra)
     # One array of all rows read; each window is a run of seq_len of them.
-    values = np.array([row[2:] for row in recent], dtype=np.float64).reshape(len(recent), len(FEATURES))
+    values = np.fromiter(chain.from_iterable(recent), np.float64, len(recent) * len(FEATURES))
+    values = values.reshape(len(recent), len(FEATURES))
     array = np.empty((len(tickers), seq_len, len(FEATURES)))
     regular = np.array([i for i in range(len(tickers)) if i not in extra], dtype=np.int64)
     starts = np.asarray(rows_at, dtype=np.int64)[regular]

@@ -88,6 +88,19 @@ def write_transaction(engine: sa.Engine) -> Iterator[sa.Connection]:
 
 
 @contextmanager
+def read_snapshot(engine: sa.Engine) -> Iterator[sa.Connection]:
+    """A read in which every statement sees the same committed state: one
+    deferred transaction on SQLite (WAL keeps its snapshot from the first
+    read), REPEATABLE READ on PostgreSQL (READ COMMITTED would let a writer's
+    commit land between two statements). Never takes the write lock."""
+    with engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execution_options(isolation_level="REPEATABLE READ")
+        with conn.begin():
+            yield conn
+
+
+@contextmanager
 def _immediate_transaction(engine: sa.Engine) -> Iterator[sa.Connection]:
     with engine.connect() as conn:
         conn.execution_options(immediate=True)
