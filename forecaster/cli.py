@@ -9,9 +9,11 @@ from the environment (see `option`).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
 import functools
+import gc
 import signal
 import sys
 import threading
@@ -25,6 +27,12 @@ from .devices import DEFAULT_DEVICE, DEVICES
 from .errors import ForecasterError
 from .lifecycle.config import GATES, DaemonConfig, RetrainConfig
 from .training.config import PRECISIONS, STEP_BUDGET, TUTORIAL_EPOCHS, TrainConfig
+
+# Nothing a command leaves needs collecting at exit (open_store closes the
+# database first): freezing what is alive skips the interpreter's final full
+# collection over everything SQLAlchemy, NumPy and ONNX Runtime loaded, about
+# 0.1 s of a nightly run's ~1.5 s.
+atexit.register(gc.freeze)
 
 TRAIN = TrainConfig()
 RETRAIN = RetrainConfig()
@@ -168,9 +176,13 @@ def reports_errors(func):
 
 
 def open_store(url: str, *, read_only: bool = False):
+    """The command's database, closed when the command ends (SQLite then
+    checkpoints its WAL and removes it, so no -wal file is left beside it)."""
     from .data import store
 
-    return store.connect(url, read_only=read_only)
+    engine = store.connect(url, read_only=read_only)
+    click.get_current_context().call_on_close(engine.dispose)
+    return engine
 
 
 def parse_tickers(text: str | None) -> list[str]:

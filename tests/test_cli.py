@@ -33,6 +33,14 @@ def test_sample_data_then_ingest_then_sql(tmp_path, db_url):
     assert result.output.splitlines()[2:] == ["syn0000  30    ", "syn0001  30    "]
 
 
+def test_a_command_closes_its_database_leaving_no_wal_file_beside_it(tmp_path):
+    # A user who copies the .db file after a run copies everything the run wrote.
+    db = tmp_path / "p.db"
+    assert invoke("sample-data", tmp_path / "s", "--n-tickers", 2, "--days", 30).exit_code == 0
+    assert invoke("ingest", tmp_path / "s", "--db", f"sqlite:///{db}").exit_code == 0
+    assert db.exists() and not db.with_name("p.db-wal").exists()
+
+
 def test_ingest_real_data(shared_data, db_url):
     result = invoke("ingest", shared_data, "--db", db_url)
     assert result.exit_code == 0 and f"rows added: {REAL_ROWS}," in result.output
