@@ -429,7 +429,7 @@ from hypothesis import HealthCheck, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from forecaster.data import reading  # noqa: E402
-from forecaster.data.sources import UnreadableFile, decode, parse_header, read_many, split_header, validate  # noqa: E402
+from forecaster.data.sources import UnreadableFileError, decode, parse_header, read_many, split_header, validate  # noqa: E402
 
 FUZZ = settings(max_examples=300, deadline=5000, suppress_health_check=[HealthCheck.too_slow])
 HEADER = "Date,Open,High,Low,Close,Volume,OpenInt"
@@ -448,7 +448,7 @@ def test_fuzz_arbitrary_bytes_never_crash_and_the_accounting_adds_up(data):
 
     try:
         body, _, _ = reading._read_whole(io.BytesIO(data), len(data))
-    except UnreadableFile:
+    except UnreadableFileError:
         return  # reported and recorded as a whole-file problem
     parsed = validate(read_many([body]))[0]
     body = split_header(decode(data))[1]

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from helpers import fields_fast, parse_rows, read_fields
 
-from forecaster.data.sources import UnreadableFile, parse_header, split_header, ticker_from_path
+from forecaster.data.sources import UnreadableFileError, parse_header, split_header, ticker_from_path
 
 HEADER = "Date,Open,High,Low,Close,Volume,OpenInt"
 TODAY = dt.date(2020, 1, 1)
@@ -134,13 +134,13 @@ def test_crlf_lines():
     ],
 )
 def test_header_without_a_needed_column_is_unreadable(header, missing):
-    with pytest.raises(UnreadableFile, match=f"header has no {missing} column"):
+    with pytest.raises(UnreadableFileError, match=f"header has no {missing} column"):
         parse_header(header)
 
 
 def test_ticker_is_the_lowercased_name_up_to_the_first_dot():
     assert ticker_from_path(Path("x/Stocks/AAPL.us.txt")) == "aapl"
-    with pytest.raises(UnreadableFile):
+    with pytest.raises(UnreadableFileError):
         ticker_from_path(Path(".us.txt"))
 
 

@@ -7,6 +7,7 @@ was a fifth of a nightly run. So the sessions are copied into the database
 version, and a night reads its next trading day there; the library is loaded
 only to fill or extend that copy.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -23,6 +24,7 @@ from .config import DEFAULT_CALENDAR
 @functools.lru_cache(maxsize=8)
 def _calendar(name: str, start_year: int):
     import exchange_calendars as xcals  # slow to import: only when the copy must be filled
+
     try:
         # The library's default window is the last 20 years; our data goes further back.
         return xcals.get_calendar(name, start=f"{start_year}-01-01")
@@ -39,8 +41,12 @@ def _around(day: dt.date, calendar: str):
 def last_session(on_or_before: dt.date, calendar: str = DEFAULT_CALENDAR) -> str:
     """The latest session on or before a day (that day itself when it is one), as an ISO date."""
     import pandas as pd
-    return _around(on_or_before, calendar).date_to_session(
-        pd.Timestamp(on_or_before), direction="previous").strftime("%Y-%m-%d")
+
+    return (
+        _around(on_or_before, calendar)
+        .date_to_session(pd.Timestamp(on_or_before), direction="previous")
+        .strftime("%Y-%m-%d")
+    )
 
 
 def next_trading_day(as_of: str, calendar: str = DEFAULT_CALENDAR, *, engine: sa.Engine | None = None) -> str:
@@ -57,6 +63,7 @@ def next_trading_day(as_of: str, calendar: str = DEFAULT_CALENDAR, *, engine: sa
 
 def _next_from_library(as_of: str, calendar: str) -> str:
     import pandas as pd
+
     day = dt.date.fromisoformat(as_of)
     cal = _around(day, calendar)
     if day + dt.timedelta(days=1) > cal.last_session.date():
@@ -73,12 +80,14 @@ def _next_from_copy(engine: sa.Engine, as_of: str, calendar: str) -> str | None:
     c, s = schema.calendar_coverage.c, schema.calendar_sessions.c
     source = _source()
     with engine.connect() as conn:
-        covered = conn.execute(sa.select(c.first_day, c.last_day).where(
-            c.calendar == calendar, c.source == source)).first()
+        covered = conn.execute(
+            sa.select(c.first_day, c.last_day).where(c.calendar == calendar, c.source == source)
+        ).first()
         if covered is None or not covered.first_day <= as_of < covered.last_day:
             return None
-        return conn.execute(sa.select(sa.func.min(s.date)).where(
-            s.calendar == calendar, s.source == source, s.date > as_of)).scalar()
+        return conn.execute(
+            sa.select(sa.func.min(s.date)).where(s.calendar == calendar, s.source == source, s.date > as_of)
+        ).scalar()
 
 
 def _fill_copy(engine: sa.Engine, as_of: str, calendar: str) -> None:
@@ -93,8 +102,12 @@ def _fill_copy(engine: sa.Engine, as_of: str, calendar: str) -> None:
     first_day = dt.date(cal.first_session.year, 1, 1).isoformat()  # the calendar starts on Jan 1
     with store.write_transaction(engine) as conn:
         conn.execute(schema.calendar_sessions.delete().where(s.calendar == calendar, s.source == source))
-        conn.execute(schema.calendar_sessions.insert(),
-                     [{"calendar": calendar, "source": source, "date": d} for d in sessions])
-        store.upsert(conn, schema.calendar_coverage, [{"calendar": calendar, "source": source,
-                                                      "first_day": first_day, "last_day": sessions[-1]}],
-                     ["calendar", "source"])
+        conn.execute(
+            schema.calendar_sessions.insert(), [{"calendar": calendar, "source": source, "date": d} for d in sessions]
+        )
+        store.upsert(
+            conn,
+            schema.calendar_coverage,
+            [{"calendar": calendar, "source": source, "first_day": first_day, "last_day": sessions[-1]}],
+            ["calendar", "source"],
+        )

@@ -6,13 +6,14 @@ overwritten: a file that later gives other values for a stored date has that
 row set aside as a conflict (the stored row is kept). A batch's rows,
 rejections and ledger entries commit in one transaction.
 """
+
 from __future__ import annotations
 
 import datetime as dt
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 import sqlalchemy as sa
@@ -33,29 +34,38 @@ READER_PROCESS_MIN_BYTES = 48 << 20
 @dataclass
 class IngestReport:
     files_read: int = 0
-    files_skipped: int = 0        # unchanged since the last ingest, not opened
+    files_skipped: int = 0  # unchanged since the last ingest, not opened
     files_unreadable: int = 0
     rows_added: int = 0
-    rows_unchanged: int = 0       # already stored with the same values
+    rows_unchanged: int = 0  # already stored with the same values
     rows_rejected: int = 0
     problems: list[str] = field(default_factory=list)  # one line per unreadable file
 
     def summary(self) -> str:
-        return (f"files read: {self.files_read}, skipped unchanged: {self.files_skipped}, "
-                f"unreadable: {self.files_unreadable}; rows added: {self.rows_added}, "
-                f"already stored: {self.rows_unchanged}, set aside: {self.rows_rejected}")
+        return (
+            f"files read: {self.files_read}, skipped unchanged: {self.files_skipped}, "
+            f"unreadable: {self.files_unreadable}; rows added: {self.rows_added}, "
+            f"already stored: {self.rows_unchanged}, set aside: {self.rows_rejected}"
+        )
 
 
 @dataclass
 class _Summary:
     """A ticker's row in `tickers`, kept in memory during one ingest."""
+
     first_date: str
     last_date: str
     n_rows: int
 
 
-def ingest(engine: sa.Engine, paths: Iterable[str | Path], *, progress: bool = False,
-           today: dt.date | None = None, reader: str = "auto") -> IngestReport:
+def ingest(
+    engine: sa.Engine,
+    paths: Iterable[str | Path],
+    *,
+    progress: bool = False,
+    today: dt.date | None = None,
+    reader: str = "auto",
+) -> IngestReport:
     """Load new rows from `paths` (files or folders) into the database.
 
     `reader`: "inline" reads in this process, "process" in a second one,
@@ -67,12 +77,17 @@ def ingest(engine: sa.Engine, paths: Iterable[str | Path], *, progress: bool = F
         # The ledger only says which bytes to read; what is new is decided
         # again under the write lock (another ingest may run beside this one).
         sf = schema.source_files.c
-        ledger = {path: Known(*known) for path, *known in
-                  store.fetch_plain(conn, sa.select(sf.path, sf.size, sf.mtime_ns, sf.lines, sf.tail_sha256))}
+        ledger = {
+            path: Known(*known)
+            for path, *known in store.fetch_plain(
+                conn, sa.select(sf.path, sf.size, sf.mtime_ns, sf.lines, sf.tail_sha256)
+            )
+        }
     if reader == "auto":
         reader = "process" if new_bytes(files, ledger) >= READER_PROCESS_MIN_BYTES else "inline"
-    batches: Iterator[Batch] = (reader_process.read_batches(files, ledger, today) if reader == "process"
-                                else read_batches(files, ledger, today))
+    batches: Iterator[Batch] = (
+        reader_process.read_batches(files, ledger, today) if reader == "process" else read_batches(files, ledger, today)
+    )
     quiet = not progress or len(files) < PROGRESS_MIN_FILES
     with tqdm(total=len(files), desc="ingest", unit="file", disable=quiet, leave=False) as bar:
         for batch in batches:
@@ -102,8 +117,7 @@ def _write(engine: sa.Engine, results: list[FileResult], report: IngestReport) -
             file_rejects = list(res.rejects)
             added = 0
             if res.rows is not None and len(res.rows):
-                new, unchanged, conflicts = _split_against_stored(conn, res.ticker, res.rows,
-                                                                  summaries.get(res.ticker))
+                new, unchanged, conflicts = _split_against_stored(conn, res.ticker, res.rows, summaries.get(res.ticker))
                 file_rejects.extend(conflicts)
                 report.rows_unchanged += unchanged
                 added = len(new)
@@ -121,10 +135,20 @@ def _write(engine: sa.Engine, results: list[FileResult], report: IngestReport) -
             else:
                 report.files_read += 1
             if res.ledger is not None:
-                ledgers.append({**res.ledger, "ingested_at": now, "rows_added": added,
-                                "rows_rejected": len(file_rejects)})
-            rejects.extend({"source": res.path, "line": r.line, "ticker": res.ticker, "raw": r.raw,
-                            "reason": r.reason, "rejected_at": now} for r in file_rejects)
+                ledgers.append(
+                    {**res.ledger, "ingested_at": now, "rows_added": added, "rows_rejected": len(file_rejects)}
+                )
+            rejects.extend(
+                {
+                    "source": res.path,
+                    "line": r.line,
+                    "ticker": res.ticker,
+                    "raw": r.raw,
+                    "reason": r.reason,
+                    "rejected_at": now,
+                }
+                for r in file_rejects
+            )
             report.rows_added += added
             report.rows_rejected += sum(r.line is not None for r in file_rejects)
         if deferred:
@@ -132,15 +156,29 @@ def _write(engine: sa.Engine, results: list[FileResult], report: IngestReport) -
         if rejects:
             conn.execute(schema.rejected_rows.insert(), rejects)
         sf = schema.source_files
-        store.upsert(conn, sf, ledgers, ["path"], {
-            **{c: (lambda ex, c=c: ex[c]) for c in ("ticker", "size", "mtime_ns", "lines", "tail_sha256",
-                                                   "ingested_at")},
-            "rows_added": lambda ex: sf.c.rows_added + ex.rows_added,
-            "rows_rejected": lambda ex: sf.c.rows_rejected + ex.rows_rejected})
+        store.upsert(
+            conn,
+            sf,
+            ledgers,
+            ["path"],
+            {
+                **{
+                    c: (lambda ex, c=c: ex[c])
+                    for c in ("ticker", "size", "mtime_ns", "lines", "tail_sha256", "ingested_at")
+                },
+                "rows_added": lambda ex: sf.c.rows_added + ex.rows_added,
+                "rows_rejected": lambda ex: sf.c.rows_rejected + ex.rows_rejected,
+            },
+        )
         store.upsert(conn, schema.tickers, [{"ticker": t, **vars(s)} for t, s in changed.items()], ["ticker"])
         pd_ = schema.price_dates
-        store.upsert(conn, pd_, [{"date": d, "n_rows": n} for d, n in sorted(dates.items())], ["date"],
-                     {"n_rows": lambda ex: pd_.c.n_rows + ex.n_rows})
+        store.upsert(
+            conn,
+            pd_,
+            [{"date": d, "n_rows": n} for d, n in sorted(dates.items())],
+            ["date"],
+            {"n_rows": lambda ex: pd_.c.n_rows + ex.n_rows},
+        )
 
 
 SUMMARY_QUERY_TICKERS = 500  # bound parameters per query, well under any SQLite build's limit
@@ -169,9 +207,14 @@ def _split_against_stored(conn, ticker: str, rows: Rows, summary: _Summary | Non
     if summary is None or first > summary.last_date:
         return rows, 0, []
     p = schema.prices.c
-    stored = {r[0]: r[1:] for r in conn.execute(
-        sa.select(p.date, p.open, p.high, p.low, p.close, p.volume)
-        .where(p.ticker == ticker, p.date >= first, p.date <= last))}
+    stored = {
+        r[0]: r[1:]
+        for r in conn.execute(
+            sa.select(p.date, p.open, p.high, p.low, p.close, p.volume).where(
+                p.ticker == ticker, p.date >= first, p.date <= last
+            )
+        )
+    }
     if not stored:
         return rows, 0, []
     fresh, unchanged, conflicts = [], 0, []
@@ -185,10 +228,14 @@ def _split_against_stored(conn, ticker: str, rows: Rows, summary: _Summary | Non
         if np.array_equal(new, old, equal_nan=True):
             unchanged += 1
         else:
-            conflicts.append(Rejection(
-                int(rows.lines[i]), _row_text(date, new),
-                f"differs from the stored row for {date} (stored close {old[3]:g}, file {new[3]:g}); "
-                "the stored row is kept"))
+            conflicts.append(
+                Rejection(
+                    int(rows.lines[i]),
+                    _row_text(date, new),
+                    f"differs from the stored row for {date} (stored close {old[3]:g}, file {new[3]:g}); "
+                    "the stored row is kept",
+                )
+            )
     return rows.take(np.array(fresh, dtype=np.int64)), unchanged, conflicts
 
 

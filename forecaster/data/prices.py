@@ -5,12 +5,13 @@ nightly run scores).
 A window i of a series holds rows [i, i + seq_len) and its target is the
 close of row i + seq_len.
 """
+
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from itertools import chain
 from dataclasses import dataclass
+from itertools import chain
 
 import numpy as np
 import sqlalchemy as sa
@@ -24,9 +25,10 @@ from .store import fetch_plain, read_snapshot
 @dataclass
 class Series:
     """One ticker's history in date order."""
+
     ticker: str
     dates: np.ndarray  # (n,) ISO date strings
-    ohlc: np.ndarray   # (n, 4) float64, FEATURES order
+    ohlc: np.ndarray  # (n, 4) float64, FEATURES order
 
     def __len__(self) -> int:
         return len(self.dates)
@@ -40,13 +42,19 @@ def load_series(engine: sa.Engine, tickers: list[str]) -> dict[str, Series]:
         known = set(conn.execute(sa.select(schema.tickers.c.ticker)).scalars())
         unknown = [t for t in tickers if t not in known]
         if unknown:
-            raise DataError(f"unknown ticker{'s' * (len(unknown) > 1)} {', '.join(unknown)}: "
-                            f"not in the database ({len(known)} tickers stored)")
+            raise DataError(
+                f"unknown ticker{'s' * (len(unknown) > 1)} {', '.join(unknown)}: "
+                f"not in the database ({len(known)} tickers stored)"
+            )
         for ticker in tickers:
-            rows = conn.execute(sa.select(p.date, p.open, p.high, p.low, p.close)
-                                .where(p.ticker == ticker).order_by(p.date)).all()
-            out[ticker] = Series(ticker, np.array([r[0] for r in rows], dtype=object),
-                                 np.array([r[1:] for r in rows], dtype=np.float64).reshape(-1, 4))
+            rows = conn.execute(
+                sa.select(p.date, p.open, p.high, p.low, p.close).where(p.ticker == ticker).order_by(p.date)
+            ).all()
+            out[ticker] = Series(
+                ticker,
+                np.array([r[0] for r in rows], dtype=object),
+                np.array([r[1:] for r in rows], dtype=np.float64).reshape(-1, 4),
+            )
     return out
 
 
@@ -78,18 +86,23 @@ def data_hash(series: dict[str, Series]) -> str:
 @dataclass
 class ScoringBatch:
     """The windows one nightly run scores, and the tickers it cannot."""
+
     tickers: list[str]
-    windows: np.ndarray                  # (n, seq_len, 4) float32, rows dated <= as_of
-    last_close: np.ndarray               # (n,) float64: the stored close on as_of, unrounded
-    skipped: dict[str, str]              # ticker -> reason (a row on as_of, too little history)
-    stale: list[str]                     # tickers with history but no row on as_of
+    windows: np.ndarray  # (n, seq_len, 4) float32, rows dated <= as_of
+    last_close: np.ndarray  # (n,) float64: the stored close on as_of, unrounded
+    skipped: dict[str, str]  # ticker -> reason (a row on as_of, too little history)
+    stale: list[str]  # tickers with history but no row on as_of
 
     def only(self, wanted: Callable[[str], bool]) -> ScoringBatch:
         """The part of the batch whose tickers satisfy `wanted(ticker)`."""
         keep = [i for i, t in enumerate(self.tickers) if wanted(t)]
-        return ScoringBatch([self.tickers[i] for i in keep], self.windows[keep], self.last_close[keep],
-                            {t: r for t, r in self.skipped.items() if wanted(t)},
-                            [t for t in self.stale if wanted(t)])
+        return ScoringBatch(
+            [self.tickers[i] for i in keep],
+            self.windows[keep],
+            self.last_close[keep],
+            {t: r for t, r in self.skipped.items() if wanted(t)},
+            [t for t in self.stale if wanted(t)],
+        )
 
 
 WINDOW_SLACK = 5  # extra trading dates read, so a ticker with a short gap needs no second query
@@ -108,24 +121,44 @@ def latest_windows(engine: sa.Engine, as_of: str, seq_len: int) -> ScoringBatch:
     prices). A ticker with gaps in that span gets a query of its own."""
     p, t, d = schema.prices.c, schema.tickers.c, schema.price_dates.c
     with read_snapshot(engine) as conn:
-        start = conn.execute(sa.select(sa.func.min(sa.select(d.date).where(d.date <= as_of)
-                             .order_by(d.date.desc()).limit(seq_len + WINDOW_SLACK).subquery().c.date))).scalar()
+        start = conn.execute(
+            sa.select(
+                sa.func.min(
+                    sa.select(d.date)
+                    .where(d.date <= as_of)
+                    .order_by(d.date.desc())
+                    .limit(seq_len + WINDOW_SLACK)
+                    .subquery()
+                    .c.date
+                )
+            )
+        ).scalar()
         # Every ticker that existed by as_of ends in exactly one of: scored, stale, skipped.
         existing = conn.execute(sa.select(t.ticker).where(t.first_date <= as_of).order_by(t.ticker)).scalars().all()
         span = [t.first_date <= as_of, t.last_date >= as_of, p.date >= (start or as_of), p.date <= as_of]
         joined = schema.tickers.join(schema.prices, p.ticker == t.ticker)
         # Ordering by tickers' column makes SQLite loop over tickers and seek
         # each one's recent rows; ordering by prices' would scan all of prices.
-        runs = fetch_plain(conn, sa.select(t.ticker, sa.func.count(), sa.func.max(p.date))
-                           .select_from(joined).where(*span).group_by(t.ticker).order_by(t.ticker))
-        recent = fetch_plain(conn, sa.select(*(p[f] for f in FEATURES))
-                             .select_from(joined).where(*span).order_by(t.ticker, p.date))
+        runs = fetch_plain(
+            conn,
+            sa.select(t.ticker, sa.func.count(), sa.func.max(p.date))
+            .select_from(joined)
+            .where(*span)
+            .group_by(t.ticker)
+            .order_by(t.ticker),
+        )
+        recent = fetch_plain(
+            conn, sa.select(*(p[f] for f in FEATURES)).select_from(joined).where(*span).order_by(t.ticker, p.date)
+        )
         # Each ticker's rows are one run of `recent`: where it ends, and its last date.
         ends = np.cumsum([count for _, count, _ in runs], dtype=np.int64)
-        last_row = {name: (int(end), count, last) for (name, count, last), end in zip(runs, ends)}
-        one_ticker = (sa.select(*(p[f] for f in FEATURES))
-                      .where(p.ticker == sa.bindparam("ticker"), p.date <= as_of)
-                      .order_by(p.date.desc()).limit(seq_len))
+        last_row = {name: (int(end), count, last) for (name, count, last), end in zip(runs, ends, strict=True)}
+        one_ticker = (
+            sa.select(*(p[f] for f in FEATURES))
+            .where(p.ticker == sa.bindparam("ticker"), p.date <= as_of)
+            .order_by(p.date.desc())
+            .limit(seq_len)
+        )
         tickers, rows_at, extra, skipped, stale = [], [], {}, {}, []
         for ticker in existing:
             end, count, last = last_row.get(ticker, (0, 0, None))

@@ -15,6 +15,7 @@ child's next write fails and it exits; if the child dies, the parent raises
 ReaderError, keeping the batches already committed, as a crash in one process
 would.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -23,13 +24,15 @@ import struct
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 import numpy as np
 
 from ..errors import ReaderError
-from .reading import Batch, FileResult, Known, read_batches as read_batches_here
+from .reading import Batch, FileResult, Known
+from .reading import read_batches as read_batches_here
 from .sources import Rejection, Rows
 
 # The kept rows of a batch, all files end to end: (name, dtype).
@@ -41,11 +44,13 @@ COMMAND = [sys.executable, "-m", "forecaster.data.reader_process"]  # the child;
 
 def read_batches(files: list[Path], ledger: dict[str, Known], today: dt.date) -> Iterator[Batch]:
     """The same batches as reading.read_batches, read by a child process."""
-    job = {"files": [str(f) for f in files], "ledger": {path: vars(k) for path, k in ledger.items()},
-           "today": today.isoformat()}
+    job = {
+        "files": [str(f) for f in files],
+        "ledger": {path: vars(k) for path, k in ledger.items()},
+        "today": today.isoformat(),
+    }
     with tempfile.TemporaryFile() as errors:
-        child = subprocess.Popen(COMMAND, stdin=subprocess.PIPE,
-                                 stdout=subprocess.PIPE, stderr=errors)
+        child = subprocess.Popen(COMMAND, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors)
         try:
             try:
                 child.stdin.write(json.dumps(job).encode())
@@ -56,11 +61,12 @@ def read_batches(files: list[Path], ledger: dict[str, Known], today: dt.date) ->
                 child.wait()
                 errors.seek(0)
                 said = errors.read().decode(errors="replace").strip().splitlines()
-                raise ReaderError(f"the process reading the files stopped (exit status {child.returncode})"
-                                  + (f": {said[-1]}" if said else "")) from None
+                raise ReaderError(
+                    f"the process reading the files stopped (exit status {child.returncode})"
+                    + (f": {said[-1]}" if said else "")
+                ) from None
             except (ValueError, KeyError, TypeError) as exc:  # not our frames: something else wrote to its stdout
-                raise ReaderError(f"the process reading the files sent something that is not a batch ({exc})"
-                                  ) from None
+                raise ReaderError(f"the process reading the files sent something that is not a batch ({exc})") from None
         finally:
             if child.poll() is None:  # we stopped early (an error while writing): stop it too
                 child.kill()
@@ -78,14 +84,29 @@ def _send(out: BinaryIO, header: dict, arrays: list[np.ndarray] = ()) -> None:
 
 def _send_batch(out: BinaryIO, batch: Batch) -> None:
     kept = [r.rows for r in batch.results if r.rows is not None]
-    arrays = [np.concatenate([getattr(rows, name) for rows in kept]).astype(dtype) if kept
-              else np.empty(0, dtype) for name, dtype in ARRAYS]
-    _send(out, {
-        "files": batch.files, "skipped": batch.skipped,
-        "results": [{"path": r.path, "ticker": r.ticker, "ledger": r.ledger,
-                     "rows": None if r.rows is None else len(r.rows),
-                     "rejects": [[j.line, j.raw, j.reason] for j in r.rejects]} for r in batch.results],
-        "shapes": [a.shape for a in arrays]}, arrays)
+    arrays = [
+        np.concatenate([getattr(rows, name) for rows in kept]).astype(dtype) if kept else np.empty(0, dtype)
+        for name, dtype in ARRAYS
+    ]
+    _send(
+        out,
+        {
+            "files": batch.files,
+            "skipped": batch.skipped,
+            "results": [
+                {
+                    "path": r.path,
+                    "ticker": r.ticker,
+                    "ledger": r.ledger,
+                    "rows": None if r.rows is None else len(r.rows),
+                    "rejects": [[j.line, j.raw, j.reason] for j in r.rejects],
+                }
+                for r in batch.results
+            ],
+            "shapes": [a.shape for a in arrays],
+        },
+        arrays,
+    )
 
 
 def _receive(stream: BinaryIO) -> Batch | None:
@@ -97,10 +118,11 @@ def _receive(stream: BinaryIO) -> Batch | None:
     if header.get("end"):
         return None
     arrays = {}
-    for (name, dtype), shape in zip(ARRAYS, header["shapes"]):
+    for (name, dtype), shape in zip(ARRAYS, header["shapes"], strict=True):
         dtype = np.dtype(dtype)
-        arrays[name] = np.frombuffer(_read_exactly(stream, int(np.prod(shape)) * dtype.itemsize),
-                                     dtype=dtype).reshape(shape)
+        arrays[name] = np.frombuffer(_read_exactly(stream, int(np.prod(shape)) * dtype.itemsize), dtype=dtype).reshape(
+            shape
+        )
     results, at = [], 0
     for r in header["results"]:
         rows = None
@@ -108,8 +130,9 @@ def _receive(stream: BinaryIO) -> Batch | None:
             mine = slice(at, at + r["rows"])
             rows = Rows(arrays["dates"][mine], arrays["values"][mine], arrays["lines"][mine])
             at += r["rows"]
-        results.append(FileResult(r["path"], r["ticker"], None, [Rejection(*j) for j in r["rejects"]],
-                                  r["ledger"], rows))
+        results.append(
+            FileResult(r["path"], r["ticker"], None, [Rejection(*j) for j in r["rejects"]], r["ledger"], rows)
+        )
     return Batch(results, header["files"], header["skipped"])
 
 

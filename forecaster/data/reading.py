@@ -7,25 +7,37 @@ in a reader process beside it (reader_process.py), given the ledger
   * larger, same old tail             -> only the appended bytes are parsed;
   * anything else                     -> parsed whole.
 """
+
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
-from .sources import (Body, Rejection, Rows, UnreadableFile, decode, parse_header, read_many, split_header,
-                      ticker_from_path, validate)
+from .sources import (
+    Body,
+    Rejection,
+    Rows,
+    UnreadableFileError,
+    decode,
+    parse_header,
+    read_many,
+    split_header,
+    ticker_from_path,
+    validate,
+)
 
-TAIL_BYTES = 4096          # how much of a file's old end must match to trust an append
-FLUSH_ROWS = 200_000       # batches (one transaction each) of about this many rows...
-FLUSH_FILES = 8192         # ...or this many files (a nightly run of one-line appends: one transaction)
+TAIL_BYTES = 4096  # how much of a file's old end must match to trust an append
+FLUSH_ROWS = 200_000  # batches (one transaction each) of about this many rows...
+FLUSH_FILES = 8192  # ...or this many files (a nightly run of one-line appends: one transaction)
 
 
 @dataclass
 class Known:
     """A file as the ledger remembers it."""
+
     size: int
     mtime_ns: int
     lines: int
@@ -35,18 +47,18 @@ class Known:
 @dataclass
 class FileResult:
     path: str
-    ticker: str | None         # None: the whole file is unreadable
-    body: Body | None          # what was read; parsed and judged in batches
-    rejects: list[Rejection]   # whole-file problems, then the rows set aside
-    ledger: dict | None        # the file's new ledger entry (None: do not remember it)
-    rows: Rows | None = None   # the rows kept, once validated
+    ticker: str | None  # None: the whole file is unreadable
+    body: Body | None  # what was read; parsed and judged in batches
+    rejects: list[Rejection]  # whole-file problems, then the rows set aside
+    ledger: dict | None  # the file's new ledger entry (None: do not remember it)
+    rows: Rows | None = None  # the rows kept, once validated
 
 
 @dataclass
 class Batch:
     results: list[FileResult]  # the files read, validated: written in one transaction
-    files: int                 # files looked at, unchanged ones included
-    skipped: int               # of which unchanged since the last ingest
+    files: int  # files looked at, unchanged ones included
+    skipped: int  # of which unchanged since the last ingest
 
 
 def read_batches(files: list[Path], ledger: dict[str, Known], today: dt.date) -> Iterator[Batch]:
@@ -87,7 +99,7 @@ def _validated(results: list[FileResult], today: dt.date) -> list[FileResult]:
     if not readable:
         return results
     fields = read_many([r.body for r in readable])
-    for res, parsed in zip(readable, validate(fields, today)):
+    for res, parsed in zip(readable, validate(fields, today), strict=True):
         res.rows = parsed.rows
         res.rejects.extend(parsed.rejects)
         res.body = None  # done with: frees the text
@@ -102,8 +114,14 @@ def _read_file(path: Path, key: str, known: Known | None) -> FileResult | None:
         return FileResult(key, None, None, [Rejection(None, "", f"cannot read: {exc.strerror}")], None)
     if known is not None and known.size == stat.st_size and known.mtime_ns == stat.st_mtime_ns:
         return None
-    ledger = {"path": key, "ticker": "", "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-              "lines": 0, "tail_sha256": ""}
+    ledger = {
+        "path": key,
+        "ticker": "",
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "lines": 0,
+        "tail_sha256": "",
+    }
     try:
         ledger["ticker"] = ticker = ticker_from_path(path)
         with open(path, "rb") as fh:
@@ -111,7 +129,7 @@ def _read_file(path: Path, key: str, known: Known | None) -> FileResult | None:
             # still appending: the rest is the next ingest's tail.
             appended = _read_append(fh, known, stat.st_size)
             body, ledger["lines"], ledger["tail_sha256"] = appended or _read_whole(fh, stat.st_size)
-    except UnreadableFile as exc:
+    except UnreadableFileError as exc:
         # Remembered in the ledger too, so it is reported once, not every night.
         reason = str(exc).removeprefix(f"{path}: ")
         return FileResult(key, None, None, [Rejection(None, "", reason)], ledger)
@@ -133,24 +151,33 @@ def _read_append(fh, known: Known | None, size: int) -> tuple[Body, int, str] | 
     fh.seek(start)
     data = fh.read(size - start)
     old = known.size - start
-    if len(data) != size - start or data[old - 1:old] != b"\n" or \
-            hashlib.sha256(data[:old]).hexdigest() != known.tail_sha256:
+    if (
+        len(data) != size - start
+        or data[old - 1 : old] != b"\n"
+        or hashlib.sha256(data[:old]).hexdigest() != known.tail_sha256
+    ):
         return None
     fh.seek(0)
     first = fh.read(HEADER_BYTES).partition(b"\n")[0]
     header = parse_header(decode(first if len(first) < HEADER_BYTES else first + fh.readline()))
     body = decode(data[old:])
     # The old content ended with "\n", so the ledger's last line was empty.
-    return (Body(body, header, first_line=known.lines), known.lines + body.count("\n"),
-            hashlib.sha256(data[-TAIL_BYTES:]).hexdigest())
+    return (
+        Body(body, header, first_line=known.lines),
+        known.lines + body.count("\n"),
+        hashlib.sha256(data[-TAIL_BYTES:]).hexdigest(),
+    )
 
 
 def _read_whole(fh, size: int) -> tuple[Body, int, str]:
     fh.seek(0)
     data = fh.read(size)
     if not data.strip():
-        raise UnreadableFile("empty file")
+        raise UnreadableFileError("empty file")
     text = decode(data)
     first, body = split_header(text)
-    return Body(body, parse_header(first), first_line=2), text.count("\n") + 1, \
-        hashlib.sha256(data[-TAIL_BYTES:]).hexdigest()
+    return (
+        Body(body, parse_header(first), first_line=2),
+        text.count("\n") + 1,
+        hashlib.sha256(data[-TAIL_BYTES:]).hexdigest(),
+    )

@@ -5,6 +5,7 @@ outside. Closes follow a geometric random walk whose daily log-returns may
 carry AR(1) memory (`ar`): with ar=0 the naive forecast is optimal; with
 ar=0.6 yesterday's move predicts today's, which a working model must learn.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -17,8 +18,15 @@ from scipy.signal import lfilter
 DEFAULT_END = dt.date(2017, 11, 10)  # the public dataset's last day
 
 
-def generate_ohlc(days: int, seed: int, *, ar: float = 0.0, end: dt.date = DEFAULT_END,
-                  start_price: float | None = None, daily_vol: float | None = None) -> pd.DataFrame:
+def generate_ohlc(
+    days: int,
+    seed: int,
+    *,
+    ar: float = 0.0,
+    end: dt.date = DEFAULT_END,
+    start_price: float | None = None,
+    daily_vol: float | None = None,
+) -> pd.DataFrame:
     """One ticker's history: Date, Open, High, Low, Close, Volume, OpenInt on business days."""
     if days < 1:
         raise ValueError("days must be at least 1")
@@ -35,19 +43,32 @@ def generate_ohlc(days: int, seed: int, *, ar: float = 0.0, end: dt.date = DEFAU
     volume = rng.lognormal(11, 1, days).astype(np.int64)
     dates = pd.bdate_range(end=pd.Timestamp(end), periods=days)
     # Rounding is monotonic, so High >= max(Open, Close) >= ... still holds after it.
-    return pd.DataFrame({
-        "Date": dates.strftime("%Y-%m-%d"),
-        "Open": open_.round(4), "High": high.round(4), "Low": low.round(4), "Close": close.round(4),
-        "Volume": volume, "OpenInt": 0,
-    })
+    return pd.DataFrame(
+        {
+            "Date": dates.strftime("%Y-%m-%d"),
+            "Open": open_.round(4),
+            "High": high.round(4),
+            "Low": low.round(4),
+            "Close": close.round(4),
+            "Volume": volume,
+            "OpenInt": 0,
+        }
+    )
 
 
 def ticker_name(i: int) -> str:
     return f"syn{i:04d}"
 
 
-def write_sample_data(out_dir: str | Path, *, tickers: int = 5, days: int = 750, seed: int = 0,
-                      ar: float = 0.0, end: dt.date = DEFAULT_END) -> list[Path]:
+def write_sample_data(
+    out_dir: str | Path,
+    *,
+    tickers: int = 5,
+    days: int = 750,
+    seed: int = 0,
+    ar: float = 0.0,
+    end: dt.date = DEFAULT_END,
+) -> list[Path]:
     """Write `tickers` files `<out_dir>/Stocks/synNNNN.us.txt`; returns their paths."""
     folder = Path(out_dir) / "Stocks"
     folder.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,7 @@ SQLAlchemy Core table definitions, so any URL works. `ensure_schema` creates
 a new database, or upgrades an older one step by step, in one transaction
 (store.connect calls it under the write lock).
 """
+
 from __future__ import annotations
 
 import sqlalchemy as sa
@@ -14,12 +15,14 @@ metadata = sa.MetaData()
 INTERVAL_COLUMNS = ("lo80", "hi80", "lo95", "hi95")  # the same names as intervals.COLUMNS
 
 schema_info = sa.Table(
-    "schema_info", metadata,
+    "schema_info",
+    metadata,
     sa.Column("version", sa.Integer, nullable=False),
 )
 
 prices = sa.Table(
-    "prices", metadata,
+    "prices",
+    metadata,
     sa.Column("ticker", sa.String, primary_key=True),
     # ISO "YYYY-MM-DD" text: sorts and compares as a date on every backend.
     sa.Column("date", sa.String(10), primary_key=True),
@@ -37,7 +40,8 @@ prices = sa.Table(
 # The distinct trading dates present in `prices`, kept in the same
 # transaction, so "which dates exist" never scans millions of price rows.
 price_dates = sa.Table(
-    "price_dates", metadata,
+    "price_dates",
+    metadata,
     sa.Column("date", sa.String(10), primary_key=True),
     sa.Column("n_rows", sa.Integer, nullable=False),
 )
@@ -45,7 +49,8 @@ price_dates = sa.Table(
 # One row per ticker, kept in step with `prices` inside the same transaction,
 # so the nightly run finds fresh and stale tickers without scanning history.
 tickers = sa.Table(
-    "tickers", metadata,
+    "tickers",
+    metadata,
     sa.Column("ticker", sa.String, primary_key=True),
     sa.Column("first_date", sa.String(10), nullable=False),
     sa.Column("last_date", sa.String(10), nullable=False),
@@ -53,7 +58,8 @@ tickers = sa.Table(
 )
 
 rejected_rows = sa.Table(
-    "rejected_rows", metadata,
+    "rejected_rows",
+    metadata,
     sa.Column("rejection_id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("source", sa.String, nullable=False),
     sa.Column("line", sa.Integer),  # NULL when the whole file was unreadable
@@ -66,7 +72,8 @@ rejected_rows = sa.Table(
 # What was ingested from where: lets an unchanged file be skipped from its
 # size and mtime alone, and an appended file be read from its old end.
 source_files = sa.Table(
-    "source_files", metadata,
+    "source_files",
+    metadata,
     sa.Column("path", sa.String, primary_key=True),
     sa.Column("ticker", sa.String, nullable=False),
     sa.Column("size", sa.BigInteger, nullable=False),
@@ -81,7 +88,8 @@ source_files = sa.Table(
 MODEL_STATUSES = ("champion", "challenger", "retired", "rejected")
 
 models = sa.Table(
-    "models", metadata,
+    "models",
+    metadata,
     sa.Column("model_id", sa.String(64), primary_key=True),  # sha256 of the ONNX file
     sa.Column("path", sa.String, nullable=False),
     sa.Column("created_at", sa.String, nullable=False),
@@ -96,12 +104,14 @@ models = sa.Table(
 # sa.Index(postgresql_where=...): that option imports SQLAlchemy's PostgreSQL
 # dialect (~30 ms) at every start, on SQLite too.
 ONE_CHAMPION_INDEX = sa.DDL(
-    "CREATE UNIQUE INDEX IF NOT EXISTS uq_models_one_champion ON models (status) WHERE status = 'champion'")
+    "CREATE UNIQUE INDEX IF NOT EXISTS uq_models_one_champion ON models (status) WHERE status = 'champion'"
+)
 sa.event.listen(models, "after_create", ONE_CHAMPION_INDEX)
 
 # Every gate decision, with its numbers.
 promotions = sa.Table(
-    "promotions", metadata,
+    "promotions",
+    metadata,
     sa.Column("promotion_id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("decided_at", sa.String, nullable=False),
     sa.Column("model_id", sa.String(64), sa.ForeignKey("models.model_id"), nullable=False),
@@ -113,7 +123,8 @@ promotions = sa.Table(
 )
 
 runs = sa.Table(
-    "runs", metadata,
+    "runs",
+    metadata,
     sa.Column("run_id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("started_at", sa.String, nullable=False),
     sa.Column("finished_at", sa.String),
@@ -132,7 +143,8 @@ runs = sa.Table(
 )
 
 predictions = sa.Table(
-    "predictions", metadata,
+    "predictions",
+    metadata,
     sa.Column("prediction_id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("run_id", sa.Integer, sa.ForeignKey("runs.run_id"), nullable=False),
     sa.Column("model_id", sa.String(64), sa.ForeignKey("models.model_id"), nullable=False),
@@ -154,7 +166,8 @@ predictions = sa.Table(
 # A nightly run then reads its next trading day here instead of importing
 # the library and building the calendar (about 0.4 s a night).
 calendar_sessions = sa.Table(
-    "calendar_sessions", metadata,
+    "calendar_sessions",
+    metadata,
     sa.Column("calendar", sa.String(16), primary_key=True),
     sa.Column("source", sa.String(64), primary_key=True),
     sa.Column("date", sa.String(10), primary_key=True),
@@ -162,7 +175,8 @@ calendar_sessions = sa.Table(
 
 # The days each (calendar, source) covers: every session in [first_day, last_day] is stored.
 calendar_coverage = sa.Table(
-    "calendar_coverage", metadata,
+    "calendar_coverage",
+    metadata,
     sa.Column("calendar", sa.String(16), primary_key=True),
     sa.Column("source", sa.String(64), primary_key=True),
     sa.Column("first_day", sa.String(10), nullable=False),

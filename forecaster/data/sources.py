@@ -8,6 +8,7 @@ first column holding the date, extra columns, no Volume, rows in any order.
 Every row read ends up either kept or set aside with its line number, raw
 text and a reason; nothing is dropped silently.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -15,9 +16,9 @@ import functools
 import io
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -38,6 +39,7 @@ class Rejection:
 @dataclass
 class Header:
     """Where each field we use sits in a row, read from the file's first line."""
+
     positions: dict[str, int]  # column name -> field index
     n_fields: int
 
@@ -48,9 +50,10 @@ VALUES = ("open", "high", "low", "close", "volume")
 @dataclass
 class Rows:
     """Kept rows as plain arrays, sorted by date, one row per date."""
-    dates: np.ndarray   # (n,) ISO date strings
+
+    dates: np.ndarray  # (n,) ISO date strings
     values: np.ndarray  # (n, 5) float64 in VALUES order; volume NaN when not given
-    lines: np.ndarray   # (n,) int64 file line numbers
+    lines: np.ndarray  # (n,) int64 file line numbers
 
     def __len__(self) -> int:
         return len(self.dates)
@@ -69,7 +72,7 @@ class ParsedRows:
         return len(self.rows) + len(self.rejects)
 
 
-class UnreadableFile(SourceError):
+class UnreadableFileError(SourceError):
     """The file has no usable header or is not text."""
 
 
@@ -102,15 +105,15 @@ def ticker_from_path(path: Path) -> str:
     """The file name up to its first dot, lower-case: `Stocks/AAPL.us.txt` -> `aapl`."""
     ticker = path.name.split(".", 1)[0].strip().lower()
     if not ticker:
-        raise UnreadableFile(f"{path}: the file name gives no ticker (it starts with a dot)")
+        raise UnreadableFileError(f"{path}: the file name gives no ticker (it starts with a dot)")
     if any(ord(c) < 32 for c in ticker):
-        raise UnreadableFile(f"{path}: the file name holds control characters")
+        raise UnreadableFileError(f"{path}: the file name holds control characters")
     return ticker
 
 
 def decode(data: bytes) -> str:
     if b"\x00" in data:
-        raise UnreadableFile("binary content (NUL bytes), not a text file")
+        raise UnreadableFileError("binary content (NUL bytes), not a text file")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -130,9 +133,9 @@ def parse_header(line: str) -> Header:
         positions["date"] = 0
     missing = [c for c in ("date", *PRICE_COLUMNS) if c not in positions]
     if missing:
-        raise UnreadableFile(
-            f"header has no {', '.join(m.capitalize() for m in missing)} column "
-            f"(found: {line.strip()[:200]!r})")
+        raise UnreadableFileError(
+            f"header has no {', '.join(m.capitalize() for m in missing)} column (found: {line.strip()[:200]!r})"
+        )
     return Header(positions, len(names))
 
 
@@ -148,12 +151,13 @@ FAST_PATH_BYTES = 4096  # below this, plain Python beats pandas' fixed costs
 @dataclass
 class Fields:
     """One file's non-blank lines, typed but not yet judged."""
+
     header: Header
-    lines: np.ndarray        # (n,) int64 line numbers
-    date_text: np.ndarray    # (n,) str
-    values: np.ndarray       # (n, 5) float64, NaN where missing or not a number
-    width_ok: np.ndarray     # (n,) bool: the line has the header's number of fields
-    raw_line: callable       # i -> the line's text, for messages (only bad rows ask)
+    lines: np.ndarray  # (n,) int64 line numbers
+    date_text: np.ndarray  # (n,) str
+    values: np.ndarray  # (n, 5) float64, NaN where missing or not a number
+    width_ok: np.ndarray  # (n,) bool: the line has the header's number of fields
+    raw_line: callable  # i -> the line's text, for messages (only bad rows ask)
 
     def __len__(self) -> int:
         return len(self.lines)
@@ -162,6 +166,7 @@ class Fields:
 @dataclass
 class Body:
     """A file's data lines as read (after its header), waiting to be parsed."""
+
     text: str
     header: Header
     first_line: int  # the file line number of its first line
@@ -183,11 +188,11 @@ def read_many(bodies: list[Body]) -> list[Fields]:
         values = _numbers([r for _, r in group])
         if values is None:  # text where a number belongs, somewhere: find where
             values = [None if v is None else v[0] for v in (_numbers([r]) for _, r in group)]
-        for (i, regular), v in zip(group, values):
+        for (i, regular), v in zip(group, values, strict=True):
             if v is not None:
                 fields[i] = regular.fields(v)
     rest = [i for i, f in enumerate(fields) if f is None]
-    for i, f in zip(rest, _fields_by_line([bodies[i] for i in rest])):
+    for i, f in zip(rest, _fields_by_line([bodies[i] for i in rest]), strict=True):
         fields[i] = f
     return fields
 
@@ -215,17 +220,26 @@ def _fields_by_line(bodies: list[Body]) -> list[Fields]:
         split = [t.split(",") for t in texts]
         width_ok = np.fromiter((len(f) == header.n_fields for f in split), bool, len(split))
         pos = header.positions
-        date_text = np.array([f[pos["date"]].strip() if ok else "" for f, ok in zip(split, width_ok)],
-                             dtype=object)
+        date_text = np.array(
+            [f[pos["date"]].strip() if ok else "" for f, ok in zip(split, width_ok, strict=True)], dtype=object
+        )
         values = np.full((len(split), len(VALUES)), np.nan)
         for j, name in enumerate(VALUES):
             if name in pos:
-                values[:, j] = _floats([f[pos[name]].strip() if ok else "" for f, ok in zip(split, width_ok)])
+                values[:, j] = _floats(
+                    [f[pos[name]].strip() if ok else "" for f, ok in zip(split, width_ok, strict=True)]
+                )
         at = 0
-        for i, n in zip(members, sizes):
+        for i, n in zip(members, sizes, strict=True):
             mine = slice(at, at + n)
-            out[i] = Fields(bodies[i].header, np.asarray(numbers[mine], dtype=np.int64), date_text[mine],
-                            values[mine], width_ok[mine], texts[mine].__getitem__)
+            out[i] = Fields(
+                bodies[i].header,
+                np.asarray(numbers[mine], dtype=np.int64),
+                date_text[mine],
+                values[mine],
+                width_ok[mine],
+                texts[mine].__getitem__,
+            )
             at += n
     return out
 
@@ -239,6 +253,7 @@ def _floats(texts: list[str]) -> np.ndarray:
     """Numbers from text; NaN for anything that is not one (reasons come later)."""
     if len(texts) > PYTHON_FLOATS_MAX:
         import pandas as pd  # only for large bodies: a nightly run of one-line appends never loads it
+
         return pd.to_numeric(pd.Series(texts, dtype=object), errors="coerce").to_numpy(dtype=np.float64)
     out = np.empty(len(texts))
     for i, t in enumerate(texts):
@@ -254,6 +269,7 @@ def _floats(texts: list[str]) -> np.ndarray:
 @dataclass
 class _Regular:
     """A body whose every line has the header's width and a 10-character date."""
+
     body: Body
     data: bytes
     date_text: np.ndarray  # (n,) U10
@@ -261,8 +277,14 @@ class _Regular:
     def fields(self, values: np.ndarray) -> Fields:
         n, first = len(self.date_text), self.body.first_line
         lines = functools.cache(self.body.text.split)  # split only if a row's text is asked for
-        return Fields(self.body.header, np.arange(first, first + n, dtype=np.int64), self.date_text, values,
-                      np.ones(n, dtype=bool), lambda i: lines("\n")[i].rstrip("\r"))
+        return Fields(
+            self.body.header,
+            np.arange(first, first + n, dtype=np.int64),
+            self.date_text,
+            values,
+            np.ones(n, dtype=bool),
+            lambda i: lines("\n")[i].rstrip("\r"),
+        )
 
 
 def _regular(body: Body) -> _Regular | None:
@@ -310,12 +332,19 @@ def _numbers(group: list[_Regular]) -> list[np.ndarray] | None:
     """Each body's (n, 5) values, from one C-parser call over all of them;
     None when any field holds text where a number belongs."""
     import pandas as pd  # only for large bodies (FAST_PATH_BYTES and up)
+
     header = group[0].body.header
     numbers = [p for p, _ in _number_layout(header)[1]]
     try:
-        frame = pd.read_csv(io.BytesIO(b"".join(r.data for r in group)), header=None, usecols=numbers,
-                            engine="c", dtype=np.float64, keep_default_na=False,
-                            na_values={p: [""] for p in numbers})
+        frame = pd.read_csv(
+            io.BytesIO(b"".join(r.data for r in group)),
+            header=None,
+            usecols=numbers,
+            engine="c",
+            dtype=np.float64,
+            keep_default_na=False,
+            na_values={p: [""] for p in numbers},
+        )
     except (ValueError, pd.errors.ParserError):
         return None
     sizes = [len(r.date_text) for r in group]
@@ -338,13 +367,19 @@ def iso_dates(texts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     codes = texts.view(np.uint32).reshape(len(texts), texts.dtype.itemsize // 4)
     d = codes[:, :10].astype(np.int32) - ord("0")
     digit = (d >= 0) & (d <= 9)
-    shape_ok = (digit[:, [0, 1, 2, 3, 5, 6, 8, 9]].all(axis=1) & (codes[:, 4] == ord("-"))
-                & (codes[:, 7] == ord("-")) & ((codes[:, 10] == 0) if codes.shape[1] > 10 else True))
+    shape_ok = (
+        digit[:, [0, 1, 2, 3, 5, 6, 8, 9]].all(axis=1)
+        & (codes[:, 4] == ord("-"))
+        & (codes[:, 7] == ord("-"))
+        & ((codes[:, 10] == 0) if codes.shape[1] > 10 else True)
+    )
     year = d[:, 0] * 1000 + d[:, 1] * 100 + d[:, 2] * 10 + d[:, 3]
     month = d[:, 5] * 10 + d[:, 6]
     day = d[:, 8] * 10 + d[:, 9]
     leap = (year % 4 == 0) & ((year % 100 != 0) | (year % 400 == 0))
-    month_days = np.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31])[np.clip(month, 0, 12)] + (leap & (month == 2))
+    month_days = np.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31])[np.clip(month, 0, 12)] + (
+        leap & (month == 2)
+    )
     valid = shape_ok & (year >= 1) & (month >= 1) & (month <= 12) & (day >= 1) & (day <= month_days)
     return valid, np.where(valid, year * 10000 + month * 100 + day, 0)
 
@@ -358,7 +393,10 @@ def validate(batch: list[Fields], today: dt.date | None = None) -> list[ParsedRo
     offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
     file_of = np.repeat(np.arange(len(batch)), sizes)
     n = int(offsets[-1])
-    cat = (lambda name, empty: np.concatenate([getattr(f, name) for f in batch]) if n else empty)
+
+    def cat(name, empty):
+        return np.concatenate([getattr(f, name) for f in batch]) if n else empty
+
     date_text = cat("date_text", np.empty(0, dtype=object))
     values = cat("values", np.empty((0, len(VALUES))))
     line_no = cat("lines", np.empty(0, dtype=np.int64))
@@ -373,8 +411,10 @@ def validate(batch: list[Fields], today: dt.date | None = None) -> list[ParsedRo
         return raw(i).split(",")[batch[file_of[i]].header.positions[name]].strip()
 
     bad = ~width_ok
-    reasons: dict[int, str] = {int(i): f"expected {batch[file_of[i]].header.n_fields} fields, found "
-                               f"{len(raw(int(i)).split(','))}" for i in np.flatnonzero(bad)}
+    reasons: dict[int, str] = {
+        int(i): f"expected {batch[file_of[i]].header.n_fields} fields, found {len(raw(int(i)).split(','))}"
+        for i in np.flatnonzero(bad)
+    }
 
     def flag(mask: np.ndarray, reason_of) -> None:
         nonlocal bad
@@ -384,9 +424,15 @@ def validate(batch: list[Fields], today: dt.date | None = None) -> list[ParsedRo
         bad = bad | new
 
     date_ok, date_int = iso_dates(date_text)
-    flag(~date_ok, lambda i: "missing date" if not date_text[i] else
-         f"impossible or unrecognised date {str(date_text[i])!r} (expected YYYY-MM-DD)")
-    o, h, l, c, v = (values[:, j] for j in range(len(VALUES)))
+    flag(
+        ~date_ok,
+        lambda i: (
+            "missing date"
+            if not date_text[i]
+            else f"impossible or unrecognised date {str(date_text[i])!r} (expected YYYY-MM-DD)"
+        ),
+    )
+    o, h, lo, c, v = (values[:, j] for j in range(len(VALUES)))
     for j, name in enumerate(PRICE_COLUMNS):
         column = values[:, j]
         flag(~np.isfinite(column), lambda i, name=name: _number_problem(name, field_text(i, name)))
@@ -397,16 +443,17 @@ def validate(batch: list[Fields], today: dt.date | None = None) -> list[ParsedRo
     text_given[unparsed] = [field_text(int(i), "volume") != "" for i in unparsed]
     flag(text_given | np.isinf(v), lambda i: _number_problem("volume", field_text(i, "volume")))
     flag(v < 0, lambda i: f"volume is negative ({v[i]:g})")
-    flag(h < l, lambda i: f"high {h[i]:g} is below low {l[i]:g}")
+    flag(h < lo, lambda i: f"high {h[i]:g} is below low {lo[i]:g}")
     flag(h < np.maximum(o, c), lambda i: f"high {h[i]:g} is below open/close {max(o[i], c[i]):g}")
-    flag(l > np.minimum(o, c), lambda i: f"low {l[i]:g} is above open/close {min(o[i], c[i]):g}")
+    flag(lo > np.minimum(o, c), lambda i: f"low {lo[i]:g} is above open/close {min(o[i], c[i]):g}")
     today_int = today.year * 10000 + today.month * 100 + today.day
     flag(date_int > today_int, lambda i: f"date {date_text[i]} is in the future")
 
     keep = np.flatnonzero(~bad)
     # yyyymmdd < 10^8, so this key is unique per (file, date).
-    keep, dup_rejects = _resolve_duplicate_dates(keep, file_of * 100_000_000 + date_int, date_text,
-                                                 values, line_no, raw)
+    keep, dup_rejects = _resolve_duplicate_dates(
+        keep, file_of * 100_000_000 + date_int, date_text, values, line_no, raw
+    )
     rejects_of: list[list[Rejection]] = [[] for _ in batch]
     for i, r in reasons.items():
         rejects_of[file_of[i]].append(Rejection(int(line_no[i]), raw(i), r))
@@ -418,9 +465,10 @@ def validate(batch: list[Fields], today: dt.date | None = None) -> list[ParsedRo
     bounds = np.searchsorted(file_of[keep], np.arange(len(batch) + 1))
     out = []
     for k in range(len(batch)):
-        mine = keep[bounds[k]:bounds[k + 1]]
-        out.append(ParsedRows(Rows(date_text[mine], values[mine], line_no[mine]),
-                              sorted(rejects_of[k], key=lambda r: r.line)))
+        mine = keep[bounds[k] : bounds[k + 1]]
+        out.append(
+            ParsedRows(Rows(date_text[mine], values[mine], line_no[mine]), sorted(rejects_of[k], key=lambda r: r.line))
+        )
     return out
 
 
@@ -451,9 +499,12 @@ def _resolve_duplicate_dates(keep, key, date_text, values, line_no, raw):
         same = all(np.array_equal(values[g], values[first], equal_nan=True) for g in group[1:])
         iso = date_text[first]
         listed = ", ".join(str(line_no[g]) for g in group)
-        for g in (group[1:] if same else group):
+        for g in group[1:] if same else group:
             drop.add(int(g))
-            reason = (f"repeats line {line_no[first]} ({iso})" if same else
-                      f"date {iso} appears on lines {listed} with different values")
+            reason = (
+                f"repeats line {line_no[first]} ({iso})"
+                if same
+                else f"date {iso} appears on lines {listed} with different values"
+            )
             rejects.append((int(g), Rejection(int(line_no[g]), raw(int(g)), reason)))
     return np.array([k for k in keep if int(k) not in drop], dtype=np.int64), rejects

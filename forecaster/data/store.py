@@ -8,13 +8,14 @@ advisory lock. Every database error, read or write, through SQLAlchemy or
 through the driver, reaches callers as DatabaseError (a StoreError) with a
 one-line reason; other exceptions (bugs) pass through untouched.
 """
+
 from __future__ import annotations
 
 import math
 import sqlite3
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote
@@ -55,12 +56,17 @@ def connect(url: str = DEFAULT_DB_URL, *, read_only: bool = False) -> sa.Engine:
         with engine.connect() as conn:
             version = schema.version(conn)
         if version is not None and version > schema.SCHEMA_VERSION:
-            raise StoreError(f"database schema version is {version}, this forecaster expects "
-                             f"{schema.SCHEMA_VERSION} (a newer forecaster wrote it)")
+            raise StoreError(
+                f"database schema version is {version}, this forecaster expects "
+                f"{schema.SCHEMA_VERSION} (a newer forecaster wrote it)"
+            )
         if version != schema.SCHEMA_VERSION and read_only:
-            raise StoreError(f"database {url!r} holds no forecaster data (no schema)" if version is None else
-                             f"database {url!r} has schema version {version}: open it once with a writing "
-                             f"command (e.g. forecaster ingest) to upgrade it to {schema.SCHEMA_VERSION}")
+            raise StoreError(
+                f"database {url!r} holds no forecaster data (no schema)"
+                if version is None
+                else f"database {url!r} has schema version {version}: open it once with a writing "
+                f"command (e.g. forecaster ingest) to upgrade it to {schema.SCHEMA_VERSION}"
+            )
         if version != schema.SCHEMA_VERSION:
             with _immediate_transaction(engine) as conn:
                 schema.ensure_schema(conn)  # another process may have done it meanwhile
@@ -113,6 +119,7 @@ def _immediate_transaction(engine: sa.Engine) -> Iterator[sa.Connection]:
 
 
 # -- engines -------------------------------------------------------------
+
 
 def _create_engine(url: str, read_only: bool) -> sa.Engine:
     parsed = sa.engine.make_url(url)
@@ -213,8 +220,10 @@ def _enter_wal(cur) -> None:
 
 # -- bulk operations, through the driver ----------------------------------
 
-def bulk_insert(conn: sa.Connection, table: sa.Table, records: np.ndarray) -> None:
-    """Insert rows given as a 2-D object array in the table's column order.
+
+def bulk_insert(conn: sa.Connection, table: sa.Table, records: np.ndarray, names: Sequence[str] = ()) -> None:
+    """Insert rows given as a 2-D object array, columns in the order of
+    `names` (default: all the table's columns in its order).
 
     On SQLite this goes straight to the driver, ROWS_PER_INSERT rows per
     statement: the driver's per-statement cost is larger than SQLite's own
@@ -222,18 +231,21 @@ def bulk_insert(conn: sa.Connection, table: sa.Table, records: np.ndarray) -> No
     """
     if not len(records):
         return
-    names = [c.name for c in table.columns]
+    names = list(names) or [c.name for c in table.columns]
     columns = ", ".join(names)
     cursor = conn.connection.dbapi_connection.cursor()  # the driver's own: no per-row SQLAlchemy work
     with driver_errors(conn):
         if conn.dialect.name == "sqlite":
+
             def insert(rows: int) -> str:
                 one = f"({', '.join('?' * len(names))})"
                 return f"INSERT INTO {table.name} ({columns}) VALUES {', '.join([one] * rows)}"
+
             whole = len(records) - len(records) % ROWS_PER_INSERT
             if whole:
-                cursor.executemany(insert(ROWS_PER_INSERT),
-                                   records[:whole].reshape(-1, ROWS_PER_INSERT * len(names)).tolist())
+                cursor.executemany(
+                    insert(ROWS_PER_INSERT), records[:whole].reshape(-1, ROWS_PER_INSERT * len(names)).tolist()
+                )
             if whole < len(records):
                 cursor.execute(insert(len(records) - whole), records[whole:].ravel().tolist())
         elif conn.dialect.name == "postgresql":
@@ -242,11 +254,10 @@ def bulk_insert(conn: sa.Connection, table: sa.Table, records: np.ndarray) -> No
                 for record in records.tolist():
                     copy.write_row(record)
         else:
-            conn.execute(table.insert(), [dict(zip(names, r)) for r in records.tolist()])
+            conn.execute(table.insert(), [dict(zip(names, r, strict=True)) for r in records.tolist()])
 
 
-def upsert(conn: sa.Connection, table: sa.Table, rows: list[dict], keys: list[str],
-           update: dict | None = None) -> None:
+def upsert(conn: sa.Connection, table: sa.Table, rows: list[dict], keys: list[str], update: dict | None = None) -> None:
     """INSERT ... ON CONFLICT (keys) DO UPDATE, on SQLite and PostgreSQL alike.
 
     `update` maps column -> a function of the statement's `excluded` row
@@ -258,8 +269,11 @@ def upsert(conn: sa.Connection, table: sa.Table, rows: list[dict], keys: list[st
     else:
         from sqlalchemy.dialects.sqlite import insert
     stmt = insert(table)
-    setters = ({c: fn(stmt.excluded) for c, fn in update.items()} if update else
-               {c.name: stmt.excluded[c.name] for c in table.columns if c.name not in keys})
+    setters = (
+        {c: fn(stmt.excluded) for c, fn in update.items()}
+        if update
+        else {c.name: stmt.excluded[c.name] for c in table.columns if c.name not in keys}
+    )
     stmt = stmt.on_conflict_do_update(index_elements=keys, set_=setters)
     if conn.dialect.name == "sqlite":
         # Compiled once and run by the driver: SQLAlchemy's per-row parameter
@@ -267,7 +281,8 @@ def upsert(conn: sa.Connection, table: sa.Table, rows: list[dict], keys: list[st
         compiled = stmt.compile(dialect=conn.dialect, column_keys=list(rows[0]))
         with driver_errors(conn):
             conn.connection.dbapi_connection.cursor().executemany(
-                str(compiled), [tuple(row[k] for k in compiled.positiontup) for row in rows])
+                str(compiled), [tuple(row[k] for k in compiled.positiontup) for row in rows]
+            )
         return
     conn.execute(stmt, rows)
 

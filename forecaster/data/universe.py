@@ -9,6 +9,7 @@ Loaded from the database in one columnar pass, chunk by chunk through the
 driver (a server-side cursor on PostgreSQL), so no per-row Python objects
 outlive their chunk.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -23,16 +24,16 @@ from . import schema
 from .prices import Series
 from .store import iterate_plain
 
-CHUNK_ROWS = 200_000          # rows converted to arrays at a time
-TICKERS_PER_QUERY = 500       # bound parameters per query, under any SQLite build's limit
+CHUNK_ROWS = 200_000  # rows converted to arrays at a time
+TICKERS_PER_QUERY = 500  # bound parameters per query, under any SQLite build's limit
 
 
 @dataclass
 class Universe:
     tickers: list[str]
     starts: np.ndarray  # (n_tickers + 1,) int64: ticker k owns rows [starts[k], starts[k + 1])
-    dates: np.ndarray   # (N,) int32 yyyymmdd
-    ohlc: np.ndarray    # (N, 4) float32, FEATURES order
+    dates: np.ndarray  # (N,) int32 yyyymmdd
+    ohlc: np.ndarray  # (N, 4) float32, FEATURES order
 
     def __len__(self) -> int:
         return len(self.tickers)
@@ -56,16 +57,24 @@ class Universe:
         keep = [k for k in range(len(self)) if k not in drop]
         rows = np.concatenate([np.arange(self.starts[k], self.starts[k + 1]) for k in keep]) if keep else []
         counts = self.counts[keep]
-        return Universe([self.tickers[k] for k in keep], np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
-                        self.dates[rows], self.ohlc[rows])
+        return Universe(
+            [self.tickers[k] for k in keep],
+            np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+            self.dates[rows],
+            self.ohlc[rows],
+        )
 
     def through(self, last_day: int) -> Universe:
         """The same tickers with only their rows dated on or before last_day
         (yyyymmdd): what the data looked like then."""
         keep = self.dates <= last_day
         counts = np.array([keep[self.rows(k)].sum() for k in range(len(self))], dtype=np.int64)
-        return Universe(list(self.tickers), np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
-                        self.dates[keep], self.ohlc[keep])
+        return Universe(
+            list(self.tickers),
+            np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+            self.dates[keep],
+            self.ohlc[keep],
+        )
 
     def data_hash(self) -> str:
         """sha256 over the tickers, their row counts, dates and prices: provenance for a checkpoint."""
@@ -81,9 +90,13 @@ class Universe:
         tickers = list(series)
         counts = [len(series[t]) for t in tickers]
         dates = np.concatenate([_yyyymmdd(series[t].dates) for t in tickers]) if tickers else np.empty(0, np.int32)
-        ohlc = (np.concatenate([series[t].ohlc for t in tickers]) if tickers else np.empty((0, len(FEATURES))))
-        return cls(tickers, np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), dates.astype(np.int32),
-                   ohlc.astype(np.float32))
+        ohlc = np.concatenate([series[t].ohlc for t in tickers]) if tickers else np.empty((0, len(FEATURES)))
+        return cls(
+            tickers,
+            np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+            dates.astype(np.int32),
+            ohlc.astype(np.float32),
+        )
 
 
 def iso_day(yyyymmdd: int) -> str:
@@ -120,25 +133,27 @@ def load_universe(engine: sa.Engine, tickers: list[str]) -> Universe:
         known = _counts(conn)
         unknown = [t for t in tickers if t not in known]
         if unknown:
-            raise DataError(f"unknown ticker{'s' * (len(unknown) > 1)} {', '.join(unknown)}: "
-                            f"not in the database ({len(known)} tickers stored)")
+            raise DataError(
+                f"unknown ticker{'s' * (len(unknown) > 1)} {', '.join(unknown)}: "
+                f"not in the database ({len(known)} tickers stored)"
+            )
         counts = np.array([known[t] for t in tickers], dtype=np.int64)
         starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         dates = np.empty(int(starts[-1]), dtype=np.int32)
         ohlc = np.empty((int(starts[-1]), len(FEATURES)), dtype=np.float32)
         at = 0
         for first in range(0, len(tickers), TICKERS_PER_QUERY):
-            group = tickers[first:first + TICKERS_PER_QUERY]
-            query = (sa.select(day, p.open, p.high, p.low, p.close).where(p.ticker.in_(group))
-                     .order_by(p.ticker, p.date))
+            group = tickers[first : first + TICKERS_PER_QUERY]
+            query = sa.select(day, p.open, p.high, p.low, p.close).where(p.ticker.in_(group)).order_by(p.ticker, p.date)
             for chunk in iterate_plain(conn, query, CHUNK_ROWS):
                 block = np.asarray(chunk, dtype=np.float64)
                 if at + len(block) > len(dates):
                     break
-                dates[at:at + len(block)] = block[:, 0]
-                ohlc[at:at + len(block)] = block[:, 1:]
+                dates[at : at + len(block)] = block[:, 0]
+                ohlc[at : at + len(block)] = block[:, 1:]
                 at += len(block)
     if at != len(dates):  # `tickers` is kept in the same transaction as prices; this means a writer raced us
-        raise DataError(f"read {at} price rows where the tickers table promised {len(dates)}: "
-                        "an ingest ran meanwhile; train again")
+        raise DataError(
+            f"read {at} price rows where the tickers table promised {len(dates)}: an ingest ran meanwhile; train again"
+        )
     return Universe(list(tickers), starts, dates, ohlc)

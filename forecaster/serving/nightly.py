@@ -235,27 +235,27 @@ def _write(
     and the served model's run's success."""
     with store.write_transaction(engine) as conn:
         served, *shadows = scored
-        rows, flagged = _predictions(conn, run_id, as_of, target, served)
-        late = [row["ticker"] for row in rows] if runs.scored_before(conn, served.model.sha256, as_of, shard) else []
+        inserted, flagged = _predictions(conn, run_id, as_of, target, served)
+        late = inserted if runs.scored_before(conn, served.model.sha256, as_of, shard) else []
         shadow_counts = {}
         for shadow in shadows:
             shadow_run = runs.add_shadow_run(conn, shadow.model.sha256, as_of, shadow.model.device, shard, run_id)
-            shadow_rows, _ = _predictions(conn, shadow_run, as_of, target, shadow)
-            shadow_counts[shadow.model.sha256] = len(shadow_rows)
+            shadow_inserted, _ = _predictions(conn, shadow_run, as_of, target, shadow)
+            shadow_counts[shadow.model.sha256] = len(shadow_inserted)
             runs.finish_run(
                 conn,
                 shadow_run,
                 "succeeded",
-                f"as_of {as_of}: {len(shadow_rows)} shadow predictions beside champion {served.model.sha256[:12]}",
-                len(shadow_rows),
+                f"as_of {as_of}: {len(shadow_inserted)} shadow predictions beside champion {served.model.sha256[:12]}",
+                len(shadow_inserted),
             )
         batch = served.batch
         result = RunResult(
             run_id,
             as_of,
             target,
-            len(rows),
-            len(batch.tickers) - len(rows),
+            len(inserted),
+            len(batch.tickers) - len(inserted),
             late,
             batch.stale,
             batch.skipped,
@@ -266,43 +266,49 @@ def _write(
             shadow_counts,
         )
         result.message = _message(result)
-        runs.finish_run(conn, run_id, "succeeded", result.message, len(rows))
+        runs.finish_run(conn, run_id, "succeeded", result.message, len(inserted))
     return result
 
 
 def _predictions(
     conn: sa.Connection, run_id: int, as_of: str, target: str, scored: _Scored
-) -> tuple[list[dict], list[str]]:
-    """Insert one model's predictions for as_of that are not stored yet; (the rows, the tickers flagged)."""
+) -> tuple[list[str], list[str]]:
+    """Insert one model's predictions for as_of that are not stored yet; (the
+    tickers inserted, the tickers flagged). Rows are built column by column
+    and go in through the driver (SQLAlchemy's per-row parameter work cost
+    as much as the insert, for 5,000 rows)."""
     model, batch = scored.model, scored.batch
     runs.ensure_model_row(conn, model)
-    intervals = (
-        [dict(zip(COLUMNS, map(float, values), strict=True)) for values in zip(*scored.bounds, strict=True)]
-        if scored.bounds is not None
-        else [dict.fromkeys(COLUMNS)] * len(batch.tickers)
-    )
     flagged = [t for t, e in zip(batch.tickers, scored.extent, strict=True) if not e <= model.train_input_extent]
-    flagged_set = set(flagged)
     p = schema.predictions.c
     already = set(conn.execute(sa.select(p.ticker).where(p.model_id == model.sha256, p.as_of == as_of)).scalars())
-    rows = [
-        {
-            "run_id": run_id,
-            "model_id": model.sha256,
-            "ticker": t,
-            "as_of": as_of,
-            "target_date": target,
-            "predicted_close": float(y),
-            "last_close": float(c),
-            "flags": FLAG_OUT_OF_RANGE if t in flagged_set else None,
-            **interval,
-        }
-        for t, y, c, interval in zip(batch.tickers, scored.predicted, batch.last_close, intervals, strict=True)
-        if t not in already
-    ]
-    if rows:
-        conn.execute(schema.predictions.insert(), rows)
-    return rows, flagged
+    new = np.array([t not in already for t in batch.tickers], dtype=bool)
+    tickers = [t for t, keep in zip(batch.tickers, new, strict=True) if keep]
+    records = np.empty((len(tickers), len(PREDICTION_COLUMNS)), dtype=object)
+    records[:, :5] = [run_id, model.sha256, None, as_of, target]
+    records[:, 2] = tickers
+    records[:, 5] = scored.predicted[new].astype(np.float64)
+    records[:, 6] = batch.last_close[new]
+    flagged_set = set(flagged)
+    records[:, 7] = [FLAG_OUT_OF_RANGE if t in flagged_set else None for t in tickers]
+    if scored.bounds is not None:
+        records[:, 8:] = np.column_stack(scored.bounds)[new].astype(np.float64)
+    store.bulk_insert(conn, schema.predictions, records, PREDICTION_COLUMNS)
+    return tickers, flagged
+
+
+# `predictions` columns a run writes (prediction_id is the database's).
+PREDICTION_COLUMNS = (
+    "run_id",
+    "model_id",
+    "ticker",
+    "as_of",
+    "target_date",
+    "predicted_close",
+    "last_close",
+    "flags",
+    *COLUMNS,
+)
 
 
 def _message(r: RunResult) -> str:
