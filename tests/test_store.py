@@ -11,6 +11,7 @@ def test_sqlite_settings(engine):
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == store.BUSY_TIMEOUT_MS
+        assert conn.exec_driver_sql("PRAGMA page_size").scalar() == store.PAGE_SIZE  # set before WAL fixed it
 
 
 def test_schema_is_created_once_and_versioned(any_db_url):

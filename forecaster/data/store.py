@@ -29,7 +29,12 @@ from . import schema
 from .config import DEFAULT_DB_URL
 
 BUSY_TIMEOUT_MS = 60_000
-PAGE_SIZE = 16384
+# Database pages of a new SQLite file. A night appends one row per ticker, so
+# it rewrites one leaf page per ticker: the WAL and its checkpoint carry
+# tickers x PAGE_SIZE bytes (5,000 x 16 KiB = 82 MB). 8 KiB halves that for
+# 3% on a first ingest (docs/performance.md: nightly ingest 0.68 s against
+# 0.84 s with 16 KiB and 0.76 s with 4 KiB, which splits pages more often).
+PAGE_SIZE = 8192
 WRITER_LOCK_KEY = 0x666F7265  # "fore": PostgreSQL advisory lock shared by all writers
 ROWS_PER_INSERT = 100  # rows per SQLite INSERT statement; 700 parameters, under any build's limit
 _GIVEN_URLS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -177,7 +182,6 @@ def _configure_sqlite(engine: sa.Engine, read_only: bool) -> None:
             dbapi_conn.set_authorizer(_no_attach)
         elif cur.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
             # Only a new, empty database takes this (before WAL writes its header).
-            # 16 KiB pages inserted 1.1-1.3x faster than 4 KiB ones here: fewer page splits.
             cur.execute(f"PRAGMA page_size = {PAGE_SIZE}")
             _enter_wal(cur)
         if not read_only:
