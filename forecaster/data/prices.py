@@ -105,83 +105,62 @@ class ScoringBatch:
         )
 
 
-WINDOW_SLACK = 5  # extra trading dates read, so a ticker with a short gap needs no second query
-
-
 def latest_windows(engine: sa.Engine, as_of: str, seq_len: int) -> ScoringBatch:
     """Point in time: for each ticker with a close on `as_of`, its last
     `seq_len` rows dated <= as_of, whatever else the database holds.
 
-    Two queries over the same span, in one snapshot: `tickers` joined to the
-    last seq_len + slack trading dates of `prices` (a short primary-key range
-    per ticker), so the cost grows with tickers, not with years of history.
-    The first says how many rows each ticker has in the span and the date of
-    its last one; the second returns the rows' prices alone, in the same
-    order (a ticker name and a date per row cost as much to make as the four
-    prices). A ticker with gaps in that span gets a query of its own."""
-    p, t, d = schema.prices.c, schema.tickers.c, schema.price_dates.c
-    with read_snapshot(engine) as conn:
-        start = conn.execute(
-            sa.select(
-                sa.func.min(
-                    sa.select(d.date)
-                    .where(d.date <= as_of)
-                    .order_by(d.date.desc())
-                    .limit(seq_len + WINDOW_SLACK)
-                    .subquery()
-                    .c.date
-                )
-            )
-        ).scalar()
+    Two queries in one snapshot, each a few primary-key seeks per ticker, so
+    the cost grows with tickers, not with years of history. The first gives
+    each ticker's last date up to as_of and the date its window starts (its
+    seq_len-th row back); the second the windows' prices alone, seq_len rows
+    per ticker in ticker order (a ticker name and a date per row would cost
+    as much to make as the four prices)."""
+    t, p = schema.tickers.c, schema.prices.c
+    back = schema.prices.alias("back")
+    summary = (
+        sa.select(
+            t.ticker,
+            t.last_date,
+            sa.select(sa.func.max(back.c.date))
+            .where(back.c.ticker == t.ticker, back.c.date <= as_of)
+            .scalar_subquery()
+            .label("last"),
+            sa.select(back.c.date)
+            .where(back.c.ticker == t.ticker, back.c.date <= as_of)
+            .order_by(back.c.date.desc())
+            .limit(1)
+            .offset(seq_len - 1)
+            .scalar_subquery()
+            .label("start"),
+        )
         # Every ticker that existed by as_of ends in exactly one of: scored, stale, skipped.
-        existing = conn.execute(sa.select(t.ticker).where(t.first_date <= as_of).order_by(t.ticker)).scalars().all()
-        span = [t.first_date <= as_of, t.last_date >= as_of, p.date >= (start or as_of), p.date <= as_of]
-        joined = schema.tickers.join(schema.prices, p.ticker == t.ticker)
-        # Ordering by tickers' column makes SQLite loop over tickers and seek
-        # each one's recent rows; ordering by prices' would scan all of prices.
-        runs = fetch_plain(
-            conn,
-            sa.select(t.ticker, sa.func.count(), sa.func.max(p.date))
-            .select_from(joined)
-            .where(*span)
-            .group_by(t.ticker)
-            .order_by(t.ticker),
-        )
-        recent = fetch_plain(
-            conn, sa.select(*(p[f] for f in FEATURES)).select_from(joined).where(*span).order_by(t.ticker, p.date)
-        )
-        # Each ticker's rows are one run of `recent`: where it ends, and its last date.
-        ends = np.cumsum([count for _, count, _ in runs], dtype=np.int64)
-        last_row = {name: (int(end), count, last) for (name, count, last), end in zip(runs, ends, strict=True)}
-        one_ticker = (
-            sa.select(*(p[f] for f in FEATURES))
-            .where(p.ticker == sa.bindparam("ticker"), p.date <= as_of)
-            .order_by(p.date.desc())
-            .limit(seq_len)
-        )
-        tickers, rows_at, extra, skipped, stale = [], [], {}, {}, []
-        for ticker in existing:
-            end, count, last = last_row.get(ticker, (0, 0, None))
+        .where(t.first_date <= as_of)
+        .subquery()
+    )
+    s = summary.c
+    windows = (
+        sa.select(*(p[f] for f in FEATURES))
+        .select_from(summary.join(schema.prices, p.ticker == s.ticker))
+        .where(s.last_date >= as_of, p.date >= s.start, p.date <= as_of)
+        .order_by(s.ticker, p.date)
+    )
+    with read_snapshot(engine) as conn:
+        summaries = fetch_plain(conn, sa.select(summary).order_by(s.ticker))
+        recent = fetch_plain(conn, windows)
+        tickers, keep, skipped, stale = [], [], {}, []
+        for ticker, last_date, last, start in summaries:
+            if start is not None and last_date >= as_of:  # `recent` holds its seq_len rows
+                keep.append(last == as_of)
             if last != as_of:
-                # No close on as_of: it ended before, or has a gap there (a halt,
-                # perhaps without a single row in the span read).
+                # No close on as_of: it ended before, or has a gap there (a halt).
                 stale.append(ticker)
-                continue
-            if count < seq_len:  # gaps in the span read, or a short history
-                rows = conn.execute(one_ticker, {"ticker": ticker}).all()[::-1]
-                if len(rows) < seq_len:
-                    skipped[ticker] = f"only {len(rows)} rows up to {as_of}, the model needs {seq_len}"
-                    continue
-                extra[len(tickers)] = rows
-            tickers.append(ticker)
-            rows_at.append(end - seq_len)  # unused for the tickers read again (extra)
-    # One array of all rows read; each window is a run of seq_len of them.
+            elif start is None:
+                n = conn.execute(sa.select(sa.func.count()).where(p.ticker == ticker, p.date <= as_of)).scalar()
+                skipped[ticker] = f"only {n} rows up to {as_of}, the model needs {seq_len}"
+            else:
+                tickers.append(ticker)
+    if len(recent) != seq_len * len(keep):  # one snapshot: only a bug gets here
+        raise RuntimeError(f"read {len(recent)} window rows for {len(keep)} tickers of {seq_len} rows")
     values = np.fromiter(chain.from_iterable(recent), np.float64, len(recent) * len(FEATURES))
-    values = values.reshape(len(recent), len(FEATURES))
-    array = np.empty((len(tickers), seq_len, len(FEATURES)))
-    regular = np.array([i for i in range(len(tickers)) if i not in extra], dtype=np.int64)
-    starts = np.asarray(rows_at, dtype=np.int64)[regular]
-    array[regular] = values[starts[:, None] + np.arange(seq_len)]
-    for i, rows in extra.items():
-        array[i] = np.asarray(rows, dtype=np.float64)
+    array = values.reshape(len(keep), seq_len, len(FEATURES))[np.asarray(keep, dtype=bool)]
     return ScoringBatch(tickers, array.astype(np.float32), array[:, -1, CLOSE].copy(), skipped, stale)
