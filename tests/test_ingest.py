@@ -6,7 +6,7 @@ from conftest import REAL_ROWS, write_file
 
 from forecaster.data import reading as reading_mod
 from forecaster.data import schema, store
-from forecaster.data.ingest import ingest
+from forecaster.data.ingest import SUMMARY_QUERY_TICKERS, ingest
 from forecaster.errors import SourceError
 
 HEADER = "Date,Open,High,Low,Close,Volume,OpenInt\n"
@@ -199,4 +199,19 @@ def test_the_same_new_rows_ingested_twice_at_once_are_stored_once(any_db_url, tm
     engine = store.connect(any_db_url)
     assert ingest_together(any_db_url, tmp_path / "d", tmp_path / "d") == []  # no UNIQUE failure
     assert count(engine) == 40 * 1300
+    assert summaries_against_prices(engine) == []
+
+
+@pytest.mark.parametrize("n_tickers", [3, 2 * SUMMARY_QUERY_TICKERS + 10])  # summaries read by name, or all at once
+def test_appends_to_many_files_keep_every_tickers_summary_right(engine, tmp_path, n_tickers):
+    header = "Date,Open,High,Low,Close,Volume,OpenInt\n"
+    for i in range(n_tickers):
+        write_file(tmp_path / "d", f"t{i:04d}.us.txt", header + "2017-01-02,1,2,1,1.5,10,0\n")
+    ingest(engine, [tmp_path / "d"])
+    for i in range(0, n_tickers, 2):  # every other ticker gets a new day
+        with open(tmp_path / "d" / f"t{i:04d}.us.txt", "a") as fh:
+            fh.write("2017-01-03,1,2,1,1.6,10,0\n")
+    report = ingest(engine, [tmp_path / "d"])
+    assert report.rows_added == (n_tickers + 1) // 2 and report.files_skipped == n_tickers // 2
+    assert count(engine, "tickers", "WHERE n_rows = 2 AND last_date = '2017-01-03'") == (n_tickers + 1) // 2
     assert summaries_against_prices(engine) == []
