@@ -285,8 +285,8 @@ def _predictions(
     new = np.array([t not in already for t in batch.tickers], dtype=bool)
     tickers = [t for t, keep in zip(batch.tickers, new, strict=True) if keep]
     records = np.empty((len(tickers), len(PREDICTION_COLUMNS)), dtype=object)
-    records[:, :5] = [run_id, model.sha256, None, as_of, target]
-    records[:, 2] = tickers
+    records[:, 0], records[:, 1], records[:, 2] = run_id, model.sha256, tickers
+    records[:, 3], records[:, 4] = as_of, target
     records[:, 5] = scored.predicted[new].astype(np.float64)
     records[:, 6] = batch.last_close[new]
     flagged_set = set(flagged)
