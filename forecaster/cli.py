@@ -22,7 +22,7 @@ from pathlib import Path
 import click
 
 from .artifact.config import DEFAULT_OPSET, DEFAULT_TOLERANCE
-from .data.config import DEFAULT_CALENDAR, DEFAULT_DB_URL
+from .data.config import DEFAULT_CALENDAR, DEFAULT_DB_URL, SETTLE_SECONDS
 from .devices import DEFAULT_DEVICE, DEVICES
 from .errors import ForecasterError
 from .lifecycle.config import GATES, DaemonConfig, RetrainConfig
@@ -62,6 +62,15 @@ data_option = option(
     help="Ingest new rows from these files/folders first (repeatable).",
 )
 tickers_option = option("--tickers", metavar="A,B", help="Comma-separated tickers, e.g. aaxj,a (any case).")
+settle_option = option(
+    "--settle",
+    default=SETTLE_SECONDS,
+    show_default=True,
+    type=click.FloatRange(0),
+    metavar="SECONDS",
+    help="Read a file's unterminated last line only once the file has been unchanged this long (before "
+    "that a writer may be in the middle of it); 0: at once.",
+)
 tolerance_option = option(
     "--tolerance",
     default=DEFAULT_TOLERANCE,
@@ -223,19 +232,30 @@ def sample_data(out_dir, n_tickers, days, seed, ar):
 
 @main.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@option(
+    "--revise",
+    multiple=True,
+    metavar="TICKER",
+    help="Accept the file of TICKER as the vendor's revised history (repeatable, or A,B): it replaces the "
+    "stored rows, which are kept in price_revisions.",
+)
+@settle_option
+@calendar_option
 @db_option
 @quiet_option
 @reports_errors
-def ingest(paths, db, quiet):
+def ingest(paths, revise, settle, calendar, db, quiet):
     """Load new rows from PATHS (*.txt / *.csv files; folders searched recursively).
 
     Unchanged files are skipped without being read; appended files cost only
     their new rows. Bad rows are set aside in `rejected_rows` with their file,
-    line and reason; the good rows and other files still go in.
+    line and reason; the good rows and other files still go in. Stored
+    history is never overwritten, except by --revise.
     """
     from .data.ingest import ingest as run_ingest
 
-    report = run_ingest(open_store(db), paths, progress=not quiet)
+    tickers = [t for given in revise for t in parse_tickers(given)]
+    report = run_ingest(open_store(db), paths, progress=not quiet, revise=tickers, settle=settle, calendar=calendar)
     for line in report.problems:
         click.echo(f"unreadable: {line}", err=True)
     click.echo(report.summary())
@@ -327,6 +347,7 @@ def ingest(paths, db, quiet):
     type=click.Path(dir_okay=False, path_type=Path),
     help="Carry on a stopped training from its NAME.state.pt (its own settings; other options ignored).",
 )
+@settle_option
 @quiet_option
 @reports_errors
 def train(
@@ -348,6 +369,7 @@ def train(
     precision,
     device,
     resume,
+    settle,
     quiet,
 ):
     """Fit one stacked LSTM on --tickers (or --all) and report held-out
@@ -389,7 +411,7 @@ def train(
             device=device,
         )
         job = TrainJob(tickers=parse_tickers(tickers), all_tickers=all_tickers, config=config, out=out)
-    outcome = _train(job, state, data, db, quiet)
+    outcome = _train(job, state, data, db, quiet, settle)
     if outcome is None:  # another rank of a torchrun job: rank 0 reports
         return
     for line in outcome.warnings:
@@ -401,7 +423,7 @@ def train(
     click.echo(f"wrote {', '.join(str(p) for p in outcome.written)}")
 
 
-def _train(job, state, data, db, quiet):
+def _train(job, state, data, db, quiet, settle):
     """Join the torchrun job (if any), ingest on rank 0, train with SIGTERM/SIGINT saving a state."""
     from .training.distributed import join, leave
     from .training.job import run_training
@@ -412,7 +434,7 @@ def _train(job, state, data, db, quiet):
         if data and world.is_main:
             from .data.ingest import ingest as run_ingest
 
-            click.echo(run_ingest(engine, data, progress=not quiet).summary(), err=quiet)
+            click.echo(run_ingest(engine, data, progress=not quiet, settle=settle).summary(), err=quiet)
         world.barrier()  # the other ranks read what rank 0 ingested
         with stop_on_signals() as should_stop:
             return run_training(engine, job, world, progress=not quiet, should_stop=should_stop, resume=state, db=db)
@@ -533,13 +555,14 @@ def info(model, as_json):
 @option("--as-of", help="Score this date (YYYY-MM-DD) [default: the newest date in prices].")
 @option("--from", "start", metavar="D1", help="Backfill: score every date with prices from D1...")
 @option("--to", "end", metavar="D2", help="...to D2 (inclusive), each as of its own date.")
+@settle_option
 @device_option
 @calendar_option
 @shard_option
 @db_option
 @quiet_option
 @reports_errors
-def predict(model, data, as_of, start, end, device, calendar, shard, db, quiet):
+def predict(model, data, as_of, start, end, settle, device, calendar, shard, db, quiet):
     """One nightly run: ingest new rows, score every ticker with a close on
     as_of and enough history, and write next-day predictions.
 
@@ -563,6 +586,7 @@ def predict(model, data, as_of, start, end, device, calendar, shard, db, quiet):
         calendar=calendar,
         progress=not quiet,
         shard=part,
+        settle=settle,
     )
     if outcome.ingest and not quiet:
         click.echo(outcome.ingest.summary())
@@ -627,6 +651,7 @@ def predict(model, data, as_of, start, end, device, calendar, shard, db, quiet):
     "needs --model champion.",
 )
 @retrain_options
+@settle_option
 @device_option
 @calendar_option
 @shard_option
@@ -648,6 +673,7 @@ def daemon(
     gate,
     models_dir,
     train_device,
+    settle,
     device,
     calendar,
     shard,
@@ -687,6 +713,7 @@ def daemon(
             recheck=dt.timedelta(minutes=recheck),
             retrain_cron=retrain_cron,
             retrain=retrain_config(gate_days, min_improvement, gate, models_dir, train_device),
+            settle=settle,
         )
     )
 

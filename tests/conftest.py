@@ -163,3 +163,27 @@ def any_engine(any_db_url):
     eng = store.connect(any_db_url)
     yield eng
     eng.dispose()
+
+
+def pg_role_url(pg_url: str, role: str, *grants: str) -> str:
+    """A login role on the server of `pg_url` (created once), with these SQL statements run for it in that
+    database ({role} and {db} filled in), and the URL of the same database as that role."""
+    import psycopg
+    import sqlalchemy as sa
+
+    url = sa.engine.make_url(pg_url)
+    with psycopg.connect(host=url.query["host"], user="postgres", dbname=url.database, autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
+        if not exists:
+            conn.execute(f"CREATE ROLE {role} LOGIN")
+        for grant in grants:
+            conn.execute(grant.format(role=role, db=url.database))
+    return url.set(username=role).render_as_string(hide_password=False)
+
+
+def reader_url(any_db_url: str) -> str:
+    """The URL an analyst uses: on PostgreSQL a role that can only read (as docs/operations.md
+    says to make one); SQLite needs none."""
+    if not any_db_url.startswith("postgresql"):
+        return any_db_url
+    return pg_role_url(any_db_url, "analyst", "GRANT pg_read_all_data TO {role}")

@@ -109,10 +109,10 @@ def test_a_file_growing_during_ingest_is_read_up_to_its_recorded_size(engine, tm
     path = write_file(tmp_path, "abc.us.txt", HEADER + "2017-01-03,10,11,9,10.5,100,0\n")
     real_read_whole = reading_mod._read_whole
 
-    def grow_then_read(fh, size):  # a vendor appends between our stat and our read
+    def grow_then_read(fh, size, **kwargs):  # a vendor appends between our stat and our read
         with open(path, "a") as out:
             out.write("2017-01-04,10,11,9,10.6,100,0\n")
-        return real_read_whole(fh, size)
+        return real_read_whole(fh, size, **kwargs)
 
     monkeypatch.setattr(reading_mod, "_read_whole", grow_then_read)
     assert ingest(engine, [path]).rows_added == 1  # only the bytes the ledger records as read
@@ -215,3 +215,71 @@ def test_appends_to_many_files_keep_every_tickers_summary_right(engine, tmp_path
     assert report.rows_added == (n_tickers + 1) // 2 and report.files_skipped == n_tickers // 2
     assert count(engine, "tickers", "WHERE n_rows = 2 AND last_date = '2017-01-03'") == (n_tickers + 1) // 2
     assert summaries_against_prices(engine) == []
+
+
+def test_a_half_written_last_line_waits_for_its_end_and_is_stored_whole(any_engine, tmp_path):
+    path = write_file(tmp_path, "abc.us.txt", "Date,Open,High,Low,Close\n2017-11-09,10,11,9,10.5\n")
+    ingest(any_engine, [path])
+    with open(path, "a") as fh:
+        fh.write("2017-11-10,10.5,11,10,10.")  # the vendor is in the middle of writing it
+    first = ingest(any_engine, [path])
+    assert (first.rows_added, first.rows_rejected, first.rows_waiting) == (0, 0, 1)
+    assert "waiting for a later ingest: 1 (" in first.summary() and ":3: an unterminated last line" in first.summary()
+    with open(path, "a") as fh:
+        fh.write("85\n")
+    second = ingest(any_engine, [path])
+    assert (second.rows_added, second.rows_rejected, second.rows_waiting) == (1, 0, 0)
+    with any_engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT close FROM prices WHERE date = '2017-11-10'").scalar() == 10.85
+    assert rejects(any_engine) == []
+
+
+def test_a_file_that_ends_without_a_newline_gets_its_last_row_once_it_has_settled(engine, tmp_path):
+    path = write_file(tmp_path, "abc.us.txt", HEADER + "2017-01-03,10,11,9,10.5,100,0\n2017-01-04,10,11,9,10.6,100,0")
+    assert (ingest(engine, [path]).rows_added, count(engine)) == (1, 1)  # just written: it may still grow
+    old = path.stat().st_mtime - 120
+    os.utime(path, (old, old))  # untouched for two minutes: complete as it is
+    assert ingest(engine, [path]).rows_added == 1 and count(engine) == 2
+    assert ingest(engine, [path]).files_skipped == 1  # and it is then done with
+    # `settle=0` takes the last line at once (a file known to be complete).
+    other = write_file(tmp_path, "xyz.us.txt", HEADER + "2017-01-03,10,11,9,10.5,100,0")
+    assert ingest(engine, [other], settle=0).rows_added == 1
+    # A vendor who later appends to a file that ended without a newline: every row once.
+    with open(other, "a") as fh:
+        fh.write("\n2017-01-04,10,11,9,10.6,100,0\n")
+    again = ingest(engine, [other])
+    assert (again.rows_added, again.rows_unchanged, again.rows_rejected) == (1, 1, 0)
+
+
+def test_a_header_still_being_written_waits(engine, tmp_path):
+    path = write_file(tmp_path, "abc.us.txt", "Date,Open,Hi")
+    report = ingest(engine, [path])
+    assert (report.files_unreadable, report.rows_waiting) == (0, 1) and rejects(engine) == []
+    path.write_text(HEADER + "2017-01-03,10,11,9,10.5,100,0\n")
+    assert ingest(engine, [path]).rows_added == 1
+
+
+def test_a_row_dated_after_the_exchanges_day_waits_and_is_stored_when_that_day_comes(any_engine, tmp_path):
+    import datetime as dt
+
+    rows = ["2017-11-09,10,11,9,10.5,100,0", "2017-11-13,10,11,9,10.7,100,0", "2017-11-10,10,11,9,10.6,100,0"]
+    path = write_file(tmp_path, "abc.us.txt", HEADER + "\n".join(rows) + "\n")
+    early = ingest(any_engine, [path], today=dt.date(2017, 11, 10))
+    assert (early.rows_added, early.rows_rejected, early.rows_waiting) == (2, 0, 1)
+    assert "abc.us.txt:3: dated 2017-11-13, after the exchange's current day 2017-11-10" in early.summary()
+    assert rejects(any_engine) == []
+    # The ledger stopped before the waiting row: unchanged, the file is still read from there.
+    later = ingest(any_engine, [path], today=dt.date(2017, 11, 13))
+    assert (later.rows_added, later.rows_unchanged, later.rows_waiting) == (1, 1, 0)
+    assert count(any_engine) == 3 and ingest(any_engine, [path]).files_skipped == 1
+
+
+def test_the_exchanges_day_is_its_own_not_the_hosts():
+    import datetime as dt
+
+    from forecaster.data.calendar import exchange_today
+
+    # 03:30 UTC on Nov 14 is still the evening of Nov 13 in New York, already Nov 14 in Tokyo.
+    at = dt.datetime(2017, 11, 14, 3, 30, tzinfo=dt.timezone.utc)
+    assert exchange_today("XNYS", at) == dt.date(2017, 11, 13)
+    assert exchange_today("XTKS", at) == dt.date(2017, 11, 14)

@@ -38,7 +38,6 @@ RULES = [
     ("2017-01-04,10,11,10.2,10.5,100,0", "low 10.2 is above open/close 10"),
     ("2017-02-30,10,11,9,10.5,100,0", "impossible or unrecognised date '2017-02-30' (expected YYYY-MM-DD)"),
     ("01/04/2017,10,11,9,10.5,100,0", "impossible or unrecognised date '01/04/2017' (expected YYYY-MM-DD)"),
-    ("2021-01-04,10,11,9,10.5,100,0", "date 2021-01-04 is in the future"),
     ("2017-01-04,10,11,9,10.5,lots,0", "non-numeric volume 'lots'"),
     ("2017-01-04,10,11,9,10.5,-5,0", "volume is negative (-5)"),
     ("2017-01-04,10,11,9", "expected 7 fields, found 4"),
@@ -50,6 +49,19 @@ def test_each_rule_sets_the_row_aside_with_its_reason(row, reason):
     rejection = only_reason([GOOD, row])
     assert rejection.reason == reason
     assert rejection.line == 3 and rejection.raw == row
+
+
+@pytest.mark.parametrize("size", ["small", "large"])
+def test_a_row_dated_after_today_waits_instead_of_being_set_aside(size):
+    lines = (many_good_rows() if size == "large" else [GOOD]) + ["2021-01-04,10,11,9,10.5,100,0"]
+    parsed = parse(lines)
+    assert [(r.line, r.raw, r.reason) for r in parsed.waiting] == [
+        (len(lines) + 1, lines[-1], "dated 2021-01-04, after the exchange's current day 2020-01-01")
+    ]
+    assert not parsed.rejects and len(parsed.rows) == len(lines) - 1
+    # A bad row dated after today is set aside for what is wrong with it, for good.
+    bad_and_later = parse([GOOD, "2021-01-04,10,11,9,-1,100,0"])
+    assert [r.reason for r in bad_and_later.rejects] == ["close is not positive (-1)"] and not bad_and_later.waiting
 
 
 def many_good_rows(n=300):

@@ -49,15 +49,17 @@ def test_unopenable_database_is_a_store_error(tmp_path):
 def test_readers_open_and_read_while_a_writer_holds_the_lock(any_db_url, monkeypatch):
     # Opening the store and reading must not queue behind a writer (WAL allows
     # it): with a 1 s busy timeout, a reader that took the write lock would fail.
+    from conftest import reader_url
+
     from forecaster.serving.query import run_query
 
     monkeypatch.setattr(store, "BUSY_TIMEOUT_MS", 1000)
     writer = store.connect(any_db_url)
     with store.write_transaction(writer) as conn:
         conn.execute(schema.prices.insert().values(ticker="x", date="2017-01-03", open=1, high=1, low=1, close=1))
-        reader = store.connect(any_db_url)
+        reader = store.connect(reader_url(any_db_url))  # an analyst's role on PostgreSQL
         assert run_query(reader, "SELECT COUNT(*) FROM prices")[1] == [(0,)]  # the committed snapshot
-        read_only = store.connect(any_db_url, read_only=True)
+        read_only = store.connect(reader_url(any_db_url), read_only=True)
         assert run_query(read_only, "SELECT COUNT(*) FROM prices")[1] == [(0,)]
     assert run_query(reader, "SELECT COUNT(*) FROM prices")[1] == [(1,)]
 

@@ -20,6 +20,37 @@ from ..errors import DataError
 from . import schema, store
 from .config import DEFAULT_CALENDAR
 
+# The time zones of the common calendars, so that judging "today on the
+# exchange" (every ingest) does not import the library (~0.4 s). Any other
+# calendar asks the library. tests/test_calendar.py checks these against it.
+TIMEZONES = {
+    "XNYS": "America/New_York",
+    "XNAS": "America/New_York",
+    "XASE": "America/New_York",
+    "XTSE": "America/Toronto",
+    "XLON": "Europe/London",
+    "XETR": "Europe/Berlin",
+    "XPAR": "Europe/Paris",
+    "XSWX": "Europe/Zurich",
+    "XTKS": "Asia/Tokyo",
+    "XHKG": "Asia/Hong_Kong",
+    "XASX": "Australia/Sydney",
+}
+
+
+def timezone(calendar: str = DEFAULT_CALENDAR) -> str:
+    """The exchange's time zone (IANA name)."""
+    if calendar in TIMEZONES:
+        return TIMEZONES[calendar]
+    return str(_calendar(calendar, dt.date.today().year - 1).tz)
+
+
+def exchange_today(calendar: str = DEFAULT_CALENDAR, now: dt.datetime | None = None) -> dt.date:
+    """The current day where the exchange is (a row dated later cannot have traded yet)."""
+    from zoneinfo import ZoneInfo
+
+    return (now or dt.datetime.now(dt.timezone.utc)).astimezone(ZoneInfo(timezone(calendar))).date()
+
 
 @functools.lru_cache(maxsize=8)
 def _calendar(name: str, start_year: int):

@@ -10,7 +10,7 @@ rejections and ledger entries commit in one transaction.
 from __future__ import annotations
 
 import datetime as dt
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,15 +20,40 @@ import sqlalchemy as sa
 from tqdm import tqdm
 
 from ..clock import utc_now
+from ..errors import SourceError
 from . import reader_process, schema, store
+from .calendar import exchange_today
+from .config import DEFAULT_CALENDAR, SETTLE_SECONDS
 from .reading import Batch, FileResult, Known, new_bytes, read_batches
-from .sources import Rejection, Rows, find_files
+from .sources import Rejection, Rows, UnreadableFileError, find_files, ticker_from_path
 
 PROGRESS_MIN_FILES = 20
 # Above this many new bytes (~400k rows), a second process reads while this
 # one writes; below it, starting that process (~0.4 s) costs more than it
 # saves. Measured on 2 cores: 32 MiB 0.93x, 63 MiB 1.17x, 1.6 GB 1.4x.
 READER_PROCESS_MIN_BYTES = 48 << 20
+
+
+@dataclass
+class Revision:
+    """What `--revise` did to one ticker's stored history."""
+
+    ticker: str
+    source: str
+    replaced: int = 0  # stored days whose values the revision changed
+    removed: int = 0  # stored days the revised file no longer has
+    added: int = 0  # days only the revised file has
+    unchanged: int = 0
+    outcomes_changed: int = 0  # predictions whose next close (their outcome) is now another
+    refused: str = ""  # why nothing was changed (then the counts are 0)
+
+    def summary(self) -> str:
+        if self.refused:
+            return f"revision of {self.ticker} refused: {self.refused}"
+        return (
+            f"revised {self.ticker}: {self.replaced} rows replaced, {self.removed} removed, {self.added} added "
+            f"(the old rows are kept in price_revisions); {self.outcomes_changed} prediction outcomes changed"
+        )
 
 
 @dataclass
@@ -39,14 +64,26 @@ class IngestReport:
     rows_added: int = 0
     rows_unchanged: int = 0  # already stored with the same values
     rows_rejected: int = 0
+    rows_waiting: int = 0  # read again by the next ingest: an unterminated last line, or dated after today
     problems: list[str] = field(default_factory=list)  # one line per unreadable file
+    waiting: list[str] = field(default_factory=list)  # "file:line: why", for the first WAITING_LISTED
+    revisions: list[Revision] = field(default_factory=list)
 
     def summary(self) -> str:
-        return (
+        said = (
             f"files read: {self.files_read}, skipped unchanged: {self.files_skipped}, "
             f"unreadable: {self.files_unreadable}; rows added: {self.rows_added}, "
             f"already stored: {self.rows_unchanged}, set aside: {self.rows_rejected}"
         )
+        if self.rows_waiting:
+            said += f", waiting for a later ingest: {self.rows_waiting} (" + "; ".join(self.waiting)
+            said += (
+                f" and {self.rows_waiting - len(self.waiting)} more)" if self.rows_waiting > len(self.waiting) else ")"
+            )
+        return "\n".join([said, *(r.summary() for r in self.revisions)])
+
+
+WAITING_LISTED = 3
 
 
 @dataclass
@@ -65,13 +102,23 @@ def ingest(
     progress: bool = False,
     today: dt.date | None = None,
     reader: str = "auto",
+    calendar: str = DEFAULT_CALENDAR,
+    settle: float = SETTLE_SECONDS,
+    revise: Iterable[str] = (),
 ) -> IngestReport:
     """Load new rows from `paths` (files or folders) into the database.
 
+    A row dated after `today` (default: the current day where the exchange
+    of `calendar` is) and the unterminated last line of a file changed less
+    than `settle` seconds ago are not stored yet: the ledger stops before
+    them, so a later ingest reads them again (reading.py).
+    `revise`: tickers whose file is a vendor's revised history, to replace
+    what is stored for them (see _revise).
     `reader`: "inline" reads in this process, "process" in a second one,
     "auto" picks the second process above READER_PROCESS_MIN_BYTES."""
     files = list(find_files(list(paths)))
-    today = today or dt.date.today()
+    today = today or exchange_today(calendar)
+    revised = _revised_files(files, revise)
     report = IngestReport()
     with engine.connect() as conn:
         # The ledger only says which bytes to read; what is new is decided
@@ -82,23 +129,48 @@ def ingest(
             for path, *known in store.fetch_plain(
                 conn, sa.select(sf.path, sf.size, sf.mtime_ns, sf.lines, sf.tail_sha256)
             )
+            if path not in revised  # a revised file is read whole, complete as it is
         }
     if reader == "auto":
         reader = "process" if new_bytes(files, ledger) >= READER_PROCESS_MIN_BYTES else "inline"
     batches: Iterator[Batch] = (
-        reader_process.read_batches(files, ledger, today) if reader == "process" else read_batches(files, ledger, today)
+        reader_process.read_batches(files, ledger, today, settle, revised)
+        if reader == "process"
+        else read_batches(files, ledger, today, settle, revised)
     )
     quiet = not progress or len(files) < PROGRESS_MIN_FILES
     with tqdm(total=len(files), desc="ingest", unit="file", disable=quiet, leave=False) as bar:
         for batch in batches:
             report.files_skipped += batch.skipped
             if batch.results:
-                _write(engine, batch.results, report)
+                _write(engine, batch.results, report, set(revised.values()))
             bar.update(batch.files)
     return report
 
 
-def _write(engine: sa.Engine, results: list[FileResult], report: IngestReport) -> None:
+def _revised_files(files: list[Path], tickers: Iterable[str]) -> dict[str, str]:
+    """{path: ticker} of the one file of each ticker to revise; SourceError before anything is read otherwise."""
+    wanted = sorted({t.strip().lower() for t in tickers if t.strip()})
+    if not wanted:
+        return {}
+    found: dict[str, list[Path]] = defaultdict(list)
+    for path in files:
+        try:
+            found[ticker_from_path(path)].append(path)
+        except UnreadableFileError:
+            continue
+    for ticker in wanted:
+        if not found[ticker]:
+            raise SourceError(f"--revise {ticker}: no file for it among the paths given")
+        if len(found[ticker]) > 1:
+            raise SourceError(
+                f"--revise {ticker}: {len(found[ticker])} files give it ({', '.join(map(str, found[ticker]))}); "
+                "revise from one"
+            )
+    return {str(found[t][0]): t for t in wanted}
+
+
+def _write(engine: sa.Engine, results: list[FileResult], report: IngestReport, revise: set[str] = frozenset()) -> None:
     """One transaction for a batch of files: each file's rows, rejections and
     ledger entry land together or not at all. The tickers' summaries are read
     inside it, under the write lock, so two ingests at once cannot both
@@ -116,7 +188,17 @@ def _write(engine: sa.Engine, results: list[FileResult], report: IngestReport) -
         for res in results:
             file_rejects = list(res.rejects)
             added = 0
-            if res.rows is not None and len(res.rows):
+            if res.ticker in revise:
+                revision = _revise(conn, res, now)
+                report.revisions.append(revision)
+                if revision.refused:
+                    res.ledger = None  # not read: a plain ingest still takes its new days
+                else:
+                    dates.update({d: n for d, n in revision.date_counts.items() if n})
+                    changed[res.ticker] = summaries[res.ticker] = revision.summary_row
+                    added = revision.added
+                    report.rows_unchanged += revision.unchanged
+            elif res.rows is not None and len(res.rows):
                 new, unchanged, conflicts = _split_against_stored(conn, res.ticker, res.rows, summaries.get(res.ticker))
                 file_rejects.extend(conflicts)
                 report.rows_unchanged += unchanged
@@ -151,6 +233,10 @@ def _write(engine: sa.Engine, results: list[FileResult], report: IngestReport) -
             )
             report.rows_added += added
             report.rows_rejected += sum(r.line is not None for r in file_rejects)
+            report.rows_waiting += len(res.waiting)
+            report.waiting.extend(
+                f"{res.path}:{r.line}: {r.reason}" for r in res.waiting[: WAITING_LISTED - len(report.waiting)]
+            )
         if deferred:
             store.bulk_insert(conn, schema.prices, np.concatenate(deferred))
         if rejects:
@@ -179,6 +265,8 @@ def _write(engine: sa.Engine, results: list[FileResult], report: IngestReport) -
             ["date"],
             {"n_rows": lambda ex: pd_.c.n_rows + ex.n_rows},
         )
+        if any(n < 0 for n in dates.values()):  # a revision removed the last row of some day
+            conn.execute(pd_.delete().where(pd_.c.n_rows <= 0))
 
 
 SUMMARY_QUERY_TICKERS = 500  # bound parameters per query, well under any SQLite build's limit
@@ -237,6 +325,86 @@ def _split_against_stored(conn, ticker: str, rows: Rows, summary: _Summary | Non
                 )
             )
     return rows.take(np.array(fresh, dtype=np.int64)), unchanged, conflicts
+
+
+@dataclass
+class _Revised(Revision):
+    date_counts: Counter = field(default_factory=Counter)  # +1 per day added, -1 per day removed
+    summary_row: _Summary | None = None
+
+
+def _revise(conn: sa.Connection, res: FileResult, now: str) -> _Revised:
+    """Make the ticker's stored history the file's rows, in the caller's
+    transaction: days whose values differ are replaced, days the file lacks
+    are removed, new days added; every replaced or removed row goes to
+    price_revisions with its old values. A file with any row set aside is
+    no clean history: nothing changes then. Predictions keep their
+    last_close; the count of outcomes (next closes) that changed is returned."""
+    ticker, revision = res.ticker, _Revised(res.ticker, res.path)
+    bad = [r.line for r in res.rejects if r.line is not None]
+    if bad or res.rows is None or not len(res.rows):
+        lines = ", ".join(map(str, bad[:10])) + (" ..." if len(bad) > 10 else "")
+        revision.refused = (
+            f"{len(bad)} row{'s' * (len(bad) != 1)} of the revised file {'are' if len(bad) != 1 else 'is'} set aside "
+            f"(line{'s' * (len(bad) != 1)} {lines}): the stored history is kept"
+            if bad
+            else "the revised file holds no rows: the stored history is kept"
+        )
+        return revision
+    p = schema.prices.c
+    stored = {
+        r[0]: np.array([np.nan if x is None else x for x in r[1:]], dtype=np.float64)
+        for r in conn.execute(
+            sa.select(p.date, p.open, p.high, p.low, p.close, p.volume).where(p.ticker == ticker)
+        ).all()
+    }
+    new = {str(d): res.rows.values[i] for i, d in enumerate(res.rows.dates)}
+    replaced = [d for d in new if d in stored and not np.array_equal(new[d], stored[d], equal_nan=True)]
+    removed = sorted(set(stored) - set(new))
+    added = [d for d in new if d not in stored]
+    before = _outcomes(conn, ticker)
+    audit = [
+        {
+            "revised_at": now,
+            "source": res.path,
+            "ticker": ticker,
+            "date": d,
+            "change": change,
+            **dict(zip(("open", "high", "low", "close"), stored[d][:4].tolist(), strict=True)),
+            "volume": None if np.isnan(stored[d][4]) else float(stored[d][4]),
+            "new_close": float(new[d][3]) if change == "replaced" else None,
+        }
+        for change, days in (("replaced", replaced), ("removed", removed))
+        for d in days
+    ]
+    if audit:
+        conn.execute(schema.price_revisions.insert(), audit)
+    gone = replaced + removed
+    for first in range(0, len(gone), SUMMARY_QUERY_TICKERS):
+        chunk = gone[first : first + SUMMARY_QUERY_TICKERS]
+        conn.execute(schema.prices.delete().where(p.ticker == ticker, p.date.in_(chunk)))
+    written = set(replaced) | set(added)
+    keep = np.array([d in written for d in res.rows.dates.tolist()], dtype=bool)
+    if keep.any():
+        store.bulk_insert(conn, schema.prices, _price_records(ticker, res.rows.take(np.flatnonzero(keep))))
+    after = _outcomes(conn, ticker)
+    revision.replaced, revision.removed, revision.added = len(replaced), len(removed), len(added)
+    revision.unchanged = len(new) - len(replaced) - len(added)
+    revision.outcomes_changed = sum(before[k] != after.get(k) for k in before)
+    revision.date_counts = Counter({d: 1 for d in added})
+    revision.date_counts.subtract({d: 1 for d in removed})
+    dates = res.rows.dates
+    revision.summary_row = _Summary(str(dates[0]), str(dates[-1]), len(new))
+    return revision
+
+
+def _outcomes(conn: sa.Connection, ticker: str) -> dict[int, float | None]:
+    """Each of the ticker's predictions and its outcome (the next stored close after its as_of)."""
+    return dict(
+        conn.execute(
+            sa.text("SELECT prediction_id, actual_close FROM prediction_outcomes WHERE ticker = :t"), {"t": ticker}
+        ).all()
+    )
 
 
 def _row_text(date: str, v: np.ndarray) -> str:

@@ -24,7 +24,7 @@ import struct
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -42,12 +42,16 @@ MAX_HEADER_BYTES = 1 << 30  # a batch's header is kilobytes to megabytes; more m
 COMMAND = [sys.executable, "-m", "forecaster.data.reader_process"]  # the child; tests swap it
 
 
-def read_batches(files: list[Path], ledger: dict[str, Known], today: dt.date) -> Iterator[Batch]:
+def read_batches(
+    files: list[Path], ledger: dict[str, Known], today: dt.date, settle: float, complete: Collection[str] = ()
+) -> Iterator[Batch]:
     """The same batches as reading.read_batches, read by a child process."""
     job = {
         "files": [str(f) for f in files],
         "ledger": {path: vars(k) for path, k in ledger.items()},
         "today": today.isoformat(),
+        "settle": settle,
+        "complete": sorted(complete),
     }
     with tempfile.TemporaryFile() as errors:
         child = subprocess.Popen(COMMAND, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors)
@@ -100,6 +104,7 @@ def _send_batch(out: BinaryIO, batch: Batch) -> None:
                     "ledger": r.ledger,
                     "rows": None if r.rows is None else len(r.rows),
                     "rejects": [[j.line, j.raw, j.reason] for j in r.rejects],
+                    "waiting": [[j.line, j.raw, j.reason] for j in r.waiting],
                 }
                 for r in batch.results
             ],
@@ -131,7 +136,15 @@ def _receive(stream: BinaryIO) -> Batch | None:
             rows = Rows(arrays["dates"][mine], arrays["values"][mine], arrays["lines"][mine])
             at += r["rows"]
         results.append(
-            FileResult(r["path"], r["ticker"], None, [Rejection(*j) for j in r["rejects"]], r["ledger"], rows)
+            FileResult(
+                r["path"],
+                r["ticker"],
+                None,
+                [Rejection(*j) for j in r["rejects"]],
+                r["ledger"],
+                rows,
+                [Rejection(*j) for j in r["waiting"]],
+            )
         )
     return Batch(results, header["files"], header["skipped"])
 
@@ -147,7 +160,9 @@ def main() -> None:
     job = json.load(sys.stdin)
     ledger = {path: Known(**known) for path, known in job["ledger"].items()}
     out = sys.stdout.buffer
-    for batch in read_batches_here([Path(f) for f in job["files"]], ledger, dt.date.fromisoformat(job["today"])):
+    today = dt.date.fromisoformat(job["today"])
+    files = [Path(f) for f in job["files"]]
+    for batch in read_batches_here(files, ledger, today, job["settle"], set(job["complete"])):
         _send_batch(out, batch)
     _send(out, {"end": True})
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 metadata = sa.MetaData()
 INTERVAL_COLUMNS = ("lo80", "hi80", "lo95", "hi95")  # the same names as intervals.COLUMNS
@@ -67,6 +67,27 @@ rejected_rows = sa.Table(
     sa.Column("raw", sa.Text),
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("rejected_at", sa.String, nullable=False),
+)
+
+# Every stored row a vendor's revised history replaced or removed
+# (`ingest --revise`), with the values it had: the audit of a revision.
+price_revisions = sa.Table(
+    "price_revisions",
+    metadata,
+    sa.Column("revision_row_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("revised_at", sa.String, nullable=False),
+    sa.Column("source", sa.String, nullable=False),  # the file the revision came from
+    sa.Column("ticker", sa.String, nullable=False),
+    sa.Column("date", sa.String(10), nullable=False),
+    sa.Column("change", sa.String(8), nullable=False),  # replaced | removed
+    sa.Column("open", sa.Float, nullable=False),  # the values before the revision
+    sa.Column("high", sa.Float, nullable=False),
+    sa.Column("low", sa.Float, nullable=False),
+    sa.Column("close", sa.Float, nullable=False),
+    sa.Column("volume", sa.Float),
+    sa.Column("new_close", sa.Float),  # NULL when removed
+    sa.CheckConstraint("change IN ('replaced', 'removed')", name="ck_price_revisions_change"),
+    sa.Index("ix_price_revisions_ticker_date", "ticker", "date"),
 )
 
 # What was ingested from where: lets an unchanged file be skipped from its
@@ -203,7 +224,7 @@ VIEWS = {
     # the same for "tomorrow's close = today's close"; in80 / in95: 1 when the
     # actual close fell inside the interval, 0 outside, NULL before it is known.
     "prediction_outcomes": """
-        SELECT p.ticker, p.as_of, p.target_date, p.predicted_close, p.last_close,
+        SELECT p.prediction_id, p.ticker, p.as_of, p.target_date, p.predicted_close, p.last_close,
                nx.date AS actual_date, nx.close AS actual_close,
                p.predicted_close - nx.close AS error,
                p.last_close - nx.close AS naive_error,
@@ -296,4 +317,5 @@ MIGRATIONS = {
     1: _add_missing_tables,  # 2: calendar_sessions, calendar_coverage
     2: _add_interval_columns,  # 3: predictions.lo80, hi80, lo95, hi95; in80 / in95 in prediction_outcomes
     3: _add_registry,  # 4: models.status, promoted_at, runs.shadow_of, promotions, model_scoreboard
+    4: _add_missing_tables,  # 5: price_revisions; prediction_outcomes.prediction_id
 }

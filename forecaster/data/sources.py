@@ -66,10 +66,12 @@ class Rows:
 class ParsedRows:
     rows: Rows
     rejects: list[Rejection] = field(default_factory=list)
+    # Rows fit to keep but dated after `today`: not set aside, read again by a later ingest.
+    waiting: list[Rejection] = field(default_factory=list)
 
     @property
     def n_read(self) -> int:
-        return len(self.rows) + len(self.rejects)
+        return len(self.rows) + len(self.rejects) + len(self.waiting)
 
 
 class UnreadableFileError(SourceError):
@@ -387,7 +389,11 @@ def iso_dates(texts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def validate(batch: list[Fields], today: dt.date | None = None) -> list[ParsedRows]:
     """Judge the rows of many files in one vectorised pass (a nightly run
     brings thousands of files with a row each: per-file NumPy calls would
-    cost more than the work), then hand each file back its own result."""
+    cost more than the work), then hand each file back its own result.
+
+    `today` is the exchange's current day: a good row dated after it may be a
+    vendor's early or mis-dated line, or the ingesting host's clock behind
+    the exchange's; it waits (ParsedRows.waiting) rather than being set aside."""
     today = today or dt.date.today()
     sizes = [len(f) for f in batch]
     offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
@@ -447,9 +453,9 @@ def validate(batch: list[Fields], today: dt.date | None = None) -> list[ParsedRo
     flag(h < np.maximum(o, c), lambda i: f"high {h[i]:g} is below open/close {max(o[i], c[i]):g}")
     flag(lo > np.minimum(o, c), lambda i: f"low {lo[i]:g} is above open/close {min(o[i], c[i]):g}")
     today_int = today.year * 10000 + today.month * 100 + today.day
-    flag(date_int > today_int, lambda i: f"date {date_text[i]} is in the future")
+    future = (date_int > today_int) & ~bad
 
-    keep = np.flatnonzero(~bad)
+    keep = np.flatnonzero(~bad & ~future)
     # yyyymmdd < 10^8, so this key is unique per (file, date).
     keep, dup_rejects = _resolve_duplicate_dates(
         keep, file_of * 100_000_000 + date_int, date_text, values, line_no, raw
@@ -459,6 +465,11 @@ def validate(batch: list[Fields], today: dt.date | None = None) -> list[ParsedRo
         rejects_of[file_of[i]].append(Rejection(int(line_no[i]), raw(i), r))
     for i, rejection in dup_rejects:
         rejects_of[file_of[i]].append(rejection)
+    waiting_of: list[list[Rejection]] = [[] for _ in batch]
+    for i in np.flatnonzero(future):
+        waiting_of[file_of[i]].append(
+            Rejection(int(line_no[i]), raw(int(i)), f"dated {date_text[i]}, after the exchange's current day {today}")
+        )
     order_key = file_of[keep] * 100_000_000 + date_int[keep]
     if not (np.diff(order_key) > 0).all():  # most files are in date order already
         keep = keep[np.argsort(order_key, kind="stable")]  # by file, then date
@@ -467,7 +478,11 @@ def validate(batch: list[Fields], today: dt.date | None = None) -> list[ParsedRo
     for k in range(len(batch)):
         mine = keep[bounds[k] : bounds[k + 1]]
         out.append(
-            ParsedRows(Rows(date_text[mine], values[mine], line_no[mine]), sorted(rejects_of[k], key=lambda r: r.line))
+            ParsedRows(
+                Rows(date_text[mine], values[mine], line_no[mine]),
+                sorted(rejects_of[k], key=lambda r: r.line),
+                waiting_of[k],
+            )
         )
     return out
 

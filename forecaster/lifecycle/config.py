@@ -7,7 +7,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..data.config import DEFAULT_CALENDAR
+from ..data.config import DEFAULT_CALENDAR, SETTLE_SECONDS
 from ..devices import DEFAULT_DEVICE
 from ..serving.config import DEFAULT_LOOKBACK
 from ..serving.shards import Shard
@@ -44,3 +44,4 @@ class DaemonConfig:
     recheck: dt.timedelta = dt.timedelta(minutes=5)
     retrain_cron: str | None = None  # e.g. "0 6 * * 6"; needs model "champion"
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
+    settle: float = SETTLE_SECONDS  # seconds before a file's unterminated last line is read

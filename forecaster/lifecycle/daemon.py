@@ -195,6 +195,8 @@ class NightlyJob:
                 deadline=started + config.wait_max,
                 recheck=config.recheck,
                 shard=config.shard,
+                calendar=config.calendar,
+                settle=config.settle,
                 now=lambda: self.now(tz),
                 sleep=self.sleep,
                 should_stop=self.stop.is_set,
@@ -226,7 +228,8 @@ class NightlyJob:
     def catch_up(self) -> None:
         config = self.config
         if config.data:  # first, so the log reads in the order things happen
-            log.info("ingest: %s", ingest(self.engine, config.data).summary())
+            report = ingest(self.engine, config.data, calendar=config.calendar, settle=config.settle)
+            log.info("ingest: %s", report.summary())
         outcome = catch_up(
             self.engine,
             config.model,

@@ -21,6 +21,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from ..data import schema
+from ..data.config import DEFAULT_CALENDAR, SETTLE_SECONDS
 from ..data.ingest import ingest
 from .shards import Shard
 
@@ -67,6 +68,8 @@ def wait_for_data(
     deadline: dt.datetime,
     recheck: dt.timedelta,
     shard: Shard | None = None,
+    calendar: str = DEFAULT_CALENDAR,
+    settle: float = SETTLE_SECONDS,
     now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc),
     sleep: Callable[[float], None] = time.sleep,
     should_stop: Callable[[], bool] = lambda: False,
@@ -78,7 +81,7 @@ def wait_for_data(
     checks = 0
     while True:
         if data:
-            ingest(engine, data)
+            ingest(engine, data, calendar=calendar, settle=settle)
         state = freshness(engine, as_of, shard)
         checks += 1
         state.checks = checks

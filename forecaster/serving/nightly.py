@@ -27,7 +27,7 @@ import sqlalchemy as sa
 from ..artifact.model_file import ModelFile, load_model
 from ..data import schema, store
 from ..data.calendar import next_trading_day
-from ..data.config import DEFAULT_CALENDAR
+from ..data.config import DEFAULT_CALENDAR, SETTLE_SECONDS
 from ..data.ingest import IngestReport, ingest
 from ..data.prices import ScoringBatch, latest_windows
 from ..devices import DEFAULT_DEVICE
@@ -82,6 +82,7 @@ def predict(
     should_stop: Callable[[], bool] = lambda: False,
     shard: Shard | None = None,
     on_run: Callable[[RunResult], None] = lambda run: None,
+    settle: float = SETTLE_SECONDS,
 ) -> PredictOutcome:
     """Ingest `data` (if any), then score each as_of: the given one, every
     date with prices in [start, end], or by default the newest date stored.
@@ -100,6 +101,7 @@ def predict(
         shard=shard,
         as_of=as_of,
         on_run=on_run,
+        settle=settle,
     )
 
 
@@ -132,13 +134,25 @@ def catch_up(
 
 
 def _score_dates(
-    engine, model_path, dates_for, *, data, device, calendar, should_stop, shard, on_run, progress=False, as_of=None
+    engine,
+    model_path,
+    dates_for,
+    *,
+    data,
+    device,
+    calendar,
+    should_stop,
+    shard,
+    on_run,
+    progress=False,
+    as_of=None,
+    settle=SETTLE_SECONDS,
 ) -> PredictOutcome:
     """Ingest, recover abandoned runs, load the model (a failure to load is a
     failed `runs` row too), then one all-or-nothing run per date. `model_path`
     "champion" names the registry's champion, scored with every challenger
     beside it (shadow scoring), resolved afresh at every call."""
-    report = ingest(engine, data, progress=progress) if data else None
+    report = ingest(engine, data, progress=progress, calendar=calendar, settle=settle) if data else None
     recovered = runs.recover_abandoned_runs(engine)
     try:
         model, shadows = _models(engine, model_path, device)
