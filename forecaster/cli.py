@@ -650,6 +650,15 @@ def predict(model, data, as_of, start, end, settle, device, calendar, shard, db,
     help='Also retrain on this schedule (crontab line, e.g. "0 6 * * 6"), never during a scoring run; '
     "needs --model champion.",
 )
+@option(
+    "--lock-check",
+    default=int(daemon_default("lock_check").total_seconds()),
+    show_default=True,
+    type=click.IntRange(1),
+    metavar="SECONDS",
+    help="How often the daemon checks that it still holds its one-per-database lock (a PostgreSQL lock is "
+    "lost when the server restarts); one that lost it exits 75, to be started again.",
+)
 @retrain_options
 @settle_option
 @device_option
@@ -668,6 +677,7 @@ def daemon(
     wait_max,
     recheck,
     retrain_cron,
+    lock_check,
     gate_days,
     min_improvement,
     gate,
@@ -696,7 +706,7 @@ def daemon(
     from .lifecycle.daemon import run_daemon
     from .serving.shards import Shard
 
-    run_daemon(
+    code = run_daemon(
         DaemonConfig(
             db_url=db,
             model=model,
@@ -714,8 +724,11 @@ def daemon(
             retrain_cron=retrain_cron,
             retrain=retrain_config(gate_days, min_improvement, gate, models_dir, train_device),
             settle=settle,
+            lock_check=dt.timedelta(seconds=lock_check),
         )
     )
+    if code:
+        sys.exit(code)
 
 
 # -- keeping the model fresh: the registry -----------------------------------
@@ -802,28 +815,41 @@ def models(as_json, db):
 @main.command()
 @option("--since", metavar="DATE", help="Only predictions made as of this date or later.")
 @option("--ticker", help="Only this ticker.")
-@option("--model-id", help="Only this model (sha256, as in `forecaster info`).")
+@option(
+    "--model-id", help="Only this model: its sha256, or the first characters of it (as `forecaster models` prints)."
+)
+@option("--by-model", is_flag=True, help="Also one row per model, each on its own outcomes (challengers' included).")
 @option(
     "--plot", type=click.Path(dir_okay=False, path_type=Path), help="Write predicted vs actual closes as a PNG here."
 )
 @db_option
 @reports_errors
-def report(since, ticker, model_id, plot, db):
-    """Realized accuracy of stored predictions against the naive forecast:
-    N, RMSE, MAE, naive RMSE, their ratio and direction accuracy, per ticker
-    and overall; and of their 80% and 95% intervals against RiskMetrics':
-    coverage, mean width and mean interval score (Winkler)."""
+def report(since, ticker, model_id, by_model, plot, db):
+    """Realized accuracy of the served predictions (or of --model-id's) against
+    the naive forecast: N, RMSE, MAE, naive RMSE, their ratio and direction
+    accuracy, per ticker and overall; and of their 80% and 95% intervals
+    against RiskMetrics': coverage, mean width and mean interval score (Winkler)."""
+    from .evidence import DIRECTION_NOISE
     from .serving.report import build_report, plot_report
     from .tables import format_table
 
-    rep = build_report(open_store(db, read_only=True), since=since, ticker=ticker, model_id=model_id)
+    rep = build_report(open_store(db, read_only=True), since=since, ticker=ticker, model_id=model_id, by_model=by_model)
+    columns = ["n", "rmse", "mae", "naive_rmse", "ratio", "direction_accuracy"]
+    if rep.per_model:
+        rows = [(r["model_id"][:12], r["status"], *(r[c] for c in columns)) for r in rep.per_model]
+        click.echo(format_table(["model_id", "status", *columns], rows))
+        click.echo()
     if rep.overall["n"] == 0:
-        click.echo(f"no prediction has an outcome yet ({rep.pending} waiting for their next close)")
+        what = f"of model {rep.model_id[:12]} " if rep.model_id else "served "
+        click.echo(f"no {what}prediction has an outcome yet ({rep.pending} waiting for their next close)")
         return
-    columns = ["ticker", "n", "rmse", "mae", "naive_rmse", "ratio", "direction_accuracy"]
-    rows = [tuple(r[c] for c in columns) for r in rep.per_ticker]
-    rows.append(tuple(["ALL"] + [rep.overall[c] for c in columns[1:]]))
-    click.echo(format_table(columns, rows))
+    rows = [tuple(r[c] for c in ["ticker", *columns]) for r in rep.per_ticker]
+    rows.append(tuple(["ALL"] + [rep.overall[c] for c in columns]))
+    click.echo(format_table(["ticker", *columns], rows))
+    click.echo(
+        f"direction_accuracy: how often the stated move (up, down, none) was the actual one; a forecast within "
+        f"{DIRECTION_NOISE:g} of the last close states none, so a naive model scores the share of unchanged days"
+    )
     if rep.intervals:
         click.echo()
         click.echo(interval_table(rep.intervals))

@@ -3,6 +3,7 @@ and the real tickers from ../shared/data (a missing folder fails, never skips)."
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -89,65 +90,67 @@ def _pg_tool(name: str) -> str:
     return found[-1]
 
 
-@pytest.fixture(scope="session")
-def pg_socket():
-    """Start a throwaway PostgreSQL server on a unix socket; stop it afterwards."""
-    root = Path(tempfile.mkdtemp(prefix="forecaster-pg-"))
-    as_postgres = []
-    if os.geteuid() == 0:  # initdb refuses to run as root
-        shutil.chown(root, "postgres")
-        as_postgres = ["runuser", "-u", "postgres", "--"]
-    data, log = root / "data", root / "server.log"
-    subprocess.run(
-        [
-            *as_postgres,
-            _pg_tool("initdb"),
-            "-D",
-            str(data),
-            "-U",
-            "postgres",
-            "--auth=trust",
-            "-E",
-            "UTF8",
-            "--no-sync",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    subprocess.run(
-        [
-            *as_postgres,
-            _pg_tool("pg_ctl"),
-            "-D",
-            str(data),
-            "-l",
-            str(log),
-            "-w",
-            "-o",
-            f"-k {root} -c listen_addresses='' -c fsync=off -c max_connections=200",
-            "start",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    try:
-        yield root
-    finally:
-        subprocess.run(
-            [*as_postgres, _pg_tool("pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], capture_output=True
+class PgServer:
+    """A throwaway PostgreSQL server from Debian's package, on a unix socket in `root`."""
+
+    def __init__(self, root: Path):
+        self.root, self.data, self.log = root, root / "data", root / "server.log"
+        self.as_postgres = []
+        if os.geteuid() == 0:  # initdb refuses to run as root
+            shutil.chown(root, "postgres")
+            self.as_postgres = ["runuser", "-u", "postgres", "--"]
+        self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
+
+    def _run(self, tool: str, *args: str, check: bool = True):
+        return subprocess.run([*self.as_postgres, _pg_tool(tool), *args], check=check, capture_output=True)
+
+    def _ctl(self, action: str, *args: str, check: bool = True):
+        options = f"-k {self.root} -c listen_addresses='' -c fsync=off -c max_connections=200"
+        return self._run(
+            "pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-o", options, *args, action, check=check
         )
-        shutil.rmtree(root, ignore_errors=True)
+
+    def start(self) -> None:
+        self._ctl("start")
+
+    def stop(self, mode: str = "fast") -> None:
+        self._ctl("stop", "-m", mode, check=False)
+
+    def restart(self) -> None:
+        """What a server restart does to its clients: every connection (and session lock) is cut."""
+        self._ctl("restart", "-m", "fast")
+
+    def new_database(self) -> str:
+        import psycopg
+
+        name = f"t_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(host=str(self.root), user="postgres", dbname="postgres", autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+        return f"postgresql+psycopg://postgres@/{name}?host={self.root}"
+
+
+@contextlib.contextmanager
+def pg_server():
+    server = PgServer(Path(tempfile.mkdtemp(prefix="forecaster-pg-")))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop("immediate")
+        shutil.rmtree(server.root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg_session_server():
+    """The session's PostgreSQL server, shared by the tests that only need a database on one."""
+    with pg_server() as server:
+        yield server
 
 
 @pytest.fixture
-def pg_url(pg_socket) -> str:
+def pg_url(pg_session_server) -> str:
     """A fresh, empty database on the session's server."""
-    import psycopg
-
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(host=str(pg_socket), user="postgres", dbname="postgres", autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    return f"postgresql+psycopg://postgres@/{name}?host={pg_socket}"
+    return pg_session_server.new_database()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

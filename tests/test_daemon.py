@@ -13,7 +13,7 @@ import pytest
 from helpers import start_daemon, wait_for
 
 from forecaster.data.ingest import ingest
-from forecaster.lifecycle.daemon import make_trigger
+from forecaster.lifecycle.schedule import make_trigger
 from forecaster.serving.nightly import predict
 
 NY = ZoneInfo("America/New_York")
@@ -99,7 +99,7 @@ def test_the_dst_week_keeps_22_00_local():
     friday = dt.datetime(2026, 3, 6, 12, 0, tzinfo=NY)
     times = fire_times("0 22 * * 1-5", friday, 3)
     assert [t.strftime("%Y-%m-%d %H:%M") for t in times] == ["2026-03-06 22:00", "2026-03-09 22:00", "2026-03-10 22:00"]
-    utc = [t.astimezone(dt.timezone.utc).hour for t in times]
+    utc = [t.astimezone(dt.UTC).hour for t in times]
     assert utc == [3, 2, 2]
 
 
@@ -116,7 +116,7 @@ def test_the_dst_week_keeps_22_00_local():
     ],
 )
 def test_crontab_weekday_numbers_mean_what_cron_means(field, names):
-    from forecaster.lifecycle.daemon import crontab_weekdays
+    from forecaster.lifecycle.schedule import crontab_weekdays
 
     assert crontab_weekdays(field) == names
 
@@ -148,3 +148,76 @@ def test_sigterm_in_the_middle_of_a_run_waits_for_it_then_exits_0(stocked, any_d
     statuses = dict(Counter(status for _, status, _ in runs(stocked)))
     assert "running" not in statuses
     assert statuses["succeeded"] == 1 + len(runs_logged) < 100  # it stopped early, every run whole
+
+
+def test_a_daemon_whose_postgresql_lock_died_with_a_server_restart_exits_and_the_next_one_serves(
+    shared_data, tiny_model, tmp_path
+):
+    from conftest import pg_server
+
+    from forecaster.data import store
+
+    with pg_server() as server:
+        url = server.new_database()
+        ingest(store.connect(url), [shared_data])
+        first = start_daemon(url, tiny_model, tmp_path / "first.log", "--lock-check", "1")
+        try:
+            wait_for(tmp_path / "first.log", "next nightly at", first)
+            server.restart()  # the advisory lock dies with the daemon's connection
+            assert first.wait(timeout=60) == 75  # EX_TEMPFAIL: its service manager starts it again
+        finally:
+            if first.poll() is None:
+                first.kill()
+        assert "lost its one-per-database lock" in (tmp_path / "first.log").read_text()
+        # The next daemon takes the lock and serves; SIGTERM with the server gone still exits 0.
+        second = start_daemon(url, tiny_model, tmp_path / "second.log")
+        try:
+            wait_for(tmp_path / "second.log", "next nightly at", second)
+            server.stop()
+            second.send_signal(signal.SIGTERM)
+            assert second.wait(timeout=30) == 0
+        finally:
+            if second.poll() is None:
+                second.kill()
+        assert (tmp_path / "second.log").read_text().splitlines()[-1].endswith("daemon stopped")
+
+
+def test_a_failing_start_up_leaves_the_schedules_standing(db_url, engine, shared_data, tiny_model, monkeypatch, caplog):
+    """The start-up's retrain check hits a database error: logged, and the
+    nightly and retrain schedules still stand (the daemon is not left idle)."""
+    import logging
+    import threading
+    from pathlib import Path
+
+    from forecaster.errors import DatabaseError
+    from forecaster.lifecycle import daemon, jobs
+    from forecaster.lifecycle.config import DaemonConfig
+
+    ingest(engine, [shared_data])
+
+    def owed(*_):
+        raise DatabaseError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(jobs.RetrainJob, "owed", owed)
+    scheduled = []
+    real_start = daemon.BlockingScheduler.start
+
+    def start(scheduler, *args, **kwargs):  # stop once the start-up work has run
+        scheduled.extend(job.id for job in scheduler.get_jobs())
+        threading.Thread(target=lambda: (seen.append(finished.wait(60)), os.kill(os.getpid(), signal.SIGTERM))).start()
+        return real_start(scheduler, *args, **kwargs)
+
+    finished, seen = threading.Event(), []
+    monkeypatch.setattr(daemon.BlockingScheduler, "start", start)
+    monkeypatch.setattr(daemon.log, "info", lambda msg, *a: (msg % a).startswith("next retrain") and finished.set())
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    config = DaemonConfig(db_url=db_url, model=Path(tiny_model), device="cpu", retrain_cron="0 6 * * 6", lock_path=None)
+    try:
+        with caplog.at_level(logging.INFO):
+            assert daemon.run_daemon(config) == 0
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    assert seen == [True]  # the start-up work finished and logged the schedules
+    assert {"nightly", "retrain", "start-up"} <= set(scheduled)
+    assert "the start-up retrain check failed; the schedules stand" in caplog.text

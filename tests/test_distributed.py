@@ -3,7 +3,6 @@ and a training stopped by SIGTERM that resumes. Real processes."""
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -131,7 +130,10 @@ def test_sigterm_saves_a_state_and_resume_finishes_the_same_training(universe_db
         proc = subprocess.Popen([*FORECASTER, *args], stdout=fh, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 120
-        while "train:" not in log.read_text() and time.monotonic() < deadline:  # the progress bar is up
+        # The progress bar is drawn inside the loop, after the stop handler is
+        # installed: from then on a SIGTERM stops it at its next step, whenever
+        # it lands (step 0 included), so the outcome does not depend on timing.
+        while "train:" not in log.read_text() and time.monotonic() < deadline:
             assert proc.poll() is None, log.read_text()
             time.sleep(0.1)
         proc.send_signal(signal.SIGTERM)
@@ -144,7 +146,7 @@ def test_sigterm_saves_a_state_and_resume_finishes_the_same_training(universe_db
     assert f"; resume with: forecaster train --resume {state}" in said and "Traceback" not in said
     assert state.exists() and not out.exists()
     stopped_at = checkpoint.load_state(state)["step"]
-    assert 0 < stopped_at < 4000
+    assert 0 <= stopped_at < 4000
 
     resumed = subprocess.run(
         [*FORECASTER, "train", "--resume", str(state), "--quiet"], capture_output=True, text=True, timeout=600
@@ -152,6 +154,79 @@ def test_sigterm_saves_a_state_and_resume_finishes_the_same_training(universe_db
     assert resumed.returncode == 0, resumed.stderr
     assert out.exists() and not state.exists()
     assert json.loads(out.with_suffix(".metrics.json").read_text())["overall"]["steps"] == 4000
-    torch_state = checkpoint.load(out)["state_dict"]
-    assert all(torch.isfinite(t).all() for t in torch_state.values())
-    shutil.rmtree(tmp_path / "m.state.pt", ignore_errors=True)
+    # The same model as a training never stopped: weights equal to the bit.
+    whole = tmp_path / "whole.pt"
+    uninterrupted = [*args[: args.index("--out")], "--out", str(whole), *args[args.index("--out") + 2 :]]
+    assert subprocess.run([*FORECASTER, *uninterrupted, "--quiet"], capture_output=True, timeout=600).returncode == 0
+    resumed, never_stopped = checkpoint.load(out), checkpoint.load(whole)
+    # The same path step by step (every check's training and validation loss), and the same weights.
+    for curve in ("train_loss", "val_loss", "val_z"):
+        assert resumed["history"][curve] == never_stopped["history"][curve], curve
+    assert resumed["state_dict"].keys() == never_stopped["state_dict"].keys()
+    assert all(torch.equal(resumed["state_dict"][k], never_stopped["state_dict"][k]) for k in resumed["state_dict"])
+
+
+RANK_READS_LATE = """
+import sys
+from forecaster.data import store
+from forecaster.data.ingest import ingest
+from forecaster.training import job
+from forecaster.training.config import TrainConfig
+from forecaster.training.distributed import join, leave
+
+url, out, late = sys.argv[1:4]
+engine = store.connect(url)
+world = join("cpu")
+if world.rank == 1:  # an ingest lands between rank 0's read of the prices and this one's
+    real_load = job.load_universe
+    def load_after_an_ingest(engine, tickers):
+        ingest(engine, [late])
+        return real_load(engine, tickers)
+    job.load_universe = load_after_an_ingest
+real_train = job.train_universe
+def train_and_say(universe, *args, **kwargs):
+    print(f"rank {world.rank} trains on {universe.data_hash()}", flush=True)
+    return real_train(universe, *args, **kwargs)
+job.train_universe = train_and_say
+config = TrainConfig(hidden=8, layers=1, steps=20, batch_size=32, device="cpu")
+outcome = job.run_training(engine, job.TrainJob([], True, config, job.Path(out)), world)
+if world.is_main:
+    print("trained on", outcome.metrics["overall"]["n_test"], "held-out windows", flush=True)
+leave(world)
+"""
+
+
+def test_every_rank_trains_on_rank_0s_snapshot_of_the_prices(universe_db, tmp_path):
+    from forecaster.data.universe import load_universe
+
+    script = tmp_path / "late.py"
+    script.write_text(RANK_READS_LATE)
+    late = tmp_path / "late"
+    engine = store.connect(universe_db)
+    newest = engine.connect().exec_driver_sql("SELECT MAX(date) FROM price_dates").scalar()
+    for ticker in stored_counts(engine):  # a new session for every ticker, after the newest stored
+        (late / f"{ticker}.us.txt").parent.mkdir(exist_ok=True)
+        (late / f"{ticker}.us.txt").write_text("Date,Open,High,Low,Close\n2017-11-13,10,11,9,10.5\n")
+    assert newest < "2017-11-13"
+    before = load_universe(engine, list(stored_counts(engine)))
+    done = subprocess.run(
+        [
+            TORCHRUN,
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            str(script),
+            universe_db,
+            str(tmp_path / "m.pt"),
+            str(late),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "trained on" in done.stdout
+    # Both ranks trained on the prices as rank 0 found them, and the checkpoint says so.
+    said = sorted(line for line in done.stdout.splitlines() if " trains on " in line)
+    assert said == [f"rank {r} trains on {before.data_hash()}" for r in (0, 1)]
+    assert checkpoint.load(tmp_path / "m.pt")["provenance"]["data_sha256"] == before.data_hash()

@@ -9,7 +9,8 @@ import sqlalchemy as sa
 from helpers import append_next_day, cut_copy
 
 from forecaster.data.ingest import ingest
-from forecaster.lifecycle.daemon import DaemonConfig, NightlyJob
+from forecaster.lifecycle.config import DaemonConfig
+from forecaster.lifecycle.jobs import NightlyJob
 from forecaster.serving.freshness import freshness, wait_for_data
 
 NY = ZoneInfo("America/New_York")
@@ -121,15 +122,64 @@ def test_a_stop_ends_the_wait_at_once(engine, db_url, shared_data, tmp_path, tin
 def test_the_job_logs_a_failed_night_and_a_bug_and_keeps_going(
     engine, db_url, tiny_model, tmp_path, caplog, monkeypatch
 ):
-    from forecaster.lifecycle import daemon
+    from forecaster.lifecycle import jobs
 
     config = DaemonConfig(db_url=db_url, model=tmp_path / "missing.onnx", device="cpu", min_fresh=0)
     job = NightlyJob(engine, config, threading.Event())
     with caplog.at_level(logging.INFO, logger="forecaster.daemon"):
         job(scheduled=False)  # a library error: one line, no traceback
-        monkeypatch.setattr(daemon, "catch_up", lambda *a, **k: 1 / 0)
+        monkeypatch.setattr(jobs, "catch_up", lambda *a, **k: 1 / 0)
         job(scheduled=False)  # a bug: its traceback in the log
     failed, bug = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert "nightly run failed: " in failed.getMessage() and "missing.onnx" in failed.getMessage()
     assert failed.exc_info is None
     assert bug.getMessage() == "nightly run failed with an unexpected error" and bug.exc_info[0] is ZeroDivisionError
+
+
+def scored_through(engine, model, shared_data, tmp_path, last_date, scored):
+    data = tmp_path / "data"
+    cut_copy(shared_data, data, last_date)
+    ingest(engine, [data])
+    from forecaster.serving.nightly import predict
+
+    predict(engine, model, device="cpu", as_of=scored)
+    return data
+
+
+def test_a_morning_fire_waits_for_the_session_owed_not_the_wall_clocks(
+    engine, db_url, shared_data, tmp_path, tiny_model, caplog
+):
+    # Prices through Thu 2017-11-09, the model scored Wednesday's; the cron fires Friday 06:00.
+    data = scored_through(engine, tiny_model, shared_data, tmp_path, "2017-11-09", "2017-11-08")
+    clock = Clock(dt.datetime(2017, 11, 10, 6, 0, tzinfo=NY))
+    config = DaemonConfig(db_url=db_url, model=tiny_model, data=[data], device="cpu", min_fresh=0.9)
+    with caplog.at_level(logging.INFO, logger="forecaster.daemon"):
+        NightlyJob(engine, config, threading.Event(), now=clock.now, sleep=clock.sleep)(scheduled=True)
+    assert clock.slept == []  # Thursday's closes are there; Friday has not traded
+    assert "deadline reached" not in caplog.text and "as_of 2017-11-09: 9 predictions" in caplog.text
+    # The next morning fire owes Friday's session, which has not closed: nothing to wait for.
+    clock.at = dt.datetime(2017, 11, 10, 6, 5, tzinfo=NY)
+    with caplog.at_level(logging.INFO, logger="forecaster.daemon"):
+        NightlyJob(engine, config, threading.Event(), now=clock.now, sleep=clock.sleep)(scheduled=True)
+    assert clock.slept == [] and "the next session owed has not closed yet (newest closed: 2017-11-09)" in caplog.text
+
+
+def test_data_that_lags_the_calendar_waits_for_the_session_it_will_score(
+    engine, db_url, shared_data, tmp_path, tiny_model, caplog
+):
+    # A replay of history years later: the wall clock says 2026, the model owes 2017-11-09.
+    data = scored_through(engine, tiny_model, shared_data, tmp_path, "2017-11-08", "2017-11-08")
+    clock = Clock(dt.datetime(2026, 12, 1, 22, 0, tzinfo=NY))
+    config = DaemonConfig(
+        db_url=db_url, model=tiny_model, data=[data], device="cpu", min_fresh=0.9, wait_max=dt.timedelta(minutes=10)
+    )
+    with caplog.at_level(logging.INFO, logger="forecaster.daemon"):
+        NightlyJob(engine, config, threading.Event(), now=clock.now, sleep=clock.sleep)(scheduled=True)
+    assert "deadline reached: scoring 2017-11-09 with 0 of 9 tickers" in caplog.text and "2026-12" not in caplog.text
+    assert clock.slept == [300, 300]
+    # Once that session is stored, a fire scores it at once.
+    cut_copy(shared_data, data, "2017-11-09")
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="forecaster.daemon"):
+        NightlyJob(engine, config, threading.Event(), now=clock.now, sleep=clock.sleep)(scheduled=True)
+    assert clock.slept == [300, 300] and "as_of 2017-11-09: 9 predictions" in caplog.text

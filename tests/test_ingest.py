@@ -280,6 +280,6 @@ def test_the_exchanges_day_is_its_own_not_the_hosts():
     from forecaster.data.calendar import exchange_today
 
     # 03:30 UTC on Nov 14 is still the evening of Nov 13 in New York, already Nov 14 in Tokyo.
-    at = dt.datetime(2017, 11, 14, 3, 30, tzinfo=dt.timezone.utc)
+    at = dt.datetime(2017, 11, 14, 3, 30, tzinfo=dt.UTC)
     assert exchange_today("XNYS", at) == dt.date(2017, 11, 13)
     assert exchange_today("XTKS", at) == dt.date(2017, 11, 14)

@@ -88,7 +88,7 @@ def test_the_validation_sample_has_a_fixed_size_and_seed():
 
 
 def test_a_step_is_kept_only_when_it_beats_the_start_beyond_the_validation_noise():
-    from forecaster.training.loop import EVIDENCE, MIN_GAIN
+    from forecaster.evidence import EVIDENCE, MIN_GAIN
 
     result = train_universe(small_universe(), TrainConfig(steps=40, batch_size=32, hidden=8, layers=1), ALONE)
     h = result.history

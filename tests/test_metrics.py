@@ -21,3 +21,28 @@ def test_naive_and_model_metrics_on_a_hand_computed_series():
     assert m["direction_accuracy"] == 0.5
     assert m["naive_direction_accuracy"] == 0.25  # one unchanged day
     assert m["n"] == 4
+
+
+def test_a_forecast_within_float_noise_of_the_last_close_states_no_direction():
+    import numpy as np
+
+    last = np.array([10.0, 20.0, 30.0, 40.0])
+    actual = np.array([10.5, 19.0, 30.0, 41.0])
+    # What a naive model gives back through float32: the last close, rounded.
+    naive_through_float32 = last.astype(np.float32).astype(np.float64) * (1 + np.array([3e-8, -4e-8, 0, 5e-8]))
+    m = accuracy(naive_through_float32, actual, last)
+    assert m["direction_accuracy"] == m["naive_direction_accuracy"] == 0.25  # right only on the flat day
+    # Beyond the noise a direction is stated, right or wrong.
+    m = accuracy(last * (1 + np.array([1e-5, 1e-5, 1e-5, 1e-5])), actual, last)
+    assert m["direction_accuracy"] == 0.5
+
+
+def test_paired_evidence_is_zero_for_a_tie_and_signed():
+    import numpy as np
+
+    from forecaster.evidence import paired_z
+
+    base = np.array([1.0, 2.0, 3.0, 4.0])
+    assert paired_z(base, base) == 0.0
+    assert paired_z(base, base - np.array([0.1, 0.2, 0.1, 0.2])) > 0 > paired_z(base, base + [0.1, 0.2, 0.1, 0.2])
+    assert paired_z(base, base - 0.5) == float("inf")

@@ -1,5 +1,7 @@
 """Nightly runs on the real tickers: two nights, reruns, backfill, devices."""
 
+import re
+
 import numpy as np
 import pytest
 import sqlalchemy as sa
@@ -335,3 +337,19 @@ def test_a_mistyped_date_fails_before_any_work(engine, tiny_model, tmp_path):
 
     with pytest.raises(DataError, match="'2017-13-01' is not a date"):
         predict(engine, tiny_model, as_of="2017-13-01", data=[tmp_path / "not even there"])
+
+
+def test_a_date_without_prices_is_refused_before_any_run(any_engine, shared_data, tiny_model):
+    from forecaster.errors import DataError
+
+    predict(any_engine, tiny_model, data=[shared_data], device="cpu", as_of="2017-11-09")
+    for as_of, said in [
+        ("2017-11-11", "no prices stored for 2017-11-11 (a Saturday); the newest date with prices is 2017-11-10"),
+        ("2030-01-02", "no prices stored for 2030-01-02 (no ticker has a close that day)"),
+    ]:
+        with pytest.raises(DataError, match=re.escape(said)):
+            predict(any_engine, tiny_model, device="cpu", as_of=as_of)
+    with pytest.raises(DataError, match="--from 2017-11-10 is after --to 2017-11-01"):
+        predict(any_engine, tiny_model, device="cpu", start="2017-11-10", end="2017-11-01")
+    with any_engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT status, COUNT(*) FROM runs GROUP BY status").all() == [("succeeded", 1)]

@@ -194,3 +194,77 @@ def test_a_challenger_must_be_a_known_decision(engine, tiny_model):
         registry.decide(conn, load_model(tiny_model), "maybe", "")
     with pytest.raises(ForecasterError, match="no champion yet"):
         registry.champion(engine)
+
+
+def test_a_challenger_that_cannot_be_loaded_is_skipped_and_the_champion_serves(
+    any_engine, sample_dir, tiny_model, other_tiny_model, tmp_path
+):
+    moved = tmp_path / "challenger.onnx"
+    shutil.copy(other_tiny_model, moved)
+    registry.promote(any_engine, tiny_model, "first")
+    register_challenger(any_engine, moved)
+    moved.unlink()  # the realized gate's challenger, moved away
+    outcome = predict(any_engine, "champion", data=[sample_dir], device="cpu", as_of="2017-11-10")
+    [run] = outcome.runs
+    challenger = file_sha256(other_tiny_model)
+    assert run.n_predictions == 3 and outcome.model_id == file_sha256(tiny_model)
+    assert f"challenger {challenger[:12]} not scored: " in run.message and "cannot read model file" in run.message
+    [(status, shadow_of, message)] = rows(
+        any_engine, "SELECT status, shadow_of, message FROM runs WHERE model_id = :m", m=challenger
+    )
+    assert (status, shadow_of) == ("failed", run.run_id) and message.startswith("challenger not scored: ")
+
+
+def test_a_champion_that_cannot_be_loaded_fails_its_run_under_its_own_id(any_engine, sample_dir, tiny_model, tmp_path):
+    served = tmp_path / "served.onnx"
+    shutil.copy(tiny_model, served)
+    registry.promote(any_engine, served, "first")
+    served.unlink()
+    with pytest.raises(ForecasterError, match="cannot read model file"):
+        predict(any_engine, "champion", data=[sample_dir], device="cpu")
+    assert rows(any_engine, "SELECT status, model_id FROM runs") == [("failed", file_sha256(tiny_model))]
+
+
+def test_promote_records_the_file_it_was_given(db_url, sample_dir, tiny_model, tmp_path):
+    scratch, prod = tmp_path / "scratch", tmp_path / "prod"
+    scratch.mkdir(), prod.mkdir()
+    shutil.copy(tiny_model, scratch / "m.onnx")
+    engine = store.connect(db_url)
+    predict(engine, scratch / "m.onnx", data=[sample_dir], device="cpu", as_of="2017-11-09")
+    shutil.copy(scratch / "m.onnx", prod / "m.onnx")
+    shutil.rmtree(scratch)
+    registry.promote(engine, prod / "m.onnx", "to production")
+    assert rows(engine, "SELECT path FROM models") == [(str((prod / "m.onnx").resolve()),)]
+    assert predict(engine, "champion", device="cpu", as_of="2017-11-10").runs[0].n_predictions == 3
+
+
+def test_latest_predictions_keep_serving_across_a_promotion_and_retire_stale_tickers(
+    any_engine, sample_dir, tiny_model, other_tiny_model, tmp_path
+):
+    registry.promote(any_engine, tiny_model, "first")
+    predict(any_engine, "champion", data=[sample_dir], device="cpu", start="2017-10-02", end="2017-11-10")
+    registry.promote(any_engine, other_tiny_model, "new")  # not scored yet: the old champion's rows still show
+    latest = "SELECT ticker, as_of, model_id, sessions_behind FROM latest_predictions ORDER BY ticker"
+    old, new = file_sha256(tiny_model), file_sha256(other_tiny_model)
+    assert {(a, m, s) for _, a, m, s in rows(any_engine, latest)} == {("2017-11-10", old, 0)}
+    predict(any_engine, "champion", device="cpu", as_of="2017-11-10")
+    assert {(a, m) for _, a, m, _ in rows(any_engine, latest)} == {("2017-11-10", new)}  # the champion first
+    # A ticker that stopped trading: shown while at most RETIRED_AFTER_SESSIONS behind, then retired.
+    from forecaster.data.schema import RETIRED_AFTER_SESSIONS
+
+    (gone,) = rows(any_engine, "SELECT MIN(ticker) FROM prices")[0]
+    with any_engine.begin() as conn:
+        conn.execute(
+            sa.text("DELETE FROM predictions WHERE ticker = :t AND as_of > :d"), {"t": gone, "d": "2017-11-01"}
+        )
+    shown = {t: s for t, _, _, s in rows(any_engine, latest)}
+    sessions = rows(any_engine, "SELECT COUNT(*) FROM price_dates WHERE date > '2017-11-01' AND date <= '2017-11-10'")
+    behind = sessions[0][0]
+    assert behind > RETIRED_AFTER_SESSIONS and gone not in shown and len(shown) == 2
+    with any_engine.begin() as conn:
+        conn.execute(
+            sa.text("DELETE FROM predictions WHERE ticker = :t AND as_of > :d"), {"t": gone, "d": "2017-11-06"}
+        )
+    predict(any_engine, "champion", device="cpu", as_of="2017-11-06")  # its last night: 4 sessions back
+    shown = {t: s for t, _, _, s in rows(any_engine, latest)}
+    assert shown[gone] == 4 and sorted(set(shown.values())) == [0, 4]

@@ -25,8 +25,9 @@ from forecaster.data.prices import latest_windows
 from forecaster.data.sample import write_sample_data
 from forecaster.errors import DataError
 from forecaster.lifecycle.config import DaemonConfig, RetrainConfig
-from forecaster.lifecycle.daemon import RetrainJob, make_trigger
+from forecaster.lifecycle.jobs import RetrainJob
 from forecaster.lifecycle.retrain import retrain, settings_of
+from forecaster.lifecycle.schedule import make_trigger
 from forecaster.serving import registry
 from forecaster.serving.nightly import predict
 from forecaster.training import checkpoint
@@ -134,17 +135,18 @@ def test_a_better_challenger_is_promoted_and_serves_the_next_run(any_db_url, wor
 
 def test_a_challenger_short_of_the_bar_is_rejected_and_the_champion_keeps_serving(engine, world, tmp_path, monkeypatch):
     ingest(engine, [world["data"]])
-    registry.promote(engine, world["good"], "first")
+    registry.promote(engine, world["broken"], "first")
 
     def read_again(*_):
         raise AssertionError("the retrain read the prices twice")
 
     monkeypatch.setattr("forecaster.training.job.load_universe", read_again)  # the gate's read is reused
-    [outcome] = retrain(engine, settings(tmp_path, min_improvement=0.5))  # 50% better: out of reach
-    assert outcome.decision == "rejected" and "rejected (worse than the champion)" in outcome.reason
+    [outcome] = retrain(engine, settings(tmp_path, min_improvement=0.9))  # 90% better: out of reach
     m = outcome.metrics
-    assert m["challenger_rmse"] > 0.5 * m["champion_rmse"] and m["min_improvement"] == 0.5
-    good = file_sha256(world["good"])
+    # Better than the broken champion beyond noise, but not by 90%: short of the bar.
+    assert m["z"] >= 2 and m["challenger_rmse"] > 0.1 * m["champion_rmse"] and m["min_improvement"] == 0.9
+    assert outcome.decision == "rejected" and "rejected (short of the bar (90.0% better" in outcome.reason
+    good = file_sha256(world["broken"])
     assert registry.champion(engine).model_id == good
     assert rows(engine, "SELECT status FROM models WHERE model_id = :m", m=outcome.model_id) == [("rejected",)]
     run = predict(engine, "champion", device="cpu").runs[0]
@@ -198,7 +200,7 @@ def test_the_realized_gate_waits_for_its_nights_then_decides(engine, world, tmp_
     cut = tmp_path / "cut"
     cut_files(world["data"], cut, sessions[-8])
     ingest(engine, [cut])
-    registry.promote(engine, world["good"], "first")
+    registry.promote(engine, world["broken"], "first")  # a challenger beats it beyond noise
     config = settings(tmp_path, gate="realized", gate_days=5)
 
     # No challenger yet: one is trained on every stored price and registered.
@@ -215,8 +217,8 @@ def test_the_realized_gate_waits_for_its_nights_then_decides(engine, world, tmp_
     m = judged.metrics
     assert judged.model_id == made.model_id and (m["gate"], m["days"], m["n"]) == ("realized", 5, 5 * TICKERS)
     assert (m["first_day"], m["last_day"]) == (sessions[-6], sessions[-2])  # the last 5 with outcomes
-    promoted = m["challenger_rmse"] <= min(m["champion_rmse"], m["naive_rmse"])
-    assert judged.decision == ("promoted" if promoted else "rejected")
+    assert m["z"] >= 2 and m["challenger_rmse"] <= min(m["champion_rmse"], m["naive_rmse"])
+    assert judged.decision == "promoted" and registry.champion(engine).model_id == made.model_id
     [(rmse,)] = rows(
         engine,
         "SELECT AVG((error / last_close) * (error / last_close)) FROM prediction_outcomes "
@@ -240,7 +242,7 @@ def test_retrain_needs_a_champion_and_enough_sessions(engine, world, tmp_path):
 
 def test_the_daemon_retrains_one_job_at_a_time_and_owes_a_missed_retrain(engine, world, tmp_path):
     ingest(engine, [world["data"]])
-    registry.promote(engine, world["good"], "first")
+    registry.promote(engine, world["broken"], "first")  # the retrain's challenger replaces it
     config = DaemonConfig(
         db_url=str(engine.url), model=Path("champion"), retrain_cron="0 6 * * 6", retrain=settings(tmp_path)
     )
@@ -264,7 +266,7 @@ def test_the_daemon_retrains_one_job_at_a_time_and_owes_a_missed_retrain(engine,
     busy.release()
     thread.join()
     [decision] = [d for (d,) in rows(engine, "SELECT decision FROM promotions ORDER BY promotion_id")][1:]
-    assert promoted == ([True] if decision == "promoted" else [])  # a new champion scores at once
+    assert decision == "promoted" and promoted == [True]  # a new champion scores at once
     assert job.owed(trigger, dt.datetime.now(dt.UTC)) is False  # the retrain just made a model
 
 
@@ -275,23 +277,39 @@ def test_a_failing_retrain_job_logs_and_keeps_the_daemon(engine, tmp_path, caplo
 
 
 @pytest.mark.parametrize(
-    ("challenger", "champion", "naive", "min_improvement", "decision", "worse_than"),
+    ("challenger", "champion", "naive", "z", "min_improvement", "decision", "why"),
     [
-        (1.00, 1.00, 1.10, 0.0, True, ""),  # a tie with the champion passes: it is fresher
-        (0.99, 1.00, 1.10, 0.02, False, "the champion"),  # 1% better, 2% asked
-        (0.97, 1.00, 1.10, 0.02, True, ""),
-        (0.90, 1.20, 0.89, 0.0, False, "naive"),  # beats the champion, not naive
-        (1.30, 1.20, 1.00, 0.0, False, "the champion and naive"),
+        (1.00, 1.00, 1.10, 0.0, 0.0, False, "not better than the champion (a tie)"),  # ties keep the champion
+        (0.999, 1.00, 1.10, 1.2, 0.0, False, "not better than the champion beyond noise"),
+        (0.99, 1.00, 1.10, 3.0, 0.0, True, ""),
+        (0.99, 1.00, 1.10, 3.0, 0.02, False, "short of the bar (2.0% better than the champion)"),  # 1% better
+        (0.97, 1.00, 1.10, 3.0, 0.02, True, ""),
+        (0.90, 1.20, 0.89, 5.0, 0.0, False, "worse than naive"),  # beats the champion, not naive
+        (1.30, 1.20, 1.00, -4.0, 0.0, False, "worse than the champion; worse than naive"),
     ],
 )
-def test_the_gate_rule(challenger, champion, naive, min_improvement, decision, worse_than):
+def test_the_gate_rule(challenger, champion, naive, z, min_improvement, decision, why):
     from forecaster.lifecycle.gate import GateFigures, judge
 
-    figures = GateFigures("backtest", 100, 10, "2017-01-02", "2017-01-13", champion, challenger, naive)
+    figures = GateFigures("backtest", 100, 10, "2017-01-02", "2017-01-13", champion, challenger, naive, z)
     promote, reason = judge(figures, min_improvement)
     assert promote is decision
-    assert reason.startswith("promoted: " if decision else f"rejected (worse than {worse_than}): ")
+    assert reason.startswith("promoted: " if decision else f"rejected ({why}): ")
     assert f"ratios {challenger / champion:.4f} and {challenger / naive:.4f}" in reason
+    assert f"paired improvement {z:+.2f} standard errors, 2 needed" in reason
+
+
+def test_two_copies_of_one_model_are_a_tie_and_the_champion_stays(engine, world):
+    from forecaster.data.universe import load_universe
+    from forecaster.lifecycle.gate import backtest, judge
+
+    ingest(engine, [world["data"]])
+    model = load_model(world["good"])
+    universe = load_universe(engine, model.training_tickers)
+    figures = backtest(universe, model, model, int(np.unique(universe.dates)[-GATE_DAYS]))
+    assert figures.challenger_rmse == figures.champion_rmse and figures.z == 0.0
+    promote, reason = judge(figures, 0.0)
+    assert not promote and reason.startswith("rejected (not better than the champion (a tie)): ")
 
 
 def test_retrain_and_models_from_the_command_line(db_url, world, tmp_path):
@@ -304,18 +322,19 @@ def test_retrain_and_models_from_the_command_line(db_url, world, tmp_path):
     ingest(engine, [world["data"]])
     assert runner.invoke(main, ["promote", str(world["good"]), "--reason", "first", "--db", db_url]).exit_code == 0
     args = ["--db", db_url, "--models-dir", str(tmp_path / "m"), "--train-device", "cpu", "--quiet"]
-    result = runner.invoke(main, ["retrain", "--gate-days", str(GATE_DAYS), *args])
+    # A 90% improvement on a good champion is out of reach: rejected, and listed so.
+    result = runner.invoke(main, ["retrain", "--gate-days", str(GATE_DAYS), "--min-improvement", "0.9", *args])
     assert result.exit_code == 0, result.output
     [(decision, reason)] = rows(engine, "SELECT decision, reason FROM promotions WHERE reason != 'first'")
-    assert f"{decision}: {tmp_path / 'm'}" in result.output and reason in result.output
+    assert decision == "rejected" and f"rejected: {tmp_path / 'm'}" in result.output and reason in result.output
     listed = runner.invoke(main, ["models", "--db", db_url]).output
-    assert ("rejected" if decision == "rejected" else "retired") in listed
+    assert "rejected" in listed and "champion" in listed
 
 
 def test_the_daemon_serves_the_champion_and_runs_a_missed_retrain_on_start(db_url, world, tmp_path):
     engine = store.connect(db_url)
     ingest(engine, [world["data"]])
-    registry.promote(engine, world["good"], "first")
+    registry.promote(engine, world["broken"], "first")  # the missed retrain's challenger replaces it
     with engine.begin() as conn:  # the champion was made long before the last scheduled retrain
         conn.execute(sa.text("UPDATE models SET created_at = '2020-01-01T00:00:00+00:00'"))
     log_path = tmp_path / "daemon.log"
@@ -331,8 +350,48 @@ def test_the_daemon_serves_the_champion_and_runs_a_missed_retrain_on_start(db_ur
     # First the catch-up with the champion, then the owed retrain, then both schedules.
     assert log.index("predictions for") < log.index("a scheduled retrain was missed") < log.index("retrain: ")
     [(decision,)] = rows(engine, "SELECT decision FROM promotions WHERE reason != 'first'")
-    assert f"retrain: {decision}" in log and "next nightly at" in log
+    assert decision == "promoted" and "retrain: promoted" in log and "next nightly at" in log
     served = rows(engine, "SELECT DISTINCT model_id FROM runs WHERE shadow_of IS NULL AND status = 'succeeded'")
     champion = registry.champion(engine).model_id
-    # A promotion is followed at once by a run of the new champion.
-    assert (champion,) in served and len(served) == (2 if decision == "promoted" else 1)
+    # The promotion is followed at once by a run of the new champion.
+    assert (champion,) in served and len(served) == 2
+
+
+@pytest.mark.parametrize("stopped_after", ["nothing", "run_training", "export", "verify", "backtest"])
+def test_a_stop_at_any_point_before_the_decision_records_nothing(engine, world, tmp_path, monkeypatch, stopped_after):
+    from forecaster.lifecycle import retrain as retrain_module
+    from forecaster.lifecycle.retrain import RetrainStoppedError
+
+    ingest(engine, [world["data"]])
+    registry.promote(engine, world["broken"], "first")
+    before = rows(engine, "SELECT model_id, status FROM models"), rows(engine, "SELECT * FROM promotions")
+    asked = [stopped_after == "nothing"]  # SIGTERM sets this in the command; here the step before does
+
+    def then_stop(name):
+        real = getattr(retrain_module.gate if name == "backtest" else retrain_module, name)
+
+        def wrapped(*args, **kwargs):
+            result = real(*args, **kwargs)
+            asked[0] = True
+            return result
+
+        return wrapped
+
+    if stopped_after == "backtest":
+        monkeypatch.setattr(retrain_module.gate, "backtest", then_stop("backtest"))
+    elif stopped_after != "nothing":
+        monkeypatch.setattr(retrain_module, stopped_after, then_stop(stopped_after))
+    with pytest.raises(RetrainStoppedError, match="nothing recorded, the champion keeps serving") as stopped:
+        retrain(engine, settings(tmp_path), should_stop=lambda: asked[0])
+    assert "resume" not in str(stopped.value)
+    assert (rows(engine, "SELECT model_id, status FROM models"), rows(engine, "SELECT * FROM promotions")) == before
+    left = sorted(p.name for p in (tmp_path / "models").iterdir())
+    assert not [n for n in left if n.endswith(".state.pt")]  # nothing to `train --resume`: it is no retrain
+    assert all((tmp_path / "models" / n).stat().st_size > 0 for n in left)  # no claimed, empty name left
+
+
+def test_challengers_made_in_the_same_second_get_their_own_files(tmp_path):
+    from forecaster.lifecycle.retrain import challenger_path
+
+    paths = {challenger_path(tmp_path) for _ in range(3)}
+    assert len(paths) == 3 and all(p.with_suffix(".onnx").exists() for p in paths)

@@ -26,7 +26,7 @@ def test_untrained_relative_model_is_exactly_naive():
 
 
 def test_the_best_validation_epoch_beating_the_start_beyond_noise_is_kept():
-    from forecaster.training.loop import EVIDENCE, MIN_GAIN
+    from forecaster.evidence import EVIDENCE, MIN_GAIN
 
     series = {"syn": synthetic_series(days=400, seed=5, ar=0.5)}
     result = train(series, TrainConfig(epochs=15, hidden=16, layers=1, batch_size=32, lr=0.05))

@@ -131,7 +131,7 @@ def test_verdicts_count_ratios_within_float_noise_of_one_as_level():
     from forecaster.training.job import verdict
 
     def metrics(*ratios, is_naive=False):
-        from forecaster.training.train import compared_with_naive
+        from forecaster.evidence import compared_with_naive
 
         kinds = [compared_with_naive(r) for r in ratios]
         return {

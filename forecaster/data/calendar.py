@@ -49,7 +49,7 @@ def exchange_today(calendar: str = DEFAULT_CALENDAR, now: dt.datetime | None = N
     """The current day where the exchange is (a row dated later cannot have traded yet)."""
     from zoneinfo import ZoneInfo
 
-    return (now or dt.datetime.now(dt.timezone.utc)).astimezone(ZoneInfo(timezone(calendar))).date()
+    return (now or dt.datetime.now(dt.UTC)).astimezone(ZoneInfo(timezone(calendar))).date()
 
 
 @functools.lru_cache(maxsize=8)
@@ -61,6 +61,8 @@ def _calendar(name: str, start_year: int):
         return xcals.get_calendar(name, start=f"{start_year}-01-01")
     except xcals.errors.InvalidCalendarName:
         raise DataError(f"unknown exchange calendar {name!r} (e.g. XNYS, XLON, XTKS)") from None
+    except (ValueError, xcals.errors.CalendarError) as exc:  # e.g. a start beyond the calendar's end
+        raise DataError(f"the {name} calendar has no sessions from {start_year}: {str(exc).splitlines()[0]}") from None
 
 
 def _around(day: dt.date, calendar: str):
@@ -78,6 +80,23 @@ def last_session(on_or_before: dt.date, calendar: str = DEFAULT_CALENDAR) -> str
         .date_to_session(pd.Timestamp(on_or_before), direction="previous")
         .strftime("%Y-%m-%d")
     )
+
+
+def last_closed_session(at: dt.datetime, calendar: str = DEFAULT_CALENDAR) -> str:
+    """The newest session whose close had passed at `at` (an aware datetime), as an ISO date:
+    at 06:00 on a Friday in New York, Thursday's."""
+    import numpy as np
+    import pandas as pd
+
+    moment = pd.Timestamp(at).tz_convert("UTC")
+    cal = _around(moment.date() - dt.timedelta(days=10), calendar)
+    if moment > cal.closes.iloc[-1]:
+        raise DataError(f"{at:%Y-%m-%d} is beyond the end of the {calendar} calendar ({cal.last_session.date()})")
+    closes = cal.closes.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy(dtype="datetime64[ns]")
+    closed = int(np.searchsorted(closes, moment.tz_localize(None).to_datetime64(), side="right")) - 1
+    if closed < 0:
+        raise DataError(f"no {calendar} session had closed by {at:%Y-%m-%d %H:%M}")
+    return cal.closes.index[closed].strftime("%Y-%m-%d")
 
 
 def next_trading_day(as_of: str, calendar: str = DEFAULT_CALENDAR, *, engine: sa.Engine | None = None) -> str:

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
+# latest_predictions shows a ticker while its newest prediction is at most this
+# many sessions (dates with prices) behind the newest served: one that stopped
+# trading is retired from it, not shown as tomorrow's forecast for weeks.
+RETIRED_AFTER_SESSIONS = 5
 
 metadata = sa.MetaData()
 INTERVAL_COLUMNS = ("lo80", "hi80", "lo95", "hi95")  # the same names as intervals.COLUMNS
@@ -205,24 +209,41 @@ calendar_coverage = sa.Table(
 )
 
 VIEWS = {
-    # The newest prediction per ticker of the champion (of any model while no
-    # model has been promoted): challengers' shadow predictions never show here.
-    "latest_predictions": """
+    # The newest served prediction per ticker: of the champion, or of a
+    # model that was champion before (so a promotion never empties the view
+    # until the new champion has scored), the champion first on the same
+    # as_of; of any model while none has been promoted. Shadow runs never
+    # show. sessions_behind: dates with prices after its as_of up to the
+    # newest served as_of (0: current); beyond RETIRED_AFTER_SESSIONS the
+    # ticker has stopped trading or lost its file, and is not shown.
+    "latest_predictions": f"""
         SELECT ticker, as_of, target_date, predicted_close, lo80, hi80, lo95, hi95, last_close, model_id,
-               run_id, flags
+               run_id, flags, sessions_behind
         FROM (
-            SELECT p.*, ROW_NUMBER() OVER (
-                PARTITION BY p.ticker ORDER BY p.as_of DESC, p.run_id DESC) AS rn
-            FROM predictions p
-            WHERE p.model_id IN (SELECT model_id FROM models WHERE status = 'champion')
-               OR NOT EXISTS (SELECT 1 FROM models WHERE status = 'champion')
-        ) AS ranked
-        WHERE rn = 1
+            SELECT ranked.*,
+                   (SELECT COUNT(*) FROM price_dates d
+                    WHERE d.date > ranked.as_of AND d.date <= ranked.newest) AS sessions_behind
+            FROM (
+                SELECT p.*, MAX(p.as_of) OVER () AS newest,
+                       ROW_NUMBER() OVER (
+                           PARTITION BY p.ticker
+                           ORDER BY p.as_of DESC, CASE WHEN m.status = 'champion' THEN 0 ELSE 1 END, p.run_id DESC
+                       ) AS rn
+                FROM predictions p
+                JOIN runs r ON r.run_id = p.run_id
+                JOIN models m ON m.model_id = p.model_id
+                WHERE r.shadow_of IS NULL
+                  AND (m.promoted_at IS NOT NULL OR NOT EXISTS (SELECT 1 FROM models WHERE status = 'champion'))
+            ) AS ranked
+            WHERE rn = 1
+        ) AS latest
+        WHERE sessions_behind <= {RETIRED_AFTER_SESSIONS}
     """,
     # Each prediction with the next close stored after its as_of (NULL while
     # that day has not arrived). error = predicted - actual; naive_error is
     # the same for "tomorrow's close = today's close"; in80 / in95: 1 when the
     # actual close fell inside the interval, 0 outside, NULL before it is known.
+    # served: 1 for a prediction of a served run, 0 for a challenger's shadow.
     "prediction_outcomes": """
         SELECT p.prediction_id, p.ticker, p.as_of, p.target_date, p.predicted_close, p.last_close,
                nx.date AS actual_date, nx.close AS actual_close,
@@ -233,8 +254,10 @@ VIEWS = {
                     WHEN nx.close BETWEEN p.lo80 AND p.hi80 THEN 1 ELSE 0 END AS in80,
                CASE WHEN nx.close IS NULL OR p.lo95 IS NULL THEN NULL
                     WHEN nx.close BETWEEN p.lo95 AND p.hi95 THEN 1 ELSE 0 END AS in95,
-               p.model_id, p.run_id, p.flags
+               p.model_id, p.run_id, p.flags,
+               CASE WHEN r.shadow_of IS NULL THEN 1 ELSE 0 END AS served
         FROM predictions p
+        JOIN runs r ON r.run_id = p.run_id
         LEFT JOIN prices nx
           ON nx.ticker = p.ticker
          AND nx.date = (SELECT MIN(q.date) FROM prices q
@@ -287,6 +310,10 @@ def _drop_views(conn: sa.Connection) -> None:
         conn.exec_driver_sql(f"DROP VIEW IF EXISTS {name}")
 
 
+def _views_only(conn: sa.Connection) -> None:
+    """A step that changes the views alone (ensure_schema rebuilds them)."""
+
+
 def _add_missing_tables(conn: sa.Connection) -> None:
     metadata.create_all(conn)  # checkfirst: only the tables that are not there yet
 
@@ -318,4 +345,5 @@ MIGRATIONS = {
     2: _add_interval_columns,  # 3: predictions.lo80, hi80, lo95, hi95; in80 / in95 in prediction_outcomes
     3: _add_registry,  # 4: models.status, promoted_at, runs.shadow_of, promotions, model_scoreboard
     4: _add_missing_tables,  # 5: price_revisions; prediction_outcomes.prediction_id
+    5: _views_only,  # 6: latest_predictions keeps serving across a promotion, sessions_behind; outcomes' served
 }

@@ -45,3 +45,4 @@ class DaemonConfig:
     retrain_cron: str | None = None  # e.g. "0 6 * * 6"; needs model "champion"
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
     settle: float = SETTLE_SECONDS  # seconds before a file's unterminated last line is read
+    lock_check: dt.timedelta = dt.timedelta(seconds=30)  # how often the daemon checks it still holds its lock

@@ -5,6 +5,12 @@ Errors are measured relative to each prediction's last close, so a universe
 of $2 and $2,000 stocks is judged on every ticker and not on the dearest
 ones; the figures are root mean squares over every pair (pooled).
 
+The rule (judge): promoted when the challenger beats the champion beyond
+noise (its squared errors smaller pair by pair, on average by at least
+evidence.EVIDENCE standard errors: the test training uses for its kept
+step), its RMSE is at most the champion's x (1 - min_improvement), and no
+worse than naive's. A tie, or a difference within noise, keeps the champion.
+
 Two ways to get the pairs:
 - backtest: the last `gate_days` sessions of stored prices, which the
   challenger never saw, each scored point-in-time (the window ends on the
@@ -24,6 +30,7 @@ import sqlalchemy as sa
 from ..artifact.model_file import ModelFile
 from ..data.universe import Universe, iso_day
 from ..errors import DataError
+from ..evidence import EVIDENCE, paired_z, z_from_moments
 from ..features import CLOSE
 from ..training.windows import gather
 
@@ -38,6 +45,7 @@ class GateFigures:
     champion_rmse: float  # RMS of (predicted - actual) / last close
     challenger_rmse: float
     naive_rmse: float
+    z: float = 0.0  # the challenger's paired improvement on the champion, in standard errors (evidence.py)
 
     @property
     def challenger_vs_naive(self) -> float:
@@ -51,6 +59,7 @@ class GateFigures:
         """What `promotions.metrics` holds."""
         return {
             **asdict(self),
+            "z": max(min(self.z, 1e9), -1e9),  # JSON has no infinity
             "unit": "relative to last close",
             "challenger_vs_naive": self.challenger_vs_naive,
             "champion_vs_naive": _ratio(self.champion_rmse, self.naive_rmse),
@@ -59,22 +68,35 @@ class GateFigures:
 
 
 def judge(figures: GateFigures, min_improvement: float) -> tuple[bool, str]:
-    """(promote?, why): the challenger must be at least `min_improvement`
-    better than the champion and no worse than naive, on the same pairs."""
+    """(promote?, why): the module's rule, on the same pairs."""
     bar = figures.champion_rmse * (1.0 - min_improvement)
-    beats_champion = figures.challenger_rmse <= bar
+    beyond_noise = figures.z >= EVIDENCE
     beats_naive = figures.challenger_rmse <= figures.naive_rmse
     said = (
         f"challenger RMSE {figures.challenger_rmse:.5f} vs champion {figures.champion_rmse:.5f}"
         + (f" (bar {bar:.5f}, {min_improvement:.1%} better)" if min_improvement else "")
         + f" and naive {figures.naive_rmse:.5f} (ratios {figures.challenger_vs_champion:.4f} and "
-        f"{figures.challenger_vs_naive:.4f}), relative to last close, "
+        f"{figures.challenger_vs_naive:.4f}; paired improvement {_z_text(figures.z)} standard errors, "
+        f"{EVIDENCE:g} needed), relative to last close, "
         f"{figures.n} predictions over {figures.days} {figures.gate} days {figures.first_day}..{figures.last_day}"
     )
-    if beats_champion and beats_naive:
+    if beyond_noise and figures.challenger_rmse <= bar and beats_naive:
         return True, "promoted: " + said
-    failed = [w for w, ok in (("the champion", beats_champion), ("naive", beats_naive)) if not ok]
-    return False, f"rejected (worse than {' and '.join(failed)}): " + said
+    if figures.z <= -EVIDENCE:
+        against_champion = "worse than the champion"
+    elif not beyond_noise:
+        tie = figures.challenger_rmse == figures.champion_rmse
+        against_champion = "not better than the champion" + (" (a tie)" if tie else " beyond noise")
+    elif figures.challenger_rmse > bar:
+        against_champion = f"short of the bar ({min_improvement:.1%} better than the champion)"
+    else:
+        against_champion = ""
+    failed = [w for w in (against_champion, "" if beats_naive else "worse than naive") if w]
+    return False, f"rejected ({'; '.join(failed)}): " + said
+
+
+def _z_text(z: float) -> str:
+    return f"{z:+.2f}" if np.isfinite(z) else ("+inf" if z > 0 else "-inf")
 
 
 def backtest(universe: Universe, champion: ModelFile, challenger: ModelFile, first_target: int) -> GateFigures:
@@ -94,6 +116,7 @@ def backtest(universe: Universe, champion: ModelFile, challenger: ModelFile, fir
         for name, model in (("champion", champion), ("challenger", challenger))
     }
     days = np.unique(universe.dates[targets - 1])
+    z = paired_z(np.square(errors["champion"]), np.square(errors["challenger"]))
     return GateFigures(
         "backtest",
         len(targets),
@@ -103,6 +126,7 @@ def backtest(universe: Universe, champion: ModelFile, challenger: ModelFile, fir
         _rms(errors["champion"]),
         _rms(errors["challenger"]),
         _rms((last - actual) / last),
+        z,
     )
 
 
@@ -141,8 +165,13 @@ REALIZED_PAIRS = """
     SELECT COUNT(*) AS n, COUNT(DISTINCT as_of) AS days, MIN(as_of) AS first_day, MAX(as_of) AS last_day,
            AVG((champion_error / last_close) * (champion_error / last_close)) AS champion_ms,
            AVG((challenger_error / last_close) * (challenger_error / last_close)) AS challenger_ms,
-           AVG((naive_error / last_close) * (naive_error / last_close)) AS naive_ms
-    FROM pairs WHERE as_of IN (SELECT as_of FROM nights)
+           AVG((naive_error / last_close) * (naive_error / last_close)) AS naive_ms,
+           SUM(d) AS d_sum, SUM(d * d) AS d_sq
+    FROM (SELECT pairs.*,
+                 (champion_error / last_close) * (champion_error / last_close)
+                 - (challenger_error / last_close) * (challenger_error / last_close) AS d
+          FROM pairs) AS paired
+    WHERE as_of IN (SELECT as_of FROM nights)
 """
 
 
@@ -165,6 +194,7 @@ def realized(conn: sa.Connection, champion_id: str, challenger_id: str, nights: 
         float(np.sqrt(r.champion_ms)),
         float(np.sqrt(r.challenger_ms)),
         float(np.sqrt(r.naive_ms)),
+        z_from_moments(r.n, float(r.d_sum), float(r.d_sq)),
     )
 
 

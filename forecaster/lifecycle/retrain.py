@@ -42,8 +42,13 @@ from ..errors import DataError, ForecasterError
 from ..serving import registry
 from ..training.config import TrainConfig
 from ..training.job import TrainJob, run_training
+from ..training.loop import TrainingStoppedError
 from . import gate
 from .config import GATES, RetrainConfig
+
+
+class RetrainStoppedError(ForecasterError):
+    """A retrain was asked to stop before its decision: nothing was recorded."""
 
 
 @dataclass
@@ -88,6 +93,7 @@ def _backtest(engine, config, champion: ModelFile, progress, should_stop, say) -
     say(f"training a challenger on prices up to {through}; the last {config.gate_days} sessions are the gate")
     challenger = _make_challenger(engine, config, champion, through, progress, should_stop, say, universe)
     figures = gate.backtest(universe, champion, challenger, first_target)
+    _stop_point(should_stop, "the decision")
     extra = {"trained_through": through, "champion_trained_through": registry.trained_through(champion.metadata)}
     caveat = (
         "the champion trained on some gate days, which favours it"
@@ -112,6 +118,7 @@ def _realized(engine, config, champion: ModelFile, progress, should_stop, say) -
             say(f"challenger {entry.model_id[:12]} {reason}")
             outcomes.append(RetrainOutcome("waiting", entry.model_id, challenger.path, reason, figures.to_plain()))
             continue
+        _stop_point(should_stop, "the decision")
         outcomes.append(_judge(engine, config, champion, challenger, figures, {}, "", say))
         if outcomes[-1].decision == "promoted":
             champion = challenger  # any other challenger waits to be judged against the new champion
@@ -120,6 +127,7 @@ def _realized(engine, config, champion: ModelFile, progress, should_stop, say) -
         return outcomes
     say("training a challenger on every stored price, to be scored beside the champion from the next run")
     challenger = _make_challenger(engine, config, champion, None, progress, should_stop, say)
+    _stop_point(should_stop, "registering the challenger")
     with store.write_transaction(engine) as conn:
         registry.decide(conn, challenger, "challenger", "")
     reason = f"registered as a challenger: judged after {config.gate_days} nights of realised outcomes"
@@ -137,20 +145,58 @@ def settings_of(champion: ModelFile, device: str) -> TrainConfig:
     return dataclasses.replace(TrainConfig(**{k: v for k, v in stored.items() if k in known}), device=device)
 
 
+def _stop_point(should_stop: Callable[[], bool], before: str) -> None:
+    """Honour a stop asked for (SIGTERM) at one of the retrain's safe points."""
+    if should_stop():
+        raise RetrainStoppedError(f"retrain stopped before {before}: nothing recorded, the champion keeps serving")
+
+
+def challenger_path(models_dir: Path) -> Path:
+    """A new, unused NAME.pt for a challenger: the time to the second, and a
+    suffix when two retrains start within the same second."""
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    folder = Path(models_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    for n in range(1000):
+        out = folder / f"challenger-{stamp}{f'-{n}' if n else ''}.pt"
+        try:
+            out.with_suffix(".onnx").open("x").close()  # claimed: the next retrain picks another name
+            return out
+        except FileExistsError:
+            continue
+    raise ForecasterError(f"{folder}: no free challenger file name for {stamp}")
+
+
 def _make_challenger(engine, config, champion, through, progress, should_stop, say, loaded=None) -> ModelFile:
     """Train, export and verify a challenger like the champion; the verified file.
     `loaded`: the champion's tickers' prices, when already read (read once, not twice)."""
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    out = Path(config.models_dir) / f"challenger-{stamp}.pt"
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = challenger_path(config.models_dir)
+    try:
+        return _train_export_verify(engine, config, champion, through, out, progress, should_stop, say, loaded)
+    except BaseException:
+        claimed = out.with_suffix(".onnx")
+        if claimed.exists() and claimed.stat().st_size == 0:  # the name was claimed, never written
+            claimed.unlink()
+        raise
+
+
+def _train_export_verify(engine, config, champion, through, out, progress, should_stop, say, loaded) -> ModelFile:
     job = TrainJob(champion.training_tickers, False, settings_of(champion, config.device), out, through)
-    outcome = run_training(engine, job, progress=progress, should_stop=should_stop, loaded=loaded)
+    try:
+        outcome = run_training(engine, job, progress=progress, should_stop=should_stop, loaded=loaded, resumable=False)
+    except TrainingStoppedError:
+        raise RetrainStoppedError(
+            "retrain stopped while training its challenger: nothing recorded, the champion keeps serving"
+        ) from None
     for line in outcome.warnings:
         say(f"warning: {line}")
     say(outcome.verdict)
+    _stop_point(should_stop, "the export")
     exported = export(out, out.with_suffix(".onnx"))
+    _stop_point(should_stop, "the verification")
     checked = verify(exported.path)
     say(f"exported and verified {exported.path} (largest difference from the reference {checked.max_abs:.2e})")
+    _stop_point(should_stop, "the gate")
     return load_model(exported.path, "cpu")
 
 

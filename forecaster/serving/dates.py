@@ -27,8 +27,11 @@ def check_dates(*values: str | None) -> None:
 
 
 def as_of_dates(engine: sa.Engine, as_of: str | None, start: str | None, end: str | None) -> list[str]:
-    """The given as_of, every date with prices in [start, end], or the newest date stored."""
+    """The given as_of, every date with prices in [start, end], or the newest
+    date stored; DataError, before any run starts, for a date without prices."""
     check_dates(as_of, start, end)
+    if start and end and start > end:
+        raise DataError(f"--from {start} is after --to {end}")
     d = schema.price_dates.c
     with engine.connect() as conn:
         if start or end:
@@ -42,9 +45,13 @@ def as_of_dates(engine: sa.Engine, as_of: str | None, start: str | None, end: st
             if not dates:
                 raise DataError(f"no prices stored between {start or 'the start'} and {end or 'the end'}")
             return dates
-        if as_of:
-            return [as_of]
         newest = conn.execute(sa.select(sa.func.max(d.date))).scalar()
+        if as_of and newest is not None:
+            if conn.execute(sa.select(d.date).where(d.date == as_of)).first() is None:
+                day = dt.date.fromisoformat(as_of)
+                what = f"a {day:%A}" if day.weekday() >= 5 else "no ticker has a close that day"
+                raise DataError(f"no prices stored for {as_of} ({what}); the newest date with prices is {newest}")
+            return [as_of]
     if newest is None:
         raise DataError("the database holds no prices yet: ingest some first, or pass --data")
     return [newest]

@@ -21,8 +21,10 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from ..data import schema
+from ..data.calendar import next_trading_day
 from ..data.config import DEFAULT_CALENDAR, SETTLE_SECONDS
 from ..data.ingest import ingest
+from .runs import same_shard
 from .shards import Shard
 
 
@@ -59,6 +61,27 @@ def freshness(engine: sa.Engine, as_of: str, shard: Shard | None = None) -> Fres
     return Freshness(as_of, previous, len(had), len(had & has), sorted(had - has))
 
 
+def session_to_await(
+    engine: sa.Engine, model_id: str, closed: str, shard: Shard | None = None, calendar: str = DEFAULT_CALENDAR
+) -> str | None:
+    """The session a scheduled run waits for: the next one this model owes
+    (the session after its last succeeded as_of; with no run yet, the newest
+    closed), when it has closed by now (`closed`: the newest closed session
+    at fire time). None when that session has not traded yet: nothing to
+    wait for, the run scores what is new at once. Independent of the wall
+    clock's date, so a vendor a day late or a replay of history waits for the
+    session it will really score."""
+    r = schema.runs.c
+    with engine.connect() as conn:
+        last = conn.execute(
+            sa.select(sa.func.max(r.as_of)).where(r.model_id == model_id, r.status == "succeeded", same_shard(shard))
+        ).scalar()
+    if last is None:
+        return closed
+    owed = next_trading_day(last, calendar, engine=engine)
+    return owed if owed <= closed else None
+
+
 def wait_for_data(
     engine: sa.Engine,
     as_of: str,
@@ -70,7 +93,7 @@ def wait_for_data(
     shard: Shard | None = None,
     calendar: str = DEFAULT_CALENDAR,
     settle: float = SETTLE_SECONDS,
-    now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc),
+    now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
     sleep: Callable[[float], None] = time.sleep,
     should_stop: Callable[[], bool] = lambda: False,
     on_check: Callable[[Freshness], None] = lambda f: None,

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import sqlalchemy as sa
 
-from ..artifact.model_file import ModelFile, load_model
+from ..artifact.model_file import ModelFile, file_sha256, load_model
 from ..data import schema, store
 from ..data.calendar import next_trading_day
 from ..data.config import DEFAULT_CALENDAR, SETTLE_SECONDS
@@ -57,6 +57,7 @@ class RunResult:
     seconds: float
     message: str
     shadows: dict[str, int] = field(default_factory=dict)  # challenger model_id -> predictions written
+    unscored: dict[str, str] = field(default_factory=dict)  # challenger model_id -> why it could not be loaded
 
 
 @dataclass
@@ -155,25 +156,44 @@ def _score_dates(
     report = ingest(engine, data, progress=progress, calendar=calendar, settle=settle) if data else None
     recovered = runs.recover_abandoned_runs(engine)
     try:
-        model, shadows = _models(engine, model_path, device)
+        model, shadows, unloadable = _models(engine, model_path, device)
     except ForecasterError as exc:
-        runs.record_failed_run(engine, as_of, None, device, str(exc), shard)
+        runs.record_failed_run(engine, as_of, _intended_model_id(engine, model_path), device, str(exc), shard)
         raise
     outcome = PredictOutcome([], report, model.sha256, model.device, recovered)
     for day in dates_for(model):
         if should_stop():
             break
-        outcome.runs.append(run_one(engine, model, day, calendar, shard, shadows))
+        outcome.runs.append(run_one(engine, model, day, calendar, shard, shadows, unloadable))
         on_run(outcome.runs[-1])
     return outcome
 
 
-def _models(engine: sa.Engine, model_path: str | Path, device: str) -> tuple[ModelFile, list[ModelFile]]:
-    """The model to serve, and the challengers to score beside it."""
+def _models(engine: sa.Engine, model_path: str | Path, device: str) -> tuple[ModelFile, list[ModelFile], dict]:
+    """The model to serve, the challengers to score beside it, and the
+    challengers that cannot be loaded ({model_id: why}): those are skipped,
+    never the reason the champion does not serve."""
     if str(model_path) != registry.CHAMPION:
-        return load_model(model_path, device), []
+        return load_model(model_path, device), [], {}
     champion = registry.load_registered(registry.champion(engine), device)
-    return champion, [registry.load_registered(c, device) for c in registry.challengers(engine)]
+    shadows, unloadable = [], {}
+    for entry in registry.challengers(engine):
+        try:
+            shadows.append(registry.load_registered(entry, device))
+        except ForecasterError as exc:
+            unloadable[entry.model_id] = str(exc)
+    return champion, shadows, unloadable
+
+
+def _intended_model_id(engine: sa.Engine, model_path: str | Path) -> str | None:
+    """The model a run that could not load it meant to serve: the registry's
+    champion, or the file's sha256 (None when neither can be known)."""
+    try:
+        if str(model_path) == registry.CHAMPION:
+            return registry.champion(engine).model_id
+        return file_sha256(model_path)
+    except (ForecasterError, OSError):
+        return None
 
 
 @dataclass
@@ -192,16 +212,19 @@ def run_one(
     calendar: str = DEFAULT_CALENDAR,
     shard: Shard | None = None,
     shadows: list[ModelFile] = (),
+    unloadable: dict[str, str] | None = None,
 ) -> RunResult:
     """Score one as_of with `model` (and the `shadows` beside it, each under
-    its own model_id and runs row); all or nothing. Any failure is recorded
+    its own model_id and runs row; challengers that could not be loaded get a
+    failed shadow run with the reason); all or nothing. Any failure is recorded
     in the run's row; a library error is then raised as it is, anything else
     (a bug) keeps its traceback."""
     started = time.perf_counter()
     run_id = runs.start_run(engine, model.sha256, as_of, model.device, shard)
     try:
         scored = [_score(engine, m, as_of, shard) for m in (model, *shadows)]
-        result = _write(engine, run_id, as_of, next_trading_day(as_of, calendar, engine=engine), scored, shard)
+        target = next_trading_day(as_of, calendar, engine=engine)
+        result = _write(engine, run_id, as_of, target, scored, shard, unloadable or {})
     except BaseException as exc:
         runs.mark_failed(
             engine, run_id, str(exc) if isinstance(exc, ForecasterError) else f"{type(exc).__name__}: {first_line(exc)}"
@@ -242,11 +265,18 @@ def _to_score(
 
 
 def _write(
-    engine: sa.Engine, run_id: int, as_of: str, target: str, scored: list[_Scored], shard: Shard | None
+    engine: sa.Engine,
+    run_id: int,
+    as_of: str,
+    target: str,
+    scored: list[_Scored],
+    shard: Shard | None,
+    unloadable: dict[str, str],
 ) -> RunResult:
     """In one transaction: each model's predictions not stored yet (with their
-    intervals, when it has them), its `models` row, the shadows' runs rows,
-    and the served model's run's success."""
+    intervals, when it has them), its `models` row, the shadows' runs rows
+    (failed ones for challengers that could not be loaded), and the served
+    model's run's success."""
     with store.write_transaction(engine) as conn:
         served, *shadows = scored
         inserted, flagged = _predictions(conn, run_id, as_of, target, served)
@@ -263,6 +293,9 @@ def _write(
                 f"as_of {as_of}: {len(shadow_inserted)} shadow predictions beside champion {served.model.sha256[:12]}",
                 len(shadow_inserted),
             )
+        for model_id, why in unloadable.items():
+            shadow_run = runs.add_shadow_run(conn, model_id, as_of, served.model.device, shard, run_id)
+            runs.finish_run(conn, shadow_run, "failed", f"challenger not scored: {why}", 0)
         batch = served.batch
         result = RunResult(
             run_id,
@@ -278,6 +311,7 @@ def _write(
             0.0,
             "",
             shadow_counts,
+            dict(unloadable),
         )
         result.message = _message(result)
         runs.finish_run(conn, run_id, "succeeded", result.message, len(inserted))
@@ -339,6 +373,8 @@ def _message(r: RunResult) -> str:
         )
     for model_id, n in r.shadows.items():
         parts.append(f"shadow {model_id[:12]}: {n} predictions")
+    for model_id, why in r.unscored.items():
+        parts.append(f"challenger {model_id[:12]} not scored: {why}")
     if r.flagged:
         parts.append(
             f"{len(r.flagged)} flagged {FLAG_OUT_OF_RANGE} (window beyond anything seen in "

@@ -148,6 +148,10 @@ def promote(engine: sa.Engine, model_path: str | Path, reason: str) -> list[str]
             reason,
             {"held_out": {k: overall.get(k) for k in ("mean_ratio", "median_ratio", "n_tickers")}, "manual": True},
         )
+        # The file given is the one served from now on (its sha256 is the model_id:
+        # the same bytes), wherever the model was first scored from.
+        m = schema.models.c
+        conn.execute(schema.models.update().where(m.model_id == model.sha256).values(path=str(model.path.resolve())))
     return warnings
 
 

@@ -1,6 +1,9 @@
 """Realized accuracy of stored predictions, beside the naive forecast, asked
 of the `prediction_outcomes` view in SQL (predictions whose next close has
-arrived): the same question a user can type into `forecaster sql`."""
+arrived): the same question a user can type into `forecaster sql`.
+
+By default what was served (no challenger's shadow predictions); by model
+when asked, each model on its own outcomes."""
 
 from __future__ import annotations
 
@@ -12,17 +15,19 @@ import sqlalchemy as sa
 
 from .. import intervals as iv
 from ..data import schema
-
-COLUMNS = ("n", "rmse", "mae", "naive_rmse", "naive_mae", "ratio", "direction_accuracy")
+from ..errors import DataError
+from ..evidence import DIRECTION_NOISE
+from .dates import check_dates
 
 # Per group: RMSE and MAE of the model and of naive, and how often the model
-# got the direction of the move right (up, down or unchanged).
+# got the direction of the move right (up, down or unchanged; a forecast
+# within DIRECTION_NOISE of the last close states no direction: evidence.py).
 ACCURACY_SQL = """
     SELECT {group} COUNT(*) AS n,
            sqrt(AVG(error * error)) AS rmse, AVG(ABS(error)) AS mae,
            sqrt(AVG(naive_error * naive_error)) AS naive_rmse, AVG(ABS(naive_error)) AS naive_mae,
-           AVG(CASE WHEN (CASE WHEN predicted_close > last_close THEN 1
-                               WHEN predicted_close < last_close THEN -1 ELSE 0 END)
+           AVG(CASE WHEN (CASE WHEN predicted_close > last_close * (1 + :noise) THEN 1
+                               WHEN predicted_close < last_close * (1 - :noise) THEN -1 ELSE 0 END)
                        = (CASE WHEN actual_close > last_close THEN 1
                                WHEN actual_close < last_close THEN -1 ELSE 0 END)
                     THEN 1.0 ELSE 0.0 END) AS direction_accuracy
@@ -34,28 +39,46 @@ ACCURACY_SQL = """
 
 @dataclass
 class Report:
-    per_ticker: list[dict]  # ticker and COLUMNS, by ticker
-    overall: dict  # COLUMNS over everything
+    per_ticker: list[dict]  # ticker and the accuracy figures, by ticker
+    overall: dict  # the same over everything
     pending: int  # predictions whose next close has not arrived yet
     outcomes: list[dict]  # each prediction with its outcome (for the plot)
     intervals: dict | None = None  # coverage, width, score beside RiskMetrics: "overall", "tickers", "thirds"
+    per_model: list[dict] | None = None  # model_id, status and the figures, when asked by model
+    model_id: str | None = None  # the model asked for (a prefix resolved)
 
 
 def build_report(
-    engine: sa.Engine, *, since: str | None = None, ticker: str | None = None, model_id: str | None = None
+    engine: sa.Engine,
+    *,
+    since: str | None = None,
+    ticker: str | None = None,
+    model_id: str | None = None,
+    by_model: bool = False,
 ) -> Report:
-    where, params = ["1 = 1"], {}
-    if since:
-        where.append("as_of >= :since")
-        params["since"] = since
-    if ticker:
-        where.append("ticker = :ticker")
-        params["ticker"] = ticker.strip().lower()  # stored as in the files' names, lower-case
-    if model_id:
-        where.append("model_id = :model_id")
-        params["model_id"] = model_id
-    condition = " AND ".join(where)
+    """Served predictions only, unless a model is asked for (then that model's,
+    shadows included) or `by_model` (then also one row per model)."""
+    check_dates(since)
+    where, params = ["1 = 1"], {"noise": DIRECTION_NOISE}
     with engine.connect() as conn:
+        if since:
+            where.append("as_of >= :since")
+            params["since"] = since
+        if ticker:
+            params["ticker"] = ticker.strip().lower()  # stored as in the files' names, lower-case
+            known = conn.execute(
+                sa.select(schema.tickers.c.ticker).where(schema.tickers.c.ticker == params["ticker"])
+            ).first()
+            if known is None:
+                raise DataError(f"unknown ticker {params['ticker']}: not in the database")
+            where.append("ticker = :ticker")
+        if model_id:
+            params["model_id"] = model_id = resolve_model_id(conn, model_id)
+            where.append("model_id = :model_id")
+        per_model = _per_model(conn, " AND ".join(where), params) if by_model else None
+        if not model_id:
+            where.append("served = 1")  # the rest: what was served (a model asked for: all of its own)
+        condition = " AND ".join(where)
         per_ticker = [
             _with_ratio(r)
             for r in conn.execute(
@@ -84,7 +107,30 @@ def build_report(
         ]
         calibrated = [r for r in outcomes if r["lo80"] is not None]
         intervals = _intervals(conn, calibrated) if calibrated else None
-    return Report(per_ticker, overall, pending, outcomes, intervals)
+    return Report(per_ticker, overall, pending, outcomes, intervals, per_model, model_id)
+
+
+def _per_model(conn: sa.Connection, condition: str, params: dict) -> list[dict]:
+    """One row per model, each on its own outcomes (a challenger's shadow predictions are its own)."""
+    query = ACCURACY_SQL.format(group="model_id,", where=condition, group_by="GROUP BY model_id ORDER BY model_id")
+    rows = [_with_ratio(r) for r in conn.execute(sa.text(query), params).mappings()]
+    statuses = dict(conn.execute(sa.select(schema.models.c.model_id, schema.models.c.status)).all())
+    return [{**r, "status": statuses.get(r["model_id"]) or ""} for r in rows]
+
+
+def resolve_model_id(conn: sa.Connection, given: str) -> str:
+    """The model whose id starts with `given` (the 12 characters `models` prints
+    will do); DataError when none or several do."""
+    prefix = given.strip().lower()
+    if not prefix or any(c not in "0123456789abcdef" for c in prefix):
+        raise DataError(f"{given!r} is not a model id (a sha256 in hex, or its first characters)")
+    m = schema.models.c
+    found = conn.execute(sa.select(m.model_id).where(m.model_id.like(f"{prefix}%")).limit(2)).scalars().all()
+    if not found:
+        raise DataError(f"no model's id starts with {given!r} (forecaster models lists them)")
+    if len(found) > 1:
+        raise DataError(f"several models' ids start with {given!r}: give more of it")
+    return found[0]
 
 
 RISKMETRICS_WARMUP = 250  # sessions of closes before the first as_of: lambda 0.94 forgets 0.94^250 ~ 2e-7

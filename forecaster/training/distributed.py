@@ -48,6 +48,18 @@ class World:
         if self.distributed:
             dist.barrier()
 
+    def broadcast_text(self, text: str) -> str:
+        """Rank 0's `text` on every process (the others' own is ignored)."""
+        if not self.distributed:
+            return text
+        data = torch.tensor(list(text.encode()) if self.is_main else [], dtype=torch.uint8, device=self.device)
+        length = torch.tensor([len(data)], dtype=torch.int64, device=self.device)
+        dist.broadcast(length, 0)
+        if not self.is_main:
+            data = torch.empty(int(length.item()), dtype=torch.uint8, device=self.device)
+        dist.broadcast(data, 0)
+        return bytes(data.cpu().tolist()).decode()
+
     def any(self, flag: bool) -> bool:
         """True on every process when it is true on one (a stop asked of any rank)."""
         return self.sum(float(flag))[0] > 0

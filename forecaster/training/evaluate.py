@@ -7,24 +7,12 @@ import torch
 
 from .. import intervals
 from ..data.universe import Universe
+from ..evidence import compared_with_naive
 from ..features import CLOSE
 from .loop import INFERENCE_BATCH
 from .metrics import accuracy
 from .model import Forecaster
 from .windows import WindowIndex, gather
-
-# |RMSE ratio - 1| up to this is float noise, not skill: a model that repeats
-# the last close in float32 rounds each price by up to 6e-8 of itself, which
-# moved its ratio to naive by 1e-7 on aaxj and can reach ~1e-5 on a $2 ticker.
-LEVEL_WITH_NAIVE = 1e-4
-
-
-def compared_with_naive(ratio: float) -> str:
-    """ "better", "level" or "worse": a ratio within float noise of 1 (a model
-    that repeats the last close, computed in float32) is level, not worse."""
-    if abs(ratio - 1.0) <= LEVEL_WITH_NAIVE:
-        return "level"
-    return "better" if ratio < 1.0 else "worse"
 
 
 def predict_windows(

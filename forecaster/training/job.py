@@ -15,15 +15,15 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from .. import plots
-from ..data import store
+from ..data import schema, store
 from ..data.universe import Universe, load_universe, stored_counts
 from ..errors import DataError
+from ..evidence import compared_with_naive
 from ..files import write_atomically
 from ..tables import format_table
 from . import checkpoint
 from .config import TrainConfig
 from .distributed import World, join
-from .evaluate import compared_with_naive
 from .precision import bf16_support
 from .train import TrainResult, train_universe
 from .windows import min_rows
@@ -91,14 +91,26 @@ def run_training(
     resume: dict | None = None,
     db: str | None = None,
     loaded: Universe | None = None,
+    resumable: bool = True,
 ) -> TrainOutcome | None:
     """Train and, on rank 0, write and describe the result (None on the other ranks).
     `world`: this process's place in a torchrun job; by default it runs alone.
-    `loaded`: the job's tickers' prices when the caller has read them already."""
+    `loaded`: the job's tickers' prices when the caller has read them already.
+    `resumable`: a stop saves NAME.state.pt for `train --resume` (not for a
+    retrain's challenger, which a resume could not finish as a retrain)."""
     world = world or join(job.config.device)
     started = time.perf_counter()
     tickers, warnings = choose_tickers(engine, job)
+    snapshot = _snapshot(engine, world, tickers)
+    tickers = snapshot["tickers"]
     universe = loaded if loaded is not None and loaded.tickers == sorted(tickers) else load_universe(engine, tickers)
+    if snapshot["through"]:
+        universe = universe.through(int(snapshot["through"].replace("-", "")))
+    if world.distributed and world.any(universe.data_hash() != world.broadcast_text(universe.data_hash())):
+        raise DataError(
+            "the processes of this torchrun job read different prices (an ingest changed past days between "
+            "their reads): train again"
+        )
     if job.through:
         universe, dropped = _through(universe, job.through, job.config.seq_len)
         warnings.extend(dropped)
@@ -109,7 +121,7 @@ def run_training(
         world,
         progress=progress,
         should_stop=should_stop,
-        state_path=state_path(job.out),
+        state_path=state_path(job.out) if resumable else None,
         job={**job.to_plain(), "db": db and sa.engine.make_url(db).render_as_string(hide_password=True)},
         resume=resume,
     )
@@ -136,6 +148,20 @@ def run_training(
         warnings,
         notes,
     )
+
+
+def _snapshot(engine: sa.Engine, world: World, tickers: list[str]) -> dict:
+    """What every process of a job trains on: rank 0's tickers, and its newest
+    stored day (a torchrun job's ranks read the database one after another;
+    an ingest between their reads must not give them different rows)."""
+    if not world.distributed:
+        return {"tickers": tickers, "through": None}
+    mine = ""
+    if world.is_main:
+        with engine.connect() as conn:
+            newest = conn.execute(sa.select(sa.func.max(schema.price_dates.c.date))).scalar()
+        mine = json.dumps({"tickers": tickers, "through": newest})
+    return json.loads(world.broadcast_text(mine))
 
 
 def _through(universe: Universe, day: str, seq_len: int) -> tuple[Universe, list[str]]:

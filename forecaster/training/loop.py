@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from ..data.universe import Universe
 from ..errors import ForecasterError
+from ..evidence import EVIDENCE, MIN_GAIN, z_from_moments
 from . import checkpoint
 from .config import STEP_BUDGET, TUTORIAL_EPOCHS, TrainConfig
 from .distributed import World
@@ -35,8 +36,6 @@ from .windows import WindowIndex, gather
 # A diagnostic: with this set to a folder, each rank writes the training
 # windows it used (their first rows, in order) to rank<R>.npy there.
 RECORD_WINDOWS_ENV = "FORECASTER_RECORD_WINDOWS"
-EVIDENCE = 2.0  # standard errors by which a step must beat the start on validation...
-MIN_GAIN = 0.002  # ...and the share of the start's validation error it must remove
 EVALUATIONS = 40  # validation checks over a step budget (each epoch when counting epochs)
 STOP_CHECK_EVERY = 10  # steps between the ranks' agreement on a stop (every step when alone)
 INFERENCE_BATCH = 8192  # windows per forward pass without gradients
@@ -119,6 +118,9 @@ def fit(
         }
     loss_fn = nn.MSELoss()
     running, seen, epoch, order = 0.0, 0, -1, None
+    if resume is not None and world.is_main:
+        # The training loss since the last check, summed over the ranks when it stopped.
+        running, seen = history.pop("since_check", (0.0, 0))
     record = [] if os.environ.get(RECORD_WINDOWS_ENV) else None
     bar = tqdm(
         total=budget.steps,
@@ -131,7 +133,17 @@ def fit(
     )
     while step < budget.steps:
         if _asked_to_stop(should_stop, world, step):
-            _save_state(state_path, world, net, optimizer, step, best, history, state_extra or {})
+            since_check = world.sum(running, seen)
+            _save_state(
+                state_path,
+                world,
+                net,
+                optimizer,
+                step,
+                best,
+                {**history, "since_check": since_check},
+                state_extra or {},
+            )
             raise TrainingStoppedError(
                 f"stopped at step {step} of {budget.steps}"
                 + (f"; resume with: forecaster train --resume {state_path}" if state_path else "")
@@ -160,7 +172,7 @@ def fit(
             history["at"].append(step if budget.unit == "step" else step // budget.per_epoch)
             history["train_loss"].append(total / max(count, 1))
             history["val_loss"].append(val_loss)
-            history["val_z"].append(z if math.isfinite(z) else 1e9)
+            history["val_z"].append(max(min(z, 1e9), -1e9))  # JSON has no infinity
             # The best step so far, among those that beat the start beyond the
             # validation sample's noise; a later blow-up never replaces it.
             if z >= EVIDENCE and val_loss <= initial * (1 - MIN_GAIN) and val_loss < best["loss"]:
@@ -255,9 +267,7 @@ class Validation:
         total, count, gain, gain2 = self.world.sum(
             float(errors.sum()), len(errors), float(diff.sum()), float((diff**2).sum())
         )
-        mean_gain = gain / count
-        spread = math.sqrt(max(gain2 / count - mean_gain**2, 0.0) / count)
-        z = mean_gain / spread if spread > 0 else (math.inf if mean_gain > 0 else 0.0)
+        z = z_from_moments(int(count), gain, gain2)
         self.seconds += time.perf_counter() - started
         return total / count, z
 

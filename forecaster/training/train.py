@@ -29,13 +29,13 @@ from ..features import FEATURES
 from .allocator import reuse_freed_memory
 from .config import PRECISIONS, TrainConfig
 from .distributed import World
-from .evaluate import calibrate, compared_with_naive, held_out, held_out_intervals
+from .evaluate import calibrate, held_out, held_out_intervals
 from .loop import fit, validation_sample
 from .model import Forecaster, build_forecaster
 from .precision import resolve as resolve_precision
 from .windows import WindowIndex, fit_scaling, gather, index_windows
 
-__all__ = ["TrainResult", "compared_with_naive", "train", "train_universe"]
+__all__ = ["TrainResult", "train", "train_universe"]
 
 PARITY_WINDOWS_PER_TICKER = 64
 PARITY_WINDOWS_MAX = 512

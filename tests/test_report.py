@@ -1,0 +1,68 @@
+"""`forecaster report`: what was served by default, by model when asked, every filter checked."""
+
+import sqlalchemy as sa
+from test_cli import invoke
+from test_registry import register_challenger
+
+from forecaster.artifact.model_file import file_sha256
+from forecaster.data import store
+from forecaster.serving import registry
+from forecaster.serving.nightly import predict
+from forecaster.serving.report import build_report
+
+
+def two_models_scored(db_url, sample_dir, tiny_model, other_tiny_model):
+    engine = store.connect(db_url)
+    registry.promote(engine, tiny_model, "first")
+    register_challenger(engine, other_tiny_model)
+    predict(engine, "champion", data=[sample_dir], device="cpu", start="2017-10-16", end="2017-11-10")
+    return engine
+
+
+def test_report_counts_what_was_served_and_each_model_when_asked(db_url, sample_dir, tiny_model, other_tiny_model):
+    engine = two_models_scored(db_url, sample_dir, tiny_model, other_tiny_model)
+    with engine.connect() as conn:
+        nights = conn.execute(sa.text("SELECT COUNT(DISTINCT as_of) FROM predictions")).scalar()
+    served = build_report(engine)
+    assert served.overall["n"] == 3 * (nights - 1)  # the champion's alone, not its shadow's too
+    by_model = build_report(engine, by_model=True)
+    assert {r["model_id"]: (r["status"], r["n"]) for r in by_model.per_model} == {
+        file_sha256(tiny_model): ("champion", 3 * (nights - 1)),
+        file_sha256(other_tiny_model): ("challenger", 3 * (nights - 1)),
+    }
+    assert by_model.overall["n"] == served.overall["n"]
+    # The 12 characters `models` prints name a model, shadows and all.
+    shadow = build_report(engine, model_id=file_sha256(other_tiny_model)[:12])
+    assert shadow.model_id == file_sha256(other_tiny_model) and shadow.overall["n"] == 3 * (nights - 1)
+    output = invoke("report", "--by-model", "--db", db_url).output
+    assert file_sha256(other_tiny_model)[:12] in output and "challenger" in output
+
+
+def test_every_filter_of_report_is_checked(db_url, sample_dir, tiny_model, other_tiny_model):
+    two_models_scored(db_url, sample_dir, tiny_model, other_tiny_model)
+    for args, said in [
+        (["--since", "yesterday"], "Error: 'yesterday' is not a date (expected YYYY-MM-DD)\n"),
+        (["--ticker", "zzz"], "Error: unknown ticker zzz: not in the database\n"),
+        (["--model-id", "abc123"], "Error: no model's id starts with 'abc123' (forecaster models lists them)\n"),
+        (["--model-id", "xyz"], "Error: 'xyz' is not a model id (a sha256 in hex, or its first characters)\n"),
+    ]:
+        result = invoke("report", *args, "--db", db_url)
+        assert (result.exit_code, result.output) == (1, said), args
+    quiet = invoke("report", "--since", "2030-01-01", "--db", db_url)
+    assert quiet.exit_code == 0 and quiet.output.startswith("no served prediction has an outcome yet")
+
+
+def test_a_naive_forecast_states_no_direction(db_url, sample_dir, tiny_model):
+    """Predictions that are the last close give or take float rounding are
+    right exactly on the days the close did not move."""
+    engine = store.connect(db_url)
+    predict(engine, tiny_model, data=[sample_dir], device="cpu", start="2017-10-16", end="2017-11-10")
+    with engine.begin() as conn:  # make the stored forecasts naive, as a float32 model returns them
+        conn.execute(sa.text("UPDATE predictions SET predicted_close = last_close * (1 + 4e-8)"))
+        unchanged = conn.execute(
+            sa.text(
+                "SELECT AVG(CASE WHEN actual_close = last_close THEN 1.0 ELSE 0.0 END) FROM prediction_outcomes "
+                "WHERE actual_close IS NOT NULL"
+            )
+        ).scalar()
+    assert build_report(engine).overall["direction_accuracy"] == unchanged
