@@ -196,9 +196,9 @@ def _vm_hwm_kb(pid: int) -> int:
 
 def ingest_universe(folder: Path, tickers: int, days: int, compare_inline: bool = False) -> dict:
     """Generate a universe and time its first ingest (and, as a baseline, the same read inline)."""
-    from forecaster.data import store
     from forecaster.data.ingest import ingest
     from forecaster.data.sample import write_sample_data
+    from forecaster.db import store
 
     start = time.perf_counter()
     write_sample_data(folder / "data", tickers=tickers, days=days, seed=7)
@@ -323,9 +323,9 @@ def bench_train_universe(db: Path, folder: Path, steps: int) -> dict:
 
 
 def bench_train() -> dict:
-    from forecaster.data import store
     from forecaster.data.ingest import ingest
     from forecaster.data.prices import load_series, make_windows
+    from forecaster.db import store
     from forecaster.training import train as train_module
     from forecaster.training.precision import bf16_support
     from forecaster.training.train import TrainConfig, train

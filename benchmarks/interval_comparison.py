@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 
 from forecaster import intervals as iv
-from forecaster.data import store
 from forecaster.data.ingest import ingest
 from forecaster.data.universe import load_universe, stored_counts
+from forecaster.db import store
 from forecaster.features import CLOSE
 from forecaster.training.config import TrainConfig
 from forecaster.training.distributed import World

@@ -28,9 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from forecaster.data import store
 from forecaster.data.ingest import ingest
 from forecaster.data.universe import iso_day, load_universe, stored_counts
+from forecaster.db import store
 from forecaster.features import CLOSE
 from forecaster.lifecycle.gate import target_rows
 from forecaster.training.config import TrainConfig

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from forecaster.data import store
 from forecaster.data.ingest import ingest
 from forecaster.data.prices import all_tickers, load_series
+from forecaster.db import store
 from forecaster.training.train import TrainConfig, train
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -26,9 +26,9 @@ import torch
 from sklearn.preprocessing import MinMaxScaler
 from torch import nn
 
-from forecaster.data import store
 from forecaster.data.ingest import ingest
 from forecaster.data.prices import Series, load_series
+from forecaster.db import store
 from forecaster.training.metrics import accuracy
 from forecaster.training.train import TrainConfig, train
 

@@ -22,7 +22,8 @@ from pathlib import Path
 import click
 
 from .artifact.config import DEFAULT_OPSET, DEFAULT_TOLERANCE
-from .data.config import DEFAULT_CALENDAR, DEFAULT_DB_URL, SETTLE_SECONDS
+from .data.config import DEFAULT_CALENDAR, SETTLE_SECONDS
+from .db.config import DEFAULT_DB_URL
 from .devices import DEFAULT_DEVICE, DEVICES
 from .errors import ForecasterError
 from .lifecycle.config import GATES, DaemonConfig, RetrainConfig
@@ -187,7 +188,7 @@ def reports_errors(func):
 def open_store(url: str, *, read_only: bool = False):
     """The command's database, closed when the command ends (SQLite then
     checkpoints its WAL and removes it, so no -wal file is left beside it)."""
-    from .data import store
+    from .db import store
 
     engine = store.connect(url, read_only=read_only)
     click.get_current_context().call_on_close(engine.dispose)
@@ -918,7 +919,7 @@ def sql(query, db, limit):
 
     Example: forecaster sql "select * from latest_predictions"
     """
-    from .serving.query import run_query
+    from .db.query import run_query
     from .tables import format_table
 
     columns, rows, more = run_query(open_store(db, read_only=True), query, limit=limit)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from forecaster.data import store
 from forecaster.data.sample import write_sample_data
+from forecaster.db import store
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

@@ -123,7 +123,7 @@ def test_one_environment_variable_has_one_meaning():
 
 
 def test_a_database_that_fails_a_read_is_one_line_and_debug_shows_the_traceback(sample_dir, db_url):
-    from forecaster.data import store
+    from forecaster.db import store
 
     invoke("ingest", sample_dir, "--db", db_url)
     with store.write_transaction(store.connect(db_url)) as conn:
@@ -139,7 +139,8 @@ def test_the_cli_takes_its_defaults_from_the_library():
     import dataclasses
 
     from forecaster.artifact.config import DEFAULT_OPSET, DEFAULT_TOLERANCE
-    from forecaster.data.config import DEFAULT_CALENDAR, DEFAULT_DB_URL
+    from forecaster.data.config import DEFAULT_CALENDAR
+    from forecaster.db.config import DEFAULT_DB_URL
     from forecaster.lifecycle.config import DaemonConfig, RetrainConfig
     from forecaster.training.config import TrainConfig
 

@@ -155,7 +155,7 @@ def test_a_daemon_whose_postgresql_lock_died_with_a_server_restart_exits_and_the
 ):
     from conftest import pg_server
 
-    from forecaster.data import store
+    from forecaster.db import store
 
     with pg_server() as server:
         url = server.new_database()

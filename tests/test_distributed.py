@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from forecaster.data import store
 from forecaster.data.ingest import ingest
 from forecaster.data.sample import write_sample_data
 from forecaster.data.universe import load_universe, stored_counts
+from forecaster.db import store
 from forecaster.training import checkpoint
 from forecaster.training.windows import index_windows
 
@@ -168,7 +168,7 @@ def test_sigterm_saves_a_state_and_resume_finishes_the_same_training(universe_db
 
 RANK_READS_LATE = """
 import sys
-from forecaster.data import store
+from forecaster.db import store
 from forecaster.data.ingest import ingest
 from forecaster.training import job
 from forecaster.training.config import TrainConfig

@@ -5,8 +5,8 @@ import sqlalchemy as sa
 from conftest import REAL_ROWS, write_file
 
 from forecaster.data import reading as reading_mod
-from forecaster.data import schema, store
 from forecaster.data.ingest import SUMMARY_QUERY_TICKERS, ingest
+from forecaster.db import schema, store
 from forecaster.errors import SourceError
 
 HEADER = "Date,Open,High,Low,Close,Volume,OpenInt\n"
@@ -136,7 +136,7 @@ def test_one_ticker_in_two_files_of_one_ingest(any_engine, tmp_path):
 
 
 INGEST_AT = (
-    "import sys, time\nfrom forecaster.data import store\nfrom forecaster.data.ingest import ingest\n"
+    "import sys, time\nfrom forecaster.db import store\nfrom forecaster.data.ingest import ingest\n"
     "url, start, folder = sys.argv[1], float(sys.argv[2]), sys.argv[3]\n"
     "engine = store.connect(url)\nwhile time.time() < start: pass\ningest(engine, [folder])\n"
 )

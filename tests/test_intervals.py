@@ -71,7 +71,7 @@ def test_every_night_stores_ordered_intervals_around_the_forecast(engine, shared
 
 
 def test_an_interval_uses_nothing_after_its_as_of(tmp_path, shared_data, tiny_model):
-    from forecaster.data import store
+    from forecaster.db import store
 
     early = store.connect(f"sqlite:///{tmp_path / 'early.db'}")
     cut_copy(shared_data, tmp_path / "cut", "2017-10-31")
@@ -99,7 +99,7 @@ def test_verify_catches_a_graph_whose_interval_numbers_differ_from_its_metadata(
 
 
 def test_the_report_gives_coverage_width_and_score_beside_riskmetrics(db_url, shared_data, tiny_model, tmp_path):
-    from forecaster.data import store
+    from forecaster.db import store
 
     engine = store.connect(db_url)
     ingest(engine, [shared_data])

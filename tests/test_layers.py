@@ -1,5 +1,5 @@
 """The package's layering, read from the import graph (every import, at module
-level or inside a function): data -> training -> artifact -> serving ->
+level or inside a function): db -> data -> training -> artifact -> serving ->
 lifecycle -> cli,
 each importing only downward; serving never reaches training (so never torch);
 nothing imports the CLI."""
@@ -10,7 +10,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "forecaster"
-LAYERS = ["common", "data", "training", "artifact", "serving", "lifecycle", "cli"]
+LAYERS = ["common", "db", "data", "training", "artifact", "serving", "lifecycle", "cli"]
 
 
 def module_name(path: Path) -> str:
@@ -59,7 +59,7 @@ def reachable(start: str) -> set[str]:
 
 def test_the_import_graph_is_read():  # the checks below would pass on an empty graph
     assert len(MODULES) > 30
-    assert "forecaster.data.schema" in imports("forecaster.serving.nightly")
+    assert "forecaster.db.schema" in imports("forecaster.serving.nightly")
     assert "torch" in reachable("forecaster.artifact.export")
 
 
@@ -84,3 +84,10 @@ def test_serving_never_reaches_training_or_torch():
 def test_the_scoring_side_of_artifact_never_reaches_torch():
     for module in ("forecaster.artifact.model_file", "forecaster.artifact.verify", "forecaster.artifact.reference"):
         assert "torch" not in reachable(module), module
+
+
+def test_the_database_layer_imports_only_the_common_modules():
+    for module in (m for m in MODULES if layer(m) == "db"):
+        ours = {i for i in imports(module) if i in MODULES}
+        assert {layer(i) for i in ours} <= {"common", "db"}, (module, ours)
+        assert not {"torch", "onnx", "onnxruntime", "pandas", "click"} & imports(module), module

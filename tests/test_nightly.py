@@ -10,8 +10,8 @@ from helpers import append_next_day, cut_copy
 
 from forecaster.artifact.model_file import load_model
 from forecaster.cli import main
-from forecaster.data import store
 from forecaster.data.calendar import next_trading_day
+from forecaster.db import store
 from forecaster.errors import DataError, DeviceError
 from forecaster.serving.nightly import owed_dates, predict
 

@@ -4,9 +4,9 @@ import pytest
 from conftest import pg_role_url, reader_url
 from test_cli import invoke
 
-from forecaster.data import store
 from forecaster.data.ingest import ingest
-from forecaster.serving.query import QueryRefusedError, reading_statement, run_query, split_statements
+from forecaster.db import store
+from forecaster.db.query import QueryRefusedError, reading_statement, run_query, split_statements
 
 
 @pytest.mark.parametrize(

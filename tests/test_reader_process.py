@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 from conftest import write_file
 
-from forecaster.data import reader_process, store
+from forecaster.data import reader_process
 from forecaster.data.ingest import ingest
 from forecaster.data.reading import Known, new_bytes
 from forecaster.data.sample import write_sample_data
+from forecaster.db import store
 from forecaster.errors import ReaderError
 
 HEADER = "Date,Open,High,Low,Close,Volume,OpenInt\n"
@@ -170,7 +171,8 @@ def test_killing_the_ingesting_process_stops_its_reader(tmp_path):
     # The parent stalls in its first write, so the reader fills the pipe and waits.
     script = textwrap.dedent(f"""
         import time
-        from forecaster.data import ingest, store
+        from forecaster.data import ingest
+        from forecaster.db import store
         ingest._write = lambda *a: time.sleep(600)
         ingest.ingest(store.connect("sqlite:///{tmp_path / "f.db"}"), ["{folder}"], reader="process")
     """)

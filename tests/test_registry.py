@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from forecaster.artifact.model_file import file_sha256, load_model
 from forecaster.cli import main
-from forecaster.data import store
+from forecaster.db import store
 from forecaster.errors import DatabaseError, ForecasterError
 from forecaster.serving import registry
 from forecaster.serving.nightly import predict
@@ -164,7 +164,7 @@ def test_models_lists_status_training_end_and_realised_ratio_since_promotion(db_
 KILLED_MID_PROMOTION = """
 import os, signal, sys
 from forecaster.artifact.model_file import load_model
-from forecaster.data import store
+from forecaster.db import store
 from forecaster.serving import registry
 engine = store.connect(sys.argv[1])
 with store.write_transaction(engine) as conn:
@@ -250,7 +250,7 @@ def test_latest_predictions_keep_serving_across_a_promotion_and_retire_stale_tic
     predict(any_engine, "champion", device="cpu", as_of="2017-11-10")
     assert {(a, m) for _, a, m, _ in rows(any_engine, latest)} == {("2017-11-10", new)}  # the champion first
     # A ticker that stopped trading: shown while at most RETIRED_AFTER_SESSIONS behind, then retired.
-    from forecaster.data.schema import RETIRED_AFTER_SESSIONS
+    from forecaster.db.schema import RETIRED_AFTER_SESSIONS
 
     (gone,) = rows(any_engine, "SELECT MIN(ticker) FROM prices")[0]
     with any_engine.begin() as conn:

@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from forecaster.data import store
 from forecaster.data.ingest import ingest
 from forecaster.data.sample import write_sample_data
+from forecaster.db import store
 from forecaster.errors import StoreError
 from forecaster.serving.nightly import predict
 

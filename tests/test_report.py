@@ -5,7 +5,7 @@ from test_cli import invoke
 from test_registry import register_challenger
 
 from forecaster.artifact.model_file import file_sha256
-from forecaster.data import store
+from forecaster.db import store
 from forecaster.serving import registry
 from forecaster.serving.nightly import predict
 from forecaster.serving.report import build_report

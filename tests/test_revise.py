@@ -8,8 +8,8 @@ import sqlalchemy as sa
 from test_cli import invoke
 from test_ingest import count, rejects, summaries_against_prices
 
-from forecaster.data import schema
 from forecaster.data.ingest import ingest
+from forecaster.db import schema
 from forecaster.errors import SourceError
 from forecaster.serving.nightly import predict
 

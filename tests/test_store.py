@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from forecaster.data import schema, store
+from forecaster.db import bulk, schema, store
 from forecaster.errors import StoreError
 
 
@@ -51,7 +51,7 @@ def test_readers_open_and_read_while_a_writer_holds_the_lock(any_db_url, monkeyp
     # it): with a 1 s busy timeout, a reader that took the write lock would fail.
     from conftest import reader_url
 
-    from forecaster.serving.query import run_query
+    from forecaster.db.query import run_query
 
     monkeypatch.setattr(store, "BUSY_TIMEOUT_MS", 1000)
     writer = store.connect(any_db_url)
@@ -74,7 +74,7 @@ def test_processes_opening_a_new_database_together_all_succeed(tmp_path):
     import time
 
     script = (
-        "import sys, time\nfrom forecaster.data import store\nt = float(sys.argv[1])\n"
+        "import sys, time\nfrom forecaster.db import store\nt = float(sys.argv[1])\n"
         "while time.time() < t: pass\nstore.connect(sys.argv[2]).dispose()\n"
     )
     failures = []
@@ -137,7 +137,7 @@ def test_every_database_error_reads_and_writes_becomes_one_database_error(any_en
         conn.execute(schema.prices.insert().values(ticker="x", date="2017-01-03", open=1, high=1, low=1, close=1))
     twice = np.array([["x", "2017-01-04", 1.0, 1.0, 1.0, 1.0, None]] * 2, dtype=object)
     with pytest.raises(DatabaseError, match="^database error: "), store.write_transaction(any_engine) as conn:
-        store.bulk_insert(conn, schema.prices, twice)  # through the driver itself
+        bulk.bulk_insert(conn, schema.prices, twice)  # through the driver itself
     with any_engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT COUNT(*) FROM prices").scalar() == 0
 

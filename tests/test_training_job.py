@@ -84,8 +84,8 @@ def test_tickers_or_all_is_required(tmp_path, db_url):
 def test_a_model_that_kept_the_naive_epoch_says_so_and_its_export_verifies(tmp_path, sample_dir, db_url):
     # With a learning rate of 0 no epoch can beat the starting weights, on any CPU:
     # the kept model is the zero head, i.e. the naive forecast itself.
-    from forecaster.data import store
     from forecaster.data.ingest import ingest
+    from forecaster.db import store
     from forecaster.training.job import TrainJob, run_training
     from forecaster.training.train import TrainConfig
 
@@ -154,7 +154,7 @@ def test_verdicts_count_ratios_within_float_noise_of_one_as_level():
 
 
 def test_train_on_an_empty_or_missing_database_names_it(tmp_path):
-    from forecaster.data import store
+    from forecaster.db import store
 
     url = f"sqlite:///{tmp_path / 'empty.db'}"
     missing = invoke("train", "--db", url, "--all", "--out", tmp_path / "m.pt")

@@ -16,8 +16,8 @@ from importlib import metadata
 
 import sqlalchemy as sa
 
+from ..db import bulk, schema, store
 from ..errors import DataError
-from . import schema, store
 from .config import DEFAULT_CALENDAR
 
 # The time zones of the common calendars, so that judging "today on the
@@ -155,7 +155,7 @@ def _fill_copy(engine: sa.Engine, as_of: str, calendar: str) -> None:
         conn.execute(
             schema.calendar_sessions.insert(), [{"calendar": calendar, "source": source, "date": d} for d in sessions]
         )
-        store.upsert(
+        bulk.upsert(
             conn,
             schema.calendar_coverage,
             [{"calendar": calendar, "source": source, "first_day": first_day, "last_day": sessions[-1]}],

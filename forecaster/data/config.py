@@ -1,6 +1,5 @@
 """Defaults of the data layer (the CLI reads them from here)."""
 
-DEFAULT_DB_URL = "sqlite:///forecaster.db"  # a file in the working folder
 DEFAULT_CALENDAR = "XNYS"  # exchange_calendars code of the NYSE
 # Seconds a file must have been unchanged before its unterminated last line is
 # read: before that, a writer may be in the middle of it (reading.py).

@@ -20,8 +20,9 @@ import sqlalchemy as sa
 from tqdm import tqdm
 
 from ..clock import utc_now
+from ..db import bulk, schema, store
 from ..errors import SourceError
-from . import reader_process, schema, store
+from . import reader_process
 from .calendar import exchange_today
 from .config import DEFAULT_CALENDAR, SETTLE_SECONDS
 from .reading import Batch, FileResult, Known, new_bytes, read_batches
@@ -126,7 +127,7 @@ def ingest(
         sf = schema.source_files.c
         ledger = {
             path: Known(*known)
-            for path, *known in store.fetch_plain(
+            for path, *known in bulk.fetch_plain(
                 conn, sa.select(sf.path, sf.size, sf.mtime_ns, sf.lines, sf.tail_sha256)
             )
             if path not in revised  # a revised file is read whole, complete as it is
@@ -206,7 +207,7 @@ def _write(engine: sa.Engine, results: list[FileResult], report: IngestReport, r
                 if added:
                     records = _price_records(res.ticker, new)
                     if files_per_ticker[res.ticker] > 1:
-                        store.bulk_insert(conn, schema.prices, records)
+                        bulk.bulk_insert(conn, schema.prices, records)
                     else:
                         deferred.append(records)
                     dates.update(new.dates.tolist())
@@ -238,11 +239,11 @@ def _write(engine: sa.Engine, results: list[FileResult], report: IngestReport, r
                 f"{res.path}:{r.line}: {r.reason}" for r in res.waiting[: WAITING_LISTED - len(report.waiting)]
             )
         if deferred:
-            store.bulk_insert(conn, schema.prices, np.concatenate(deferred))
+            bulk.bulk_insert(conn, schema.prices, np.concatenate(deferred))
         if rejects:
             conn.execute(schema.rejected_rows.insert(), rejects)
         sf = schema.source_files
-        store.upsert(
+        bulk.upsert(
             conn,
             sf,
             ledgers,
@@ -256,9 +257,9 @@ def _write(engine: sa.Engine, results: list[FileResult], report: IngestReport, r
                 "rows_rejected": lambda ex: sf.c.rows_rejected + ex.rows_rejected,
             },
         )
-        store.upsert(conn, schema.tickers, [{"ticker": t, **vars(s)} for t, s in changed.items()], ["ticker"])
+        bulk.upsert(conn, schema.tickers, [{"ticker": t, **vars(s)} for t, s in changed.items()], ["ticker"])
         pd_ = schema.price_dates
-        store.upsert(
+        bulk.upsert(
             conn,
             pd_,
             [{"date": d, "n_rows": n} for d, n in sorted(dates.items())],
@@ -276,9 +277,9 @@ def _summaries(conn: sa.Connection, tickers: set[str]) -> dict[str, _Summary]:
     t = schema.tickers.c
     columns = sa.select(t.ticker, t.first_date, t.last_date, t.n_rows)
     if len(tickers) > SUMMARY_QUERY_TICKERS:  # a night of thousands of files: one read of the whole table
-        return {name: _Summary(*rest) for name, *rest in store.fetch_plain(conn, columns) if name in tickers}
+        return {name: _Summary(*rest) for name, *rest in bulk.fetch_plain(conn, columns) if name in tickers}
     names = sorted(tickers)
-    return {name: _Summary(*rest) for name, *rest in store.fetch_plain(conn, columns.where(t.ticker.in_(names)))}
+    return {name: _Summary(*rest) for name, *rest in bulk.fetch_plain(conn, columns.where(t.ticker.in_(names)))}
 
 
 def _merged(summary: _Summary | None, rows: Rows) -> _Summary:
@@ -386,7 +387,7 @@ def _revise(conn: sa.Connection, res: FileResult, now: str) -> _Revised:
     written = set(replaced) | set(added)
     keep = np.array([d in written for d in res.rows.dates.tolist()], dtype=bool)
     if keep.any():
-        store.bulk_insert(conn, schema.prices, _price_records(ticker, res.rows.take(np.flatnonzero(keep))))
+        bulk.bulk_insert(conn, schema.prices, _price_records(ticker, res.rows.take(np.flatnonzero(keep))))
     after = _outcomes(conn, ticker)
     revision.replaced, revision.removed, revision.added = len(replaced), len(removed), len(added)
     revision.unchanged = len(new) - len(replaced) - len(added)

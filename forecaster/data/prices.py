@@ -16,10 +16,11 @@ from itertools import chain
 import numpy as np
 import sqlalchemy as sa
 
+from ..db import schema
+from ..db.bulk import fetch_plain
+from ..db.store import read_snapshot
 from ..errors import DataError
 from ..features import CLOSE, FEATURES
-from . import schema
-from .store import fetch_plain, read_snapshot
 
 
 @dataclass

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 import numpy as np
 import sqlalchemy as sa
 
+from ..db import schema
+from ..db.bulk import iterate_plain
 from ..errors import DataError
 from ..features import FEATURES
-from . import schema
 from .prices import Series
-from .store import iterate_plain
 
 CHUNK_ROWS = 200_000  # rows converted to arrays at a time
 TICKERS_PER_QUERY = 500  # bound parameters per query, under any SQLite build's limit

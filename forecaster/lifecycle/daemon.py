@@ -26,7 +26,7 @@ import threading
 from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from ..data import store
+from ..db import store
 from .config import DaemonConfig
 from .jobs import NightlyJob, RetrainJob
 from .locks import DaemonLock, daemon_lock

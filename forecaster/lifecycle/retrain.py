@@ -36,8 +36,8 @@ import sqlalchemy as sa
 from ..artifact.export import export
 from ..artifact.model_file import ModelFile, load_model
 from ..artifact.verify import verify
-from ..data import store
 from ..data.universe import iso_day, load_universe
+from ..db import store
 from ..errors import DataError, ForecasterError
 from ..serving import registry
 from ..training.config import TrainConfig

@@ -8,7 +8,7 @@ import datetime as dt
 import sqlalchemy as sa
 
 from ..artifact.model_file import ModelFile
-from ..data import schema
+from ..db import schema
 from ..errors import DataError
 from .config import DEFAULT_LOOKBACK
 from .runs import same_shard

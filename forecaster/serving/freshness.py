@@ -20,10 +20,10 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from ..data import schema
 from ..data.calendar import next_trading_day
 from ..data.config import DEFAULT_CALENDAR, SETTLE_SECONDS
 from ..data.ingest import ingest
+from ..db import schema
 from .runs import same_shard
 from .shards import Shard
 

@@ -25,11 +25,11 @@ import numpy as np
 import sqlalchemy as sa
 
 from ..artifact.model_file import ModelFile, file_sha256, load_model
-from ..data import schema, store
 from ..data.calendar import next_trading_day
 from ..data.config import DEFAULT_CALENDAR, SETTLE_SECONDS
 from ..data.ingest import IngestReport, ingest
 from ..data.prices import ScoringBatch, latest_windows
+from ..db import bulk, schema, store
 from ..devices import DEFAULT_DEVICE
 from ..errors import ForecasterError, first_line
 from ..intervals import COLUMNS
@@ -341,7 +341,7 @@ def _predictions(
     records[:, 7] = [FLAG_OUT_OF_RANGE if t in flagged_set else None for t in tickers]
     if scored.bounds is not None:
         records[:, 8:] = np.column_stack(scored.bounds)[new].astype(np.float64)
-    store.bulk_insert(conn, schema.predictions, records, PREDICTION_COLUMNS)
+    bulk.bulk_insert(conn, schema.predictions, records, PREDICTION_COLUMNS)
     return tickers, flagged
 
 

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 from ..artifact.model_file import ModelFile, load_model
 from ..clock import utc_now
-from ..data import schema, store
+from ..db import schema, store
 from ..errors import ForecasterError
 from .runs import ensure_model_row
 

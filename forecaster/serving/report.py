@@ -14,7 +14,7 @@ import numpy as np
 import sqlalchemy as sa
 
 from .. import intervals as iv
-from ..data import schema
+from ..db import schema
 from ..errors import DataError
 from ..evidence import DIRECTION_NOISE
 from .dates import check_dates

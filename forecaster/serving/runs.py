@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from ..artifact.model_file import ModelFile
 from ..clock import utc_now
-from ..data import schema, store
+from ..db import schema, store
 from ..errors import StoreError
 from .shards import Shard
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from .. import plots
-from ..data import schema, store
 from ..data.universe import Universe, load_universe, stored_counts
+from ..db import schema, store
 from ..errors import DataError
 from ..evidence import compared_with_naive
 from ..files import write_atomically
