@@ -324,7 +324,8 @@ def bench_train_universe(db: Path, folder: Path, steps: int) -> dict:
 
 def bench_train() -> dict:
     from forecaster.data.ingest import ingest
-    from forecaster.data.prices import load_series, make_windows
+    from forecaster.data.prices import load_series
+    from forecaster.data.windows import make_windows
     from forecaster.db import store
     from forecaster.training import train as train_module
     from forecaster.training.precision import bf16_support

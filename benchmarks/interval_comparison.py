@@ -29,13 +29,14 @@ import numpy as np
 from forecaster import intervals as iv
 from forecaster.data.ingest import ingest
 from forecaster.data.universe import load_universe, stored_counts
+from forecaster.data.windows import gather
 from forecaster.db import store
 from forecaster.features import CLOSE
 from forecaster.training.config import TrainConfig
 from forecaster.training.distributed import World
 from forecaster.training.evaluate import predict_windows
+from forecaster.training.split import index_windows
 from forecaster.training.train import train_universe
-from forecaster.training.windows import gather, index_windows
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 ACI_GAMMA = 0.005

@@ -30,14 +30,15 @@ import numpy as np
 
 from forecaster.data.ingest import ingest
 from forecaster.data.universe import iso_day, load_universe, stored_counts
+from forecaster.data.windows import gather
 from forecaster.db import store
 from forecaster.features import CLOSE
 from forecaster.lifecycle.gate import target_rows
 from forecaster.training.config import TrainConfig
 from forecaster.training.distributed import World
 from forecaster.training.model import predict
+from forecaster.training.split import min_rows
 from forecaster.training.train import train_universe
-from forecaster.training.windows import gather, min_rows
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

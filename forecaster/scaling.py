@@ -7,7 +7,7 @@ so the same lines run in both. The fitted numbers travel as plain data
 (`to_metadata` / `from_metadata`: checkpoint and ONNX metadata, no pickle);
 `constants()` gives them as arrays, which torch keeps as buffers.
 
-A new scaling is one class here plus its fitting in training/windows.py.
+A new scaling is one class here plus its fitting in training/split.py.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from forecaster.data.sample import write_sample_data
 from forecaster.data.universe import load_universe, stored_counts
 from forecaster.db import store
 from forecaster.training import checkpoint
-from forecaster.training.windows import index_windows
+from forecaster.training.split import index_windows
 
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
 FORECASTER = [sys.executable, "-m", "forecaster"]

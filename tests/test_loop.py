@@ -73,7 +73,7 @@ def test_a_state_is_refused_when_the_prices_changed(tmp_path):
 def test_the_validation_sample_has_a_fixed_size_and_seed():
     from forecaster.training.loop import Validation
     from forecaster.training.model import build_forecaster
-    from forecaster.training.windows import fit_scaling, index_windows
+    from forecaster.training.split import fit_scaling, index_windows
 
     universe = small_universe()
     index = index_windows(universe, 20, 0.2, 0.5)  # 3 x 60 validation windows

@@ -20,8 +20,8 @@ from helpers import start_daemon, wait_for
 from forecaster.artifact.export import export
 from forecaster.artifact.model_file import file_sha256, load_model
 from forecaster.data.ingest import ingest
-from forecaster.data.prices import latest_windows
 from forecaster.data.sample import write_sample_data
+from forecaster.data.windows import latest_windows
 from forecaster.db import store
 from forecaster.errors import DataError
 from forecaster.lifecycle.config import DaemonConfig, RetrainConfig

@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 from helpers import synthetic_series
 
-from forecaster.data.prices import make_windows
 from forecaster.data.universe import Universe
+from forecaster.data.windows import gather, make_windows
 from forecaster.errors import DataError
-from forecaster.training.windows import check_history, fit_scaling, gather, index_windows, split
+from forecaster.training.split import check_history, fit_scaling, index_windows, split
 
 
 def test_windows_and_next_close_targets():
@@ -67,8 +67,8 @@ def test_every_ticker_that_existed_ends_scored_stale_or_skipped(engine, tmp_path
     from conftest import write_file
 
     from forecaster.data.ingest import ingest
-    from forecaster.data.prices import latest_windows
     from forecaster.data.sample import generate_ohlc
+    from forecaster.data.windows import latest_windows
 
     busy = generate_ohlc(300, seed=1)
     halt = busy[(busy["Date"] <= "2017-06-30") | (busy["Date"] >= "2017-09-01")]
@@ -87,8 +87,9 @@ def test_latest_windows_are_each_tickers_own_last_rows_up_to_as_of(any_engine, t
     from conftest import write_file
 
     from forecaster.data.ingest import ingest
-    from forecaster.data.prices import latest_windows, load_series
+    from forecaster.data.prices import load_series
     from forecaster.data.sample import generate_ohlc
+    from forecaster.data.windows import latest_windows
 
     full = {f"t{i}": generate_ohlc(120, seed=i) for i in range(6)}
     full["t2"] = full["t2"].drop(full["t2"].index[-12:-8])  # a gap just before as_of

@@ -9,7 +9,8 @@ import numpy as np
 import onnx
 import sqlalchemy as sa
 
-from ..data.prices import load_series, make_windows
+from ..data.prices import load_series
+from ..data.windows import make_windows
 from ..errors import DataError
 from ..features import CLOSE
 from ..intervals import COLUMNS

@@ -1,26 +1,15 @@
-"""Prices read back from the store: a ticker's history as a series, its
-windows, and the latest windows of every ticker point in time (what a
-nightly run scores).
-
-A window i of a series holds rows [i, i + seq_len) and its target is the
-close of row i + seq_len.
-"""
+"""Prices read back from the store: a ticker's history as a series (windows
+of it are windows.py's job)."""
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Callable
 from dataclasses import dataclass
-from itertools import chain
 
 import numpy as np
 import sqlalchemy as sa
 
 from ..db import schema
-from ..db.bulk import fetch_plain
-from ..db.store import read_snapshot
 from ..errors import DataError
-from ..features import CLOSE, FEATURES
 
 
 @dataclass
@@ -62,106 +51,3 @@ def load_series(engine: sa.Engine, tickers: list[str]) -> dict[str, Series]:
 def all_tickers(engine: sa.Engine) -> list[str]:
     with engine.connect() as conn:
         return list(conn.execute(sa.select(schema.tickers.c.ticker).order_by(schema.tickers.c.ticker)).scalars())
-
-
-def make_windows(ohlc: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
-    """(windows (n-seq_len, seq_len, 4), next closes (n-seq_len,)) as views where possible."""
-    n = len(ohlc) - seq_len
-    if n <= 0:
-        return np.empty((0, seq_len, ohlc.shape[1])), np.empty(0)
-    windows = np.lib.stride_tricks.sliding_window_view(ohlc[:-1], seq_len, axis=0)
-    return windows.transpose(0, 2, 1), ohlc[seq_len:, CLOSE]
-
-
-def data_hash(series: dict[str, Series]) -> str:
-    """sha256 over the tickers, dates and prices used: provenance for a checkpoint."""
-    h = hashlib.sha256()
-    for ticker in sorted(series):
-        s = series[ticker]
-        h.update(ticker.encode())
-        h.update("\n".join(s.dates.tolist()).encode())
-        h.update(np.ascontiguousarray(s.ohlc, dtype="<f8").tobytes())
-    return h.hexdigest()
-
-
-@dataclass
-class ScoringBatch:
-    """The windows one nightly run scores, and the tickers it cannot."""
-
-    tickers: list[str]
-    windows: np.ndarray  # (n, seq_len, 4) float32, rows dated <= as_of
-    last_close: np.ndarray  # (n,) float64: the stored close on as_of, unrounded
-    skipped: dict[str, str]  # ticker -> reason (a row on as_of, too little history)
-    stale: list[str]  # tickers with history but no row on as_of
-
-    def only(self, wanted: Callable[[str], bool]) -> ScoringBatch:
-        """The part of the batch whose tickers satisfy `wanted(ticker)`."""
-        keep = [i for i, t in enumerate(self.tickers) if wanted(t)]
-        return ScoringBatch(
-            [self.tickers[i] for i in keep],
-            self.windows[keep],
-            self.last_close[keep],
-            {t: r for t, r in self.skipped.items() if wanted(t)},
-            [t for t in self.stale if wanted(t)],
-        )
-
-
-def latest_windows(engine: sa.Engine, as_of: str, seq_len: int) -> ScoringBatch:
-    """Point in time: for each ticker with a close on `as_of`, its last
-    `seq_len` rows dated <= as_of, whatever else the database holds.
-
-    Two queries in one snapshot, each a few primary-key seeks per ticker, so
-    the cost grows with tickers, not with years of history. The first gives
-    each ticker's last date up to as_of and the date its window starts (its
-    seq_len-th row back); the second the windows' prices alone, seq_len rows
-    per ticker in ticker order (a ticker name and a date per row would cost
-    as much to make as the four prices)."""
-    t, p = schema.tickers.c, schema.prices.c
-    back = schema.prices.alias("back")
-    summary = (
-        sa.select(
-            t.ticker,
-            t.last_date,
-            sa.select(sa.func.max(back.c.date))
-            .where(back.c.ticker == t.ticker, back.c.date <= as_of)
-            .scalar_subquery()
-            .label("last"),
-            sa.select(back.c.date)
-            .where(back.c.ticker == t.ticker, back.c.date <= as_of)
-            .order_by(back.c.date.desc())
-            .limit(1)
-            .offset(seq_len - 1)
-            .scalar_subquery()
-            .label("start"),
-        )
-        # Every ticker that existed by as_of ends in exactly one of: scored, stale, skipped.
-        .where(t.first_date <= as_of)
-        .subquery()
-    )
-    s = summary.c
-    windows = (
-        sa.select(*(p[f] for f in FEATURES))
-        .select_from(summary.join(schema.prices, p.ticker == s.ticker))
-        .where(s.last_date >= as_of, p.date >= s.start, p.date <= as_of)
-        .order_by(s.ticker, p.date)
-    )
-    with read_snapshot(engine) as conn:
-        summaries = fetch_plain(conn, sa.select(summary).order_by(s.ticker))
-        recent = fetch_plain(conn, windows)
-        tickers, keep, skipped, stale = [], [], {}, []
-        for ticker, last_date, last, start in summaries:
-            if start is not None and last_date >= as_of:  # `recent` holds its seq_len rows
-                keep.append(last == as_of)
-            if last != as_of:
-                # No close on as_of: it ended before, or has a gap there (a halt).
-                stale.append(ticker)
-            elif start is None:
-                n = conn.execute(sa.select(sa.func.count()).where(p.ticker == ticker, p.date <= as_of)).scalar()
-                skipped[ticker] = f"only {n} rows up to {as_of}, the model needs {seq_len}"
-            else:
-                tickers.append(ticker)
-    if len(recent) != seq_len * len(keep):  # one snapshot: only a bug gets here
-        raise RuntimeError(f"read {len(recent)} window rows for {len(keep)} tickers of {seq_len} rows")
-    values = np.fromiter(chain.from_iterable(recent), np.float64, len(recent) * len(FEATURES))
-    array = values.reshape(len(keep), seq_len, len(FEATURES))[np.asarray(keep, dtype=bool)]
-    return ScoringBatch(tickers, array.astype(np.float32), array[:, -1, CLOSE].copy(), skipped, stale)

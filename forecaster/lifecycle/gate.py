@@ -29,10 +29,10 @@ import sqlalchemy as sa
 
 from ..artifact.model_file import ModelFile
 from ..data.universe import Universe, iso_day
+from ..data.windows import gather
 from ..errors import DataError
 from ..evidence import EVIDENCE, paired_z, z_from_moments
 from ..features import CLOSE
-from ..training.windows import gather
 
 
 @dataclass

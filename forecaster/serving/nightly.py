@@ -28,7 +28,7 @@ from ..artifact.model_file import ModelFile, file_sha256, load_model
 from ..data.calendar import next_trading_day
 from ..data.config import DEFAULT_CALENDAR, SETTLE_SECONDS
 from ..data.ingest import IngestReport, ingest
-from ..data.prices import ScoringBatch, latest_windows
+from ..data.windows import ScoringBatch, latest_windows
 from ..db import bulk, schema, store
 from ..devices import DEFAULT_DEVICE
 from ..errors import ForecasterError, first_line

@@ -7,12 +7,13 @@ import torch
 
 from .. import intervals
 from ..data.universe import Universe
+from ..data.windows import gather
 from ..evidence import compared_with_naive
 from ..features import CLOSE
 from .loop import INFERENCE_BATCH
 from .metrics import accuracy
 from .model import Forecaster
-from .windows import WindowIndex, gather
+from .split import WindowIndex
 
 
 def predict_windows(

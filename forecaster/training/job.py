@@ -25,8 +25,8 @@ from . import checkpoint
 from .config import TrainConfig
 from .distributed import World, join
 from .precision import bf16_support
+from .split import min_rows
 from .train import TrainResult, train_universe
-from .windows import min_rows
 
 MAX_TICKER_PLOTS = 20  # up to this many tickers each get a plot; beyond, a summary and a chosen few
 CHOSEN_EACH = 2  # ...the best, the median and the worst ones by ratio

@@ -25,13 +25,14 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from ..data.universe import Universe
+from ..data.windows import gather
 from ..errors import ForecasterError
 from ..evidence import EVIDENCE, MIN_GAIN, z_from_moments
 from . import checkpoint
 from .config import STEP_BUDGET, TUTORIAL_EPOCHS, TrainConfig
 from .distributed import World
 from .model import Forecaster
-from .windows import WindowIndex, gather
+from .split import WindowIndex
 
 # A diagnostic: with this set to a folder, each rank writes the training
 # windows it used (their first rows, in order) to rank<R>.npy there.

@@ -24,6 +24,7 @@ from .. import __version__
 from ..clock import utc_now
 from ..data.prices import Series
 from ..data.universe import Universe
+from ..data.windows import gather
 from ..errors import DataError
 from ..features import FEATURES
 from .allocator import reuse_freed_memory
@@ -33,7 +34,7 @@ from .evaluate import calibrate, held_out, held_out_intervals
 from .loop import fit, validation_sample
 from .model import Forecaster, build_forecaster
 from .precision import resolve as resolve_precision
-from .windows import WindowIndex, fit_scaling, gather, index_windows
+from .split import WindowIndex, fit_scaling, index_windows
 
 __all__ = ["TrainResult", "train", "train_universe"]
 

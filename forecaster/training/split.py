@@ -1,12 +1,10 @@
-"""From a universe's prices to training data: windows as index ranges, the
-chronological split that keeps the future out of training, and the scaling
-fitted on training rows.
+"""Training data from a universe's prices: the chronological split that keeps
+the future out of training, and the scaling fitted on training rows.
 
-A window is the global row of its first day: it holds rows [r, r + seq_len)
-and its target is the close of row r + seq_len. Per ticker, windows are split
-in time order: train | validation | test. Everything fitted (the scaling)
-sees only rows up to the last training target. Windows are gathered from
-the price array batch by batch, never materialised all at once.
+A window is the global row of its first day (data/windows.py gathers it).
+Per ticker, windows are split in time order: train | validation | test.
+Everything fitted (the scaling) sees only rows up to the last training
+target.
 """
 
 from __future__ import annotations
@@ -89,12 +87,6 @@ def index_windows(universe: Universe, seq_len: int, test_fraction: float, val_fr
         ):
             parts[part].append(np.arange(first + a, first + b, dtype=np.int64))
     return WindowIndex(seq_len, splits, *(np.concatenate(parts[p]) for p in ("train", "val", "test")))
-
-
-def gather(universe: Universe, rows: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
-    """(windows (B, seq_len, 4) float32, next closes (B,) float32) for windows starting at `rows`."""
-    windows = universe.ohlc[rows[:, None] + np.arange(seq_len)]
-    return windows, universe.ohlc[rows + seq_len, CLOSE]
 
 
 def fit_scaling(method: str, universe: Universe, index: WindowIndex) -> Scaling:
