@@ -27,6 +27,7 @@ from .db.config import DEFAULT_DB_URL
 from .devices import DEFAULT_DEVICE, DEVICES
 from .errors import ForecasterError
 from .lifecycle.config import GATES, DaemonConfig, RetrainConfig
+from .serving.config import MODEL_CHAMPION
 from .training.config import PRECISIONS, STEP_BUDGET, TUTORIAL_EPOCHS, TrainConfig
 
 # Nothing a command leaves needs collecting at exit (open_store closes the
@@ -700,7 +701,7 @@ def daemon(
     --retrain-cron it also retrains (as `forecaster retrain`) on schedule,
     one job at a time; a retrain missed while it was down runs on start.
     """
-    if retrain_cron and str(model) != "champion":
+    if retrain_cron and str(model) != MODEL_CHAMPION:
         raise click.UsageError("--retrain-cron needs --model champion (a retrain replaces the champion)")
     import datetime as dt
 
@@ -745,7 +746,7 @@ def promote(model, reason, db):
     manual override. The previous champion is retired; the decision is
     recorded in `promotions`. Warns when MODEL was worse than naive on its
     own held-out days."""
-    from .serving.registry import promote as promote_model
+    from .lifecycle.promotion import promote as promote_model
 
     for line in promote_model(open_store(db), model, reason):
         click.echo(f"warning: {line}", err=True)
@@ -763,6 +764,7 @@ def retrain(gate_days, min_improvement, gate, models_dir, train_device, db, quie
     RMSE on the gate days is no worse than naive's and than the champion's
     x (1 - --min-improvement); else recorded as rejected, with the numbers.
     SIGTERM or Ctrl-C stop it with nothing recorded."""
+    from .db.schema import Decision
     from .lifecycle.retrain import retrain as run_retrain
 
     with stop_on_signals() as should_stop:
@@ -775,7 +777,7 @@ def retrain(gate_days, min_improvement, gate, models_dir, train_device, db, quie
         )
     for o in outcomes:
         click.echo(f"{o.decision}: {o.path} ({(o.model_id or '')[:12]})")
-    if any(o.decision == "promoted" for o in outcomes):
+    if any(o.decision == Decision.PROMOTED for o in outcomes):
         click.echo("the new champion serves from the next run (`forecaster predict --model champion` runs one now)")
 
 
@@ -789,7 +791,7 @@ def models(as_json, db):
     ratio to naive there, and its realised ratio to naive since promotion."""
     import json
 
-    from .serving.registry import models_table
+    from .lifecycle.promotion import models_table
     from .tables import format_table
 
     rows = models_table(open_store(db, read_only=True))

@@ -16,6 +16,7 @@ from forecaster.artifact.model_file import file_sha256, load_model
 from forecaster.cli import main
 from forecaster.db import store
 from forecaster.errors import DatabaseError, ForecasterError
+from forecaster.lifecycle import promotion
 from forecaster.serving import registry
 from forecaster.serving.nightly import predict
 
@@ -27,13 +28,13 @@ def rows(engine, sql, **params):
 
 def register_challenger(engine, path):
     with store.write_transaction(engine) as conn:
-        registry.decide(conn, load_model(path), "challenger", "")
+        promotion.decide(conn, load_model(path), "challenger", "")
 
 
 def test_the_database_keeps_one_champion_and_every_decision(any_engine, tiny_model, other_tiny_model):
     first, second = file_sha256(tiny_model), file_sha256(other_tiny_model)
-    registry.promote(any_engine, tiny_model, "first")
-    registry.promote(any_engine, other_tiny_model, "override")
+    promotion.promote(any_engine, tiny_model, "first")
+    promotion.promote(any_engine, other_tiny_model, "override")
     assert rows(any_engine, "SELECT model_id, status FROM models ORDER BY status") == [
         (second, "champion"),
         (first, "retired"),
@@ -51,7 +52,7 @@ def test_challengers_are_scored_in_the_shadows_and_never_shown_as_latest(
     any_engine, sample_dir, tiny_model, other_tiny_model
 ):
     champion, challenger = file_sha256(tiny_model), file_sha256(other_tiny_model)
-    registry.promote(any_engine, tiny_model, "first")
+    promotion.promote(any_engine, tiny_model, "first")
     register_challenger(any_engine, other_tiny_model)
 
     outcome = predict(any_engine, "champion", data=[sample_dir], device="cpu", start="2017-10-02", end="2017-11-10")
@@ -90,9 +91,9 @@ def test_challengers_are_scored_in_the_shadows_and_never_shown_as_latest(
 def test_a_promotion_between_two_runs_changes_the_model_the_next_run_writes(
     any_engine, sample_dir, tiny_model, other_tiny_model
 ):
-    registry.promote(any_engine, tiny_model, "first")
+    promotion.promote(any_engine, tiny_model, "first")
     predict(any_engine, "champion", data=[sample_dir], device="cpu", as_of="2017-11-09")
-    registry.promote(any_engine, other_tiny_model, "better")  # no restart: the next run resolves it again
+    promotion.promote(any_engine, other_tiny_model, "better")  # no restart: the next run resolves it again
     predict(any_engine, "champion", device="cpu", as_of="2017-11-10")
     assert rows(
         any_engine, "SELECT as_of, model_id, COUNT(*) FROM predictions GROUP BY as_of, model_id ORDER BY as_of"
@@ -148,7 +149,7 @@ def test_promote_warns_about_a_model_worse_than_naive_and_records_it(db_url, tin
 
 def test_models_lists_status_training_end_and_realised_ratio_since_promotion(db_url, sample_dir, tiny_model):
     engine = store.connect(db_url)
-    registry.promote(engine, tiny_model, "first")
+    promotion.promote(engine, tiny_model, "first")
     predict(engine, "champion", data=[sample_dir], device="cpu", start="2017-10-02", end="2017-11-10")
     result = CliRunner().invoke(main, ["models", "--json", "--db", db_url])
     assert result.exit_code == 0, result.output
@@ -165,10 +166,10 @@ KILLED_MID_PROMOTION = """
 import os, signal, sys
 from forecaster.artifact.model_file import load_model
 from forecaster.db import store
-from forecaster.serving import registry
+from forecaster.lifecycle import promotion
 engine = store.connect(sys.argv[1])
 with store.write_transaction(engine) as conn:
-    registry.decide(conn, load_model(sys.argv[2]), "promoted", "about to die", {})
+    promotion.decide(conn, load_model(sys.argv[2]), "promoted", "about to die", {})
     print("decided", flush=True)
     os.kill(os.getpid(), signal.SIGKILL)  # kill -9 before the commit
 """
@@ -176,7 +177,7 @@ with store.write_transaction(engine) as conn:
 
 def test_a_kill_during_a_promotion_leaves_the_previous_champion(any_db_url, tiny_model, other_tiny_model):
     engine = store.connect(any_db_url)
-    registry.promote(engine, tiny_model, "first")
+    promotion.promote(engine, tiny_model, "first")
     done = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(KILLED_MID_PROMOTION), any_db_url, str(other_tiny_model)],
         capture_output=True,
@@ -185,13 +186,13 @@ def test_a_kill_during_a_promotion_leaves_the_previous_champion(any_db_url, tiny
     assert done.returncode == -9 and "decided" in done.stdout
     assert rows(engine, "SELECT model_id FROM models WHERE status = 'champion'") == [(file_sha256(tiny_model),)]
     assert rows(engine, "SELECT COUNT(*) FROM promotions") == [(1,)]
-    registry.promote(engine, other_tiny_model, "after the crash")  # and the registry still works
+    promotion.promote(engine, other_tiny_model, "after the crash")  # and the registry still works
     assert registry.champion(engine).model_id == file_sha256(other_tiny_model)
 
 
 def test_a_challenger_must_be_a_known_decision(engine, tiny_model):
     with pytest.raises(ValueError, match="unknown decision"), store.write_transaction(engine) as conn:
-        registry.decide(conn, load_model(tiny_model), "maybe", "")
+        promotion.decide(conn, load_model(tiny_model), "maybe", "")
     with pytest.raises(ForecasterError, match="no champion yet"):
         registry.champion(engine)
 
@@ -201,7 +202,7 @@ def test_a_challenger_that_cannot_be_loaded_is_skipped_and_the_champion_serves(
 ):
     moved = tmp_path / "challenger.onnx"
     shutil.copy(other_tiny_model, moved)
-    registry.promote(any_engine, tiny_model, "first")
+    promotion.promote(any_engine, tiny_model, "first")
     register_challenger(any_engine, moved)
     moved.unlink()  # the realized gate's challenger, moved away
     outcome = predict(any_engine, "champion", data=[sample_dir], device="cpu", as_of="2017-11-10")
@@ -218,7 +219,7 @@ def test_a_challenger_that_cannot_be_loaded_is_skipped_and_the_champion_serves(
 def test_a_champion_that_cannot_be_loaded_fails_its_run_under_its_own_id(any_engine, sample_dir, tiny_model, tmp_path):
     served = tmp_path / "served.onnx"
     shutil.copy(tiny_model, served)
-    registry.promote(any_engine, served, "first")
+    promotion.promote(any_engine, served, "first")
     served.unlink()
     with pytest.raises(ForecasterError, match="cannot read model file"):
         predict(any_engine, "champion", data=[sample_dir], device="cpu")
@@ -233,7 +234,7 @@ def test_promote_records_the_file_it_was_given(db_url, sample_dir, tiny_model, t
     predict(engine, scratch / "m.onnx", data=[sample_dir], device="cpu", as_of="2017-11-09")
     shutil.copy(scratch / "m.onnx", prod / "m.onnx")
     shutil.rmtree(scratch)
-    registry.promote(engine, prod / "m.onnx", "to production")
+    promotion.promote(engine, prod / "m.onnx", "to production")
     assert rows(engine, "SELECT path FROM models") == [(str((prod / "m.onnx").resolve()),)]
     assert predict(engine, "champion", device="cpu", as_of="2017-11-10").runs[0].n_predictions == 3
 
@@ -241,9 +242,9 @@ def test_promote_records_the_file_it_was_given(db_url, sample_dir, tiny_model, t
 def test_latest_predictions_keep_serving_across_a_promotion_and_retire_stale_tickers(
     any_engine, sample_dir, tiny_model, other_tiny_model, tmp_path
 ):
-    registry.promote(any_engine, tiny_model, "first")
+    promotion.promote(any_engine, tiny_model, "first")
     predict(any_engine, "champion", data=[sample_dir], device="cpu", start="2017-10-02", end="2017-11-10")
-    registry.promote(any_engine, other_tiny_model, "new")  # not scored yet: the old champion's rows still show
+    promotion.promote(any_engine, other_tiny_model, "new")  # not scored yet: the old champion's rows still show
     latest = "SELECT ticker, as_of, model_id, sessions_behind FROM latest_predictions ORDER BY ticker"
     old, new = file_sha256(tiny_model), file_sha256(other_tiny_model)
     assert {(a, m, s) for _, a, m, s in rows(any_engine, latest)} == {("2017-11-10", old, 0)}

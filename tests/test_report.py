@@ -6,14 +6,14 @@ from test_registry import register_challenger
 
 from forecaster.artifact.model_file import file_sha256
 from forecaster.db import store
-from forecaster.serving import registry
+from forecaster.lifecycle import promotion
 from forecaster.serving.nightly import predict
 from forecaster.serving.report import build_report
 
 
 def two_models_scored(db_url, sample_dir, tiny_model, other_tiny_model):
     engine = store.connect(db_url)
-    registry.promote(engine, tiny_model, "first")
+    promotion.promote(engine, tiny_model, "first")
     register_challenger(engine, other_tiny_model)
     predict(engine, "champion", data=[sample_dir], device="cpu", start="2017-10-16", end="2017-11-10")
     return engine

@@ -24,6 +24,7 @@ from forecaster.data.sample import write_sample_data
 from forecaster.data.windows import latest_windows
 from forecaster.db import store
 from forecaster.errors import DataError
+from forecaster.lifecycle import promotion
 from forecaster.lifecycle.config import DaemonConfig, RetrainConfig
 from forecaster.lifecycle.jobs import RetrainJob
 from forecaster.lifecycle.retrain import retrain, settings_of
@@ -85,7 +86,7 @@ def served_model(engine, as_of):
 
 def test_a_better_challenger_is_promoted_and_serves_the_next_run(any_db_url, world, tmp_path):
     engine = store.connect(any_db_url)
-    registry.promote(engine, world["broken"], "first")
+    promotion.promote(engine, world["broken"], "first")
     first = predict(engine, "champion", data=[world["data"]], device="cpu").runs[0]
     broken = file_sha256(world["broken"])
     assert served_model(engine, first.as_of) == [(broken,)]
@@ -135,7 +136,7 @@ def test_a_better_challenger_is_promoted_and_serves_the_next_run(any_db_url, wor
 
 def test_a_challenger_short_of_the_bar_is_rejected_and_the_champion_keeps_serving(engine, world, tmp_path, monkeypatch):
     ingest(engine, [world["data"]])
-    registry.promote(engine, world["broken"], "first")
+    promotion.promote(engine, world["broken"], "first")
 
     def read_again(*_):
         raise AssertionError("the retrain read the prices twice")
@@ -156,7 +157,7 @@ def test_a_challenger_short_of_the_bar_is_rejected_and_the_champion_keeps_servin
 def test_a_challenger_worse_than_naive_is_rejected(any_db_url, world, tmp_path):
     engine = store.connect(any_db_url)
     ingest(engine, [world["data"]])
-    registry.promote(engine, world["minmax"], "first")
+    promotion.promote(engine, world["minmax"], "first")
     [outcome] = retrain(engine, settings(tmp_path))
     m = outcome.metrics
     assert m["challenger_rmse"] > m["naive_rmse"]
@@ -172,7 +173,7 @@ def test_a_kill_during_retrain_leaves_the_champion_untouched(db_url, world, tmp_
     data = checkpoint.load(world["good"].with_suffix(".pt"))
     data["train_config"] = {**data["train_config"], "epochs": 100_000}
     checkpoint.save(long, data)
-    registry.promote(engine, export(long, tmp_path / "long.onnx").path, "first")
+    promotion.promote(engine, export(long, tmp_path / "long.onnx").path, "first")
     before = rows(engine, "SELECT model_id, status FROM models"), rows(engine, "SELECT * FROM promotions")
 
     cli = [sys.executable, "-m", "forecaster", "retrain", "--db", db_url, "--models-dir", str(tmp_path / "models")]
@@ -200,7 +201,7 @@ def test_the_realized_gate_waits_for_its_nights_then_decides(engine, world, tmp_
     cut = tmp_path / "cut"
     cut_files(world["data"], cut, sessions[-8])
     ingest(engine, [cut])
-    registry.promote(engine, world["broken"], "first")  # a challenger beats it beyond noise
+    promotion.promote(engine, world["broken"], "first")  # a challenger beats it beyond noise
     config = settings(tmp_path, gate="realized", gate_days=5)
 
     # No challenger yet: one is trained on every stored price and registered.
@@ -235,14 +236,14 @@ def test_retrain_needs_a_champion_and_enough_sessions(engine, world, tmp_path):
     ingest(engine, [world["data"]])
     with pytest.raises(registry.NoChampionError):
         retrain(engine, settings(tmp_path))
-    registry.promote(engine, world["good"], "first")
+    promotion.promote(engine, world["good"], "first")
     with pytest.raises(DataError, match="too few to hold back 400 gate days"):
         retrain(engine, settings(tmp_path, gate_days=400))
 
 
 def test_the_daemon_retrains_one_job_at_a_time_and_owes_a_missed_retrain(engine, world, tmp_path):
     ingest(engine, [world["data"]])
-    registry.promote(engine, world["broken"], "first")  # the retrain's challenger replaces it
+    promotion.promote(engine, world["broken"], "first")  # the retrain's challenger replaces it
     config = DaemonConfig(
         db_url=str(engine.url), model=Path("champion"), retrain_cron="0 6 * * 6", retrain=settings(tmp_path)
     )
@@ -334,7 +335,7 @@ def test_retrain_and_models_from_the_command_line(db_url, world, tmp_path):
 def test_the_daemon_serves_the_champion_and_runs_a_missed_retrain_on_start(db_url, world, tmp_path):
     engine = store.connect(db_url)
     ingest(engine, [world["data"]])
-    registry.promote(engine, world["broken"], "first")  # the missed retrain's challenger replaces it
+    promotion.promote(engine, world["broken"], "first")  # the missed retrain's challenger replaces it
     with engine.begin() as conn:  # the champion was made long before the last scheduled retrain
         conn.execute(sa.text("UPDATE models SET created_at = '2020-01-01T00:00:00+00:00'"))
     log_path = tmp_path / "daemon.log"
@@ -363,7 +364,7 @@ def test_a_stop_at_any_point_before_the_decision_records_nothing(engine, world, 
     from forecaster.lifecycle.retrain import RetrainStoppedError
 
     ingest(engine, [world["data"]])
-    registry.promote(engine, world["broken"], "first")
+    promotion.promote(engine, world["broken"], "first")
     before = rows(engine, "SELECT model_id, status FROM models"), rows(engine, "SELECT * FROM promotions")
     asked = [stopped_after == "nothing"]  # SIGTERM sets this in the command; here the step before does
 

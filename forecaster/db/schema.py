@@ -7,6 +7,8 @@ write lock).
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 import sqlalchemy as sa
 
 SCHEMA_VERSION = 6
@@ -110,7 +112,34 @@ source_files = sa.Table(
     sa.Column("ingested_at", sa.String, nullable=False),
 )
 
-MODEL_STATUSES = ("champion", "challenger", "retired", "rejected")
+
+class ModelStatus(StrEnum):
+    """models.status: the registry (NULL for a model only ever named by path)."""
+
+    CHAMPION = "champion"  # serves; at most one
+    CHALLENGER = "challenger"  # scored beside the champion every night
+    RETIRED = "retired"  # served before
+    REJECTED = "rejected"  # failed its gate
+
+
+class RunStatus(StrEnum):
+    """runs.status."""
+
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class Decision(StrEnum):
+    """promotions.decision."""
+
+    PROMOTED = "promoted"
+    REJECTED = "rejected"
+
+
+def _one_of(column: str, values: type[StrEnum]) -> str:
+    return f"{column} IN ({', '.join(repr(v.value) for v in values)})"
+
 
 models = sa.Table(
     "models",
@@ -129,7 +158,8 @@ models = sa.Table(
 # sa.Index(postgresql_where=...): that option imports SQLAlchemy's PostgreSQL
 # dialect (~30 ms) at every start, on SQLite too.
 ONE_CHAMPION_INDEX = sa.DDL(
-    "CREATE UNIQUE INDEX IF NOT EXISTS uq_models_one_champion ON models (status) WHERE status = 'champion'"
+    "CREATE UNIQUE INDEX IF NOT EXISTS uq_models_one_champion ON models (status) "
+    f"WHERE status = '{ModelStatus.CHAMPION}'"
 )
 sa.event.listen(models, "after_create", ONE_CHAMPION_INDEX)
 
@@ -144,7 +174,7 @@ promotions = sa.Table(
     sa.Column("decision", sa.String(16), nullable=False),
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("metrics", sa.Text),  # JSON: each candidate's RMSE, naive's, n, on the gate days
-    sa.CheckConstraint("decision IN ('promoted', 'rejected')", name="ck_promotions_decision"),
+    sa.CheckConstraint(_one_of("decision", Decision), name="ck_promotions_decision"),
 )
 
 runs = sa.Table(
@@ -153,7 +183,7 @@ runs = sa.Table(
     sa.Column("run_id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("started_at", sa.String, nullable=False),
     sa.Column("finished_at", sa.String),
-    sa.Column("status", sa.String(16), nullable=False),  # running | succeeded | failed
+    sa.Column("status", sa.String(16), nullable=False),  # RunStatus
     sa.Column("as_of", sa.String(10)),
     sa.Column("model_id", sa.String(64)),
     sa.Column("device", sa.String(16)),
@@ -164,7 +194,7 @@ runs = sa.Table(
     sa.Column("shard", sa.String(16)),  # "K/N" when only shard K of N tickers was scored
     # A challenger's shadow run: the run of the champion it was scored beside (NULL: a served run).
     sa.Column("shadow_of", sa.Integer),
-    sa.CheckConstraint("status IN ('running', 'succeeded', 'failed')", name="ck_runs_status"),
+    sa.CheckConstraint(_one_of("status", RunStatus), name="ck_runs_status"),
 )
 
 predictions = sa.Table(
@@ -227,13 +257,15 @@ VIEWS = {
                 SELECT p.*, MAX(p.as_of) OVER () AS newest,
                        ROW_NUMBER() OVER (
                            PARTITION BY p.ticker
-                           ORDER BY p.as_of DESC, CASE WHEN m.status = 'champion' THEN 0 ELSE 1 END, p.run_id DESC
+                           ORDER BY p.as_of DESC,
+                                    CASE WHEN m.status = '{ModelStatus.CHAMPION}' THEN 0 ELSE 1 END, p.run_id DESC
                        ) AS rn
                 FROM predictions p
                 JOIN runs r ON r.run_id = p.run_id
                 JOIN models m ON m.model_id = p.model_id
                 WHERE r.shadow_of IS NULL
-                  AND (m.promoted_at IS NOT NULL OR NOT EXISTS (SELECT 1 FROM models WHERE status = 'champion'))
+                  AND (m.promoted_at IS NOT NULL
+                       OR NOT EXISTS (SELECT 1 FROM models WHERE status = '{ModelStatus.CHAMPION}'))
             ) AS ranked
             WHERE rn = 1
         ) AS latest

@@ -17,6 +17,7 @@ from apscheduler.triggers.cron import CronTrigger
 from ..artifact.model_file import file_sha256
 from ..data.calendar import last_closed_session
 from ..data.ingest import ingest
+from ..db.schema import Decision
 from ..errors import ForecasterError
 from ..serving import registry
 from ..serving.freshness import Freshness, session_to_await, wait_for_data
@@ -166,7 +167,7 @@ class RetrainJob:
                 return
             for outcome in outcomes:
                 log.info("retrain: %s %s", outcome.decision, outcome.path)
-            if not any(o.decision == "promoted" for o in outcomes) or self.stop.is_set():
+            if not any(o.decision == Decision.PROMOTED for o in outcomes) or self.stop.is_set():
                 return
             try:  # the promotion is committed; the new champion scores the newest day now
                 self.after_promotion()

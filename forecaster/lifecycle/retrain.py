@@ -38,12 +38,13 @@ from ..artifact.model_file import ModelFile, load_model
 from ..artifact.verify import verify
 from ..data.universe import iso_day, load_universe
 from ..db import store
+from ..db.schema import Decision, ModelStatus
 from ..errors import DataError, ForecasterError
 from ..serving import registry
 from ..training.config import TrainConfig
 from ..training.job import TrainJob, run_training
 from ..training.loop import TrainingStoppedError
-from . import gate
+from . import gate, promotion
 from .config import GATES, RetrainConfig
 
 
@@ -120,7 +121,7 @@ def _realized(engine, config, champion: ModelFile, progress, should_stop, say) -
             continue
         _stop_point(should_stop, "the decision")
         outcomes.append(_judge(engine, config, champion, challenger, figures, {}, "", say))
-        if outcomes[-1].decision == "promoted":
+        if outcomes[-1].decision == Decision.PROMOTED:
             champion = challenger  # any other challenger waits to be judged against the new champion
             break
     if any(o.decision == "waiting" for o in outcomes):
@@ -129,9 +130,9 @@ def _realized(engine, config, champion: ModelFile, progress, should_stop, say) -
     challenger = _make_challenger(engine, config, champion, None, progress, should_stop, say)
     _stop_point(should_stop, "registering the challenger")
     with store.write_transaction(engine) as conn:
-        registry.decide(conn, challenger, "challenger", "")
+        promotion.decide(conn, challenger, ModelStatus.CHALLENGER, "")
     reason = f"registered as a challenger: judged after {config.gate_days} nights of realised outcomes"
-    outcomes.append(RetrainOutcome("challenger", challenger.sha256, challenger.path, reason))
+    outcomes.append(RetrainOutcome(ModelStatus.CHALLENGER, challenger.sha256, challenger.path, reason))
     return outcomes
 
 
@@ -205,7 +206,7 @@ def _judge(engine, config, champion, challenger, figures, extra, caveat, say) ->
     transaction, provided the champion is still the one judged against."""
     promote, reason = gate.judge(figures, config.min_improvement)
     reason += f"; {caveat}" if caveat else ""
-    decision = "promoted" if promote else "rejected"
+    decision = Decision.PROMOTED if promote else Decision.REJECTED
     metrics = {**figures.to_plain(), **extra, "min_improvement": config.min_improvement, "champion": champion.sha256}
     with store.write_transaction(engine) as conn:
         current = registry.champion_id(conn)
@@ -214,6 +215,6 @@ def _judge(engine, config, champion, challenger, figures, extra, caveat, say) ->
                 f"the champion changed while the challenger was judged (now {str(current)[:12]}, judged against "
                 f"{champion.sha256[:12]}): nothing recorded; run retrain again"
             )
-        registry.decide(conn, challenger, decision, reason, metrics)
+        promotion.decide(conn, challenger, decision, reason, metrics)
     say(reason)
     return RetrainOutcome(decision, challenger.sha256, challenger.path, reason, metrics)

@@ -4,3 +4,4 @@ reads its defaults from here."""
 from __future__ import annotations
 
 DEFAULT_LOOKBACK = 5  # sessions in which a ticker whose close arrived late is still scored
+MODEL_CHAMPION = "champion"  # what `--model champion` names: the registry's champion, looked up at every run

@@ -11,7 +11,7 @@ from ..artifact.model_file import ModelFile
 from ..db import schema
 from ..errors import DataError
 from .config import DEFAULT_LOOKBACK
-from .runs import same_shard
+from .runs import scored_span
 from .shards import Shard
 
 
@@ -69,13 +69,9 @@ def owed_dates(
       ticker has a close and enough history but no prediction from this
       model: its file arrived after that night was scored.
     """
-    r, d = schema.runs.c, schema.price_dates.c
+    d = schema.price_dates.c
     with engine.connect() as conn:
-        first, last = conn.execute(
-            sa.select(sa.func.min(r.as_of), sa.func.max(r.as_of)).where(
-                r.model_id == model.sha256, r.status == "succeeded", same_shard(shard)
-            )
-        ).one()
+        first, last = scored_span(conn, model.sha256, shard)
         if last is None:
             newest = conn.execute(sa.select(sa.func.max(d.date))).scalar()
             return [newest] if newest else []

@@ -24,7 +24,7 @@ from ..data.calendar import next_trading_day
 from ..data.config import DEFAULT_CALENDAR, SETTLE_SECONDS
 from ..data.ingest import ingest
 from ..db import schema
-from .runs import same_shard
+from .runs import scored_span
 from .shards import Shard
 
 
@@ -71,11 +71,8 @@ def session_to_await(
     wait for, the run scores what is new at once. Independent of the wall
     clock's date, so a vendor a day late or a replay of history waits for the
     session it will really score."""
-    r = schema.runs.c
     with engine.connect() as conn:
-        last = conn.execute(
-            sa.select(sa.func.max(r.as_of)).where(r.model_id == model_id, r.status == "succeeded", same_shard(shard))
-        ).scalar()
+        _, last = scored_span(conn, model_id, shard)
     if last is None:
         return closed
     owed = next_trading_day(last, calendar, engine=engine)

@@ -30,6 +30,7 @@ from ..data.config import DEFAULT_CALENDAR, SETTLE_SECONDS
 from ..data.ingest import IngestReport, ingest
 from ..data.windows import ScoringBatch, latest_windows
 from ..db import bulk, schema, store
+from ..db.schema import RunStatus
 from ..devices import DEFAULT_DEVICE
 from ..errors import ForecasterError, first_line
 from ..intervals import COLUMNS
@@ -289,13 +290,13 @@ def _write(
             runs.finish_run(
                 conn,
                 shadow_run,
-                "succeeded",
+                RunStatus.SUCCEEDED,
                 f"as_of {as_of}: {len(shadow_inserted)} shadow predictions beside champion {served.model.sha256[:12]}",
                 len(shadow_inserted),
             )
         for model_id, why in unloadable.items():
             shadow_run = runs.add_shadow_run(conn, model_id, as_of, served.model.device, shard, run_id)
-            runs.finish_run(conn, shadow_run, "failed", f"challenger not scored: {why}", 0)
+            runs.finish_run(conn, shadow_run, RunStatus.FAILED, f"challenger not scored: {why}", 0)
         batch = served.batch
         result = RunResult(
             run_id,
@@ -314,7 +315,7 @@ def _write(
             dict(unloadable),
         )
         result.message = _message(result)
-        runs.finish_run(conn, run_id, "succeeded", result.message, len(inserted))
+        runs.finish_run(conn, run_id, RunStatus.SUCCEEDED, result.message, len(inserted))
     return result
 
 

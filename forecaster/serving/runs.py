@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from ..artifact.model_file import ModelFile
 from ..clock import utc_now
 from ..db import schema, store
+from ..db.schema import RunStatus
 from ..errors import StoreError
 from .shards import Shard
 
@@ -39,7 +40,7 @@ def _insert_run(
     return conn.execute(
         schema.runs.insert().values(
             started_at=utc_now(),
-            status="running",
+            status=RunStatus.RUNNING,
             as_of=as_of,
             model_id=model_id,
             device=device,
@@ -63,7 +64,7 @@ def mark_failed(engine: sa.Engine, run_id: int, reason: str) -> None:
     """Best effort: when the database itself is failing, this may fail too."""
     try:
         with store.write_transaction(engine) as conn:
-            finish_run(conn, run_id, "failed", reason, 0)
+            finish_run(conn, run_id, RunStatus.FAILED, reason, 0)
     except StoreError:
         pass
 
@@ -78,7 +79,7 @@ def record_failed_run(
                 schema.runs.insert().values(
                     started_at=utc_now(),
                     finished_at=utc_now(),
-                    status="failed",
+                    status=RunStatus.FAILED,
                     as_of=as_of,
                     model_id=model_id,
                     device=device,
@@ -98,16 +99,16 @@ def recover_abandoned_runs(engine: sa.Engine) -> list[int]:
     r = schema.runs.c
     host = socket.gethostname()
     with engine.connect() as conn:
-        running = conn.execute(sa.select(r.run_id, r.pid).where(r.status == "running", r.host == host)).all()
+        running = conn.execute(sa.select(r.run_id, r.pid).where(r.status == RunStatus.RUNNING, r.host == host)).all()
     dead = [row for row in running if not _alive(row.pid)]
     if dead:
         with store.write_transaction(engine) as conn:
             for row in dead:
                 conn.execute(
                     schema.runs.update()
-                    .where(r.run_id == row.run_id, r.status == "running")
+                    .where(r.run_id == row.run_id, r.status == RunStatus.RUNNING)
                     .values(
-                        status="failed",
+                        status=RunStatus.FAILED,
                         finished_at=utc_now(),
                         n_predictions=0,
                         message=f"abandoned: process {row.pid} on {host} ended before finishing (killed or crashed)",
@@ -129,14 +130,24 @@ def ensure_model_row(conn: sa.Connection, model: ModelFile) -> None:
         )
 
 
+def _succeeded(model_id: str, shard: Shard | None) -> sa.ColumnElement[bool]:
+    r = schema.runs.c
+    return sa.and_(r.model_id == model_id, r.status == RunStatus.SUCCEEDED, same_shard(shard))
+
+
 def scored_before(conn: sa.Connection, model_id: str, as_of: str, shard: Shard | None) -> bool:
     """Has this model (and shard) a succeeded run for as_of already?"""
-    r = schema.runs.c
     return conn.execute(
-        sa.select(
-            sa.exists().where(r.model_id == model_id, r.as_of == as_of, r.status == "succeeded", same_shard(shard))
-        )
+        sa.select(sa.exists().where(_succeeded(model_id, shard), schema.runs.c.as_of == as_of))
     ).scalar()
+
+
+def scored_span(conn: sa.Connection, model_id: str, shard: Shard | None) -> tuple[str | None, str | None]:
+    """(first, last) as_of of this model's (and shard's) succeeded runs; (None, None) before its first."""
+    r = schema.runs.c
+    return tuple(
+        conn.execute(sa.select(sa.func.min(r.as_of), sa.func.max(r.as_of)).where(_succeeded(model_id, shard))).one()
+    )
 
 
 def same_shard(shard: Shard | None) -> sa.ColumnElement[bool]:

@@ -1,0 +1,126 @@
+"""Decisions about the registry: make a model the champion (retiring the
+previous one), reject it, or register it as a challenger; and the registry
+as `forecaster models` lists it. The read side a scoring host needs is
+serving/registry.py.
+
+The database keeps at most one champion (a partial unique index); a change
+of champion retires the old one and promotes the new one in one transaction,
+with its `promotions` row, so a crash leaves the previous state whole.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from ..artifact.model_file import ModelFile, load_model
+from ..clock import utc_now
+from ..db import schema, store
+from ..db.schema import Decision, ModelStatus
+from ..serving.registry import champion_id, trained_through
+from ..serving.runs import ensure_model_row
+
+
+def decide(conn: sa.Connection, model: ModelFile, decision: str, reason: str, metrics: dict | None = None) -> None:
+    """Record a gate decision in the caller's transaction: "promoted" makes
+    `model` the champion (retiring the previous one), "rejected" marks it
+    rejected, "challenger" registers it to be scored beside the champion."""
+    m = schema.models.c
+    ensure_model_row(conn, model)
+    previous = champion_id(conn)
+    now = utc_now()
+    this = schema.models.update().where(m.model_id == model.sha256)
+    if decision == Decision.PROMOTED:
+        if previous and previous != model.sha256:
+            conn.execute(schema.models.update().where(m.model_id == previous).values(status=ModelStatus.RETIRED))
+        conn.execute(this.values(status=ModelStatus.CHAMPION, promoted_at=now))
+    elif decision == Decision.REJECTED:
+        conn.execute(this.values(status=ModelStatus.REJECTED))
+    elif decision == ModelStatus.CHALLENGER:
+        conn.execute(this.values(status=ModelStatus.CHALLENGER))
+        return  # not a decision yet: the gate comes later
+    else:
+        raise ValueError(f"unknown decision {decision!r}")
+    conn.execute(
+        schema.promotions.insert().values(
+            decided_at=now,
+            model_id=model.sha256,
+            previous_model_id=previous,
+            decision=str(decision),
+            reason=reason,
+            metrics=json.dumps(metrics or {}),
+        )
+    )
+
+
+def promote(engine: sa.Engine, model_path: str | Path, reason: str) -> list[str]:
+    """Make a model file the champion by hand (the first one, or an override).
+    Returns warnings (a model worse than naive on its own held-out days)."""
+    model = load_model(model_path, "cpu")
+    overall = model.metadata.get("metrics", {}).get("overall", {})
+    warnings = []
+    if overall.get("mean_ratio", 0.0) > 1.0 + 1e-4:
+        warnings.append(
+            f"{Path(model_path).name} is worse than the naive forecast on its own held-out days "
+            f"(mean RMSE ratio {overall['mean_ratio']:.3f}); promoted as asked"
+        )
+    with store.write_transaction(engine) as conn:
+        decide(
+            conn,
+            model,
+            Decision.PROMOTED,
+            reason,
+            {"held_out": {k: overall.get(k) for k in ("mean_ratio", "median_ratio", "n_tickers")}, "manual": True},
+        )
+        # The file given is the one served from now on (its sha256 is the model_id:
+        # the same bytes), wherever the model was first scored from.
+        m = schema.models.c
+        conn.execute(schema.models.update().where(m.model_id == model.sha256).values(path=str(model.path.resolve())))
+    return warnings
+
+
+def models_table(engine: sa.Engine) -> list[dict]:
+    """Every registered or scoring model: status, trained through, its latest
+    gate decision and figures, and its realised ratio to naive since promotion."""
+    m, p = schema.models.c, schema.promotions.c
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(m.model_id, m.path, m.status, m.promoted_at, m.created_at, m.metadata).order_by(m.created_at)
+        ).all()
+        gates = {
+            r.model_id: r
+            for r in conn.execute(
+                sa.select(p.model_id, p.decision, p.decided_at, p.metrics, p.reason).order_by(p.promotion_id)
+            )
+        }
+        out = []
+        for r in rows:
+            through = trained_through(json.loads(r.metadata))
+            # Since promotion: the predictions of runs started after it (a backfill included).
+            realised = conn.execute(
+                sa.text(
+                    "SELECT COUNT(*), "
+                    "sqrt(AVG(o.error * o.error)) / NULLIF(sqrt(AVG(o.naive_error * o.naive_error)), 0) "
+                    "FROM prediction_outcomes o JOIN runs r ON r.run_id = o.run_id "
+                    "WHERE o.model_id = :m AND o.actual_close IS NOT NULL AND r.started_at >= :since"
+                ),
+                {"m": r.model_id, "since": r.promoted_at or "9999"},
+            ).one()
+            gate = gates.get(r.model_id)
+            figures = json.loads(gate.metrics) if gate and gate.metrics else {}
+            out.append(
+                {
+                    "model_id": r.model_id,
+                    "status": r.status or "",
+                    "path": r.path,
+                    "trained_through": through,
+                    "promoted_at": r.promoted_at or "",
+                    "decision": gate.decision if gate else "",
+                    "gate_ratio": figures.get("challenger_vs_naive"),
+                    "realised_n": realised[0],
+                    "realised_ratio": realised[1],
+                }
+            )
+    return out
