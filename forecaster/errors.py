@@ -29,6 +29,10 @@ class SourceError(ForecasterError):
     """An input path does not exist or holds nothing we can read."""
 
 
+class UnreadableFileError(SourceError):
+    """A file has no usable header or is not text (recorded whole, line NULL)."""
+
+
 class DataError(ForecasterError):
     """The prices at hand cannot support what was asked (unknown ticker, too little history)."""
 

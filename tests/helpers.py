@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
+from forecaster.data.parsing import Body, Fields, Header, _numbers, _regular, read_many
 from forecaster.data.prices import Series
+from forecaster.data.rules import ParsedRows, validate
 from forecaster.data.sample import generate_ohlc
-from forecaster.data.sources import Body, Fields, Header, ParsedRows, _numbers, _regular, read_many, validate
 from forecaster.training import checkpoint
 from forecaster.training.train import TrainConfig, train
 

@@ -468,7 +468,9 @@ from hypothesis import HealthCheck, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from forecaster.data import reading  # noqa: E402
-from forecaster.data.sources import UnreadableFileError, decode, parse_header, read_many, split_header, validate  # noqa: E402
+from forecaster.data.parsing import decode, parse_header, read_many, split_header  # noqa: E402
+from forecaster.data.rules import validate  # noqa: E402
+from forecaster.errors import UnreadableFileError  # noqa: E402
 
 FUZZ = settings(max_examples=300, deadline=5000, suppress_health_check=[HealthCheck.too_slow])
 HEADER = "Date,Open,High,Low,Close,Volume,OpenInt"

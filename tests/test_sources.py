@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 from helpers import fields_fast, parse_rows, read_fields
 
-from forecaster.data.sources import UnreadableFileError, parse_header, split_header, ticker_from_path
+from forecaster.data.discovery import ticker_from_path
+from forecaster.data.parsing import parse_header, split_header
+from forecaster.errors import UnreadableFileError
 
 HEADER = "Date,Open,High,Low,Close,Volume,OpenInt"
 TODAY = dt.date(2020, 1, 1)
@@ -157,7 +159,7 @@ def test_ticker_is_the_lowercased_name_up_to_the_first_dot():
 
 
 def test_validating_many_files_at_once_equals_one_by_one():
-    from forecaster.data.sources import validate
+    from forecaster.data.rules import validate
 
     bodies = [
         ([GOOD, "2017-01-04,10,11,9,10.5,100,0", "2017-01-04,10,11,9,10.6,100,0"], HEADER),
@@ -181,7 +183,7 @@ def test_validating_many_files_at_once_equals_one_by_one():
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from forecaster.data.sources import Body, _fields_by_line  # noqa: E402
+from forecaster.data.parsing import Body, _fields_by_line  # noqa: E402
 
 
 def line_path(body, header, first_line=2):
@@ -253,7 +255,7 @@ def test_the_fast_path_reads_every_number_exactly_as_python_does(numbers):
 
 
 def test_reading_many_bodies_at_once_equals_reading_each_alone():
-    from forecaster.data.sources import Body, read_many
+    from forecaster.data.parsing import Body, read_many
 
     dates = [line.split(",")[0] for line in many_good_rows()]
     clean = "\n".join(f"{d},10.25,11,9,10.5,100,0" for d in dates) + "\n"

@@ -21,12 +21,13 @@ from tqdm import tqdm
 
 from ..clock import utc_now
 from ..db import bulk, schema, store
-from ..errors import SourceError
+from ..errors import SourceError, UnreadableFileError
 from . import reader_process
 from .calendar import exchange_today
 from .config import DEFAULT_CALENDAR, SETTLE_SECONDS
+from .discovery import find_files, ticker_from_path
 from .reading import Batch, FileResult, Known, new_bytes, read_batches
-from .sources import Rejection, Rows, UnreadableFileError, find_files, ticker_from_path
+from .rules import Rejection, Rows
 
 PROGRESS_MIN_FILES = 20
 # Above this many new bytes (~400k rows), a second process reads while this

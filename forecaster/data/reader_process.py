@@ -33,7 +33,7 @@ import numpy as np
 from ..errors import ReaderError
 from .reading import Batch, FileResult, Known
 from .reading import read_batches as read_batches_here
-from .sources import Rejection, Rows
+from .rules import Rejection, Rows
 
 # The kept rows of a batch, all files end to end: (name, dtype).
 ARRAYS = (("dates", "<U10"), ("values", "<f8"), ("lines", "<i8"))

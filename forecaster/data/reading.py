@@ -29,19 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import UnreadableFileError
 from .config import SETTLE_SECONDS
-from .sources import (
-    Body,
-    Header,
-    Rejection,
-    Rows,
-    UnreadableFileError,
-    decode,
-    parse_header,
-    read_many,
-    ticker_from_path,
-    validate,
-)
+from .discovery import ticker_from_path
+from .parsing import Body, Header, decode, parse_header, read_many
+from .rules import Rejection, Rows, validate
 
 TAIL_BYTES = 4096  # how much of a file's old end must match to trust an append
 FLUSH_ROWS = 200_000  # batches (one transaction each) of about this many rows...

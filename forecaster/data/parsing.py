@@ -1,39 +1,29 @@
-"""Reading daily OHLC files and deciding which rows are fit to keep.
+"""Reading OHLC text into typed fields, not yet judged (rules.py judges them).
 
 The layout is the public dataset's: one file per ticker, `<ticker>.us.txt`
 (or `.csv`), header `Date,Open,High,Low,Close,Volume,OpenInt`. Vendor
 variants are accepted: any header case, a byte-order mark, CRLF, an unnamed
 first column holding the date, extra columns, no Volume, rows in any order.
 
-Every row read ends up either kept or set aside with its line number, raw
-text and a reason; nothing is dropped silently.
+Two ways to the same fields: large, regular bodies through NumPy and one
+C-parser call for many files at once; the rest line by line in plain Python.
+Both read every line to the same fields (tests/test_sources.py, and the
+fuzz tests of tests/test_reliability.py).
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import functools
 import io
-import math
-import os
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import SourceError
+from ..errors import UnreadableFileError
 
-SUFFIXES = (".txt", ".csv")
 PRICE_COLUMNS = ("open", "high", "low", "close")
 ROW_COLUMNS = ("date", *PRICE_COLUMNS, "volume")
-
-
-@dataclass
-class Rejection:
-    line: int | None  # None: the whole file
-    raw: str
-    reason: str
+VALUES = ("open", "high", "low", "close", "volume")  # the columns of Fields.values and Rows.values
 
 
 @dataclass
@@ -42,75 +32,6 @@ class Header:
 
     positions: dict[str, int]  # column name -> field index
     n_fields: int
-
-
-VALUES = ("open", "high", "low", "close", "volume")
-
-
-@dataclass
-class Rows:
-    """Kept rows as plain arrays, sorted by date, one row per date."""
-
-    dates: np.ndarray  # (n,) ISO date strings
-    values: np.ndarray  # (n, 5) float64 in VALUES order; volume NaN when not given
-    lines: np.ndarray  # (n,) int64 file line numbers
-
-    def __len__(self) -> int:
-        return len(self.dates)
-
-    def take(self, index: np.ndarray) -> Rows:
-        return Rows(self.dates[index], self.values[index], self.lines[index])
-
-
-@dataclass
-class ParsedRows:
-    rows: Rows
-    rejects: list[Rejection] = field(default_factory=list)
-    # Rows fit to keep but dated after `today`: not set aside, read again by a later ingest.
-    waiting: list[Rejection] = field(default_factory=list)
-
-    @property
-    def n_read(self) -> int:
-        return len(self.rows) + len(self.rejects) + len(self.waiting)
-
-
-class UnreadableFileError(SourceError):
-    """The file has no usable header or is not text."""
-
-
-def find_files(paths: list[str | Path]) -> Iterator[Path]:
-    """Every `*.txt` / `*.csv` under `paths` (folders searched recursively), in a
-    stable order, as absolute paths (each given path is resolved once)."""
-    for given in map(Path, paths):
-        if not given.exists():
-            raise SourceError(f"{given}: no such file or folder")
-        p = given.resolve()
-        if p.is_dir():
-            yield from map(Path, _walk(str(p)))
-        else:
-            yield p
-
-
-def _walk(folder: str) -> Iterator[str]:
-    """Data files under `folder`, depth first in name order (os.scandir: one
-    stat per entry at most, where pathlib's rglob and sort cost ten times more)."""
-    with os.scandir(folder) as it:
-        entries = sorted(it, key=lambda e: e.name)
-    for entry in entries:
-        if entry.is_dir(follow_symlinks=False):
-            yield from _walk(entry.path)
-        elif os.path.splitext(entry.name)[1].lower() in SUFFIXES and entry.is_file():
-            yield entry.path
-
-
-def ticker_from_path(path: Path) -> str:
-    """The file name up to its first dot, lower-case: `Stocks/AAPL.us.txt` -> `aapl`."""
-    ticker = path.name.split(".", 1)[0].strip().lower()
-    if not ticker:
-        raise UnreadableFileError(f"{path}: the file name gives no ticker (it starts with a dot)")
-    if any(ord(c) < 32 for c in ticker):
-        raise UnreadableFileError(f"{path}: the file name holds control characters")
-    return ticker
 
 
 def decode(data: bytes) -> str:
@@ -357,169 +278,3 @@ def _numbers(group: list[_Regular]) -> list[np.ndarray] | None:
         if name in header.positions:
             values[:, j] = frame[header.positions[name]].to_numpy(dtype=np.float64)
     return np.split(values, np.cumsum(sizes)[:-1])
-
-
-def iso_dates(texts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(valid mask, yyyymmdd ints) for "YYYY-MM-DD" strings, checked with
-    NumPy on the digits: same answer for one row or ten million."""
-    texts = np.asarray(texts)
-    if texts.dtype != np.dtype("U10"):  # the fast path's dates are U10 already
-        # An 11th code point that is not 0 marks a string longer than 10 characters.
-        texts = texts.astype("U11")
-    codes = texts.view(np.uint32).reshape(len(texts), texts.dtype.itemsize // 4)
-    d = codes[:, :10].astype(np.int32) - ord("0")
-    digit = (d >= 0) & (d <= 9)
-    shape_ok = (
-        digit[:, [0, 1, 2, 3, 5, 6, 8, 9]].all(axis=1)
-        & (codes[:, 4] == ord("-"))
-        & (codes[:, 7] == ord("-"))
-        & ((codes[:, 10] == 0) if codes.shape[1] > 10 else True)
-    )
-    year = d[:, 0] * 1000 + d[:, 1] * 100 + d[:, 2] * 10 + d[:, 3]
-    month = d[:, 5] * 10 + d[:, 6]
-    day = d[:, 8] * 10 + d[:, 9]
-    leap = (year % 4 == 0) & ((year % 100 != 0) | (year % 400 == 0))
-    month_days = np.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31])[np.clip(month, 0, 12)] + (
-        leap & (month == 2)
-    )
-    valid = shape_ok & (year >= 1) & (month >= 1) & (month <= 12) & (day >= 1) & (day <= month_days)
-    return valid, np.where(valid, year * 10000 + month * 100 + day, 0)
-
-
-def validate(batch: list[Fields], today: dt.date | None = None) -> list[ParsedRows]:
-    """Judge the rows of many files in one vectorised pass (a nightly run
-    brings thousands of files with a row each: per-file NumPy calls would
-    cost more than the work), then hand each file back its own result.
-
-    `today` is the exchange's current day: a good row dated after it may be a
-    vendor's early or mis-dated line, or the ingesting host's clock behind
-    the exchange's; it waits (ParsedRows.waiting) rather than being set aside."""
-    today = today or dt.date.today()
-    sizes = [len(f) for f in batch]
-    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-    file_of = np.repeat(np.arange(len(batch)), sizes)
-    n = int(offsets[-1])
-
-    def cat(name, empty):
-        return np.concatenate([getattr(f, name) for f in batch]) if n else empty
-
-    date_text = cat("date_text", np.empty(0, dtype=object))
-    values = cat("values", np.empty((0, len(VALUES))))
-    line_no = cat("lines", np.empty(0, dtype=np.int64))
-    width_ok = cat("width_ok", np.empty(0, dtype=bool))
-    has_volume = np.repeat([("volume" in f.header.positions) for f in batch], sizes).astype(bool)
-
-    def raw(i: int) -> str:
-        k = file_of[i]
-        return batch[k].raw_line(i - int(offsets[k]))
-
-    def field_text(i: int, name: str) -> str:
-        return raw(i).split(",")[batch[file_of[i]].header.positions[name]].strip()
-
-    bad = ~width_ok
-    reasons: dict[int, str] = {
-        int(i): f"expected {batch[file_of[i]].header.n_fields} fields, found {len(raw(int(i)).split(','))}"
-        for i in np.flatnonzero(bad)
-    }
-
-    def flag(mask: np.ndarray, reason_of) -> None:
-        nonlocal bad
-        new = np.asarray(mask, dtype=bool) & ~bad
-        for i in np.flatnonzero(new):
-            reasons[int(i)] = reason_of(int(i))
-        bad = bad | new
-
-    date_ok, date_int = iso_dates(date_text)
-    flag(
-        ~date_ok,
-        lambda i: (
-            "missing date"
-            if not date_text[i]
-            else f"impossible or unrecognised date {str(date_text[i])!r} (expected YYYY-MM-DD)"
-        ),
-    )
-    o, h, lo, c, v = (values[:, j] for j in range(len(VALUES)))
-    for j, name in enumerate(PRICE_COLUMNS):
-        column = values[:, j]
-        flag(~np.isfinite(column), lambda i, name=name: _number_problem(name, field_text(i, name)))
-        flag(column <= 0, lambda i, column=column, name=name: f"{name} is not positive ({column[i]:g})")
-    # An empty volume is allowed (NULL); text that is not a number is not.
-    unparsed = np.flatnonzero(has_volume & np.isnan(v) & ~bad)
-    text_given = np.zeros(n, dtype=bool)
-    text_given[unparsed] = [field_text(int(i), "volume") != "" for i in unparsed]
-    flag(text_given | np.isinf(v), lambda i: _number_problem("volume", field_text(i, "volume")))
-    flag(v < 0, lambda i: f"volume is negative ({v[i]:g})")
-    flag(h < lo, lambda i: f"high {h[i]:g} is below low {lo[i]:g}")
-    flag(h < np.maximum(o, c), lambda i: f"high {h[i]:g} is below open/close {max(o[i], c[i]):g}")
-    flag(lo > np.minimum(o, c), lambda i: f"low {lo[i]:g} is above open/close {min(o[i], c[i]):g}")
-    today_int = today.year * 10000 + today.month * 100 + today.day
-    future = (date_int > today_int) & ~bad
-
-    keep = np.flatnonzero(~bad & ~future)
-    # yyyymmdd < 10^8, so this key is unique per (file, date).
-    keep, dup_rejects = _resolve_duplicate_dates(
-        keep, file_of * 100_000_000 + date_int, date_text, values, line_no, raw
-    )
-    rejects_of: list[list[Rejection]] = [[] for _ in batch]
-    for i, r in reasons.items():
-        rejects_of[file_of[i]].append(Rejection(int(line_no[i]), raw(i), r))
-    for i, rejection in dup_rejects:
-        rejects_of[file_of[i]].append(rejection)
-    waiting_of: list[list[Rejection]] = [[] for _ in batch]
-    for i in np.flatnonzero(future):
-        waiting_of[file_of[i]].append(
-            Rejection(int(line_no[i]), raw(int(i)), f"dated {date_text[i]}, after the exchange's current day {today}")
-        )
-    order_key = file_of[keep] * 100_000_000 + date_int[keep]
-    if not (np.diff(order_key) > 0).all():  # most files are in date order already
-        keep = keep[np.argsort(order_key, kind="stable")]  # by file, then date
-    bounds = np.searchsorted(file_of[keep], np.arange(len(batch) + 1))
-    out = []
-    for k in range(len(batch)):
-        mine = keep[bounds[k] : bounds[k + 1]]
-        out.append(
-            ParsedRows(
-                Rows(date_text[mine], values[mine], line_no[mine]),
-                sorted(rejects_of[k], key=lambda r: r.line),
-                waiting_of[k],
-            )
-        )
-    return out
-
-
-def _number_problem(name: str, text: str) -> str:
-    if text == "":
-        return f"missing {name}"
-    try:
-        value = float(text) if text.isascii() and "_" not in text else float("x")
-    except ValueError:
-        return f"non-numeric {name} {text[:40]!r}"
-    if not math.isfinite(value):
-        return f"{name} is not finite ({text[:40]})"
-    return f"non-numeric {name} {text[:40]!r}"
-
-
-def _resolve_duplicate_dates(keep, key, date_text, values, line_no, raw):
-    """A date given twice in a file with the same values keeps its first line;
-    given with different values it is ambiguous, and every line for it is set
-    aside. Returns (rows kept, [(row, Rejection)])."""
-    keys = key[keep]
-    unique, counts = np.unique(keys, return_counts=True)
-    if (counts == 1).all():
-        return keep, []
-    rejects, drop = [], set()
-    for dup in unique[counts > 1]:
-        group = keep[keys == dup]  # in file order
-        first = group[0]
-        same = all(np.array_equal(values[g], values[first], equal_nan=True) for g in group[1:])
-        iso = date_text[first]
-        listed = ", ".join(str(line_no[g]) for g in group)
-        for g in group[1:] if same else group:
-            drop.add(int(g))
-            reason = (
-                f"repeats line {line_no[first]} ({iso})"
-                if same
-                else f"date {iso} appears on lines {listed} with different values"
-            )
-            rejects.append((int(g), Rejection(int(line_no[g]), raw(int(g)), reason)))
-    return np.array([k for k in keep if int(k) not in drop], dtype=np.int64), rejects
