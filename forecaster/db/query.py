@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from ..errors import DatabaseError, ForecasterError, StoreError, first_line
+from .config import SQL_ROW_LIMIT
 
 READING_KEYWORDS = {
     "sqlite": ("select", "with", "values", "explain"),
@@ -158,7 +159,7 @@ def reading_statement(sql: str, dialect: str) -> Statement:
     return statement
 
 
-def run_query(engine: sa.Engine, query: str, *, limit: int = 50) -> tuple[list[str], list[tuple], bool]:
+def run_query(engine: sa.Engine, query: str, *, limit: int = SQL_ROW_LIMIT) -> tuple[list[str], list[tuple], bool]:
     """(column names, up to `limit` rows, whether more rows exist) of one
     reading statement. The transaction is always rolled back."""
     dialect = engine.dialect.name

@@ -17,6 +17,7 @@ from .. import intervals as iv
 from ..db import schema
 from ..errors import DataError
 from ..evidence import DIRECTION_NOISE
+from ..tables import format_table
 from .dates import check_dates
 
 # Per group: RMSE and MAE of the model and of naive, and how often the model
@@ -228,4 +229,53 @@ def plot_report(report: Report, path: Path) -> Path:
         title=f"{busiest}: stored predictions vs actual closes"
         + (" with their 80% and 95% intervals" if bands else ""),
         bands=bands,
+    )
+
+
+def interval_table(figures: dict) -> str:
+    """Coverage, width and interval score of the intervals, beside RiskMetrics' (rm_), per ticker and overall."""
+
+    def row(name, f):
+        rm = f["riskmetrics"]
+        return (
+            name,
+            f["n"],
+            pct(f["coverage80"]),
+            pct(rm["coverage80"]),
+            pct(f["coverage95"]),
+            pct(rm["coverage95"]),
+            f["width80"],
+            f["score80"],
+            rm["score80"],
+            f["score95"],
+            rm["score95"],
+            round(f["score_vs_riskmetrics"], 3),
+        )
+
+    def pct(x):
+        return f"{100 * x:.1f}%"
+
+    rows = [row(t, f) for t, f in figures["tickers"].items()] + [row("ALL", figures["overall"])]
+    table = format_table(
+        [
+            "ticker",
+            "n",
+            "in80",
+            "rm_in80",
+            "in95",
+            "rm_in95",
+            "width80",
+            "score80",
+            "rm_score80",
+            "score95",
+            "rm_score95",
+            "score_vs_rm",
+        ],
+        rows,
+    )
+    calm, wild = figures["thirds"]["calm"], figures["thirds"]["wild"]
+    return (
+        f"{table}\ncoverage in the calmest third of days {pct(calm['coverage80'])} / {pct(calm['coverage95'])}, "
+        f"in the wildest third {pct(wild['coverage80'])} / {pct(wild['coverage95'])} (80% / 95%); "
+        "score_vs_rm: interval score relative to the close, ours over RiskMetrics' (below 1 is better)"
     )

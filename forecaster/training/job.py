@@ -8,22 +8,26 @@ from __future__ import annotations
 import json
 import resource
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import sqlalchemy as sa
 
 from .. import plots
+from ..data.config import SETTLE_SECONDS
+from ..data.ingest import ingest
 from ..data.universe import Universe, load_universe, stored_counts
 from ..db import schema, store
+from ..db.config import DEFAULT_DB_URL
 from ..errors import DataError
 from ..evidence import compared_with_naive
 from ..files import write_atomically
+from ..signals import stop_on_signals
 from ..tables import format_table
 from . import checkpoint
 from .config import TrainConfig
-from .distributed import World, join
+from .distributed import World, join, leave
 from .precision import bf16_support
 from .split import min_rows
 from .train import TrainResult, train_universe
@@ -75,10 +79,49 @@ def state_path(out: Path) -> Path:
     return Path(out).with_suffix(".state.pt")
 
 
-def resume_job(state_file: Path) -> tuple[TrainJob, dict]:
-    """The job and state of a stopped training."""
+def resume_job(state_file: Path, db_url: str | None = None) -> tuple[TrainJob, dict, str]:
+    """(the job, its saved state, the database to read) of a stopped training:
+    `db_url` when given, else the one the stopped run read (a URL with a
+    password is not saved: then it must be given)."""
     state = checkpoint.load_state(state_file)
-    return TrainJob.from_plain(state["job"]), state
+    saved = state["job"]
+    if db_url is None:
+        if saved.get("db_has_password"):
+            raise DataError("give --db: the stopped run's database URL has a password, which is not saved")
+        db_url = saved.get("db") or DEFAULT_DB_URL
+    return TrainJob.from_plain(saved), state, db_url
+
+
+def run_job(
+    job: TrainJob,
+    db_url: str,
+    *,
+    resume: dict | None = None,
+    data: Iterable[str | Path] = (),
+    progress: bool = False,
+    settle: float = SETTLE_SECONDS,
+    say: Callable[[str], None] = lambda line: None,
+) -> TrainOutcome | None:
+    """One `forecaster train`, alone or as one process of a torchrun job:
+    join the job, ingest `data` on rank 0 (the others then read what it
+    stored), and train with SIGTERM/SIGINT saving a state to resume from.
+    The outcome on rank 0; None on the other ranks."""
+    world = join(job.config.device)
+    try:
+        ingests = bool(data) and world.is_main
+        engine = store.connect(db_url, read_only=not ingests)  # without --data, training only reads
+        try:
+            if ingests:
+                say(ingest(engine, data, progress=progress, settle=settle).summary())
+            world.barrier()
+            with stop_on_signals() as should_stop:
+                return run_training(
+                    engine, job, world, progress=progress, should_stop=should_stop, resume=resume, db=db_url
+                )
+        finally:
+            engine.dispose()
+    finally:
+        leave(world)
 
 
 def run_training(
@@ -122,7 +165,7 @@ def run_training(
         progress=progress,
         should_stop=should_stop,
         state_path=state_path(job.out) if resumable else None,
-        job={**job.to_plain(), "db": db and sa.engine.make_url(db).render_as_string(hide_password=True)},
+        job={**job.to_plain(), **_saved_url(db)},
         resume=resume,
     )
     if not world.is_main:
@@ -148,6 +191,14 @@ def run_training(
         warnings,
         notes,
     )
+
+
+def _saved_url(db: str | None) -> dict:
+    """How a stopped run remembers its database: the URL without its password, and whether it had one."""
+    if not db:
+        return {"db": None, "db_has_password": False}
+    url = sa.engine.make_url(db)
+    return {"db": url.render_as_string(hide_password=True), "db_has_password": url.password is not None}
 
 
 def _snapshot(engine: sa.Engine, world: World, tickers: list[str]) -> dict:

@@ -1,0 +1,71 @@
+"""Commands on files -> prices: sample-data, ingest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .base import (
+    calendar_option,
+    db_option,
+    main,
+    open_store,
+    option,
+    parse_tickers,
+    quiet_option,
+    reports_errors,
+    settle_option,
+)
+
+
+@main.command("sample-data")
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@option("--n-tickers", default=5, show_default=True, type=click.IntRange(1), help="How many tickers.")
+@option("--days", default=750, show_default=True, type=click.IntRange(1), help="Business days of history per ticker.")
+@option("--seed", command="sample-data", default=0, show_default=True, type=int, help="Same seed, same files.")
+@option(
+    "--ar",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(-0.99, 0.99),
+    help="AR(1) coefficient of daily log-returns (0: a pure random walk).",
+)
+@reports_errors
+def sample_data(out_dir, n_tickers, days, seed, ar):
+    """Write synthetic OHLC files to OUT_DIR/Stocks/<ticker>.us.txt (dataset layout)."""
+    from ..data.sample import write_sample_data
+
+    paths = write_sample_data(out_dir, tickers=n_tickers, days=days, seed=seed, ar=ar)
+    click.echo(f"wrote {len(paths)} files of {days} days to {out_dir / 'Stocks'}")
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@option(
+    "--revise",
+    multiple=True,
+    metavar="TICKER",
+    help="Accept the file of TICKER as the vendor's revised history (repeatable, or A,B): it replaces the "
+    "stored rows, which are kept in price_revisions.",
+)
+@settle_option
+@calendar_option
+@db_option
+@quiet_option
+@reports_errors
+def ingest(paths, revise, settle, calendar, db, quiet):
+    """Load new rows from PATHS (*.txt / *.csv files; folders searched recursively).
+
+    Unchanged files are skipped without being read; appended files cost only
+    their new rows. Bad rows are set aside in `rejected_rows` with their file,
+    line and reason; the good rows and other files still go in. Stored
+    history is never overwritten, except by --revise.
+    """
+    from ..data.ingest import ingest as run_ingest
+
+    tickers = [t for given in revise for t in parse_tickers(given)]
+    report = run_ingest(open_store(db), paths, progress=not quiet, revise=tickers, settle=settle, calendar=calendar)
+    for line in report.problems:
+        click.echo(f"unreadable: {line}", err=True)
+    click.echo(report.summary())

@@ -1,0 +1,95 @@
+"""Commands that keep the model fresh: promote, retrain, models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .base import (
+    db_option,
+    main,
+    open_store,
+    option,
+    quiet_option,
+    reports_errors,
+    retrain_config,
+    retrain_options,
+)
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@option("--reason", required=True, command="promote", help="Why: recorded in the promotions table.")
+@db_option
+@reports_errors
+def promote(model, reason, db):
+    """Make MODEL (an exported ONNX file) the champion: the first one, or a
+    manual override. The previous champion is retired; the decision is
+    recorded in `promotions`. Warns when MODEL was worse than naive on its
+    own held-out days."""
+    from ..lifecycle.promotion import promote as promote_model
+
+    for line in promote_model(open_store(db), model, reason):
+        click.echo(f"warning: {line}", err=True)
+    click.echo(f"{model} is the champion; `--model champion` serves it from the next run")
+
+
+@main.command()
+@retrain_options
+@db_option
+@quiet_option
+@reports_errors
+def retrain(gate_days, min_improvement, gate, models_dir, train_device, db, quiet):
+    """Train a challenger with the champion's settings and tickers (from its
+    metadata), export and verify it, and judge it: promoted only when its
+    RMSE on the gate days is no worse than naive's and than the champion's
+    x (1 - --min-improvement); else recorded as rejected, with the numbers.
+    SIGTERM or Ctrl-C stop it with nothing recorded."""
+    from ..db.schema import Decision
+    from ..lifecycle.retrain import retrain as run_retrain
+    from ..signals import stop_on_signals
+
+    with stop_on_signals() as should_stop:
+        outcomes = run_retrain(
+            open_store(db),
+            retrain_config(gate_days, min_improvement, gate, models_dir, train_device),
+            progress=not quiet,
+            should_stop=should_stop,
+            say=lambda line: click.echo(line, err=True),
+        )
+    for o in outcomes:
+        click.echo(f"{o.decision}: {o.path} ({(o.model_id or '')[:12]})")
+    if any(o.decision == Decision.PROMOTED for o in outcomes):
+        click.echo("the new champion serves from the next run (`forecaster predict --model champion` runs one now)")
+
+
+@main.command()
+@option("--json", "as_json", is_flag=True, command="models", help="Print JSON instead of a table.")
+@db_option
+@reports_errors
+def models(as_json, db):
+    """Every model that served, is scored in the shadows or was judged: its
+    status, the day its training data ended, its last gate decision and
+    ratio to naive there, and its realised ratio to naive since promotion."""
+    import json
+
+    from ..lifecycle.promotion import models_table
+    from ..tables import format_table
+
+    rows = models_table(open_store(db, read_only=True))
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    columns = [
+        "model_id",
+        "status",
+        "trained_through",
+        "promoted_at",
+        "decision",
+        "gate_ratio",
+        "realised_n",
+        "realised_ratio",
+        "path",
+    ]
+    click.echo(format_table(columns, [tuple(r[c][:12] if c == "model_id" else r[c] for c in columns) for r in rows]))

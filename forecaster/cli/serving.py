@@ -1,0 +1,276 @@
+"""Commands on model + new prices -> predictions, and the questions asked of them: predict, daemon, report, sql."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+from pathlib import Path
+
+import click
+
+from ..db.config import SQL_ROW_LIMIT
+from ..lifecycle.config import DaemonConfig
+from ..serving.config import MODEL_CHAMPION
+from .base import (
+    calendar_option,
+    daemon_default,
+    data_option,
+    db_option,
+    device_option,
+    main,
+    model_option,
+    open_store,
+    option,
+    quiet_option,
+    reports_errors,
+    retrain_config,
+    retrain_options,
+    settle_option,
+    shard_option,
+)
+
+
+@main.command()
+@model_option
+@data_option
+@option("--as-of", help="Score this date (YYYY-MM-DD) [default: the newest date in prices].")
+@option("--from", "start", metavar="D1", help="Backfill: score every date with prices from D1...")
+@option("--to", "end", metavar="D2", help="...to D2 (inclusive), each as of its own date.")
+@settle_option
+@device_option
+@calendar_option
+@shard_option
+@db_option
+@quiet_option
+@reports_errors
+def predict(model, data, as_of, start, end, settle, device, calendar, shard, db, quiet):
+    """One nightly run: ingest new rows, score every ticker with a close on
+    as_of and enough history, and write next-day predictions.
+
+    Each as_of commits whole or not at all; a rerun adds nothing. Tickers
+    without a close on as_of are reported as stale, not scored.
+    """
+    from ..serving.nightly import predict as run_predict
+    from ..serving.shards import Shard
+
+    if as_of and (start or end):
+        raise click.UsageError("give --as-of or --from/--to, not both")
+    part = Shard.parse(shard) if shard else None
+    outcome = run_predict(
+        open_store(db),
+        model,
+        as_of=as_of,
+        start=start,
+        end=end,
+        data=data,
+        device=device,
+        calendar=calendar,
+        progress=not quiet,
+        shard=part,
+        settle=settle,
+    )
+    if outcome.ingest and not quiet:
+        click.echo(outcome.ingest.summary())
+    for run_id in outcome.recovered:
+        click.echo(f"marked abandoned run {run_id} as failed", err=True)
+    for run in outcome.runs:
+        click.echo(f"run {run.run_id} on {run.device} in {run.seconds:.2f}s: {run.message}")
+
+
+@main.command()
+@model_option
+@data_option
+@option(
+    "--cron",
+    default=daemon_default("cron"),
+    show_default=True,
+    help="When to run, as a crontab line (minute hour day month weekday).",
+)
+@option("--timezone", default=daemon_default("timezone"), show_default=True, help="Time zone of --cron.")
+@option(
+    "--misfire-grace",
+    default=daemon_default("misfire_grace"),
+    show_default=True,
+    type=click.IntRange(1),
+    help="Seconds a late run may still start (e.g. after a suspend).",
+)
+@option(
+    "--lookback",
+    default=daemon_default("lookback"),
+    show_default=True,
+    type=click.IntRange(0),
+    help="Sessions back in which a ticker whose file arrived after its night was scored is still scored.",
+)
+@option(
+    "--min-fresh",
+    default=daemon_default("min_fresh"),
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="A scheduled run first waits until this share of the previous session's tickers have a close "
+    "on the new session (0: do not wait).",
+)
+@option(
+    "--wait-max",
+    default=int(daemon_default("wait_max").total_seconds() // 60),
+    show_default=True,
+    type=click.IntRange(0),
+    help="Minutes a scheduled run waits for the night's data; then it scores what has arrived and "
+    "names what is missing.",
+)
+@option(
+    "--recheck",
+    default=int(daemon_default("recheck").total_seconds() // 60),
+    show_default=True,
+    type=click.IntRange(1),
+    help="Minutes between ingests while waiting for the night's data.",
+)
+@option(
+    "--retrain-cron",
+    default=daemon_default("retrain_cron"),
+    metavar="CRON",
+    help='Also retrain on this schedule (crontab line, e.g. "0 6 * * 6"), never during a scoring run; '
+    "needs --model champion.",
+)
+@option(
+    "--lock-check",
+    default=int(daemon_default("lock_check").total_seconds()),
+    show_default=True,
+    type=click.IntRange(1),
+    metavar="SECONDS",
+    help="How often the daemon checks that it still holds its one-per-database lock (a PostgreSQL lock is "
+    "lost when the server restarts); one that lost it exits 75, to be started again.",
+)
+@retrain_options
+@settle_option
+@device_option
+@calendar_option
+@shard_option
+@db_option
+@reports_errors
+def daemon(
+    model,
+    data,
+    cron,
+    timezone,
+    misfire_grace,
+    lookback,
+    min_fresh,
+    wait_max,
+    recheck,
+    retrain_cron,
+    lock_check,
+    gate_days,
+    min_improvement,
+    gate,
+    models_dir,
+    train_device,
+    settle,
+    device,
+    calendar,
+    shard,
+    db,
+):
+    """Run `predict` on a schedule until stopped (SIGTERM/SIGINT exit 0).
+
+    On start it catches up every as_of this model still owes: each date after
+    its last succeeded run, and recent dates where a ticker's file arrived
+    late. A scheduled run first waits for the night's files (--min-fresh).
+    One daemon per database: a second one exits at once, naming the holder
+    (with --shard: one daemon per shard). With --model champion and
+    --retrain-cron it also retrains (as `forecaster retrain`) on schedule,
+    one job at a time; a retrain missed while it was down runs on start.
+    """
+    if retrain_cron and str(model) != MODEL_CHAMPION:
+        raise click.UsageError("--retrain-cron needs --model champion (a retrain replaces the champion)")
+
+    from ..lifecycle.daemon import run_daemon
+    from ..serving.shards import Shard
+
+    code = run_daemon(
+        DaemonConfig(
+            db_url=db,
+            model=model,
+            data=list(data),
+            cron=cron,
+            timezone=timezone,
+            misfire_grace=misfire_grace,
+            device=device,
+            calendar=calendar,
+            shard=Shard.parse(shard) if shard else None,
+            lookback=lookback,
+            min_fresh=min_fresh,
+            wait_max=dt.timedelta(minutes=wait_max),
+            recheck=dt.timedelta(minutes=recheck),
+            retrain_cron=retrain_cron,
+            retrain=retrain_config(gate_days, min_improvement, gate, models_dir, train_device),
+            settle=settle,
+            lock_check=dt.timedelta(seconds=lock_check),
+        )
+    )
+    if code:
+        sys.exit(code)
+
+
+@main.command()
+@option("--since", metavar="DATE", help="Only predictions made as of this date or later.")
+@option("--ticker", help="Only this ticker.")
+@option(
+    "--model-id", help="Only this model: its sha256, or the first characters of it (as `forecaster models` prints)."
+)
+@option("--by-model", is_flag=True, help="Also one row per model, each on its own outcomes (challengers' included).")
+@option(
+    "--plot", type=click.Path(dir_okay=False, path_type=Path), help="Write predicted vs actual closes as a PNG here."
+)
+@db_option
+@reports_errors
+def report(since, ticker, model_id, by_model, plot, db):
+    """Realized accuracy of the served predictions (or of --model-id's) against
+    the naive forecast: N, RMSE, MAE, naive RMSE, their ratio and direction
+    accuracy, per ticker and overall; and of their 80% and 95% intervals
+    against RiskMetrics': coverage, mean width and mean interval score (Winkler)."""
+    from ..evidence import DIRECTION_NOISE
+    from ..serving.report import build_report, interval_table, plot_report
+    from ..tables import format_table
+
+    rep = build_report(open_store(db, read_only=True), since=since, ticker=ticker, model_id=model_id, by_model=by_model)
+    columns = ["n", "rmse", "mae", "naive_rmse", "ratio", "direction_accuracy"]
+    if rep.per_model:
+        rows = [(r["model_id"][:12], r["status"], *(r[c] for c in columns)) for r in rep.per_model]
+        click.echo(format_table(["model_id", "status", *columns], rows))
+        click.echo()
+    if rep.overall["n"] == 0:
+        what = f"of model {rep.model_id[:12]} " if rep.model_id else "served "
+        click.echo(f"no {what}prediction has an outcome yet ({rep.pending} waiting for their next close)")
+        return
+    rows = [tuple(r[c] for c in ["ticker", *columns]) for r in rep.per_ticker]
+    rows.append(tuple(["ALL"] + [rep.overall[c] for c in columns]))
+    click.echo(format_table(["ticker", *columns], rows))
+    click.echo(
+        f"direction_accuracy: how often the stated move (up, down, none) was the actual one; a forecast within "
+        f"{DIRECTION_NOISE:g} of the last close states none, so a naive model scores the share of unchanged days"
+    )
+    if rep.intervals:
+        click.echo()
+        click.echo(interval_table(rep.intervals))
+    click.echo(f"{rep.pending} predictions still wait for their next close")
+    if plot:
+        click.echo(f"wrote {plot_report(rep, plot)}")
+
+
+@main.command()
+@click.argument("query")
+@db_option
+@option("--limit", default=SQL_ROW_LIMIT, show_default=True, type=click.IntRange(1), help="Rows to print at most.")
+@reports_errors
+def sql(query, db, limit):
+    """Run a read-only SQL QUERY against the database and print the rows.
+
+    Example: forecaster sql "select * from latest_predictions"
+    """
+    from ..db.query import run_query
+    from ..tables import format_table
+
+    columns, rows, more = run_query(open_store(db, read_only=True), query, limit=limit)
+    click.echo(format_table(columns, rows))
+    if more:
+        click.echo(f"... (first {limit} rows shown)")
