@@ -3,9 +3,10 @@ kept step, the promotion gate, and the accuracy reports.
 
 * A candidate beats a reference on the same cases when its squared errors,
   case by case, are smaller on average by at least EVIDENCE standard errors
-  of that mean difference (a paired z-test), and by at least MIN_GAIN of the
-  reference's error. Training keeps a step only then; the gate promotes a
-  challenger only then.
+  of that mean difference (a paired z-test) over at least MIN_CASES cases.
+  Training keeps a step only then (and when it removes MIN_GAIN of the
+  start's error); the gate promotes a challenger only then (and when it
+  clears --min-improvement).
 * A ratio to naive within LEVEL_WITH_NAIVE of 1 is level with naive: a model
   that repeats the last close, computed in float32, rounds each price by up
   to 6e-8 of itself, which moved its ratio by 1e-7 on aaxj and can reach
@@ -21,8 +22,9 @@ import math
 
 import numpy as np
 
-EVIDENCE = 2.0  # standard errors by which a candidate must beat the reference...
-MIN_GAIN = 0.002  # ...and the share of the reference's mean squared error it must remove
+EVIDENCE = 2.0  # standard errors by which a candidate must beat the reference
+MIN_GAIN = 0.002  # training: the share of the reference's mean squared error a kept step must remove
+MIN_CASES = 20  # fewer paired cases are no evidence at all (z 0): one case has no spread to measure
 LEVEL_WITH_NAIVE = 1e-4
 DIRECTION_NOISE = 1e-6
 
@@ -38,7 +40,7 @@ def paired_z(reference_sq: np.ndarray, candidate_sq: np.ndarray) -> float:
 def z_from_moments(n: int, total: float, total_sq: float) -> float:
     """paired_z from the count, sum and sum of squares of the differences
     (what a distributed sum or an SQL aggregate gives)."""
-    if n == 0:
+    if n < MIN_CASES:
         return 0.0
     mean = total / n
     spread = math.sqrt(max(total_sq / n - mean * mean, 0.0) / n)

@@ -221,3 +221,40 @@ def test_a_failing_start_up_leaves_the_schedules_standing(db_url, engine, shared
     assert seen == [True]  # the start-up work finished and logged the schedules
     assert {"nightly", "retrain", "start-up"} <= set(scheduled)
     assert "the start-up retrain check failed; the schedules stand" in caplog.text
+
+
+def test_a_daemon_whose_lock_connection_hangs_counts_the_lock_as_lost(shared_data, tiny_model, tmp_path):
+    """A server that stops answering (frozen, or a network cut without a
+    reset) must not freeze the daemon: the lock check gives up and it exits."""
+    import time
+
+    import psycopg
+    import sqlalchemy as sa
+    from conftest import pg_server
+
+    from forecaster.data.ingest import ingest as load
+    from forecaster.db import store
+    from forecaster.lifecycle.locks import CHECK_TIMEOUT
+
+    with pg_server() as server:
+        url = server.new_database()
+        load(store.connect(url), [shared_data])
+        daemon = start_daemon(url, tiny_model, tmp_path / "d.log", "--lock-check", "1")
+        frozen = None
+        try:
+            wait_for(tmp_path / "d.log", "next nightly at", daemon)
+            name = sa.engine.make_url(url).database
+            with psycopg.connect(host=str(server.root), user="postgres", dbname=name, autocommit=True) as conn:
+                frozen = conn.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE application_name LIKE 'forecaster daemon (%'"
+                ).fetchone()[0]
+            os.kill(frozen, signal.SIGSTOP)  # the lock's backend stops answering
+            started = time.monotonic()
+            assert daemon.wait(timeout=CHECK_TIMEOUT + 45) == 75
+            assert time.monotonic() - started >= CHECK_TIMEOUT - 1  # it waited for an answer, then gave up
+        finally:
+            if frozen:
+                os.kill(frozen, signal.SIGCONT)
+            if daemon.poll() is None:
+                daemon.kill()
+        assert "lost its one-per-database lock" in (tmp_path / "d.log").read_text()

@@ -183,3 +183,20 @@ def test_data_that_lags_the_calendar_waits_for_the_session_it_will_score(
     with caplog.at_level(logging.INFO, logger="forecaster.daemon"):
         NightlyJob(engine, config, threading.Event(), now=clock.now, sleep=clock.sleep)(scheduled=True)
     assert clock.slept == [300, 300] and "as_of 2017-11-09: 9 predictions" in caplog.text
+
+
+def test_a_model_a_night_behind_waits_for_tonight_not_the_complete_night_it_missed(
+    engine, db_url, shared_data, tmp_path, tiny_model, caplog
+):
+    # Last scored 11-07 (Tuesday's run failed, say); 11-08 is complete, 11-09 has begun arriving.
+    data = scored_through(engine, tiny_model, shared_data, tmp_path, "2017-11-08", "2017-11-07")
+    cut = cut_copy(shared_data, data, "2017-11-08")
+    traded = sorted(name.split(".")[0] for name, rows in cut.items() if rows)
+    append_next_day(data, cut, traded[:1])
+    clock = Clock(dt.datetime(2017, 11, 9, 22, 0, tzinfo=NY), on_sleep=lambda n: append_next_day(data, cut))
+    config = DaemonConfig(db_url=db_url, model=tiny_model, data=[data], device="cpu", min_fresh=0.9)
+    with caplog.at_level(logging.INFO, logger="forecaster.daemon"):
+        NightlyJob(engine, config, threading.Event(), now=clock.now, sleep=clock.sleep)(scheduled=True)
+    assert "tonight's session: 2017-11-09 (1 of 9 tickers have a close" in caplog.text
+    assert clock.slept == [300]  # it waited for 11-09's files, which then came
+    assert "as_of 2017-11-08: 9 predictions" in caplog.text and "as_of 2017-11-09: 9 predictions" in caplog.text

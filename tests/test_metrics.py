@@ -40,9 +40,12 @@ def test_a_forecast_within_float_noise_of_the_last_close_states_no_direction():
 def test_paired_evidence_is_zero_for_a_tie_and_signed():
     import numpy as np
 
-    from forecaster.evidence import paired_z
+    from forecaster.evidence import MIN_CASES, paired_z
 
-    base = np.array([1.0, 2.0, 3.0, 4.0])
+    base = np.arange(1.0, 41.0)
+    step = np.tile([0.1, 0.2], 20)
     assert paired_z(base, base) == 0.0
-    assert paired_z(base, base - np.array([0.1, 0.2, 0.1, 0.2])) > 0 > paired_z(base, base + [0.1, 0.2, 0.1, 0.2])
-    assert paired_z(base, base - 0.5) == float("inf")
+    assert paired_z(base, base - step) > 0 > paired_z(base, base + step)
+    assert paired_z(base, base - 0.5) == float("inf")  # the same gain on every one of 40 cases
+    few = base[: MIN_CASES - 1]
+    assert paired_z(few, few - 0.5) == 0.0  # too few cases to be evidence, however alike

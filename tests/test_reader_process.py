@@ -74,16 +74,16 @@ def test_the_reader_process_stores_exactly_what_reading_here_stores(tmp_path):
     # The next night: an append, a rewrite that conflicts with stored rows, a new file.
     stock = next((folder / "Stocks").iterdir())
     with open(stock, "a") as fh:
-        fh.write("2030-01-02,10,11,9,10.5,100,0\n")  # after the exchange's day: waits
+        fh.write("2030-01-02,10,11,9,10.5,100,0\n")  # years after the exchange's day: mis-dated, set aside
     write_file(folder, "bad.us.txt", HEADER + "\n".join(CLEAN[:-1] + ["2016-12-28,10,11,9,99,100,0"]) + "\n")
     write_file(folder, "new.us.txt", HEADER + "\n".join(CLEAN) + "\n")
     second = ingest_into(here, folder, "inline")
     assert vars(second) == vars(ingest_into(there, folder, "process"))
-    assert (second.rows_rejected, second.rows_waiting) == (1, 2) and second.files_skipped > 0
+    assert (second.rows_rejected, second.rows_waiting) == (2, 1) and second.files_skipped > 0
     assert second.rows_added == len(CLEAN)
     assert dump(here) == dump(there)
-    # bad: 2 rows, latin: 1 row, empty and noclose: whole files; then the conflict.
-    assert len(dump(here)["rejected"]) == 6
+    # bad: 2 rows, latin: 1 row, empty and noclose: whole files; then the mis-dated row and the conflict.
+    assert len(dump(here)["rejected"]) == 7
 
 
 def child_that_dies_after(batches: int, saying: str) -> list[str]:

@@ -269,3 +269,24 @@ def test_latest_predictions_keep_serving_across_a_promotion_and_retire_stale_tic
     predict(any_engine, "champion", device="cpu", as_of="2017-11-06")  # its last night: 4 sessions back
     shown = {t: s for t, _, _, s in rows(any_engine, latest)}
     assert shown[gone] == 4 and sorted(set(shown.values())) == [0, 4]
+
+
+def test_a_challenger_that_fails_while_scoring_is_skipped_and_the_champion_serves(
+    any_engine, sample_dir, tiny_model, other_tiny_model, monkeypatch
+):
+    from forecaster.artifact.model_file import ModelFile
+
+    promotion.promote(any_engine, tiny_model, "first")
+    register_challenger(any_engine, other_tiny_model)
+    challenger, real = file_sha256(other_tiny_model), ModelFile.score_with_intervals
+
+    def fails_for_the_challenger(model, *args, **kwargs):
+        if model.sha256 == challenger:
+            raise RuntimeError("ONNX Runtime: out of memory")
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(ModelFile, "score_with_intervals", fails_for_the_challenger)
+    [run] = predict(any_engine, "champion", data=[sample_dir], device="cpu", as_of="2017-11-10").runs
+    assert run.n_predictions == 3
+    assert f"challenger {challenger[:12]} not scored: RuntimeError: ONNX Runtime: out of memory" in run.message
+    assert rows(any_engine, "SELECT status FROM runs WHERE model_id = :m", m=challenger) == [("failed",)]

@@ -48,8 +48,13 @@ def test_every_filter_of_report_is_checked(db_url, sample_dir, tiny_model, other
     ]:
         result = invoke("report", *args, "--db", db_url)
         assert (result.exit_code, result.output) == (1, said), args
-    quiet = invoke("report", "--since", "2030-01-01", "--db", db_url)
-    assert quiet.exit_code == 0 and quiet.output.startswith("no served prediction has an outcome yet")
+    late = invoke("report", "--since", "2030-01-01", "--db", db_url)
+    assert (late.exit_code, late.output) == (
+        1,
+        "Error: no prediction was made as of 2030-01-01 or later: the newest as_of is 2017-11-10\n",
+    )
+    pending = invoke("report", "--since", "2017-11-10", "--db", db_url)  # made, not yet known
+    assert pending.exit_code == 0 and pending.output.startswith("no served prediction has an outcome yet (3 waiting")
 
 
 def test_a_naive_forecast_states_no_direction(db_url, sample_dir, tiny_model):
@@ -66,3 +71,33 @@ def test_a_naive_forecast_states_no_direction(db_url, sample_dir, tiny_model):
             )
         ).scalar()
     assert build_report(engine).overall["direction_accuracy"] == unchanged
+
+
+def test_a_model_scored_aside_is_not_counted_as_served(db_url, sample_dir, tiny_model, other_tiny_model):
+    engine = store.connect(db_url)
+    promotion.promote(engine, tiny_model, "first")
+    predict(engine, "champion", data=[sample_dir], device="cpu", start="2017-10-16", end="2017-11-10")
+    served = build_report(engine).overall["n"]
+    predict(engine, other_tiny_model, device="cpu", start="2017-10-16", end="2017-11-10")  # an experiment
+    assert build_report(engine).overall["n"] == served
+    # After a promotion the old champion's nights stay served; an experiment's stay aside.
+    promotion.promote(engine, other_tiny_model, "now this one")
+    assert build_report(engine).overall["n"] == served
+    with engine.connect() as conn:
+        twice = conn.execute(
+            sa.text(
+                "SELECT COUNT(*) FROM (SELECT ticker, as_of FROM prediction_outcomes WHERE served = 1 "
+                "GROUP BY ticker, as_of HAVING COUNT(*) > 1) AS d"
+            )
+        ).scalar()
+        newest = conn.execute(
+            sa.text("SELECT DISTINCT model_id FROM prediction_outcomes WHERE served = 1 AND as_of = '2017-11-09'")
+        ).all()
+    assert twice == 0 and newest == [(file_sha256(tiny_model),)]
+    # The new champion rescores the newest day: that day is now served by it, once.
+    predict(engine, "champion", device="cpu", as_of="2017-11-10")
+    with engine.connect() as conn:
+        served_last = conn.execute(
+            sa.text("SELECT DISTINCT model_id FROM prediction_outcomes WHERE served = 1 AND as_of = '2017-11-10'")
+        ).all()
+    assert served_last == [(file_sha256(other_tiny_model),)] and build_report(engine).pending == 3

@@ -49,7 +49,7 @@ def test_a_revised_history_is_refused_as_conflicts_then_accepted_with_revise(
     revised = revised_copy(original, tmp_path / "v2" / "aaxj.us.txt")
     plain = ingest(any_engine, [revised])
     assert (plain.rows_added, plain.rows_rejected) == (0, stored)  # history is never overwritten silently
-    report = ingest(any_engine, [revised], revise=["AAXJ"])
+    report = ingest(any_engine, [revised], revise=["AAXJ"], settle=0)
     [revision] = report.revisions
     assert (revision.ticker, revision.replaced, revision.removed, revision.added) == ("aaxj", stored, 0, 0)
     assert revision.outcomes_changed == sum(v is not None for v in before.values()) > 0
@@ -76,7 +76,7 @@ def test_a_revision_removes_dates_the_vendor_dropped_and_adds_new_ones(engine, t
     path.write_text(header + "2017-01-03,1,1,1,1\n2017-01-04,2,2,2,2\n2017-01-05,3,3,3,3\n")
     ingest(engine, [path])
     path.write_text(header + "2017-01-03,1,1,1,1\n2017-01-05,3.5,3.5,3.5,3.5\n2017-01-06,4,4,4,4\n")
-    [r] = ingest(engine, [path], revise=["x"]).revisions
+    [r] = ingest(engine, [path], revise=["x"], settle=0).revisions
     assert (r.unchanged, r.replaced, r.removed, r.added) == (1, 1, 1, 1)
     with engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT date, close FROM prices ORDER BY date").all() == [
@@ -97,7 +97,7 @@ def test_a_revision_with_bad_rows_changes_nothing_and_a_later_ingest_still_reads
     path.write_text(header + "2017-01-03,1,1,1,1\n2017-01-04,2,2,2,2\n")
     ingest(engine, [path])
     path.write_text(header + "2017-01-03,1.5,1.5,1.5,1.5\n2017-01-04,x,2,2,2\n2017-01-05,3,3,3,3\n")
-    [r] = ingest(engine, [path], revise=["x"]).revisions
+    [r] = ingest(engine, [path], revise=["x"], settle=0).revisions
     assert r.refused == "1 row of the revised file is set aside (line 3): the stored history is kept"
     assert count(engine) == 2 and count(engine, "price_revisions") == 0
     assert [reason for *_, reason in rejects(engine)] == ["non-numeric open 'x'"]
@@ -108,7 +108,7 @@ def test_a_revision_with_bad_rows_changes_nothing_and_a_later_ingest_still_reads
 def test_revise_names_a_ticker_without_a_file(engine, tmp_path):
     (tmp_path / "x.us.txt").write_text("Date,Open,High,Low,Close\n2017-01-03,1,1,1,1\n")
     with pytest.raises(SourceError, match=r"--revise zzz: no file for it among the paths given"):
-        ingest(engine, [tmp_path], revise=["zzz"])
+        ingest(engine, [tmp_path], revise=["zzz"], settle=0)
     assert count(engine) == 0
 
 
@@ -117,6 +117,23 @@ def test_ingest_revise_from_the_command_line(db_url, tmp_path):
     path.write_text("Date,Open,High,Low,Close\n2017-01-03,1,1,1,1\n")
     assert invoke("ingest", path, "--db", db_url).exit_code == 0
     path.write_text("Date,Open,High,Low,Close\n2017-01-03,2,2,2,2\n")
-    result = invoke("ingest", path, "--revise", "x", "--db", db_url)
+    result = invoke("ingest", path, "--revise", "x", "--settle", "0", "--db", db_url)
     assert result.exit_code == 0
     assert "revised x: 1 rows replaced, 0 removed, 0 added (the old rows are kept in price_revisions)" in result.output
+
+
+def test_a_revision_is_read_only_from_a_file_left_alone_and_a_refused_one_fails_the_command(db_url, tmp_path):
+    import os
+
+    path = tmp_path / "x.us.txt"
+    path.write_text("Date,Open,High,Low,Close\n2017-01-03,1,1,1,1\n2017-01-04,1,1,1,1\n")
+    assert invoke("ingest", path, "--db", db_url).exit_code == 0
+    path.write_text("Date,Open,High,Low,Close\n2017-01-03,2,2,2,2\n")  # cut short: it may be mid-write
+    fresh = invoke("ingest", path, "--revise", "x", "--db", db_url)
+    assert fresh.exit_code == 1 and "may still be being written; revise once it has been left alone" in fresh.output
+    old = path.stat().st_mtime - 120
+    path.write_text("Date,Open,High,Low,Close\n2017-01-03,2,2,2,2\n2017-01-04,x,2,2,2\n")
+    os.utime(path, (old, old))
+    refused = invoke("ingest", path, "--revise", "x", "--db", db_url)
+    assert refused.exit_code == 1 and "revision of x refused" in refused.output
+    assert refused.output.endswith("Error: 1 revision(s) refused: x\n")

@@ -55,12 +55,17 @@ def test_each_rule_sets_the_row_aside_with_its_reason(row, reason):
 
 @pytest.mark.parametrize("size", ["small", "large"])
 def test_a_row_dated_after_today_waits_instead_of_being_set_aside(size):
-    lines = (many_good_rows() if size == "large" else [GOOD]) + ["2021-01-04,10,11,9,10.5,100,0"]
+    later, mis_dated = "2020-01-03,10,11,9,10.5,100,0", "2021-01-04,10,11,9,10.5,100,0"
+    lines = (many_good_rows() if size == "large" else [GOOD]) + [later, mis_dated]
     parsed = parse(lines)
     assert [(r.line, r.raw, r.reason) for r in parsed.waiting] == [
-        (len(lines) + 1, lines[-1], "dated 2021-01-04, after the exchange's current day 2020-01-01")
+        (len(lines), later, "dated 2020-01-03, after the exchange's current day 2020-01-01")
     ]
-    assert not parsed.rejects and len(parsed.rows) == len(lines) - 1
+    # Beyond a few days it is no clock's lag but a mis-dated row: set aside, not re-read every night.
+    assert [(r.line, r.reason) for r in parsed.rejects] == [
+        (len(lines) + 1, "date 2021-01-04 is more than 3 days after the exchange's current day 2020-01-01")
+    ]
+    assert len(parsed.rows) == len(lines) - 2
     # A bad row dated after today is set aside for what is wrong with it, for good.
     bad_and_later = parse([GOOD, "2021-01-04,10,11,9,-1,100,0"])
     assert [r.reason for r in bad_and_later.rejects] == ["close is not positive (-1)"] and not bad_and_later.waiting

@@ -107,8 +107,8 @@ RETRAIN_OPTIONS = [
         default=RETRAIN.min_improvement,
         show_default=True,
         type=click.FloatRange(0, 1, max_open=True),
-        help="Promote only when the challenger's RMSE is at most the champion's x (1 - this); "
-        "it must also be no worse than naive.",
+        help="Promote only when the challenger's RMSE is at most the champion's x (1 - this); it must "
+        "also beat the champion beyond noise (a paired test, 2 standard errors) and be no worse than naive.",
     ),
     option(
         "--gate",

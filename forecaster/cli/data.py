@@ -69,3 +69,6 @@ def ingest(paths, revise, settle, calendar, db, quiet):
     for line in report.problems:
         click.echo(f"unreadable: {line}", err=True)
     click.echo(report.summary())
+    refused = [r for r in report.revisions if r.refused]
+    if refused:  # the rest was stored; a revision asked for and not made is a failure scripts must see
+        raise click.ClickException(f"{len(refused)} revision(s) refused: {', '.join(r.ticker for r in refused)}")

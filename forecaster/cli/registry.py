@@ -42,10 +42,12 @@ def promote(model, reason, db):
 @reports_errors
 def retrain(gate_days, min_improvement, gate, models_dir, train_device, db, quiet):
     """Train a challenger with the champion's settings and tickers (from its
-    metadata), export and verify it, and judge it: promoted only when its
-    RMSE on the gate days is no worse than naive's and than the champion's
-    x (1 - --min-improvement); else recorded as rejected, with the numbers.
-    SIGTERM or Ctrl-C stop it with nothing recorded."""
+    metadata), export and verify it, and judge it on the gate days: promoted
+    only when it beats the champion beyond noise (its squared errors smaller
+    pair by pair by 2 standard errors), its RMSE is at most the champion's x
+    (1 - --min-improvement) and no worse than naive's; else recorded as
+    rejected, with the numbers. SIGTERM or Ctrl-C stop it with nothing
+    recorded and the half-made challenger's files removed (exit 1)."""
     from ..db.schema import Decision
     from ..lifecycle.retrain import retrain as run_retrain
     from ..signals import stop_on_signals

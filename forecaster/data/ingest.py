@@ -10,6 +10,7 @@ rejections and ledger entries commit in one transaction.
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -120,7 +121,7 @@ def ingest(
     "auto" picks the second process above READER_PROCESS_MIN_BYTES."""
     files = list(find_files(list(paths)))
     today = today or exchange_today(calendar)
-    revised = _revised_files(files, revise)
+    revised = _revised_files(files, revise, settle)
     report = IngestReport()
     with engine.connect() as conn:
         # The ledger only says which bytes to read; what is new is decided
@@ -150,8 +151,11 @@ def ingest(
     return report
 
 
-def _revised_files(files: list[Path], tickers: Iterable[str]) -> dict[str, str]:
-    """{path: ticker} of the one file of each ticker to revise; SourceError before anything is read otherwise."""
+def _revised_files(files: list[Path], tickers: Iterable[str], settle: float) -> dict[str, str]:
+    """{path: ticker} of the one file of each ticker to revise; SourceError
+    before anything is read otherwise. A revision replaces a whole history,
+    so its file must be complete: unchanged for `settle` seconds (a file cut
+    short mid-write would remove every day after the cut)."""
     wanted = sorted({t.strip().lower() for t in tickers if t.strip()})
     if not wanted:
         return {}
@@ -168,6 +172,12 @@ def _revised_files(files: list[Path], tickers: Iterable[str]) -> dict[str, str]:
             raise SourceError(
                 f"--revise {ticker}: {len(found[ticker])} files give it ({', '.join(map(str, found[ticker]))}); "
                 "revise from one"
+            )
+        age = time.time() - found[ticker][0].stat().st_mtime
+        if age < settle:
+            raise SourceError(
+                f"--revise {ticker}: {found[ticker][0]} changed {age:.0f} s ago and may still be being written; "
+                f"revise once it has been left alone for {settle:g} s (--settle)"
             )
     return {str(found[t][0]): t for t in wanted}
 

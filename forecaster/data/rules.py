@@ -1,8 +1,9 @@
 """Which rows are fit to keep: the rules that set a row aside, in order.
 
 Every row read ends up kept, set aside with its line number, raw text and a
-reason, or waiting (dated after the exchange's current day: it may become
-valid, so a later ingest reads it again). Nothing is dropped silently.
+reason, or waiting (dated after the exchange's current day, by at most
+WAITING_DAYS: it may become valid, so a later ingest reads it again).
+Nothing is dropped silently.
 
 A row is set aside for the first rule of RULES it breaks, so the table reads
 as the list of what is set aside and why. After the rules, a date given
@@ -20,6 +21,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .parsing import PRICE_COLUMNS, VALUES, Fields
+
+# A row dated up to this many days after the exchange's current day waits for
+# it (a host's clock a day behind, an early file); one dated later is a
+# mis-dated row, set aside for good rather than re-read every night.
+WAITING_DAYS = 3
 
 
 @dataclass
@@ -199,6 +205,13 @@ def validate(batch: list[Fields], today: dt.date | None = None) -> list[ParsedRo
         for i in np.flatnonzero(new):
             reasons[int(i)] = rule.reason(b, int(i))
         bad |= new
+    horizon = today + dt.timedelta(days=WAITING_DAYS)
+    too_far = (b.date_int > horizon.year * 10000 + horizon.month * 100 + horizon.day) & ~bad
+    for i in np.flatnonzero(too_far):
+        reasons[int(i)] = (
+            f"date {b.date_text[i]} is more than {WAITING_DAYS} days after the exchange's current day {today}"
+        )
+    bad |= too_far
     future = (b.date_int > today.year * 10000 + today.month * 100 + today.day) & ~bad
 
     keep = np.flatnonzero(~bad & ~future)

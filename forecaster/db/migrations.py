@@ -43,6 +43,16 @@ def _drop_views(conn: sa.Connection) -> None:
         conn.exec_driver_sql(f"DROP VIEW IF EXISTS {name}")
 
 
+def _add_after_run_id(conn: sa.Connection) -> None:
+    if "after_run_id" not in {c["name"] for c in sa.inspect(conn).get_columns("promotions")}:
+        conn.exec_driver_sql("ALTER TABLE promotions ADD COLUMN after_run_id INTEGER NOT NULL DEFAULT 0")
+    # Decisions made before: the newest run started by then.
+    conn.exec_driver_sql(
+        "UPDATE promotions SET after_run_id = COALESCE("
+        "(SELECT MAX(r.run_id) FROM runs r WHERE r.started_at <= promotions.decided_at), 0)"
+    )
+
+
 def _views_only(conn: sa.Connection) -> None:
     """A step that changes the views alone (ensure_schema rebuilds them)."""
 
@@ -79,4 +89,5 @@ MIGRATIONS = {
     3: _add_registry,  # 4: models.status, promoted_at, runs.shadow_of, promotions, model_scoreboard
     4: _add_missing_tables,  # 5: price_revisions; prediction_outcomes.prediction_id
     5: _views_only,  # 6: latest_predictions keeps serving across a promotion, sessions_behind; outcomes' served
+    6: _add_after_run_id,  # 7: promotions.after_run_id; served is the one prediction per ticker and as_of served
 }

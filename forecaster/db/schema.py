@@ -11,7 +11,7 @@ from enum import StrEnum
 
 import sqlalchemy as sa
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 # latest_predictions shows a ticker while its newest prediction is at most this
 # many sessions (dates with prices) behind the newest served: one that stopped
 # trading is retired from it, not shown as tomorrow's forecast for weeks.
@@ -174,6 +174,8 @@ promotions = sa.Table(
     sa.Column("decision", sa.String(16), nullable=False),
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("metrics", sa.Text),  # JSON: each candidate's RMSE, naive's, n, on the gate days
+    # The newest run when it was decided: the runs after it (to the next promotion) are the new champion's.
+    sa.Column("after_run_id", sa.Integer, nullable=False, server_default="0"),
     sa.CheckConstraint(_one_of("decision", Decision), name="ck_promotions_decision"),
 )
 
@@ -238,36 +240,59 @@ calendar_coverage = sa.Table(
     sa.Column("last_day", sa.String(10), nullable=False),
 )
 
+# The runs that served: succeeded, not a shadow, of the champion of their
+# time (after its promotion and up to the next one, by the promotions'
+# after_run_id), or from before any model was promoted; per model and as_of,
+# the newest. A prediction was served when such a run of its model scored its
+# as_of, whichever run wrote it (a champion rescoring a day it scored in the
+# shadows serves those rows); the newest serving run wins a ticker and as_of.
+# Both views below look predictions up by (ticker, as_of) through its index,
+# so asking them about one ticker, or one night, reads only those rows.
+_SERVING_RUNS = f"""
+    serving_runs AS (
+        SELECT r.model_id, r.as_of, MAX(r.run_id) AS served_run
+        FROM runs r
+        WHERE r.shadow_of IS NULL AND r.status = '{RunStatus.SUCCEEDED}' AND (
+            r.run_id <= COALESCE(
+                (SELECT MIN(f.after_run_id) FROM promotions f WHERE f.decision = '{Decision.PROMOTED}'), r.run_id)
+            OR EXISTS (
+                SELECT 1 FROM promotions pr
+                WHERE pr.model_id = r.model_id AND pr.decision = '{Decision.PROMOTED}'
+                  AND r.run_id > pr.after_run_id
+                  AND r.run_id <= COALESCE(
+                      (SELECT MIN(nx.after_run_id) FROM promotions nx
+                       WHERE nx.decision = '{Decision.PROMOTED}' AND nx.promotion_id > pr.promotion_id),
+                      r.run_id)))
+        GROUP BY r.model_id, r.as_of
+    )
+"""
+
+
+def _served_prediction(ticker: str, as_of_condition: str) -> str:
+    """The id of the served prediction of `ticker` (an SQL expression) whose as_of meets the condition, newest first."""
+    return f"""(
+        SELECT p2.prediction_id FROM predictions p2
+        JOIN serving_runs s ON s.model_id = p2.model_id AND s.as_of = p2.as_of
+        WHERE p2.ticker = {ticker} AND {as_of_condition}
+        ORDER BY p2.as_of DESC, s.served_run DESC LIMIT 1)"""
+
+
 VIEWS = {
-    # The newest served prediction per ticker: of the champion, or of a
-    # model that was champion before (so a promotion never empties the view
-    # until the new champion has scored), the champion first on the same
-    # as_of; of any model while none has been promoted. Shadow runs never
-    # show. sessions_behind: dates with prices after its as_of up to the
-    # newest served as_of (0: current); beyond RETIRED_AFTER_SESSIONS the
-    # ticker has stopped trading or lost its file, and is not shown.
+    # The newest served prediction per ticker (a promotion never empties it:
+    # until the new champion has scored, the previous one's forecasts show).
+    # sessions_behind: dates with prices after its as_of up to the newest
+    # served as_of (0: current); beyond RETIRED_AFTER_SESSIONS the ticker has
+    # stopped trading or lost its file, and is not shown.
     "latest_predictions": f"""
+        WITH {_SERVING_RUNS}
         SELECT ticker, as_of, target_date, predicted_close, lo80, hi80, lo95, hi95, last_close, model_id,
                run_id, flags, sessions_behind
         FROM (
-            SELECT ranked.*,
+            SELECT p.*,
                    (SELECT COUNT(*) FROM price_dates d
-                    WHERE d.date > ranked.as_of AND d.date <= ranked.newest) AS sessions_behind
-            FROM (
-                SELECT p.*, MAX(p.as_of) OVER () AS newest,
-                       ROW_NUMBER() OVER (
-                           PARTITION BY p.ticker
-                           ORDER BY p.as_of DESC,
-                                    CASE WHEN m.status = '{ModelStatus.CHAMPION}' THEN 0 ELSE 1 END, p.run_id DESC
-                       ) AS rn
-                FROM predictions p
-                JOIN runs r ON r.run_id = p.run_id
-                JOIN models m ON m.model_id = p.model_id
-                WHERE r.shadow_of IS NULL
-                  AND (m.promoted_at IS NOT NULL
-                       OR NOT EXISTS (SELECT 1 FROM models WHERE status = '{ModelStatus.CHAMPION}'))
-            ) AS ranked
-            WHERE rn = 1
+                    WHERE d.date > p.as_of AND d.date <= (SELECT MAX(as_of) FROM serving_runs)) AS sessions_behind
+            FROM tickers t
+            JOIN predictions p ON p.prediction_id = {_served_prediction("t.ticker", "1 = 1")}
         ) AS latest
         WHERE sessions_behind <= {RETIRED_AFTER_SESSIONS}
     """,
@@ -275,8 +300,10 @@ VIEWS = {
     # that day has not arrived). error = predicted - actual; naive_error is
     # the same for "tomorrow's close = today's close"; in80 / in95: 1 when the
     # actual close fell inside the interval, 0 outside, NULL before it is known.
-    # served: 1 for a prediction of a served run, 0 for a challenger's shadow.
-    "prediction_outcomes": """
+    # served: 1 for the one prediction per ticker and as_of that was served,
+    # 0 for a challenger's shadow or a model scored aside.
+    "prediction_outcomes": f"""
+        WITH {_SERVING_RUNS}
         SELECT p.prediction_id, p.ticker, p.as_of, p.target_date, p.predicted_close, p.last_close,
                nx.date AS actual_date, nx.close AS actual_close,
                p.predicted_close - nx.close AS error,
@@ -287,9 +314,9 @@ VIEWS = {
                CASE WHEN nx.close IS NULL OR p.lo95 IS NULL THEN NULL
                     WHEN nx.close BETWEEN p.lo95 AND p.hi95 THEN 1 ELSE 0 END AS in95,
                p.model_id, p.run_id, p.flags,
-               CASE WHEN r.shadow_of IS NULL THEN 1 ELSE 0 END AS served
+               CASE WHEN p.prediction_id = {_served_prediction("p.ticker", "p2.as_of = p.as_of")}
+                    THEN 1 ELSE 0 END AS served
         FROM predictions p
-        JOIN runs r ON r.run_id = p.run_id
         LEFT JOIN prices nx
           ON nx.ticker = p.ticker
          AND nx.date = (SELECT MIN(q.date) FROM prices q

@@ -24,7 +24,6 @@ import signal
 import threading
 
 from apscheduler.schedulers.blocking import BlockingScheduler
-from apscheduler.triggers.interval import IntervalTrigger
 
 from ..db import store
 from .config import DaemonConfig
@@ -74,6 +73,12 @@ def run_daemon(config: DaemonConfig) -> int:
         shut_down()
         return False
 
+    def watch(lock: DaemonLock) -> None:
+        """Between jobs too: a lost lock is noticed within lock_check, not at the next fire."""
+        while not stop.wait(config.lock_check.total_seconds()):
+            if not still_ours(lock):
+                return
+
     def guarded(lock: DaemonLock, job):
         def run() -> None:
             if not stop.is_set() and still_ours(lock):
@@ -106,9 +111,7 @@ def run_daemon(config: DaemonConfig) -> int:
                 max_instances=1,
                 misfire_grace_time=config.misfire_grace,
             )
-        scheduler.add_job(
-            lambda: still_ours(lock), IntervalTrigger(seconds=config.lock_check.total_seconds()), id="lock-check"
-        )
+        threading.Thread(target=watch, args=(lock,), name="lock-check", daemon=True).start()
         scheduler.add_job(guarded(lock, start_up), id="start-up")  # at once, in the job thread
         scheduler.start()  # blocks until shut_down()
         # shutdown(wait=False) returns while a job may still be writing: wait

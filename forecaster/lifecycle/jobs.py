@@ -70,6 +70,8 @@ class NightlyJob:
         config, tz = self.config, ZoneInfo(self.config.timezone)
         started = self.now(tz)
         try:
+            if config.data:  # the closes that have arrived decide which session is awaited
+                ingest(self.engine, config.data, calendar=config.calendar, settle=config.settle)
             closed = last_closed_session(started, config.calendar)
             as_of = session_to_await(self.engine, self.served_model_id(), closed, config.shard, config.calendar)
             if as_of is None:
@@ -89,6 +91,14 @@ class NightlyJob:
                 sleep=self.sleep,
                 should_stop=self.stop.is_set,
                 on_check=lambda f: (
+                    f.checks == 1
+                    and log.info(
+                        "tonight's session: %s (%d of %d tickers have a close, %.0f%% wanted)",
+                        f.as_of,
+                        f.present,
+                        f.expected,
+                        100 * config.min_fresh,
+                    ),
                     f.share < config.min_fresh
                     and log.info(
                         "waiting for %s's data: %d of %d tickers have a close (%.0f%%, want %.0f%%)",
@@ -97,7 +107,7 @@ class NightlyJob:
                         f.expected,
                         100 * f.share,
                         100 * config.min_fresh,
-                    )
+                    ),
                 ),
             )
         except (ForecasterError, OSError) as exc:

@@ -79,30 +79,53 @@ def single_instance(path: Path) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
+# Seconds the check may take: a connection that does not answer (a server
+# hung, a network cut without a reset) counts as a lost lock.
+CHECK_TIMEOUT = 15.0
+
+
 class _AdvisoryLock(DaemonLock):
     def __init__(self, conn: sa.Connection, key: int):
         self.conn, self.key = conn, key
         self.using = threading.Lock()  # the connection is asked from the scheduler's threads
+        self.lost = False
 
     def held(self) -> bool:
-        """Is the lock still ours? False once its connection is gone (a server restart)."""
-        with self.using:
-            try:
-                return bool(
-                    self.conn.execute(
-                        sa.text(
-                            "SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
-                            "AND pid = pg_backend_pid() AND classid = :hi AND objid = :lo AND objsubid = 1"
-                        ),
-                        {"hi": self.key >> 32, "lo": self.key & 0xFFFFFFFF},
-                    ).scalar()
-                )
-            except Exception:  # any failure of this connection means the lock is lost
-                return False
+        """Is the lock still ours? False once its connection is gone (a server
+        restart) or does not answer within CHECK_TIMEOUT."""
+        answer: list[bool] = []
+        asking = threading.Thread(target=lambda: answer.append(self._ask()), daemon=True)
+        asking.start()
+        asking.join(CHECK_TIMEOUT)
+        self.lost = self.lost or not (answer and answer[0])
+        return not self.lost
+
+    def _ask(self) -> bool:
+        if not self.using.acquire(timeout=CHECK_TIMEOUT):  # an earlier check is still stuck on it
+            return False
+        try:
+            return bool(
+                self.conn.execute(
+                    sa.text(
+                        "SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                        "AND pid = pg_backend_pid() AND classid = :hi AND objid = :lo AND objsubid = 1"
+                    ),
+                    {"hi": self.key >> 32, "lo": self.key & 0xFFFFFFFF},
+                ).scalar()
+            )
+        except Exception:  # any failure of this connection means the lock is lost
+            return False
+        finally:
+            self.using.release()
 
     def release(self) -> None:
-        with self.using, contextlib.suppress(Exception):
-            self.conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": self.key})
+        if self.lost or not self.using.acquire(timeout=CHECK_TIMEOUT):
+            return  # stuck on a dead connection: the lock dies with it
+        try:
+            with contextlib.suppress(Exception):
+                self.conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": self.key})
+        finally:
+            self.using.release()
 
 
 @contextlib.contextmanager
@@ -127,4 +150,7 @@ def _advisory_lock(engine: sa.Engine, shard: Shard | None) -> Iterator[_Advisory
         lock.release()
     finally:
         with contextlib.suppress(Exception):  # a dead connection cannot be closed cleanly: it is gone anyway
-            conn.close()
+            if "lock" in locals() and lock.lost:
+                conn.invalidate()  # no rollback on a connection that may never answer
+            else:
+                conn.close()

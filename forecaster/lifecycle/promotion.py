@@ -49,6 +49,7 @@ def decide(conn: sa.Connection, model: ModelFile, decision: str, reason: str, me
             model_id=model.sha256,
             previous_model_id=previous,
             decision=str(decision),
+            after_run_id=conn.execute(sa.select(sa.func.coalesce(sa.func.max(schema.runs.c.run_id), 0))).scalar(),
             reason=reason,
             metrics=json.dumps(metrics or {}),
         )

@@ -93,8 +93,12 @@ def _backtest(engine, config, champion: ModelFile, progress, should_stop, say) -
     through, first_target = iso_day(sessions[-config.gate_days - 1]), int(sessions[-config.gate_days])
     say(f"training a challenger on prices up to {through}; the last {config.gate_days} sessions are the gate")
     challenger = _make_challenger(engine, config, champion, through, progress, should_stop, say, universe)
-    figures = gate.backtest(universe, champion, challenger, first_target)
-    _stop_point(should_stop, "the decision")
+    try:
+        figures = gate.backtest(universe, champion, challenger, first_target)
+        _stop_point(should_stop, "the decision")
+    except RetrainStoppedError:
+        _remove_files_of(challenger.path)
+        raise
     extra = {"trained_through": through, "champion_trained_through": registry.trained_through(champion.metadata)}
     caveat = (
         "the champion trained on some gate days, which favours it"
@@ -128,7 +132,11 @@ def _realized(engine, config, champion: ModelFile, progress, should_stop, say) -
         return outcomes
     say("training a challenger on every stored price, to be scored beside the champion from the next run")
     challenger = _make_challenger(engine, config, champion, None, progress, should_stop, say)
-    _stop_point(should_stop, "registering the challenger")
+    try:
+        _stop_point(should_stop, "registering the challenger")
+    except RetrainStoppedError:
+        _remove_files_of(challenger.path)
+        raise
     with store.write_transaction(engine) as conn:
         promotion.decide(conn, challenger, ModelStatus.CHALLENGER, "")
     reason = f"registered as a challenger: judged after {config.gate_days} nights of realised outcomes"
@@ -150,6 +158,12 @@ def _stop_point(should_stop: Callable[[], bool], before: str) -> None:
     """Honour a stop asked for (SIGTERM) at one of the retrain's safe points."""
     if should_stop():
         raise RetrainStoppedError(f"retrain stopped before {before}: nothing recorded, the champion keeps serving")
+
+
+def _remove_files_of(challenger: Path) -> None:
+    """A stopped retrain's challenger leaves nothing behind: checkpoint, ONNX file, metrics, plots."""
+    for made in Path(challenger).parent.glob(f"{Path(challenger).stem}.*"):
+        made.unlink(missing_ok=True)
 
 
 def challenger_path(models_dir: Path) -> Path:
@@ -174,6 +188,9 @@ def _make_challenger(engine, config, champion, through, progress, should_stop, s
     out = challenger_path(config.models_dir)
     try:
         return _train_export_verify(engine, config, champion, through, out, progress, should_stop, say, loaded)
+    except RetrainStoppedError:  # asked to stop: the half-made challenger's files go too
+        _remove_files_of(out)
+        raise
     except BaseException:
         claimed = out.with_suffix(".onnx")
         if claimed.exists() and claimed.stat().st_size == 0:  # the name was claimed, never written

@@ -64,19 +64,25 @@ def freshness(engine: sa.Engine, as_of: str, shard: Shard | None = None) -> Fres
 def session_to_await(
     engine: sa.Engine, model_id: str, closed: str, shard: Shard | None = None, calendar: str = DEFAULT_CALENDAR
 ) -> str | None:
-    """The session a scheduled run waits for: the next one this model owes
-    (the session after its last succeeded as_of; with no run yet, the newest
-    closed), when it has closed by now (`closed`: the newest closed session
-    at fire time). None when that session has not traded yet: nothing to
-    wait for, the run scores what is new at once. Independent of the wall
-    clock's date, so a vendor a day late or a replay of history waits for the
-    session it will really score."""
+    """The session a scheduled run waits for, or None when there is nothing to
+    wait for (the run scores what is new at once).
+
+    `closed` is the newest session closed at fire time. The session awaited is
+    the newest of: the next session this model owes (the one after its last
+    succeeded as_of; with no run yet, `closed`), and the newest session with
+    any prices stored (closes have started to arrive for it), never past
+    `closed`. So a model one night behind waits for tonight, not for the
+    night it missed, which is complete; a vendor a day late or a replay of
+    history waits for the session it will really deliver; and the wall
+    clock's date plays no part."""
     with engine.connect() as conn:
         _, last = scored_span(conn, model_id, shard)
-    if last is None:
-        return closed
-    owed = next_trading_day(last, calendar, engine=engine)
-    return owed if owed <= closed else None
+        d = schema.price_dates.c
+        arriving = conn.execute(sa.select(sa.func.max(d.date)).where(d.date <= closed)).scalar()
+    owed = closed if last is None else next_trading_day(last, calendar, engine=engine)
+    if owed > closed:
+        return None
+    return max(owed, arriving) if arriving and arriving > (last or "") else owed
 
 
 def wait_for_data(

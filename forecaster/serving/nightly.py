@@ -222,17 +222,26 @@ def run_one(
     (a bug) keeps its traceback."""
     started = time.perf_counter()
     run_id = runs.start_run(engine, model.sha256, as_of, model.device, shard)
+    unscored = dict(unloadable or {})
     try:
-        scored = [_score(engine, m, as_of, shard) for m in (model, *shadows)]
+        scored = [_score(engine, model, as_of, shard)]
+        for shadow in shadows:  # a challenger that fails here is skipped: it never stops the champion
+            try:
+                scored.append(_score(engine, shadow, as_of, shard))
+            except Exception as exc:
+                unscored[shadow.sha256] = _why(exc)
         target = next_trading_day(as_of, calendar, engine=engine)
-        result = _write(engine, run_id, as_of, target, scored, shard, unloadable or {})
+        result = _write(engine, run_id, as_of, target, scored, shard, unscored)
     except BaseException as exc:
-        runs.mark_failed(
-            engine, run_id, str(exc) if isinstance(exc, ForecasterError) else f"{type(exc).__name__}: {first_line(exc)}"
-        )
+        runs.mark_failed(engine, run_id, _why(exc))
         raise
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _why(exc: BaseException) -> str:
+    """A failure in one line: a library error's own words, else its type and first line (a bug)."""
+    return str(exc) if isinstance(exc, ForecasterError) else f"{type(exc).__name__}: {first_line(exc)}"
 
 
 def _score(engine: sa.Engine, model: ModelFile, as_of: str, shard: Shard | None) -> _Scored:

@@ -63,6 +63,9 @@ def build_report(
     where, params = ["1 = 1"], {"noise": DIRECTION_NOISE}
     with engine.connect() as conn:
         if since:
+            newest = conn.execute(sa.select(sa.func.max(schema.predictions.c.as_of))).scalar()
+            if newest is not None and since > newest:
+                raise DataError(f"no prediction was made as of {since} or later: the newest as_of is {newest}")
             where.append("as_of >= :since")
             params["since"] = since
         if ticker:
