@@ -163,6 +163,13 @@ def interval_score(lo: np.ndarray, hi: np.ndarray, actual: np.ndarray, level: fl
     return (hi - lo) + (2.0 / alpha) * (np.maximum(lo - actual, 0.0) + np.maximum(actual - hi, 0.0))
 
 
+def score_ratio(ours: dict, baseline: dict) -> float:
+    """The interval score relative to the close, summed over both levels, ours
+    over the baseline's (below 1 is better)."""
+    keys = [f"relative_score{int(round(level * 100))}" for level in LEVELS]
+    return sum(ours[k] for k in keys) / sum(baseline[k] for k in keys)
+
+
 def summary(bounds: list[np.ndarray], actual: np.ndarray, last: np.ndarray) -> dict:
     """Coverage, mean width and mean interval score at each level (the width and
     the score also relative to the last close, so tickers of any price weigh alike)."""

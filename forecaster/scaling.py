@@ -36,6 +36,11 @@ class Scaling:
     def to_metadata(self) -> dict:
         raise NotImplementedError
 
+    @classmethod
+    def from_plain(cls, data: dict) -> Scaling:
+        """The scaling from its to_metadata() form."""
+        raise NotImplementedError
+
     def scale_inputs(self, ohlc: Array, c: dict[str, Array], ticker_index: Array = None) -> Array:
         """(B, T, 4) prices -> (B, T, 4) network inputs."""
         raise NotImplementedError
@@ -67,6 +72,10 @@ class RelativeScaling(Scaling):
 
     def to_metadata(self) -> dict:
         return {"method": self.method, "gain": self.gain}
+
+    @classmethod
+    def from_plain(cls, data: dict) -> RelativeScaling:
+        return cls(float(data["gain"]))
 
     def scale_inputs(self, ohlc: Array, c: dict[str, Array], ticker_index: Array = None) -> Array:
         return (ohlc / ohlc[:, -1:, CLOSE : CLOSE + 1] - 1.0) * c["gain"]
@@ -103,6 +112,10 @@ class MinMaxScaling(Scaling):
             "highs": [list(r) for r in self.highs],
         }
 
+    @classmethod
+    def from_plain(cls, data: dict) -> MinMaxScaling:
+        return cls(tuple(data["tickers"]), tuple(map(tuple, data["lows"])), tuple(map(tuple, data["highs"])))
+
     def scale_inputs(self, ohlc: Array, c: dict[str, Array], ticker_index: Array = None) -> Array:
         low, span = c["lows"][ticker_index], c["spans"][ticker_index]  # (B, 4) each
         return 2.0 * (ohlc - low[:, None, :]) / span[:, None, :] - 1.0
@@ -116,14 +129,12 @@ class MinMaxScaling(Scaling):
         return (y + 1.0) / 2.0 * span[:, CLOSE] + low[:, CLOSE]
 
 
-SCALINGS: dict[str, type[Scaling]] = {"relative": RelativeScaling, "minmax": MinMaxScaling}
+SCALINGS: dict[str, type[Scaling]] = {c.method: c for c in (RelativeScaling, MinMaxScaling)}
 
 
 def from_metadata(data: dict) -> Scaling:
     """A Scaling from its plain-data form (checkpoint or ONNX metadata)."""
     method = data.get("method") if isinstance(data, dict) else None
-    if method == "relative":
-        return RelativeScaling(float(data["gain"]))
-    if method == "minmax":
-        return MinMaxScaling(tuple(data["tickers"]), tuple(map(tuple, data["lows"])), tuple(map(tuple, data["highs"])))
-    raise ForecasterError(f"unknown scaling {method!r}: choose {' or '.join(SCALINGS)}")
+    if method not in SCALINGS:
+        raise ForecasterError(f"unknown scaling {method!r}: choose {' or '.join(SCALINGS)}")
+    return SCALINGS[method].from_plain(data)

@@ -166,4 +166,18 @@ def test_the_cli_takes_its_defaults_from_the_library():
             if field.name != "device":
                 assert options[field.name] == field.default, (command, field.name)
     assert defaults("export")["opset"] == DEFAULT_OPSET and defaults("verify")["tolerance"] == DEFAULT_TOLERANCE
+    import inspect
+
+    from forecaster.artifact.verify import verify
+    from forecaster.data.sample import write_sample_data
+    from forecaster.db.query import run_query
+
+    for command, function, names in [
+        ("sample-data", write_sample_data, {"n_tickers": "tickers", "days": "days", "seed": "seed", "ar": "ar"}),
+        ("verify", verify, {"windows": "n_windows", "seed": "seed", "tolerance": "tolerance"}),
+        ("sql", run_query, {"limit": "limit"}),
+    ]:
+        signature = inspect.signature(function).parameters
+        for option, parameter in names.items():
+            assert defaults(command)[option] == signature[parameter].default, (command, option)
     assert defaults("predict")["db"] == DEFAULT_DB_URL and defaults("predict")["calendar"] == DEFAULT_CALENDAR

@@ -2,7 +2,6 @@
 and a training stopped by SIGTERM that resumes. Real processes."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -37,7 +36,7 @@ def universe_db(tmp_path_factory):
     return url
 
 
-def test_two_processes_see_every_training_window_once_and_make_the_one_process_model(universe_db, tmp_path):
+def test_two_processes_make_the_one_process_model(universe_db, tmp_path):
     one = subprocess.run(
         [
             *FORECASTER,
@@ -56,7 +55,6 @@ def test_two_processes_see_every_training_window_once_and_make_the_one_process_m
         timeout=600,
     )
     assert one.returncode == 0, one.stderr
-    env = {**os.environ, "FORECASTER_RECORD_WINDOWS": str(tmp_path / "seen")}
     two = subprocess.run(
         [
             TORCHRUN,
@@ -78,23 +76,11 @@ def test_two_processes_see_every_training_window_once_and_make_the_one_process_m
         capture_output=True,
         text=True,
         timeout=600,
-        env=env,
     )
     assert two.returncode == 0, two.stderr
     assert two.stdout.count("wrote ") == 1  # rank 0 alone reports...
     written = sorted(p.name for p in tmp_path.glob("two*"))
     assert "two.pt" in written and "two.metrics.json" in written  # ...and writes
-
-    # Across the ranks, every epoch used every training window exactly once.
-    engine = store.connect(universe_db)
-    index = index_windows(load_universe(engine, list(stored_counts(engine))), 20, 0.2, 0.2)
-    ranks = [np.load(tmp_path / "seen" / f"rank{r}.npy") for r in (0, 1)]
-    per_epoch = len(index.train) // 2
-    assert sum(len(r) for r in ranks) == 2 * len(index.train)
-    for epoch in range(2):
-        mine = [r[epoch * per_epoch : (epoch + 1) * per_epoch] for r in ranks]
-        assert not set(mine[0]) & set(mine[1])
-        assert sorted(np.concatenate(mine).tolist()) == sorted(index.train.tolist())
 
     metrics = {name: json.loads((tmp_path / f"{name}.metrics.json").read_text())["overall"] for name in ("one", "two")}
     assert (metrics["one"]["world_size"], metrics["two"]["world_size"]) == (1, 2)
@@ -105,6 +91,28 @@ def test_two_processes_see_every_training_window_once_and_make_the_one_process_m
     assert subprocess.run([*FORECASTER, "export", str(tmp_path / "two.pt")], capture_output=True).returncode == 0
     verified = subprocess.run([*FORECASTER, "verify", str(tmp_path / "two.onnx")], capture_output=True, text=True)
     assert verified.returncode == 0, verified.stderr
+
+
+def test_the_ranks_see_every_training_window_once_per_epoch_between_them(universe_db):
+    from forecaster.training.config import TrainConfig
+    from forecaster.training.distributed import World
+    from forecaster.training.loop import batch_rows, plan
+
+    engine = store.connect(universe_db)
+    index = index_windows(load_universe(engine, list(stored_counts(engine))), 20, 0.2, 0.2)
+    config = TrainConfig(batch_size=64, epochs=2)
+    budget = plan(len(index.train), config)
+    ranks = [World(r, 2, torch.device("cpu")) for r in (0, 1)]
+    for epoch in range(2):
+        steps = range(epoch * budget.per_epoch, (epoch + 1) * budget.per_epoch)
+        mine = [np.concatenate([batch_rows(index.train, budget, config.seed, s, w) for s in steps]) for w in ranks]
+        assert not set(mine[0]) & set(mine[1])
+        assert sorted(np.concatenate(mine).tolist()) == sorted(index.train.tolist())
+    alone = World(0, 1, torch.device("cpu"))  # the same batches, split: the effective batch stays the same
+    for step in (0, budget.per_epoch + 3):
+        whole = batch_rows(index.train, budget, config.seed, step, alone)
+        split = [batch_rows(index.train, budget, config.seed, step, w) for w in ranks]
+        assert sorted(whole.tolist()) == sorted(np.concatenate(split).tolist())
 
 
 def test_sigterm_saves_a_state_and_resume_finishes_the_same_training(universe_db, tmp_path):

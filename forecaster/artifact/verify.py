@@ -14,7 +14,7 @@ from ..data.windows import make_windows
 from ..errors import DataError
 from ..features import CLOSE
 from ..intervals import COLUMNS
-from .config import DEFAULT_TOLERANCE
+from .config import DEFAULT_TOLERANCE, VERIFY_WINDOWS
 from .model_file import load_model
 from .parity import compare
 from .reference import from_onnx
@@ -59,7 +59,7 @@ def verify(
     *,
     engine: sa.Engine | None = None,
     tickers: list[str] = (),
-    n_windows: int = 256,
+    n_windows: int = VERIFY_WINDOWS,
     seed: int = 0,
     tolerance: float = DEFAULT_TOLERANCE,
 ) -> VerifyResult:

@@ -21,7 +21,6 @@ from ..training.config import TrainConfig
 
 TRAIN = TrainConfig()
 RETRAIN = RetrainConfig()
-SCALINGS = ("relative", "minmax")
 
 
 def daemon_default(name: str):

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from ..data.config import SAMPLE_DAYS, SAMPLE_TICKERS
 from .base import (
     calendar_option,
     db_option,
@@ -21,8 +22,14 @@ from .base import (
 
 @main.command("sample-data")
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
-@option("--n-tickers", default=5, show_default=True, type=click.IntRange(1), help="How many tickers.")
-@option("--days", default=750, show_default=True, type=click.IntRange(1), help="Business days of history per ticker.")
+@option("--n-tickers", default=SAMPLE_TICKERS, show_default=True, type=click.IntRange(1), help="How many tickers.")
+@option(
+    "--days",
+    default=SAMPLE_DAYS,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Business days of history per ticker.",
+)
 @option("--seed", command="sample-data", default=0, show_default=True, type=int, help="Same seed, same files.")
 @option(
     "--ar",

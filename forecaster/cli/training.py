@@ -8,11 +8,10 @@ from pathlib import Path
 
 import click
 
-from ..artifact.config import DEFAULT_OPSET
+from ..artifact.config import DEFAULT_OPSET, VERIFY_WINDOWS
 from ..devices import DEVICES
-from ..training.config import PRECISIONS, STEP_BUDGET, TUTORIAL_EPOCHS
+from ..training.config import PRECISIONS, SCALINGS, STEP_BUDGET, TUTORIAL_EPOCHS
 from .base import (
-    SCALINGS,
     TRAIN,
     data_option,
     db_option,
@@ -201,7 +200,9 @@ def export(checkpoint_path, out, opset, tolerance):
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 @tickers_option
 @db_option
-@option("--windows", default=256, show_default=True, type=click.IntRange(1), help="How many windows to check.")
+@option(
+    "--windows", default=VERIFY_WINDOWS, show_default=True, type=click.IntRange(1), help="How many windows to check."
+)
 @option("--seed", command="verify", default=0, show_default=True, type=int, help="Seed for the random windows.")
 @tolerance_option
 @reports_errors

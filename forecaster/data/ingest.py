@@ -27,10 +27,12 @@ from . import reader_process
 from .calendar import exchange_today
 from .config import DEFAULT_CALENDAR, SETTLE_SECONDS
 from .discovery import find_files, ticker_from_path
+from .parsing import PRICE_COLUMNS, VALUES
 from .reading import Batch, FileResult, Known, new_bytes, read_batches
 from .rules import Rejection, Rows
 
 PROGRESS_MIN_FILES = 20
+CLOSE_AT, VOLUME_AT = VALUES.index("close"), VALUES.index("volume")  # in Rows.values
 # Above this many new bytes (~400k rows), a second process reads while this
 # one writes; below it, starting that process (~0.4 s) costs more than it
 # saves. Measured on 2 cores: 32 MiB 0.93x, 63 MiB 1.17x, 1.6 GB 1.4x.
@@ -332,7 +334,7 @@ def _split_against_stored(conn, ticker: str, rows: Rows, summary: _Summary | Non
                 Rejection(
                     int(rows.lines[i]),
                     _row_text(date, new),
-                    f"differs from the stored row for {date} (stored close {old[3]:g}, file {new[3]:g}); "
+                    f"differs from the stored row for {date} (stored close {old[CLOSE_AT]:g}, file {new[CLOSE_AT]:g}); "
                     "the stored row is kept",
                 )
             )
@@ -382,9 +384,9 @@ def _revise(conn: sa.Connection, res: FileResult, now: str) -> _Revised:
             "ticker": ticker,
             "date": d,
             "change": change,
-            **dict(zip(("open", "high", "low", "close"), stored[d][:4].tolist(), strict=True)),
-            "volume": None if np.isnan(stored[d][4]) else float(stored[d][4]),
-            "new_close": float(new[d][3]) if change == "replaced" else None,
+            **{name: float(stored[d][VALUES.index(name)]) for name in PRICE_COLUMNS},
+            "volume": None if np.isnan(stored[d][VOLUME_AT]) else float(stored[d][VOLUME_AT]),
+            "new_close": float(new[d][CLOSE_AT]) if change == "replaced" else None,
         }
         for change, days in (("replaced", replaced), ("removed", removed))
         for d in days
@@ -420,18 +422,25 @@ def _outcomes(conn: sa.Connection, ticker: str) -> dict[int, float | None]:
 
 
 def _row_text(date: str, v: np.ndarray) -> str:
-    volume = "" if np.isnan(v[4]) else f"{v[4]:g}"
-    return f"{date},{v[0]:g},{v[1]:g},{v[2]:g},{v[3]:g},{volume}"
+    volume = "" if np.isnan(v[VOLUME_AT]) else f"{v[VOLUME_AT]:g}"
+    prices = ",".join(f"{v[VALUES.index(name)]:g}" for name in PRICE_COLUMNS)
+    return f"{date},{prices},{volume}"
 
 
 def _price_records(ticker: str, rows: Rows) -> np.ndarray:
     """Rows in `prices` column order, as one object array filled column by
     column (NumPy makes the Python objects; no per-row Python work)."""
-    records = np.empty((len(rows), 7), dtype=object)
-    records[:, 0] = ticker
-    records[:, 1] = rows.dates
-    records[:, 2:] = rows.values
-    missing_volume = np.isnan(rows.values[:, 4])
-    if missing_volume.any():
-        records[missing_volume, 6] = None
+    volume = rows.values[:, VALUES.index("volume")]
+    columns = {
+        "ticker": ticker,
+        "date": rows.dates,
+        **{name: rows.values[:, VALUES.index(name)] for name in PRICE_COLUMNS},
+        "volume": volume,
+    }
+    records = np.empty((len(rows), len(schema.prices.columns)), dtype=object)
+    for j, column in enumerate(schema.prices.columns):
+        records[:, j] = columns[column.name]
+    missing = np.isnan(volume)
+    if missing.any():
+        records[missing, schema.prices.columns.keys().index("volume")] = None  # NULL, not NaN
     return records

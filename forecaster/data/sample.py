@@ -15,6 +15,8 @@ import numpy as np
 import pandas as pd
 from scipy.signal import lfilter
 
+from .config import SAMPLE_DAYS, SAMPLE_TICKERS
+
 DEFAULT_END = dt.date(2017, 11, 10)  # the public dataset's last day
 
 
@@ -63,8 +65,8 @@ def ticker_name(i: int) -> str:
 def write_sample_data(
     out_dir: str | Path,
     *,
-    tickers: int = 5,
-    days: int = 750,
+    tickers: int = SAMPLE_TICKERS,
+    days: int = SAMPLE_DAYS,
     seed: int = 0,
     ar: float = 0.0,
     end: dt.date = DEFAULT_END,

@@ -11,6 +11,8 @@ from enum import StrEnum
 
 import sqlalchemy as sa
 
+from ..intervals import COLUMNS as INTERVAL_COLUMNS
+
 SCHEMA_VERSION = 7
 # latest_predictions shows a ticker while its newest prediction is at most this
 # many sessions (dates with prices) behind the newest served: one that stopped
@@ -18,7 +20,6 @@ SCHEMA_VERSION = 7
 RETIRED_AFTER_SESSIONS = 5
 
 metadata = sa.MetaData()
-INTERVAL_COLUMNS = ("lo80", "hi80", "lo95", "hi95")  # the same names as intervals.COLUMNS
 
 schema_info = sa.Table(
     "schema_info",

@@ -24,9 +24,10 @@ files may stay in the models folder, unregistered).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +48,8 @@ from ..training.loop import TrainingStoppedError
 from . import gate, promotion
 from .config import GATES, RetrainConfig
 
+WAITING = "waiting"  # a challenger not yet judged: too few nights of evidence
+
 
 class RetrainStoppedError(ForecasterError):
     """A retrain was asked to stop before its decision: nothing was recorded."""
@@ -59,6 +62,22 @@ class RetrainOutcome:
     path: Path | None
     reason: str
     metrics: dict = field(default_factory=dict)
+
+
+@dataclass
+class _Retrain:
+    """One retrain's settings and the means to report and stop, handed to each step."""
+
+    engine: sa.Engine
+    config: RetrainConfig
+    progress: bool
+    should_stop: Callable[[], bool]
+    say: Callable[[str], None]
+
+    def stop_point(self, before: str) -> None:
+        """Honour a stop asked for (SIGTERM) at one of the retrain's safe points."""
+        if self.should_stop():
+            raise RetrainStoppedError(f"retrain stopped before {before}: nothing recorded, the champion keeps serving")
 
 
 def retrain(
@@ -77,69 +96,62 @@ def retrain(
     entry = registry.champion(engine)
     champion = registry.load_registered(entry)
     say(f"champion {entry.model_id[:12]} ({entry.path})")
-    if config.gate == "backtest":
-        return [_backtest(engine, config, champion, progress, should_stop, say)]
-    return _realized(engine, config, champion, progress, should_stop, say)
+    run = _Retrain(engine, config, progress, should_stop, say)
+    return [_backtest(run, champion)] if config.gate == "backtest" else _realized(run, champion)
 
 
-def _backtest(engine, config, champion: ModelFile, progress, should_stop, say) -> RetrainOutcome:
-    universe = load_universe(engine, champion.training_tickers)
-    sessions = np.unique(universe.dates)
-    if len(sessions) <= config.gate_days + 1:
+def _backtest(run: _Retrain, champion: ModelFile) -> RetrainOutcome:
+    universe = load_universe(run.engine, champion.training_tickers)
+    sessions, gate_days = np.unique(universe.dates), run.config.gate_days
+    if len(sessions) <= gate_days + 1:
         raise DataError(
             f"{len(sessions)} sessions stored for the champion's tickers: too few to hold back "
-            f"{config.gate_days} gate days (--gate-days) and train on the rest"
+            f"{gate_days} gate days (--gate-days) and train on the rest"
         )
-    through, first_target = iso_day(sessions[-config.gate_days - 1]), int(sessions[-config.gate_days])
-    say(f"training a challenger on prices up to {through}; the last {config.gate_days} sessions are the gate")
-    challenger = _make_challenger(engine, config, champion, through, progress, should_stop, say, universe)
-    try:
+    through, first_target = iso_day(sessions[-gate_days - 1]), int(sessions[-gate_days])
+    run.say(f"training a challenger on prices up to {through}; the last {gate_days} sessions are the gate")
+    challenger = _make_challenger(run, champion, through, loaded=universe)
+    with _removed_if_stopped(challenger.path):
         figures = gate.backtest(universe, champion, challenger, first_target)
-        _stop_point(should_stop, "the decision")
-    except RetrainStoppedError:
-        _remove_files_of(challenger.path)
-        raise
+        run.stop_point("the decision")
     extra = {"trained_through": through, "champion_trained_through": registry.trained_through(champion.metadata)}
     caveat = (
         "the champion trained on some gate days, which favours it"
         if extra["champion_trained_through"] > through
         else ""
     )
-    return _judge(engine, config, champion, challenger, figures, extra, caveat, say)
+    return _judge(run, champion, challenger, figures, extra, caveat)
 
 
-def _realized(engine, config, champion: ModelFile, progress, should_stop, say) -> list[RetrainOutcome]:
-    outcomes = []
-    for entry in registry.challengers(engine):
+def _realized(run: _Retrain, champion: ModelFile) -> list[RetrainOutcome]:
+    outcomes, gate_days = [], run.config.gate_days
+    for entry in registry.challengers(run.engine):
         challenger = registry.load_registered(entry)
         since = registry.data_through(challenger.metadata)
-        with engine.connect() as conn:
-            figures = gate.realized(conn, champion.sha256, entry.model_id, config.gate_days, since)
-        if figures.days < config.gate_days:
+        with run.engine.connect() as conn:
+            figures = gate.realized(conn, champion.sha256, entry.model_id, gate_days, since)
+        if figures.days < gate_days:
             reason = (
-                f"waiting: {figures.days} of {config.gate_days} nights from {since} on scored beside the champion "
+                f"waiting: {figures.days} of {gate_days} nights from {since} on scored beside the champion "
                 "with outcomes"
             )
-            say(f"challenger {entry.model_id[:12]} {reason}")
-            outcomes.append(RetrainOutcome("waiting", entry.model_id, challenger.path, reason, figures.to_plain()))
+            run.say(f"challenger {entry.model_id[:12]} {reason}")
+            outcomes.append(RetrainOutcome(WAITING, entry.model_id, challenger.path, reason, figures.to_plain()))
             continue
-        _stop_point(should_stop, "the decision")
-        outcomes.append(_judge(engine, config, champion, challenger, figures, {}, "", say))
+        run.stop_point("the decision")
+        outcomes.append(_judge(run, champion, challenger, figures, {}, ""))
         if outcomes[-1].decision == Decision.PROMOTED:
             champion = challenger  # any other challenger waits to be judged against the new champion
             break
-    if any(o.decision == "waiting" for o in outcomes):
+    if any(o.decision == WAITING for o in outcomes):
         return outcomes
-    say("training a challenger on every stored price, to be scored beside the champion from the next run")
-    challenger = _make_challenger(engine, config, champion, None, progress, should_stop, say)
-    try:
-        _stop_point(should_stop, "registering the challenger")
-    except RetrainStoppedError:
-        _remove_files_of(challenger.path)
-        raise
-    with store.write_transaction(engine) as conn:
+    run.say("training a challenger on every stored price, to be scored beside the champion from the next run")
+    challenger = _make_challenger(run, champion, None)
+    with _removed_if_stopped(challenger.path):
+        run.stop_point("registering the challenger")
+    with store.write_transaction(run.engine) as conn:
         promotion.decide(conn, challenger, ModelStatus.CHALLENGER, "")
-    reason = f"registered as a challenger: judged after {config.gate_days} nights of realised outcomes"
+    reason = f"registered as a challenger: judged after {gate_days} nights of realised outcomes"
     outcomes.append(RetrainOutcome(ModelStatus.CHALLENGER, challenger.sha256, challenger.path, reason))
     return outcomes
 
@@ -154,16 +166,15 @@ def settings_of(champion: ModelFile, device: str) -> TrainConfig:
     return dataclasses.replace(TrainConfig(**{k: v for k, v in stored.items() if k in known}), device=device)
 
 
-def _stop_point(should_stop: Callable[[], bool], before: str) -> None:
-    """Honour a stop asked for (SIGTERM) at one of the retrain's safe points."""
-    if should_stop():
-        raise RetrainStoppedError(f"retrain stopped before {before}: nothing recorded, the champion keeps serving")
-
-
-def _remove_files_of(challenger: Path) -> None:
+@contextlib.contextmanager
+def _removed_if_stopped(challenger: Path) -> Iterator[None]:
     """A stopped retrain's challenger leaves nothing behind: checkpoint, ONNX file, metrics, plots."""
-    for made in Path(challenger).parent.glob(f"{Path(challenger).stem}.*"):
-        made.unlink(missing_ok=True)
+    try:
+        yield
+    except RetrainStoppedError:
+        for made in Path(challenger).parent.glob(f"{Path(challenger).stem}.*"):
+            made.unlink(missing_ok=True)
+        raise
 
 
 def challenger_path(models_dir: Path) -> Path:
@@ -182,15 +193,14 @@ def challenger_path(models_dir: Path) -> Path:
     raise ForecasterError(f"{folder}: no free challenger file name for {stamp}")
 
 
-def _make_challenger(engine, config, champion, through, progress, should_stop, say, loaded=None) -> ModelFile:
-    """Train, export and verify a challenger like the champion; the verified file.
-    `loaded`: the champion's tickers' prices, when already read (read once, not twice)."""
-    out = challenger_path(config.models_dir)
+def _make_challenger(run: _Retrain, champion: ModelFile, through: str | None, loaded=None) -> ModelFile:
+    """Train, export and verify a challenger like the champion on the prices
+    up to `through` (all of them: None); the verified file. `loaded`: the
+    champion's tickers' prices, when already read (read once, not twice)."""
+    out = challenger_path(run.config.models_dir)
     try:
-        return _train_export_verify(engine, config, champion, through, out, progress, should_stop, say, loaded)
-    except RetrainStoppedError:  # asked to stop: the half-made challenger's files go too
-        _remove_files_of(out)
-        raise
+        with _removed_if_stopped(out):
+            return _train_export_verify(run, champion, through, out, loaded)
     except BaseException:
         claimed = out.with_suffix(".onnx")
         if claimed.exists() and claimed.stat().st_size == 0:  # the name was claimed, never written
@@ -198,34 +208,43 @@ def _make_challenger(engine, config, champion, through, progress, should_stop, s
         raise
 
 
-def _train_export_verify(engine, config, champion, through, out, progress, should_stop, say, loaded) -> ModelFile:
-    job = TrainJob(champion.training_tickers, False, settings_of(champion, config.device), out, through)
+def _train_export_verify(run: _Retrain, champion: ModelFile, through: str | None, out: Path, loaded) -> ModelFile:
+    job = TrainJob(champion.training_tickers, False, settings_of(champion, run.config.device), out, through)
     try:
-        outcome = run_training(engine, job, progress=progress, should_stop=should_stop, loaded=loaded, resumable=False)
+        outcome = run_training(
+            run.engine, job, progress=run.progress, should_stop=run.should_stop, loaded=loaded, resumable=False
+        )
     except TrainingStoppedError:
         raise RetrainStoppedError(
             "retrain stopped while training its challenger: nothing recorded, the champion keeps serving"
         ) from None
     for line in outcome.warnings:
-        say(f"warning: {line}")
-    say(outcome.verdict)
-    _stop_point(should_stop, "the export")
+        run.say(f"warning: {line}")
+    run.say(outcome.verdict)
+    run.stop_point("the export")
     exported = export(out, out.with_suffix(".onnx"))
-    _stop_point(should_stop, "the verification")
+    run.stop_point("the verification")
     checked = verify(exported.path)
-    say(f"exported and verified {exported.path} (largest difference from the reference {checked.max_abs:.2e})")
-    _stop_point(should_stop, "the gate")
+    run.say(f"exported and verified {exported.path} (largest difference from the reference {checked.max_abs:.2e})")
+    run.stop_point("the gate")
     return load_model(exported.path, "cpu")
 
 
-def _judge(engine, config, champion, challenger, figures, extra, caveat, say) -> RetrainOutcome:
+def _judge(
+    run: _Retrain, champion: ModelFile, challenger: ModelFile, figures: gate.GateFigures, extra: dict, caveat: str
+) -> RetrainOutcome:
     """Apply the gate's rule and record the decision with its numbers, in one
     transaction, provided the champion is still the one judged against."""
-    promote, reason = gate.judge(figures, config.min_improvement)
+    promote, reason = gate.judge(figures, run.config.min_improvement)
     reason += f"; {caveat}" if caveat else ""
     decision = Decision.PROMOTED if promote else Decision.REJECTED
-    metrics = {**figures.to_plain(), **extra, "min_improvement": config.min_improvement, "champion": champion.sha256}
-    with store.write_transaction(engine) as conn:
+    metrics = {
+        **figures.to_plain(),
+        **extra,
+        "min_improvement": run.config.min_improvement,
+        "champion": champion.sha256,
+    }
+    with store.write_transaction(run.engine) as conn:
         current = registry.champion_id(conn)
         if current != champion.sha256:
             raise ForecasterError(
@@ -233,5 +252,5 @@ def _judge(engine, config, champion, challenger, figures, extra, caveat, say) ->
                 f"{champion.sha256[:12]}): nothing recorded; run retrain again"
             )
         promotion.decide(conn, challenger, decision, reason, metrics)
-    say(reason)
+    run.say(reason)
     return RetrainOutcome(decision, challenger.sha256, challenger.path, reason, metrics)

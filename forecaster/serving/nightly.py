@@ -16,6 +16,7 @@ Nothing here imports torch.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -55,10 +56,14 @@ class RunResult:
     skipped: dict[str, str]
     flagged: list[str]
     device: str
-    seconds: float
-    message: str
     shadows: dict[str, int] = field(default_factory=dict)  # challenger model_id -> predictions written
-    unscored: dict[str, str] = field(default_factory=dict)  # challenger model_id -> why it could not be loaded
+    unscored: dict[str, str] = field(default_factory=dict)  # challenger model_id -> why it was not scored
+    seconds: float = 0.0  # the whole run, scoring and writing
+
+    @property
+    def message(self) -> str:
+        """What the run did in one line (runs.message)."""
+        return _message(self)
 
 
 @dataclass
@@ -235,8 +240,7 @@ def run_one(
     except BaseException as exc:
         runs.mark_failed(engine, run_id, _why(exc))
         raise
-    result.seconds = time.perf_counter() - started
-    return result
+    return dataclasses.replace(result, seconds=time.perf_counter() - started)
 
 
 def _why(exc: BaseException) -> str:
@@ -308,24 +312,35 @@ def _write(
             runs.finish_run(conn, shadow_run, RunStatus.FAILED, f"challenger not scored: {why}", 0)
         batch = served.batch
         result = RunResult(
-            run_id,
-            as_of,
-            target,
-            len(inserted),
-            len(batch.tickers) - len(inserted),
-            late,
-            batch.stale,
-            batch.skipped,
-            flagged,
-            served.model.device,
-            0.0,
-            "",
-            shadow_counts,
-            dict(unloadable),
+            run_id=run_id,
+            as_of=as_of,
+            target_date=target,
+            n_predictions=len(inserted),
+            n_already=len(batch.tickers) - len(inserted),
+            late=late,
+            stale=batch.stale,
+            skipped=batch.skipped,
+            flagged=flagged,
+            device=served.model.device,
+            shadows=shadow_counts,
+            unscored=dict(unloadable),
         )
-        result.message = _message(result)
         runs.finish_run(conn, run_id, RunStatus.SUCCEEDED, result.message, len(inserted))
     return result
+
+
+# `predictions` columns a run writes (prediction_id is the database's).
+PREDICTION_COLUMNS = (
+    "run_id",
+    "model_id",
+    "ticker",
+    "as_of",
+    "target_date",
+    "predicted_close",
+    "last_close",
+    "flags",
+    *COLUMNS,
+)
 
 
 def _predictions(
@@ -342,31 +357,25 @@ def _predictions(
     already = set(conn.execute(sa.select(p.ticker).where(p.model_id == model.sha256, p.as_of == as_of)).scalars())
     new = np.array([t not in already for t in batch.tickers], dtype=bool)
     tickers = [t for t, keep in zip(batch.tickers, new, strict=True) if keep]
-    records = np.empty((len(tickers), len(PREDICTION_COLUMNS)), dtype=object)
-    records[:, 0], records[:, 1], records[:, 2] = run_id, model.sha256, tickers
-    records[:, 3], records[:, 4] = as_of, target
-    records[:, 5] = scored.predicted[new].astype(np.float64)
-    records[:, 6] = batch.last_close[new]
     flagged_set = set(flagged)
-    records[:, 7] = [FLAG_OUT_OF_RANGE if t in flagged_set else None for t in tickers]
+    columns = {
+        "run_id": run_id,
+        "model_id": model.sha256,
+        "ticker": tickers,
+        "as_of": as_of,
+        "target_date": target,
+        "predicted_close": scored.predicted[new].astype(np.float64),
+        "last_close": batch.last_close[new],
+        "flags": [FLAG_OUT_OF_RANGE if t in flagged_set else None for t in tickers],
+        **dict.fromkeys(COLUMNS),  # NULL for a model without intervals
+    }
     if scored.bounds is not None:
-        records[:, 8:] = np.column_stack(scored.bounds)[new].astype(np.float64)
+        columns.update(zip(COLUMNS, (b[new].astype(np.float64) for b in scored.bounds), strict=True))
+    records = np.empty((len(tickers), len(PREDICTION_COLUMNS)), dtype=object)
+    for j, name in enumerate(PREDICTION_COLUMNS):
+        records[:, j] = columns[name]
     bulk.bulk_insert(conn, schema.predictions, records, PREDICTION_COLUMNS)
     return tickers, flagged
-
-
-# `predictions` columns a run writes (prediction_id is the database's).
-PREDICTION_COLUMNS = (
-    "run_id",
-    "model_id",
-    "ticker",
-    "as_of",
-    "target_date",
-    "predicted_close",
-    "last_close",
-    "flags",
-    *COLUMNS,
-)
 
 
 def _message(r: RunResult) -> str:

@@ -202,9 +202,7 @@ def _interval_figures(rows: list[dict], volatility: np.ndarray) -> dict:
     ours = iv.summary(_bounds(rows), actual, last)
     baseline = iv.summary(iv.riskmetrics_bounds(last, volatility), actual, last)
     ours["riskmetrics"] = baseline
-    ours["score_vs_riskmetrics"] = (ours["relative_score80"] + ours["relative_score95"]) / (
-        baseline["relative_score80"] + baseline["relative_score95"]
-    )
+    ours["score_vs_riskmetrics"] = iv.score_ratio(ours, baseline)
     return ours
 
 

@@ -10,6 +10,7 @@ from ..devices import DEFAULT_DEVICE
 from ..features import FEATURES
 
 PRECISIONS = ("fp32", "bf16")
+SCALINGS = ("relative", "minmax")  # scaling.py's classes, by their `method` (tests/test_scaling.py)
 TUTORIAL_EPOCHS = 100  # the tutorial's budget, kept while it is at most STEP_BUDGET optimiser steps
 STEP_BUDGET = 20_000  # the default budget beyond that: about 5 minutes of steps on 2 cores
 VAL_SAMPLE = 32_768  # validation windows: a fixed, seeded sample of every ticker's validation slice
@@ -17,13 +18,13 @@ VAL_SAMPLE = 32_768  # validation windows: a fixed, seeded sample of every ticke
 
 @dataclass
 class ModelConfig:
-    """What rebuilds the network from a checkpoint alone."""
+    """What rebuilds the network from a checkpoint alone (its defaults are TrainConfig's)."""
 
-    seq_len: int = 20
-    hidden: int = 32
-    layers: int = 2
+    seq_len: int
+    hidden: int
+    layers: int
+    scaling: str
     n_features: int = len(FEATURES)
-    scaling: str = "relative"
 
 
 @dataclass
@@ -42,7 +43,7 @@ class TrainConfig:
     # slice and a little weight decay gave mean ratio 1.007 vs 1.024 for 10% / none.
     val_fraction: float = 0.2
     seed: int = 0
-    scaling: str = "relative"
+    scaling: str = SCALINGS[0]
     clip_norm: float = 1.0
     weight_decay: float = 1e-4
     # "bf16": the training forward pass in bfloat16 (oneDNN; fast on CPUs with

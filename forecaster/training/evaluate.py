@@ -123,7 +123,5 @@ def held_out_intervals(
     base = [np.concatenate([b[i] for b in baseline_bounds]) for i in range(len(intervals.COLUMNS))]
     actual, last = np.concatenate(actuals), np.concatenate(lasts)
     overall = {**intervals.summary(joined, actual, last), "riskmetrics": intervals.summary(base, actual, last)}
-    overall["score_vs_riskmetrics"] = (overall["relative_score80"] + overall["relative_score95"]) / (
-        overall["riskmetrics"]["relative_score80"] + overall["riskmetrics"]["relative_score95"]
-    )
+    overall["score_vs_riskmetrics"] = intervals.score_ratio(overall, overall["riskmetrics"])
     return {"calibration": calibration.to_metadata(), "overall": overall, "tickers": per_ticker}

@@ -11,8 +11,8 @@ training window once per epoch and the effective batch stays the same.
 from __future__ import annotations
 
 import copy
+import functools
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,9 +34,6 @@ from .distributed import World
 from .model import Forecaster
 from .split import WindowIndex
 
-# A diagnostic: with this set to a folder, each rank writes the training
-# windows it used (their first rows, in order) to rank<R>.npy there.
-RECORD_WINDOWS_ENV = "FORECASTER_RECORD_WINDOWS"
 EVALUATIONS = 40  # validation checks over a step budget (each epoch when counting epochs)
 STOP_CHECK_EVERY = 10  # steps between the ranks' agreement on a stop (every step when alone)
 INFERENCE_BATCH = 8192  # windows per forward pass without gradients
@@ -72,6 +69,174 @@ def plan(n_train: int, config: TrainConfig) -> Budget:
     return Budget(STEP_BUDGET, per_epoch, batch, STEP_BUDGET // EVALUATIONS, "step")
 
 
+@dataclass
+class Kept:
+    """The best step so far among those that beat the start beyond noise (step 0: the start itself)."""
+
+    loss: float
+    step: int
+    z: float
+    state: dict  # the net's weights then
+
+
+def batch_rows(train: np.ndarray, budget: Budget, seed: int, step: int, world: World) -> np.ndarray:
+    """The training windows of one step on this rank: the next `batch` of this
+    epoch's permutation (seeded by seed and epoch, so any step can be found
+    again), of which each rank takes every world_size-th, so the ranks
+    together see each training window once per epoch."""
+    epoch, position = divmod(step, budget.per_epoch)
+    order = _permutation(seed, epoch, len(train))
+    start = position * budget.batch
+    return train[order[start : start + budget.batch]][world.rank :: world.size]
+
+
+@functools.lru_cache(maxsize=2)  # one epoch's order, asked for at every one of its steps
+def _permutation(seed: int, epoch: int, n: int) -> np.ndarray:
+    return np.random.default_rng([seed & 0xFFFFFFFF, epoch]).permutation(n)
+
+
+class Trainer:
+    """One training, read in the order it runs: `run` loops `step` and
+    `check` until the budget is spent or a stop is asked (`save`), then keeps
+    the best weights."""
+
+    def __init__(
+        self,
+        model: Forecaster,
+        universe: Universe,
+        index: WindowIndex,
+        config: TrainConfig,
+        precision: str,
+        world: World,
+    ):
+        self.model, self.universe, self.index, self.config, self.world = model, universe, index, config, world
+        self.precision = precision
+        self.net = model.net
+        self.budget = plan(len(index.train), config)
+        self.trained = DistributedDataParallel(self.net) if world.distributed else self.net
+        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.loss_fn = nn.MSELoss()
+        self.validation = Validation(model, universe, index, config, world)
+        # Step 0 (the starting weights, the same for a resumed run: same seed) is
+        # a candidate too, and the reference every later step must beat.
+        self.initial, _ = self.validation.check()
+        self.step = 0
+        self.kept = Kept(self.initial, 0, 0.0, copy.deepcopy(self.net.state_dict()))
+        self.history = {
+            "unit": self.budget.unit,
+            "per_epoch": self.budget.per_epoch,
+            "at": [],
+            "train_loss": [],
+            "val_loss": [],
+            "val_z": [],  # each check's paired improvement over the start, in standard errors
+            "initial_val_loss": self.initial,
+            "budget": self.budget.describe(),
+        }
+        self.running, self.seen = 0.0, 0  # the training loss since the last check
+
+    def resume(self, state: dict) -> None:
+        """Carry on from a saved state (see `save`)."""
+        self.net.load_state_dict(state["net"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step, self.kept, self.history = state["step"], Kept(**state["best"]), state["history"]
+        since_check = self.history.pop("since_check", (0.0, 0))  # summed over the ranks when it stopped
+        if self.world.is_main:
+            self.running, self.seen = since_check
+
+    def run(
+        self,
+        *,
+        progress: bool = False,
+        should_stop: Callable[[], bool] = lambda: False,
+        state_path: Path | None = None,
+        state_extra: dict | None = None,
+    ) -> dict:
+        budget = self.budget
+        bar = tqdm(
+            total=budget.steps,
+            initial=self.step,
+            desc="train",
+            unit="step",
+            disable=not (progress and self.world.is_main),
+            leave=False,
+            smoothing=0.05,
+        )
+        while self.step < budget.steps:
+            if _asked_to_stop(should_stop, self.world, self.step):
+                self.save(state_path, state_extra or {})
+                raise TrainingStoppedError(
+                    f"stopped at step {self.step} of {budget.steps}"
+                    + (f"; resume with: forecaster train --resume {state_path}" if state_path else "")
+                )
+            self.train_step(batch_rows(self.index.train, budget, self.config.seed, self.step, self.world))
+            bar.update(1)
+            if self.step % budget.eval_every == 0 or self.step == budget.steps:
+                self.check()
+                bar.set_postfix(
+                    train=f"{self.history['train_loss'][-1]:.4f}",
+                    val=f"{self.history['val_loss'][-1]:.4f}",
+                    best=self.kept.step,
+                )
+        bar.close()
+        self.net.load_state_dict(self.kept.state)
+        self.net.eval()
+        kept_at = self.kept.step if budget.unit == "step" else self.kept.step // budget.per_epoch
+        self.history.update(kept_z=self.kept.z, best_step=self.kept.step, steps=budget.steps, best_at=kept_at)
+        self.history["best_epoch"] = kept_at if budget.unit == "epoch" else self.kept.step / budget.per_epoch
+        if state_path is not None and self.world.is_main:
+            state_path.unlink(missing_ok=True)  # finished: a state to resume from would only mislead
+        return self.history
+
+    def train_step(self, rows: np.ndarray) -> None:
+        self.net.train()
+        x, y = batch_tensors(self.model, self.universe, rows, self.index.seq_len, self.world.device)
+        self.optimizer.zero_grad()
+        with torch.autocast(self.world.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            predicted = self.trained(x)
+        loss = self.loss_fn(predicted.float(), y)
+        loss.backward()
+        nn.utils.clip_grad_norm_(self.net.parameters(), self.config.clip_norm)
+        self.optimizer.step()
+        self.running, self.seen, self.step = (
+            self.running + loss.item() * len(rows),
+            self.seen + len(rows),
+            self.step + 1,
+        )
+
+    def check(self) -> None:
+        """Validate, record the check, and keep this step if it beats the start
+        beyond the validation sample's noise and every step kept before (a
+        later blow-up never replaces it)."""
+        total, count = self.world.sum(self.running, self.seen)
+        val_loss, z = self.validation.check()
+        h = self.history
+        h["at"].append(self.step if self.budget.unit == "step" else self.step // self.budget.per_epoch)
+        h["train_loss"].append(total / max(count, 1))
+        h["val_loss"].append(val_loss)
+        h["val_z"].append(max(min(z, 1e9), -1e9))  # JSON has no infinity
+        if z >= EVIDENCE and val_loss <= self.initial * (1 - MIN_GAIN) and val_loss < self.kept.loss:
+            self.kept = Kept(val_loss, self.step, z, copy.deepcopy(self.net.state_dict()))
+        self.running, self.seen = 0.0, 0
+
+    def save(self, path: Path | None, extra: dict) -> None:
+        """Everything needed to carry on: weights, optimiser, step, the kept
+        step, history with the loss since the last check, and `extra`."""
+        since_check = self.world.sum(self.running, self.seen)  # every rank takes part
+        if path is None or not self.world.is_main:
+            return
+        checkpoint.save_state(
+            path,
+            {
+                **extra,
+                "step": self.step,
+                "net": self.net.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "best": vars(self.kept),
+                "history": {**self.history, "since_check": since_check},
+            },
+        )
+
+
 def fit(
     model: Forecaster,
     universe: Universe,
@@ -87,116 +252,14 @@ def fit(
     resume: dict | None = None,
 ) -> tuple[dict, float]:
     """Train `model` in place; returns the history and the seconds spent
-    validating. Leaves the best weights in the model.
-
-    When `should_stop()` turns true, everything needed to carry on (weights,
-    optimiser, step, best so far, history, and `state_extra`) is saved to
-    `state_path` and TrainingStoppedError is raised; `resume` is such a state."""
-    net = model.net
-    budget = plan(len(index.train), config)
-    trained = DistributedDataParallel(net) if world.distributed else net
-    optimizer = torch.optim.Adam(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    validation = Validation(model, universe, index, config, world)
-    # Step 0 (the starting weights, the same for a resumed run: same seed) is
-    # a candidate too, and the reference every later step must beat.
-    initial, _ = validation.check()
+    validating. Leaves the best weights in the model. When `should_stop()`
+    turns true, the state is saved to `state_path` (Trainer.save) and
+    TrainingStoppedError is raised; `resume` is such a state."""
+    trainer = Trainer(model, universe, index, config, precision, world)
     if resume is not None:
-        net.load_state_dict(resume["net"])
-        optimizer.load_state_dict(resume["optimizer"])
-        step, best, history = resume["step"], resume["best"], resume["history"]
-    else:
-        step = 0
-        best = {"loss": initial, "step": 0, "z": 0.0, "state": copy.deepcopy(net.state_dict())}
-        history = {
-            "unit": budget.unit,
-            "per_epoch": budget.per_epoch,
-            "at": [],
-            "train_loss": [],
-            "val_loss": [],
-            "val_z": [],  # each check's paired improvement over the start, in standard errors
-            "initial_val_loss": initial,
-            "budget": budget.describe(),
-        }
-    loss_fn = nn.MSELoss()
-    running, seen, epoch, order = 0.0, 0, -1, None
-    if resume is not None and world.is_main:
-        # The training loss since the last check, summed over the ranks when it stopped.
-        running, seen = history.pop("since_check", (0.0, 0))
-    record = [] if os.environ.get(RECORD_WINDOWS_ENV) else None
-    bar = tqdm(
-        total=budget.steps,
-        initial=step,
-        desc="train",
-        unit="step",
-        disable=not (progress and world.is_main),
-        leave=False,
-        smoothing=0.05,
-    )
-    while step < budget.steps:
-        if _asked_to_stop(should_stop, world, step):
-            since_check = world.sum(running, seen)
-            _save_state(
-                state_path,
-                world,
-                net,
-                optimizer,
-                step,
-                best,
-                {**history, "since_check": since_check},
-                state_extra or {},
-            )
-            raise TrainingStoppedError(
-                f"stopped at step {step} of {budget.steps}"
-                + (f"; resume with: forecaster train --resume {state_path}" if state_path else "")
-            )
-        if step // budget.per_epoch != epoch:
-            epoch = step // budget.per_epoch
-            order = np.random.default_rng([config.seed & 0xFFFFFFFF, epoch]).permutation(len(index.train))
-        position = (step % budget.per_epoch) * budget.batch
-        rows = index.train[order[position : position + budget.batch]][world.rank :: world.size]
-        if record is not None:
-            record.append(rows)
-        net.train()
-        x, y = batch_tensors(model, universe, rows, index.seq_len, world.device)
-        optimizer.zero_grad()
-        with torch.autocast(world.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            predicted = trained(x)
-        loss = loss_fn(predicted.float(), y)
-        loss.backward()
-        nn.utils.clip_grad_norm_(net.parameters(), config.clip_norm)
-        optimizer.step()
-        running, seen, step = running + loss.item() * len(rows), seen + len(rows), step + 1
-        bar.update(1)
-        if step % budget.eval_every == 0 or step == budget.steps:
-            total, count = world.sum(running, seen)
-            val_loss, z = validation.check()
-            history["at"].append(step if budget.unit == "step" else step // budget.per_epoch)
-            history["train_loss"].append(total / max(count, 1))
-            history["val_loss"].append(val_loss)
-            history["val_z"].append(max(min(z, 1e9), -1e9))  # JSON has no infinity
-            # The best step so far, among those that beat the start beyond the
-            # validation sample's noise; a later blow-up never replaces it.
-            if z >= EVIDENCE and val_loss <= initial * (1 - MIN_GAIN) and val_loss < best["loss"]:
-                best = {"loss": val_loss, "step": step, "z": z, "state": copy.deepcopy(net.state_dict())}
-            running, seen = 0.0, 0
-            bar.set_postfix(train=f"{history['train_loss'][-1]:.4f}", val=f"{val_loss:.4f}", best=best["step"])
-    bar.close()
-    if record is not None:
-        folder = Path(os.environ[RECORD_WINDOWS_ENV])
-        folder.mkdir(parents=True, exist_ok=True)
-        np.save(folder / f"rank{world.rank}.npy", np.concatenate(record) if record else np.empty(0, np.int64))
-    net.load_state_dict(best["state"])
-    net.eval()
-    history.update(
-        kept_z=best["z"],
-        best_step=best["step"],
-        steps=budget.steps,
-        best_at=best["step"] if budget.unit == "step" else best["step"] // budget.per_epoch,
-    )
-    history["best_epoch"] = history["best_at"] if budget.unit == "epoch" else best["step"] / budget.per_epoch
-    if state_path is not None and world.is_main:
-        state_path.unlink(missing_ok=True)  # finished: a state to resume from would only mislead
-    return history, validation.seconds
+        trainer.resume(resume)
+    history = trainer.run(progress=progress, should_stop=should_stop, state_path=state_path, state_extra=state_extra)
+    return history, trainer.validation.seconds
 
 
 def batch_tensors(
@@ -278,21 +341,3 @@ def _asked_to_stop(should_stop: Callable[[], bool], world: World, step: int) -> 
         return should_stop()
     # The ranks must stop at the same step: they agree every few steps.
     return step % STOP_CHECK_EVERY == 0 and world.any(should_stop())
-
-
-def _save_state(
-    path: Path | None, world: World, net: nn.Module, optimizer, step: int, best: dict, history: dict, extra: dict
-) -> None:
-    if path is None or not world.is_main:
-        return
-    checkpoint.save_state(
-        path,
-        {
-            **extra,
-            "step": step,
-            "net": net.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "best": best,
-            "history": history,
-        },
-    )

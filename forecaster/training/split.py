@@ -90,24 +90,31 @@ def index_windows(universe: Universe, seq_len: int, test_fraction: float, val_fr
 
 
 def fit_scaling(method: str, universe: Universe, index: WindowIndex) -> Scaling:
-    """The scaling, fitted on training rows only (scaling.py applies it).
+    """The scaling, fitted on training rows only (scaling.py applies it)."""
+    if method not in _FITS:
+        raise DataError(f"unknown scaling {method!r}: choose {' or '.join(_FITS)}")
+    return _FITS[method](universe, index)
 
-    relative: one gain = 1 / std of the next-day relative close move over the
-              training and validation windows of all tickers.
-    minmax:   per ticker and column, the low and high of its training rows.
-    """
+
+def _fit_relative(universe: Universe, index: WindowIndex) -> RelativeScaling:
+    """One gain = 1 / std of the next-day relative close move over the training
+    and validation windows of all tickers."""
     seq_len = index.seq_len
-    if method == "relative":
-        rows = np.concatenate([index.train, index.val])
-        close = universe.ohlc[:, CLOSE].astype(np.float64)
-        moves = close[rows + seq_len] / close[rows + seq_len - 1] - 1.0
-        return RelativeScaling(1.0 / max(float(np.std(moves)), 1e-6))
-    if method == "minmax":
-        lows, highs = [], []
-        for k, s in enumerate(index.splits):
-            first = int(universe.starts[k])
-            fit_rows = universe.ohlc[first : first + s.last_training_row(seq_len) + 1].astype(np.float64)
-            lows.append(tuple(fit_rows.min(axis=0).tolist()))
-            highs.append(tuple(fit_rows.max(axis=0).tolist()))
-        return MinMaxScaling(tuple(universe.tickers), tuple(lows), tuple(highs))
-    raise DataError(f"unknown scaling {method!r}: choose relative or minmax")
+    rows = np.concatenate([index.train, index.val])
+    close = universe.ohlc[:, CLOSE].astype(np.float64)
+    moves = close[rows + seq_len] / close[rows + seq_len - 1] - 1.0
+    return RelativeScaling(1.0 / max(float(np.std(moves)), 1e-6))
+
+
+def _fit_minmax(universe: Universe, index: WindowIndex) -> MinMaxScaling:
+    """Per ticker and column, the low and high of its training rows."""
+    lows, highs = [], []
+    for k, s in enumerate(index.splits):
+        first = int(universe.starts[k])
+        fit_rows = universe.ohlc[first : first + s.last_training_row(index.seq_len) + 1].astype(np.float64)
+        lows.append(tuple(fit_rows.min(axis=0).tolist()))
+        highs.append(tuple(fit_rows.max(axis=0).tolist()))
+    return MinMaxScaling(tuple(universe.tickers), tuple(lows), tuple(highs))
+
+
+_FITS = {RelativeScaling.method: _fit_relative, MinMaxScaling.method: _fit_minmax}
