@@ -36,11 +36,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import machine  # noqa: E402  (benchmarks/machine.py)
+
+from forecaster.data.sample import append_one_day  # noqa: E402
 
 SHARED = HERE.parents[1] / "shared" / "data"
 BATCHES = (1, 64, 1024, 8192)
@@ -140,24 +141,6 @@ def _seconds(fn) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
-
-
-def append_one_day(folder: Path, seed: int = 1) -> int:
-    """Append the next business day to every file (a plausible move from the last close)."""
-    rng = np.random.default_rng(seed)
-    n = 0
-    for path in sorted(folder.rglob("*.us.txt")):
-        with open(path, "rb+") as fh:
-            fh.seek(max(0, os.path.getsize(path) - 200))
-            last = fh.read().decode().strip().splitlines()[-1].split(",")
-            day = (pd.Timestamp(last[0]) + pd.offsets.BDay(1)).strftime("%Y-%m-%d")
-            close = float(last[4]) * float(np.exp(rng.normal(0, 0.01)))
-            open_ = float(last[4])
-            high, low = max(open_, close) * 1.002, min(open_, close) * 0.998
-            fh.seek(0, 2)
-            fh.write(f"{day},{open_:.4f},{high:.4f},{low:.4f},{close:.4f},{int(rng.integers(1e3, 1e6))},0\n".encode())
-        n += 1
-    return n
 
 
 def run_cli(args: list[str], launcher: list[str] | None = None) -> tuple[float, float]:

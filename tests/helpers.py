@@ -8,12 +8,18 @@ import time
 
 import numpy as np
 import pytest
+import sqlalchemy as sa
 import torch
+from click.testing import CliRunner
 
+from forecaster.artifact.model_file import load_model
+from forecaster.cli import main
 from forecaster.data.parsing import Body, Fields, Header, _numbers, _regular, read_many
 from forecaster.data.prices import Series
 from forecaster.data.rules import ParsedRows, validate
 from forecaster.data.sample import generate_ohlc
+from forecaster.db import store
+from forecaster.lifecycle import promotion
 from forecaster.training import checkpoint
 from forecaster.training.train import TrainConfig, train
 
@@ -100,3 +106,55 @@ def wait_for(log_path, text, proc, timeout=60):
         time.sleep(0.1)
     proc.kill()
     pytest.fail(f"no {text!r} within {timeout}s:\n{log_path.read_text()}")
+
+
+# -- the command line, and what a database holds --
+
+
+def invoke(*args, env=None):
+    return CliRunner().invoke(main, [str(a) for a in args], env=env, catch_exceptions=False)
+
+
+def count(engine, table="prices", where=""):
+    with engine.connect() as conn:
+        return conn.exec_driver_sql(f"SELECT COUNT(*) FROM {table} {where}").scalar()
+
+
+def rejects(engine):
+    with engine.connect() as conn:
+        return [
+            tuple(r)
+            for r in conn.exec_driver_sql(
+                "SELECT source, line, ticker, reason FROM rejected_rows ORDER BY rejection_id"
+            )
+        ]
+
+
+def summaries_against_prices(engine) -> list[tuple]:
+    """Rows where `tickers` or `price_dates` disagree with `prices` itself (none is right)."""
+    with engine.connect() as conn:
+        return [
+            tuple(r)
+            for r in conn.exec_driver_sql(
+                "SELECT t.ticker, t.first_date, t.last_date, t.n_rows, p.first, p.last, p.n FROM tickers t "
+                "JOIN (SELECT ticker, MIN(date) AS first, MAX(date) AS last, COUNT(*) AS n FROM prices "
+                "      GROUP BY ticker) p ON p.ticker = t.ticker "
+                "WHERE t.first_date != p.first OR t.last_date != p.last OR t.n_rows != p.n"
+            )
+        ] + [
+            tuple(r)
+            for r in conn.exec_driver_sql(
+                "SELECT d.date, d.n_rows, p.n FROM price_dates d JOIN (SELECT date, COUNT(*) AS n FROM prices "
+                "GROUP BY date) p ON p.date = d.date WHERE d.n_rows != p.n"
+            )
+        ]
+
+
+def rows(engine, sql, **params):
+    with engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(sa.text(sql), params)]
+
+
+def register_challenger(engine, path):
+    with store.write_transaction(engine) as conn:
+        promotion.decide(conn, load_model(path), "challenger", "")

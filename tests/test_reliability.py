@@ -22,13 +22,10 @@ import numpy as np
 import pytest
 
 from forecaster.data.ingest import ingest
-from forecaster.data.sample import write_sample_data
+from forecaster.data.sample import append_one_day, write_sample_data
 from forecaster.db import store
 from forecaster.errors import StoreError
 from forecaster.serving.nightly import predict
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from bench import append_one_day  # noqa: E402  (the benchmark's "one more day" helper)
 
 PYTHON = [sys.executable, "-m", "forecaster"]
 
@@ -459,97 +456,3 @@ def test_a_window_unlike_training_is_scored_but_flagged(engine, tmp_path, tiny_m
     assert "1 flagged out_of_range" in run.message and "syn0000" in run.message
     con = sqlite3.connect(tmp_path / "test.db")
     assert dict(con.execute("SELECT ticker, flags FROM predictions")) == {"syn0000": "out_of_range", "syn0001": None}
-
-
-# -- fuzzing the reader -------------------------------------------------------
-
-from helpers import read_fields  # noqa: E402
-from hypothesis import HealthCheck, example, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from forecaster.data import reading  # noqa: E402
-from forecaster.data.parsing import decode, parse_header, read_many, split_header  # noqa: E402
-from forecaster.data.rules import validate  # noqa: E402
-from forecaster.errors import UnreadableFileError  # noqa: E402
-
-FUZZ = settings(max_examples=300, deadline=5000, suppress_health_check=[HealthCheck.too_slow])
-HEADER = "Date,Open,High,Low,Close,Volume,OpenInt"
-
-
-def non_blank_lines(body: str) -> int:
-    return sum(1 for line in body.split("\n") if line.rstrip("\r").strip())
-
-
-@FUZZ
-@given(st.binary(max_size=3000))
-@example(b"Date,Open,High,Low,Close\n\r\n2017-01-03,1,1,1,1\r")
-@example(b"\xef\xbb\xbfDate,Open,High,Low,Close\n2017-01-03,\xef\xbc\x91,1,1,1\n")
-def test_fuzz_arbitrary_bytes_never_crash_and_the_accounting_adds_up(data):
-    import io
-
-    try:  # a file complete as it is: its unterminated last line is read too
-        body = reading._read_whole(io.BytesIO(data), len(data), header_complete=True).body(len(data))
-    except UnreadableFileError:
-        return  # reported and recorded as a whole-file problem
-    parsed = validate(read_many([body]))[0]
-    body = split_header(decode(data))[1]
-    assert parsed.n_read == non_blank_lines(body)
-
-
-field = st.one_of(
-    st.sampled_from(
-        [
-            "",
-            "1",
-            "10.5",
-            "0",
-            "-3",
-            "nan",
-            "inf",
-            "1e400",
-            "abc",
-            "１２",
-            "1_0",
-            " 7 ",
-            "2017-01-03",
-            "2017-02-30",
-            "2099-01-01",
-            "17-1-3",
-            '"5"',
-            "\r",
-        ]
-    ),
-    st.floats(allow_nan=True, allow_infinity=True).map(repr),
-    st.text(max_size=6),
-)
-row = st.lists(field, min_size=3, max_size=9).map(",".join)
-dated_row = st.tuples(st.dates().map(lambda d: d.isoformat()), st.lists(field, min_size=4, max_size=7)).map(
-    lambda t: ",".join([t[0], *t[1]])
-)
-
-
-@FUZZ
-@given(st.lists(st.one_of(row, dated_row), max_size=25))
-@example(["2017-01-03,１２,13,11,12,5,0"])
-@example(["2017-01-03,1,1,1,1,1,0\r2017-01-04,1,1,1,1,1,0"])
-def test_fuzz_csv_shaped_lines_judged_the_same_in_small_and_large_files(lines):
-    header = parse_header(HEADER)
-    small_body = "\n".join(lines) + "\n"
-    small = validate([read_fields(small_body, header, first_line=2)])[0]
-    assert small.n_read == non_blank_lines(small_body)
-    # The same lines after 300 clean rows from 1700: a body large enough for the C-parser path.
-    import pandas as pd
-
-    padding = [f"{d:%Y-%m-%d},1,1,1,1,1,0" for d in pd.bdate_range("1700-01-01", periods=300)]
-    large_body = "\n".join(padding + lines) + "\n"
-    large = validate([read_fields(large_body, header, first_line=2)])[0]
-    assert large.n_read == non_blank_lines(large_body)
-    shift = len(padding)
-    assert [(r.line - shift, r.reason) for r in large.rejects] == [(r.line, r.reason) for r in small.rejects]
-    tail = large.rows.lines > shift + 1
-
-    def by_line(rows, sel=slice(None)):
-        return sorted(zip(rows.lines[sel].tolist(), map(tuple, rows.values[sel].tolist()), strict=True))
-
-    got = [(line - shift, v) for line, v in by_line(large.rows, tail)]
-    assert repr(got) == repr(by_line(small.rows))  # repr: NaN volumes compare equal

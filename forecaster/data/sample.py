@@ -9,6 +9,7 @@ ar=0.6 yesterday's move predicts today's, which a working model must learn.
 from __future__ import annotations
 
 import datetime as dt
+import os
 from pathlib import Path
 
 import numpy as np
@@ -81,3 +82,23 @@ def write_sample_data(
         frame.to_csv(path, index=False, lineterminator="\n")
         paths.append(path)
     return paths
+
+
+def append_one_day(folder: Path, seed: int = 1) -> int:
+    """Append the next business day to every file under `folder` (a plausible
+    move from the last close); how many files. What a night brings, for the
+    benchmarks and the crash tests."""
+    rng = np.random.default_rng(seed)
+    n = 0
+    for path in sorted(folder.rglob("*.us.txt")):
+        with open(path, "rb+") as fh:
+            fh.seek(max(0, os.path.getsize(path) - 200))
+            last = fh.read().decode().strip().splitlines()[-1].split(",")
+            day = (pd.Timestamp(last[0]) + pd.offsets.BDay(1)).strftime("%Y-%m-%d")
+            close = float(last[4]) * float(np.exp(rng.normal(0, 0.01)))
+            open_ = float(last[4])
+            high, low = max(open_, close) * 1.002, min(open_, close) * 0.998
+            fh.seek(0, 2)
+            fh.write(f"{day},{open_:.4f},{high:.4f},{low:.4f},{close:.4f},{int(rng.integers(1e3, 1e6))},0\n".encode())
+        n += 1
+    return n

@@ -11,6 +11,7 @@ import onnx
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
+from helpers import register_challenger, rows
 
 from forecaster.artifact.model_file import file_sha256, load_model
 from forecaster.cli import main
@@ -19,16 +20,6 @@ from forecaster.errors import DatabaseError, ForecasterError
 from forecaster.lifecycle import promotion
 from forecaster.serving import registry
 from forecaster.serving.nightly import predict
-
-
-def rows(engine, sql, **params):
-    with engine.connect() as conn:
-        return [tuple(r) for r in conn.execute(sa.text(sql), params)]
-
-
-def register_challenger(engine, path):
-    with store.write_transaction(engine) as conn:
-        promotion.decide(conn, load_model(path), "challenger", "")
 
 
 def test_the_database_keeps_one_champion_and_every_decision(any_engine, tiny_model, other_tiny_model):

@@ -1,8 +1,7 @@
 """`forecaster report`: what was served by default, by model when asked, every filter checked."""
 
 import sqlalchemy as sa
-from test_cli import invoke
-from test_registry import register_challenger
+from helpers import invoke, register_challenger
 
 from forecaster.artifact.model_file import file_sha256
 from forecaster.db import store

@@ -3,6 +3,7 @@ import os
 import pytest
 import sqlalchemy as sa
 from conftest import REAL_ROWS, write_file
+from helpers import count, rejects, summaries_against_prices
 
 from forecaster.data import reading as reading_mod
 from forecaster.data.ingest import SUMMARY_QUERY_TICKERS, ingest
@@ -10,21 +11,6 @@ from forecaster.db import schema, store
 from forecaster.errors import SourceError
 
 HEADER = "Date,Open,High,Low,Close,Volume,OpenInt\n"
-
-
-def count(engine, table="prices", where=""):
-    with engine.connect() as conn:
-        return conn.exec_driver_sql(f"SELECT COUNT(*) FROM {table} {where}").scalar()
-
-
-def rejects(engine):
-    with engine.connect() as conn:
-        return [
-            tuple(r)
-            for r in conn.exec_driver_sql(
-                "SELECT source, line, ticker, reason FROM rejected_rows ORDER BY rejection_id"
-            )
-        ]
 
 
 def test_all_ten_real_tickers_twice(any_engine, shared_data):
@@ -154,26 +140,6 @@ def ingest_together(url: str, *folders) -> list[str]:
         for f in folders
     ]
     return [p.stderr.read() for p in procs if p.wait() != 0]
-
-
-def summaries_against_prices(engine) -> list[tuple]:
-    """Rows where `tickers` or `price_dates` disagree with `prices` itself (none is right)."""
-    with engine.connect() as conn:
-        return [
-            tuple(r)
-            for r in conn.exec_driver_sql(
-                "SELECT t.ticker, t.first_date, t.last_date, t.n_rows, p.first, p.last, p.n FROM tickers t "
-                "JOIN (SELECT ticker, MIN(date) AS first, MAX(date) AS last, COUNT(*) AS n FROM prices "
-                "      GROUP BY ticker) p ON p.ticker = t.ticker "
-                "WHERE t.first_date != p.first OR t.last_date != p.last OR t.n_rows != p.n"
-            )
-        ] + [
-            tuple(r)
-            for r in conn.exec_driver_sql(
-                "SELECT d.date, d.n_rows, p.n FROM price_dates d JOIN (SELECT date, COUNT(*) AS n FROM prices "
-                "GROUP BY date) p ON p.date = d.date WHERE d.n_rows != p.n"
-            )
-        ]
 
 
 def test_two_ingests_at_once_keep_the_summaries_right(any_db_url, tmp_path):

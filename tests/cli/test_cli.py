@@ -1,12 +1,9 @@
 import pytest
 from click.testing import CliRunner
 from conftest import REAL_ROWS
+from helpers import invoke
 
 from forecaster.cli import main
-
-
-def invoke(*args, env=None):
-    return CliRunner().invoke(main, [str(a) for a in args], env=env, catch_exceptions=False)
 
 
 def all_commands():

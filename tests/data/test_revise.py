@@ -5,8 +5,7 @@ import shutil
 
 import pytest
 import sqlalchemy as sa
-from test_cli import invoke
-from test_ingest import count, rejects, summaries_against_prices
+from helpers import count, invoke, rejects, summaries_against_prices
 
 from forecaster.data.ingest import ingest
 from forecaster.db import schema

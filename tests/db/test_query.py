@@ -2,7 +2,7 @@
 
 import pytest
 from conftest import pg_role_url, reader_url
-from test_cli import invoke
+from helpers import invoke
 
 from forecaster.data.ingest import ingest
 from forecaster.db import store
