@@ -65,3 +65,32 @@ def direction(predicted: np.ndarray, last: np.ndarray) -> np.ndarray:
     return np.where(
         predicted > last * (1 + DIRECTION_NOISE), 1, np.where(predicted < last * (1 - DIRECTION_NOISE), -1, 0)
     )
+
+
+def ratio_summary(ratios: dict[str, float], pooled: float | None) -> dict:
+    """Summaries of per-ticker ratios to naive that are always numbers with a
+    stated meaning: a ratio is undefined where naive made no error (a ticker
+    whose closes never moved), so the mean and median are over the defined
+    ones only, the undefined ones are counted and named, and the pooled ratio
+    (every day of every ticker relative to its last close, which no flat
+    ticker breaks) stands beside them. None where nothing is defined."""
+    defined = {t: r for t, r in ratios.items() if math.isfinite(r)}
+    kinds = [compared_with_naive(r) for r in defined.values()]
+    values = np.fromiter(defined.values(), dtype=np.float64, count=len(defined))
+    return {
+        "mean_ratio": float(values.mean()) if len(values) else None,
+        "median_ratio": float(np.median(values)) if len(values) else None,
+        "pooled_ratio": pooled if pooled is not None and math.isfinite(pooled) else None,
+        "tickers_undefined_ratio": sorted(set(ratios) - set(defined)),
+        "tickers_worse_than_naive": kinds.count("worse"),
+        "tickers_level_with_naive": kinds.count("level"),
+        "tickers_better_than_naive": kinds.count("better"),
+    }
+
+
+def pooled_ratio(predicted: np.ndarray, actual: np.ndarray, last: np.ndarray) -> float | None:
+    """RMSE relative to the last close over every case, over naive's; None when naive made no error."""
+    naive = float(np.sqrt(np.mean(np.square((last - actual) / last)))) if len(actual) else 0.0
+    if naive == 0:
+        return None
+    return float(np.sqrt(np.mean(np.square((predicted - actual) / last)))) / naive

@@ -1,7 +1,9 @@
-"""Writing files so that a crash never leaves half of one."""
+"""Writing files so that a crash never leaves half of one, and JSON that every reader parses."""
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -22,3 +24,20 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def strict_json(value, indent: int | None = None) -> str:
+    """JSON without NaN or Infinity (which Python writes but jq, browsers and
+    PostgreSQL refuse): a float that is no number, such as the ratio of a
+    ticker whose naive error is 0, is written as null."""
+
+    def plain(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        return v
+
+    return json.dumps(plain(value), indent=indent, allow_nan=False)

@@ -163,11 +163,13 @@ def interval_score(lo: np.ndarray, hi: np.ndarray, actual: np.ndarray, level: fl
     return (hi - lo) + (2.0 / alpha) * (np.maximum(lo - actual, 0.0) + np.maximum(actual - hi, 0.0))
 
 
-def score_ratio(ours: dict, baseline: dict) -> float:
+def score_ratio(ours: dict, baseline: dict) -> float | None:
     """The interval score relative to the close, summed over both levels, ours
-    over the baseline's (below 1 is better)."""
+    over the baseline's (below 1 is better); None where the baseline scored 0
+    (closes that never moved: a zero-width interval that always held)."""
     keys = [f"relative_score{int(round(level * 100))}" for level in LEVELS]
-    return sum(ours[k] for k in keys) / sum(baseline[k] for k in keys)
+    base = sum(baseline[k] for k in keys)
+    return sum(ours[k] for k in keys) / base if base else None
 
 
 def summary(bounds: list[np.ndarray], actual: np.ndarray, last: np.ndarray) -> dict:

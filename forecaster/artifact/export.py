@@ -31,7 +31,7 @@ from .. import __version__
 from ..clock import utc_now
 from ..errors import CheckpointError
 from ..features import CLOSE
-from ..files import write_atomically
+from ..files import strict_json, write_atomically
 from ..intervals import COLUMNS, Calibration
 from ..training import checkpoint
 from ..training.config import ModelConfig
@@ -154,7 +154,7 @@ def _set_metadata(proto: onnx.ModelProto, data: dict) -> None:
         "train_config": json.dumps(data.get("train_config", {})),
         "scaling": json.dumps(data["scaling"]),
         "training": json.dumps(data["provenance"]),
-        "metrics": json.dumps(_without_per_ticker_intervals(data.get("metrics", {}))),
+        "metrics": strict_json(_without_per_ticker_intervals(data.get("metrics", {}))),
         "intervals": json.dumps(data["intervals"]) if "intervals" in data else None,
         # The largest |scaled input| seen in training: scoring flags windows beyond it.
         "train_input_extent": repr(float(data["provenance"]["train_input_extent"])),

@@ -10,7 +10,7 @@ are plain data movement that ONNX Runtime performs on every call:
   * after the top layer: Transpose + Reshape + Transpose + Gather(step -1)
     -> the layer's own final hidden state Y_h, Squeeze(axis 0).
 
-The outputs are the same numbers, bit for bit (tests/test_export.py). Where
+The outputs are the same numbers, bit for bit (tests/artifact/test_export.py). Where
 the graph does not have exactly these shapes of nodes, it is left as it is.
 Measured (ONNX Runtime, 2 threads): 19% faster at 64 windows, 5-8% at
 1,024-8,192.

@@ -149,7 +149,7 @@ def _session(blob: bytes, path: Path, device: str) -> tuple[ort.InferenceSession
     options.log_severity_level = 4 if device == "auto" else 3
     # ORT's default (0 = "auto") ran batches of 64 on one thread here; one
     # thread per usable CPU was as fast or faster at every batch size, and
-    # faster than torch eager (README, Performance).
+    # faster than torch eager (docs/performance.md, scoring).
     options.intra_op_num_threads = (
         len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     )
@@ -162,7 +162,7 @@ def _session(blob: bytes, path: Path, device: str) -> tuple[ort.InferenceSession
         raise DeviceError(
             "CUDA was requested but ONNX Runtime cannot use it here "
             f"(available providers: {', '.join(ort.get_available_providers())}; the session fell back "
-            "to CPU). Install the CUDA libraries (see README, GPU install) or use --device cpu/auto"
+            "to CPU). Install the CUDA libraries (see docs/operations.md, GPUs) or use --device cpu/auto"
         )
     return session, used
 

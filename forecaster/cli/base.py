@@ -30,7 +30,7 @@ def daemon_default(name: str):
 def option(*decls, command: str = "", **kwargs):
     """click.option whose environment variable is FORECASTER_<LONG NAME>, or
     FORECASTER_<COMMAND>_<LONG NAME> for an option whose meaning is the
-    command's own (one variable name, one meaning: tests/test_cli.py)."""
+    command's own (one variable name, one meaning: tests/cli/test_cli.py)."""
     long_name = next(d for d in decls if d.startswith("--")).split("/")[0]
     prefix = f"FORECASTER_{command.upper().replace('-', '_')}_" if command else "FORECASTER_"
     kwargs.setdefault("envvar", prefix + long_name[2:].upper().replace("-", "_"))

@@ -245,6 +245,13 @@ def report(since, ticker, model_id, by_model, plot, db):
     rows = [tuple(r[c] for c in ["ticker", *columns]) for r in rep.per_ticker]
     rows.append(tuple(["ALL"] + [rep.overall[c] for c in columns]))
     click.echo(format_table(["ticker", *columns], rows))
+    flat = [r["ticker"] for r in rep.per_ticker if r["n"] and not r["naive_rmse"]]
+    pooled = rep.overall["pooled_ratio"]
+    click.echo(
+        "pooled ratio to naive, relative to the last close: "
+        + (f"{pooled:.4f}" if pooled is not None else "undefined (no close moved)")
+        + (f"; no ratio (closes never moved, naive made no error): {', '.join(flat)}" if flat else "")
+    )
     click.echo(
         f"direction_accuracy: how often the stated move (up, down, none) was the actual one; a forecast within "
         f"{DIRECTION_NOISE:g} of the last close states none, so a naive model scores the share of unchanged days"

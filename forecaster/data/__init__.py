@@ -1,5 +1,6 @@
-"""Files -> prices: reading and judging OHLC files, loading them into the
-database (the single source of truth), and reading prices back, point in time.
+"""Files -> prices -> windows: finding, reading and judging OHLC files,
+loading them into the database (the single source of truth), and reading
+prices and windows back, point in time.
 
-Imports only the top-level common modules (errors, files, clock, features).
+Imports the database layer (forecaster.db) and the top-level common modules.
 """

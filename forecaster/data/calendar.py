@@ -22,7 +22,7 @@ from .config import DEFAULT_CALENDAR
 
 # The time zones of the common calendars, so that judging "today on the
 # exchange" (every ingest) does not import the library (~0.4 s). Any other
-# calendar asks the library. tests/test_calendar.py checks these against it.
+# calendar asks the library. tests/data/test_calendar.py checks these against it.
 TIMEZONES = {
     "XNYS": "America/New_York",
     "XNAS": "America/New_York",

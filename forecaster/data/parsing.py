@@ -7,7 +7,7 @@ first column holding the date, extra columns, no Volume, rows in any order.
 
 Two ways to the same fields: large, regular bodies through NumPy and one
 C-parser call for many files at once; the rest line by line in plain Python.
-Both read every line to the same fields (tests/test_sources.py, and the
+Both read every line to the same fields (tests/data/test_rules.py, and the
 fuzz tests of tests/test_reliability.py).
 """
 

@@ -48,11 +48,11 @@ class GateFigures:
     z: float = 0.0  # the challenger's paired improvement on the champion, in standard errors (evidence.py)
 
     @property
-    def challenger_vs_naive(self) -> float:
+    def challenger_vs_naive(self) -> float | None:
         return _ratio(self.challenger_rmse, self.naive_rmse)
 
     @property
-    def challenger_vs_champion(self) -> float:
+    def challenger_vs_champion(self) -> float | None:
         return _ratio(self.challenger_rmse, self.champion_rmse)
 
     def to_plain(self) -> dict:
@@ -75,8 +75,8 @@ def judge(figures: GateFigures, min_improvement: float) -> tuple[bool, str]:
     said = (
         f"challenger RMSE {figures.challenger_rmse:.5f} vs champion {figures.champion_rmse:.5f}"
         + (f" (bar {bar:.5f}, {min_improvement:.1%} better)" if min_improvement else "")
-        + f" and naive {figures.naive_rmse:.5f} (ratios {figures.challenger_vs_champion:.4f} and "
-        f"{figures.challenger_vs_naive:.4f}; paired improvement {_z_text(figures.z)} standard errors, "
+        + f" and naive {figures.naive_rmse:.5f} (ratios {_fmt(figures.challenger_vs_champion)} and "
+        f"{_fmt(figures.challenger_vs_naive)}; paired improvement {_z_text(figures.z)} standard errors, "
         f"{EVIDENCE:g} needed), relative to last close, "
         f"{figures.n} predictions over {figures.days} {figures.gate} days {figures.first_day}..{figures.last_day}"
     )
@@ -198,8 +198,13 @@ def realized(conn: sa.Connection, champion_id: str, challenger_id: str, nights: 
     )
 
 
-def _ratio(a: float, b: float) -> float:
-    return a / b if b else float("nan")
+def _ratio(a: float, b: float) -> float | None:
+    """a / b; None where b is 0 (naive made no error on any pair: every close flat)."""
+    return a / b if b else None
+
+
+def _fmt(ratio: float | None) -> str:
+    return "n/a" if ratio is None or not np.isfinite(ratio) else f"{ratio:.4f}"
 
 
 def _rms(x: np.ndarray) -> float:

@@ -11,6 +11,7 @@ with its `promotions` row, so a crash leaves the previous state whole.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -19,6 +20,7 @@ from ..artifact.model_file import ModelFile, load_model
 from ..clock import utc_now
 from ..db import schema, store
 from ..db.schema import Decision, ModelStatus
+from ..evidence import compared_with_naive
 from ..serving.registry import champion_id, trained_through
 from ..serving.runs import ensure_model_row
 
@@ -62,10 +64,13 @@ def promote(engine: sa.Engine, model_path: str | Path, reason: str) -> list[str]
     model = load_model(model_path, "cpu")
     overall = model.metadata.get("metrics", {}).get("overall", {})
     warnings = []
-    if overall.get("mean_ratio", 0.0) > 1.0 + 1e-4:
+    # The pooled ratio (no flat ticker breaks it); a file made before it was stored has the mean.
+    which = "pooled" if overall.get("pooled_ratio") is not None else "mean"
+    ratio = overall.get(f"{which}_ratio")
+    if ratio is not None and math.isfinite(ratio) and compared_with_naive(ratio) == "worse":
         warnings.append(
             f"{Path(model_path).name} is worse than the naive forecast on its own held-out days "
-            f"(mean RMSE ratio {overall['mean_ratio']:.3f}); promoted as asked"
+            f"({which} RMSE ratio {ratio:.3f}); promoted as asked"
         )
     with store.write_transaction(engine) as conn:
         decide(
@@ -73,7 +78,10 @@ def promote(engine: sa.Engine, model_path: str | Path, reason: str) -> list[str]
             model,
             Decision.PROMOTED,
             reason,
-            {"held_out": {k: overall.get(k) for k in ("mean_ratio", "median_ratio", "n_tickers")}, "manual": True},
+            {
+                "held_out": {k: overall.get(k) for k in ("pooled_ratio", "mean_ratio", "median_ratio", "n_tickers")},
+                "manual": True,
+            },
         )
         # The file given is the one served from now on (its sha256 is the model_id:
         # the same bytes), wherever the model was first scored from.

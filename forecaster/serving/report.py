@@ -27,6 +27,8 @@ ACCURACY_SQL = """
     SELECT {group} COUNT(*) AS n,
            sqrt(AVG(error * error)) AS rmse, AVG(ABS(error)) AS mae,
            sqrt(AVG(naive_error * naive_error)) AS naive_rmse, AVG(ABS(naive_error)) AS naive_mae,
+           sqrt(AVG((error / last_close) * (error / last_close))) AS relative_rmse,
+           sqrt(AVG((naive_error / last_close) * (naive_error / last_close))) AS relative_naive_rmse,
            AVG(CASE WHEN (CASE WHEN predicted_close > last_close * (1 + :noise) THEN 1
                                WHEN predicted_close < last_close * (1 - :noise) THEN -1 ELSE 0 END)
                        = (CASE WHEN actual_close > last_close THEN 1
@@ -207,8 +209,14 @@ def _interval_figures(rows: list[dict], volatility: np.ndarray) -> dict:
 
 
 def _with_ratio(row) -> dict:
+    """ratio: RMSE over naive's, in price units (NaN where naive made no error: the
+    ticker's closes never moved); pooled_ratio: the same relative to each last
+    close, which weighs cheap and dear tickers alike and no flat ticker breaks
+    (None only when no close moved at all)."""
     out = dict(row)
     out["ratio"] = out["rmse"] / out["naive_rmse"] if out["n"] and out["naive_rmse"] else float("nan")
+    relative = out.pop("relative_rmse"), out.pop("relative_naive_rmse")
+    out["pooled_ratio"] = relative[0] / relative[1] if out["n"] and relative[1] else None
     return out
 
 
@@ -250,7 +258,7 @@ def interval_table(figures: dict) -> str:
             rm["score80"],
             f["score95"],
             rm["score95"],
-            round(f["score_vs_riskmetrics"], 3),
+            None if f["score_vs_riskmetrics"] is None else round(f["score_vs_riskmetrics"], 3),
         )
 
     def pct(x):

@@ -8,7 +8,7 @@ import torch
 from .. import intervals
 from ..data.universe import Universe
 from ..data.windows import gather
-from ..evidence import compared_with_naive
+from ..evidence import pooled_ratio, ratio_summary
 from ..features import CLOSE
 from .loop import INFERENCE_BATCH
 from .metrics import accuracy
@@ -62,14 +62,10 @@ def held_out(model: Forecaster, universe: Universe, index: WindowIndex, device: 
             "predicted": predicted[mine],
             "last": last[mine],
         }
-    ratios = [m["ratio"] for m in per_ticker.values()]
     overall = {
         "n_tickers": len(per_ticker),
         "n_test": sum(m["n_test"] for m in per_ticker.values()),
-        "mean_ratio": float(np.mean(ratios)),
-        "median_ratio": float(np.median(ratios)),
-        "tickers_worse_than_naive": sum(compared_with_naive(r) == "worse" for r in ratios),
-        "tickers_level_with_naive": sum(compared_with_naive(r) == "level" for r in ratios),
+        **ratio_summary({t: m["ratio"] for t, m in per_ticker.items()}, pooled_ratio(predicted, actual, last)),
     }
     return {"tickers": per_ticker, "overall": overall}, predictions
 

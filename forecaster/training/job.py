@@ -22,7 +22,7 @@ from ..db import schema, store
 from ..db.config import DEFAULT_DB_URL
 from ..errors import DataError
 from ..evidence import compared_with_naive
-from ..files import write_atomically
+from ..files import strict_json, write_atomically
 from ..signals import stop_on_signals
 from ..tables import format_table
 from . import checkpoint
@@ -253,7 +253,7 @@ def write_results(job: TrainJob, result: TrainResult) -> list[Path]:
     checkpoint.save(out, result.checkpoint)
     metrics = {**result.metrics, "config": asdict(job.config), "best_epoch": result.history["best_epoch"]}
     metrics_path = out.with_suffix(".metrics.json")
-    write_atomically(metrics_path, lambda fh: fh.write((json.dumps(metrics, indent=2) + "\n").encode()))
+    write_atomically(metrics_path, lambda fh: fh.write((strict_json(metrics, indent=2) + "\n").encode()))
     written = [out, metrics_path, plots.loss_curves(result.history, out.with_suffix(".loss.png"))]
     ratios = {t: m["ratio"] for t, m in result.metrics["tickers"].items()}
     if len(ratios) > MAX_TICKER_PLOTS:
@@ -289,7 +289,7 @@ def plotted(ratios: dict[str, float]) -> list[str]:
 def held_out_table(metrics: dict) -> str:
     """Per ticker: held-out days, RMSE and MAE beside naive's, their ratio, direction accuracy.
     For many tickers: the ones plotted (best, median, worst)."""
-    says = {"better": "", "level": "same as naive", "worse": "worse than naive"}
+    says = {"better": "", "level": "same as naive", "worse": "worse than naive", "undefined": "flat: no ratio"}
     tickers = metrics["tickers"]
     shown = list(tickers) if len(tickers) <= MAX_TABLE_ROWS else plotted({t: m["ratio"] for t, m in tickers.items()})
     rows = [
@@ -322,36 +322,56 @@ def intervals_line(metrics: dict) -> str:
     """The held-out intervals in one line, beside RiskMetrics'."""
     o = metrics["intervals"]["overall"]
     rm = o["riskmetrics"]
+    ratio = o["score_vs_riskmetrics"]
     return (
         f"Intervals on held-out days: 80% covered {100 * o['coverage80']:.1f}% (RiskMetrics "
         f"{100 * rm['coverage80']:.1f}%), 95% covered {100 * o['coverage95']:.1f}% "
         f"({100 * rm['coverage95']:.1f}%); "
-        f"interval score {o['score_vs_riskmetrics']:.3f} x RiskMetrics' (below 1 is better)"
+        + (
+            f"interval score {ratio:.3f} x RiskMetrics' (below 1 is better)"
+            if ratio is not None
+            else "no interval score ratio (no close moved)"
+        )
     )
 
 
 def verdict(metrics: dict) -> str:
     o = metrics["overall"]
-    summary = (
-        f"mean RMSE ratio to naive over {o['n_tickers']} ticker(s): {o['mean_ratio']:.3f} "
-        f"(median {o['median_ratio']:.3f}; below 1 beats naive)"
-    )
+    summary = _ratio_summary_text(o)
     if o.get("is_naive"):
         return (
             f"No {o.get('unit', 'epoch')} beat the naive forecast on validation beyond noise, so the model kept "
             f"its starting weights and repeats the last close: it is the naive forecast. {summary}"
         )
-    n, worse, level = o["n_tickers"], o["tickers_worse_than_naive"], o["tickers_level_with_naive"]
-    better = n - worse - level
-    if better == n:
+    better, worse, level = o["tickers_better_than_naive"], o["tickers_worse_than_naive"], o["tickers_level_with_naive"]
+    n = better + worse + level
+    if n and better == n:
         return f"The model beats the naive forecast on every ticker. {summary}"
-    if worse == n:
+    if n and worse == n:
         return f"The model is WORSE than the naive forecast on every ticker. {summary}"
-    if level == n:
+    if n and level == n:
         return f"The model is level with the naive forecast on every ticker. {summary}"
     parts = [
         f"{count} {what}"
         for count, what in ((better, "better than"), (level, "level with"), (worse, "worse than"))
         if count
     ]
-    return f"Of {n} tickers the model is {', '.join(parts)} the naive forecast. {summary}"
+    return f"Of {n} tickers with a ratio the model is {', '.join(parts) or 'none of'} the naive forecast. {summary}"
+
+
+def _ratio_summary_text(o: dict) -> str:
+    """The held-out ratios in words, always numbers with their meaning (evidence.ratio_summary)."""
+    undefined = o["tickers_undefined_ratio"]
+    said = f"pooled RMSE ratio to naive, relative to the last close, over {o['n_tickers']} ticker(s): " + (
+        f"{o['pooled_ratio']:.3f}" if o["pooled_ratio"] is not None else "undefined (no close ever moved)"
+    )
+    if o["mean_ratio"] is not None:
+        said += f"; mean per ticker {o['mean_ratio']:.3f}, median {o['median_ratio']:.3f}"
+    said += "; below 1 beats naive"
+    if undefined:
+        more = f" and {len(undefined) - 10} more" if len(undefined) > 10 else ""
+        said += (
+            f". {len(undefined)} ticker(s) have no ratio (their held-out closes never moved, so naive made no "
+            f"error) and are left out of the mean and median: {', '.join(undefined[:10])}{more}"
+        )
+    return said

@@ -118,7 +118,7 @@ def with_held_out_ratio(source, dest, ratio):
     for prop in proto.metadata_props:
         if prop.key == "forecaster.metrics":
             metrics = json.loads(prop.value)
-            metrics["overall"]["mean_ratio"] = ratio
+            metrics["overall"]["mean_ratio"] = metrics["overall"]["pooled_ratio"] = ratio
             prop.value = json.dumps(metrics)
     onnx.save(proto, str(dest))
     return dest
@@ -130,12 +130,12 @@ def test_promote_warns_about_a_model_worse_than_naive_and_records_it(db_url, tin
     better = with_held_out_ratio(tiny_model, tmp_path / "better.onnx", 0.9)
     result = runner.invoke(main, ["promote", str(worse), "--reason", "override", "--db", db_url])
     assert result.exit_code == 0
-    assert "worse than the naive forecast on its own held-out days (mean RMSE ratio 1.200)" in result.output
+    assert "worse than the naive forecast on its own held-out days (pooled RMSE ratio 1.200)" in result.output
     result = runner.invoke(main, ["promote", str(better), "--reason", "fine", "--db", db_url])
     assert result.exit_code == 0 and "warning" not in result.output
     engine = store.connect(db_url)
     metrics = [json.loads(m) for (m,) in rows(engine, "SELECT metrics FROM promotions ORDER BY promotion_id")]
-    assert [m["held_out"]["mean_ratio"] for m in metrics] == [1.2, 0.9] and all(m["manual"] for m in metrics)
+    assert [m["held_out"]["pooled_ratio"] for m in metrics] == [1.2, 0.9] and all(m["manual"] for m in metrics)
 
 
 def test_models_lists_status_training_end_and_realised_ratio_since_promotion(db_url, sample_dir, tiny_model):

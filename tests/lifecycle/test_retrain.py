@@ -300,6 +300,19 @@ def test_the_gate_rule(challenger, champion, naive, z, min_improvement, decision
     assert f"paired improvement {z:+.2f} standard errors, 2 needed" in reason
 
 
+def test_the_gate_on_flat_closes_says_n_a_and_stores_no_nan():
+    """Every pair flat: naive made no error, so no ratio to it exists; the
+    reason says so and the stored figures are JSON (null, not NaN)."""
+    from forecaster.files import strict_json
+    from forecaster.lifecycle.gate import GateFigures, judge
+
+    figures = GateFigures("backtest", 40, 20, "2017-01-02", "2017-01-27", 0.0, 0.0, 0.0, 0.0)
+    promote, reason = judge(figures, 0.0)
+    assert not promote and "(ratios n/a and n/a;" in reason and "nan" not in reason
+    plain = figures.to_plain()
+    assert plain["challenger_vs_naive"] is None and "NaN" not in strict_json(plain)
+
+
 def test_two_copies_of_one_model_are_a_tie_and_the_champion_stays(engine, world):
     from forecaster.data.universe import load_universe
     from forecaster.lifecycle.gate import backtest, judge

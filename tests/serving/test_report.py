@@ -100,3 +100,24 @@ def test_a_model_scored_aside_is_not_counted_as_served(db_url, sample_dir, tiny_
             sa.text("SELECT DISTINCT model_id FROM prediction_outcomes WHERE served = 1 AND as_of = '2017-11-10'")
         ).all()
     assert served_last == [(file_sha256(other_tiny_model),)] and build_report(engine).pending == 3
+
+
+def test_report_summaries_stay_numbers_with_a_flat_ticker_and_with_two_outcomes(db_url, sample_dir, tiny_model):
+    """A ticker whose closes never move has no ratio (naive made no error): the
+    table says n/a for it, names it, and the pooled ratio over all stays a number."""
+    engine = store.connect(db_url)
+    predict(engine, tiny_model, data=[sample_dir], device="cpu", start="2017-11-06", end="2017-11-10")
+    with engine.begin() as conn:  # one ticker's closes, and the last closes stored with its forecasts, all one value
+        flat = conn.execute(sa.text("SELECT MIN(ticker) FROM predictions")).scalar()
+        conn.execute(sa.text("UPDATE prices SET close = 50 WHERE ticker = :t"), {"t": flat})
+        conn.execute(sa.text("UPDATE predictions SET last_close = 50 WHERE ticker = :t"), {"t": flat})
+    report = build_report(engine)
+    by_ticker = {r["ticker"]: r for r in report.per_ticker}
+    assert by_ticker[flat]["naive_rmse"] == 0 and by_ticker[flat]["pooled_ratio"] is None
+    assert report.overall["pooled_ratio"] > 0
+    output = invoke("report", "--db", db_url).output
+    assert "nan" not in output.lower() and f"closes never moved, naive made no error): {flat}" in output
+    assert "pooled ratio to naive, relative to the last close: " in output
+    # Two outcomes per ticker: still numbers.
+    two = build_report(engine, since="2017-11-08")
+    assert {r["n"] for r in two.per_ticker} == {2} and two.overall["pooled_ratio"] > 0

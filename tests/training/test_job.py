@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 from click.testing import CliRunner
 
 from forecaster.cli import main
@@ -128,29 +129,37 @@ def test_the_issue_s_real_data_run_exports_a_file_that_verifies(tmp_path, shared
 
 
 def test_verdicts_count_ratios_within_float_noise_of_one_as_level():
+    from forecaster.evidence import ratio_summary
     from forecaster.training.job import verdict
 
     def metrics(*ratios, is_naive=False):
-        from forecaster.evidence import compared_with_naive
-
-        kinds = [compared_with_naive(r) for r in ratios]
-        return {
-            "overall": {
-                "n_tickers": len(ratios),
-                "mean_ratio": sum(ratios) / len(ratios),
-                "median_ratio": sorted(ratios)[len(ratios) // 2],
-                "is_naive": is_naive,
-                "tickers_worse_than_naive": kinds.count("worse"),
-                "tickers_level_with_naive": kinds.count("level"),
-            }
-        }
+        names = {f"t{i}": r for i, r in enumerate(ratios)}
+        return {"overall": {"n_tickers": len(ratios), "is_naive": is_naive, **ratio_summary(names, 1.0)}}
 
     assert verdict(metrics(1.0000001, 0.9999999)).startswith("The model is level with the naive forecast on every")
     assert verdict(metrics(0.95, 1.0000001, 1.2)).startswith(
-        "Of 3 tickers the model is 1 better than, 1 level with, 1 worse than the naive forecast."
+        "Of 3 tickers with a ratio the model is 1 better than, 1 level with, 1 worse than the naive forecast."
     )
-    assert verdict(metrics(1.01, 1.2)).startswith("The model is WORSE than the naive forecast on every ticker")
-    assert verdict(metrics(0.9, 0.99)).startswith("The model beats the naive forecast on every ticker")
+
+
+def test_summaries_are_numbers_with_a_meaning_even_with_flat_tickers():
+    """A ticker whose held-out closes never moved has no ratio (naive made no
+    error): left out of the mean and median, counted and named; the pooled
+    ratio stands beside them. The verdict never says nan."""
+    from forecaster.evidence import pooled_ratio, ratio_summary
+    from forecaster.training.job import verdict
+
+    summary = ratio_summary({"aa": 0.9, "flat": float("nan"), "bb": 1.1}, 0.98)
+    assert (summary["mean_ratio"], summary["median_ratio"], summary["pooled_ratio"]) == (1.0, 1.0, 0.98)
+    assert summary["tickers_undefined_ratio"] == ["flat"]
+    said = verdict({"overall": {"n_tickers": 3, **summary}})
+    assert "nan" not in said and "1 ticker(s) have no ratio" in said and ": flat" in said
+    # Every ticker flat: nothing defined, and it says so rather than print nan.
+    nothing = ratio_summary({"flat": float("nan")}, pooled_ratio(np.ones(3), np.ones(3), np.ones(3)))
+    assert nothing["mean_ratio"] is None and nothing["pooled_ratio"] is None
+    assert "undefined (no close ever moved)" in verdict({"overall": {"n_tickers": 1, **nothing}})
+    # Two rows: still a number.
+    assert pooled_ratio(np.array([10.0, 10.5]), np.array([10.2, 10.4]), np.array([10.0, 10.2])) > 0
 
 
 def test_train_on_an_empty_or_missing_database_names_it(tmp_path):
@@ -219,3 +228,25 @@ def test_the_table_of_a_large_universe_shows_the_best_median_and_worst():
     shown = [line.split()[0] for line in table.splitlines()[2:-1]]
     assert shown == ["t00", "t01", "t19", "t20", "t38", "t39"]
     assert table.endswith("(the best, median and worst 2 of 40 tickers by ratio; all of them are in the metrics file)")
+
+
+def test_a_universe_with_a_flat_ticker_trains_and_its_summaries_are_numbers(tmp_path):
+    from forecaster.data.sample import write_sample_data
+
+    data = tmp_path / "d"
+    write_sample_data(data, tickers=2, days=200, seed=5)
+    rows = [f"{d:%Y-%m-%d},5,5,5,5,0,0" for d in __import__("pandas").bdate_range(end="2017-11-10", periods=200)]
+    (data / "Stocks" / "flat.us.txt").write_text("Date,Open,High,Low,Close,Volume,OpenInt\n" + "\n".join(rows) + "\n")
+    db, out = f"sqlite:///{tmp_path / 'f.db'}", tmp_path / "m.pt"
+    trained = invoke("train", "--all", "--data", data, "--db", db, "--out", out, *TINY)
+    assert trained.exit_code == 0, trained.output
+    assert "nan" not in trained.output.lower() and "have no ratio" in trained.output and ": flat" in trained.output
+
+    def refuse(constant):
+        raise ValueError(f"metrics.json holds {constant}: not JSON")
+
+    metrics = json.loads(out.with_suffix(".metrics.json").read_text(), parse_constant=refuse)
+    overall = metrics["overall"]
+    assert metrics["tickers"]["flat"]["ratio"] is None
+    assert overall["tickers_undefined_ratio"] == ["flat"] and overall["pooled_ratio"] > 0
+    assert overall["mean_ratio"] > 0 and overall["n_tickers"] == 3
