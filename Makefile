@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   := demo
 
-.PHONY: install test lint format postgres demo bench seed-comparison scaling-comparison interval-comparison refit-comparison clean
+.PHONY: install test test-fast lint format postgres demo bench seed-comparison scaling-comparison interval-comparison refit-comparison flag-comparison clean
 
 install: $(STAMP)
 
@@ -17,6 +17,11 @@ $(STAMP): pyproject.toml
 
 test: install postgres
 	$(BIN)/pytest -q
+
+# The developer's loop: everything but the tests marked slow (processes killed
+# mid-write, servers restarted, torchrun, training, fuzzing, the real universe).
+test-fast: install postgres
+	$(BIN)/pytest -q -m "not slow"
 
 # ruff: lint and formatting, configured in pyproject.toml
 LINTED := forecaster tests benchmarks
@@ -55,3 +60,6 @@ interval-comparison: install
 
 refit-comparison: install
 	$(BIN)/python benchmarks/refit_comparison.py
+
+flag-comparison: install
+	$(BIN)/python benchmarks/flag_comparison.py

@@ -13,6 +13,10 @@ Sections (keys of benchmarks/results.json):
   train                  the tutorial config (2x32 LSTM, 100 epochs, full batch) on aaxj
   train_universe         `forecaster train --all` on the long universe for 2,000 steps, alone and
                          under torchrun with 2 processes; the default budget extrapolated
+  real_universe          the real tickers of ../shared/universe, as a user runs them: first ingest,
+                         `train --all` (--universe-steps steps, the default budget extrapolated),
+                         export, and nights of one more real day each; seconds and peak RSS, per
+                         ticker and per row; the price flags found
   machine, calibration   the CPU, and figures measured in the same run (machine.py): start-up,
                          NumPy GFLOP/s, SQLite's own insert rate; at the start and at the end
   relative               each headline figure against its calibration, comparable across machines
@@ -44,6 +48,8 @@ import machine  # noqa: E402  (benchmarks/machine.py)
 from forecaster.data.sample import append_one_day  # noqa: E402
 
 SHARED = HERE.parents[1] / "shared" / "data"
+UNIVERSE = HERE.parents[1] / "shared" / "universe"
+REAL_NIGHTS = 3  # real days held back from the universe's files and appended one per night
 BATCHES = (1, 64, 1024, 8192)
 BLOCKS = 3  # alternating blocks per library for the 'alone' scoring times
 NIGHTS = 5  # timed nightly runs per universe, each after one more appended day (single runs vary 15%)
@@ -305,6 +311,74 @@ def bench_train_universe(db: Path, folder: Path, steps: int) -> dict:
     return {**out["one_process"], "torchrun_2": out["torchrun_2"]}
 
 
+def bench_real_universe(folder: Path, steps: int) -> dict:
+    """The user's main job on real files: the last REAL_NIGHTS days of every
+    file are held back, the rest ingested, trained on, exported; then each
+    night gets one more real day and `forecaster predict --data`."""
+    import sqlite3
+
+    from forecaster.training.config import STEP_BUDGET
+
+    if not (UNIVERSE / "Stocks").is_dir():
+        raise SystemExit(f"real_universe needs the real tickers in {UNIVERSE}")
+    data, db = folder / "data", f"sqlite:///{folder / 'real.db'}"
+    held = {}
+    newest = sorted({line[:10] for f in UNIVERSE.rglob("*.us.txt") for line in f.read_text().splitlines()[-1:]})
+    last_days = newest[-REAL_NIGHTS:]
+    for src in UNIVERSE.rglob("*.us.txt"):
+        lines = src.read_text().splitlines(keepends=True)
+        target = data / src.parent.name / src.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        held[target] = [line for line in lines[1:] if line[:10] in last_days]
+        target.write_text("".join(line for line in lines if line[:10] not in last_days))
+    files, rows = len(held), sum(len(src.read_text().splitlines()) - 1 for src in UNIVERSE.rglob("*.us.txt"))
+    out: dict = {"files": files, "rows": rows}
+    out["ingest_seconds"], out["ingest_peak_rss_mb"] = run_cli(["ingest", str(data), "--db", db, "--quiet"])
+    with sqlite3.connect(folder / "real.db") as conn:
+        out["price_flags"] = dict(conn.execute("SELECT kind, COUNT(*) FROM price_flags GROUP BY kind").fetchall())
+    model = folder / "real.pt"
+    out["train_seconds"], out["train_peak_rss_mb"] = run_cli(
+        ["train", "--all", "--db", db, "--steps", str(steps), "--out", str(model), "--quiet"]
+    )
+    metrics = json.loads(model.with_suffix(".metrics.json").read_text())
+    t, o = metrics["timing"], metrics["overall"]
+    per_step = (t["train_seconds"] - t["validation_seconds"]) / steps
+    out.update(
+        steps=steps,
+        extrapolated_default_train_seconds=out["train_seconds"] + per_step * (STEP_BUDGET - steps),
+        pooled_ratio=o["pooled_ratio"],
+        mean_ratio=o["mean_ratio"],
+        tickers_undefined_ratio=len(o["tickers_undefined_ratio"]),
+        flagged_windows_skipped=o.get("flagged_windows_skipped", 0),
+    )
+    onnx_path = folder / "real.onnx"
+    out["export_seconds"], _ = run_cli(["export", str(model), "--out", str(onnx_path)])
+    nights = []
+    for night in range(REAL_NIGHTS):
+        for target, lines in held.items():
+            if len(lines) > night:
+                with open(target, "a") as fh:
+                    fh.write(lines[night])
+        nights.append(
+            run_cli(
+                ["predict", "--model", str(onnx_path), "--data", str(data), "--db", db, "--device", "cpu", "--quiet"]
+            )
+        )
+    # The first night also copies the exchange calendar into the database (once, not nightly).
+    out["nightly_seconds"] = statistics.median(s for s, _ in nights[1:])
+    out["nightly_peak_rss_mb"] = max(r for _, r in nights)
+    out["per_ticker_ms"] = {k: 1000 * out[f"{k}_seconds"] / files for k in ("ingest", "train", "export", "nightly")}
+    out["ingest_rows_per_s"] = rows / out["ingest_seconds"]
+    log(
+        f"real universe {files} tickers, {rows:,} rows: ingest {out['ingest_seconds']:.1f} s "
+        f"({out['ingest_peak_rss_mb']:.0f} MB, flags {out['price_flags']}), train {steps} steps "
+        f"{out['train_seconds']:.0f} s ({out['train_peak_rss_mb']:.0f} MB; the default {STEP_BUDGET}: about "
+        f"{out['extrapolated_default_train_seconds']:.0f} s), export {out['export_seconds']:.1f} s, nightly "
+        f"{out['nightly_seconds']:.2f} s ({out['nightly_peak_rss_mb']:.0f} MB)"
+    )
+    return out
+
+
 def bench_train() -> dict:
     from forecaster.data.ingest import ingest
     from forecaster.data.prices import load_series
@@ -399,6 +473,9 @@ def main() -> int:
             results["history_cost_ratio"] = results["nightly"]["seconds"] / results["nightly_short_history"]["seconds"]
     if wanted("train"):
         results["train"] = bench_train()
+    if wanted("real_universe"):
+        with tempfile.TemporaryDirectory(prefix="forecaster-real-") as tmp:
+            results["real_universe"] = bench_real_universe(Path(tmp), args.universe_steps)
     # The machine's speed drifts during a run of minutes: calibrate again and use the mean.
     calibration = results["calibration"]
     calibration["end"] = machine.calibrate()
@@ -418,6 +495,8 @@ def relative(r: dict) -> dict:
         out["nightly_over_startup"] = r["nightly"]["seconds"] / c["startup_s"]
     if "ingest_full" in r:
         out["ingest_over_sqlite"] = r["ingest_full"]["rows_per_s"] / c["sqlite_rows_per_s"]
+    if "real_universe" in r:
+        out["real_nightly_over_startup"] = r["real_universe"]["nightly_seconds"] / c["startup_s"]
     if "train" in r:  # seconds x GFLOP/s: the run's length in units of this machine's arithmetic
         out["train_gflop_seconds"] = r["train"]["seconds"] * c["numpy_gflops"]
     return out
@@ -499,6 +578,23 @@ def print_table(r: dict) -> None:
                 f"evaluate {u['evaluate_seconds']:.0f}), {u['windows_per_s']:,.0f} windows/s, peak "
                 f"{u['peak_rss_mb']:.0f} MB; {u['default_steps']:,} steps: ~{u['extrapolated_default_seconds']:.0f} s |"
             )
+    if "real_universe" in r:
+        u = r["real_universe"]
+        per = u["per_ticker_ms"]
+        print(
+            f"| real universe, {u['files']} tickers, {u['rows']:,} rows: first ingest | {u['ingest_seconds']:.1f} s "
+            f"({u['ingest_rows_per_s']:,.0f} rows/s, {per['ingest']:.1f} ms/ticker), "
+            f"peak {u['ingest_peak_rss_mb']:.0f} MB; flags {u['price_flags']} |"
+        )
+        print(
+            f"| real universe: train --all, {u['steps']} steps | {u['train_seconds']:.0f} s, peak "
+            f"{u['train_peak_rss_mb']:.0f} MB; default budget ~{u['extrapolated_default_train_seconds']:.0f} s; "
+            f"pooled ratio {u['pooled_ratio']:.4f}, {u['flagged_windows_skipped']:,} flagged windows left out |"
+        )
+        print(
+            f"| real universe: export; nightly run | {u['export_seconds']:.1f} s; {u['nightly_seconds']:.2f} s "
+            f"({per['nightly']:.2f} ms/ticker), peak {u['nightly_peak_rss_mb']:.0f} MB |"
+        )
     rel = r.get("relative", {})
     if "nightly_over_startup" in rel:
         print(f"| nightly run / start-up | {rel['nightly_over_startup']:.2f} |")

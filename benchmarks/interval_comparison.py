@@ -1,24 +1,37 @@
-"""`make interval-comparison`: which interval method, measured side by side.
+"""`make interval-comparison`: the interval methods on real tickers, out of sample.
 
-One model on the ten shared tickers (the default settings), its validation
-windows as the calibration set and its test windows (held-out days, in time
-order) as the evaluation, exactly the days a walk-forward backfill scores:
+The 400 real tickers of ../shared/universe (and, as a second small table,
+the ten of ../shared/data) are ingested as a user would (rows set aside,
+prices flagged), then evaluated over two periods:
 
-  conformal + a volatility from the window: EWMA of close-to-close returns,
-      Parkinson's high-low range, or their blend (forecaster/intervals.py);
-  the same + adaptive conformal inference (Gibbs & Candes 2021), the miss
-      level updated after every realised outcome, pooled over tickers;
-  RiskMetrics: EWMA variance over the whole history, lambda 0.94, Gaussian.
+  2015-16: fitted on windows whose target is on or before 2014-12-31,
+           scored over 2015-01-02..2016-12-30 (the August 2015 and early-2016 sell-offs)
+  2017:    fitted through 2016-12-30, scored over 2017
 
-Coverage at 80% and 95%, the gap between the calmest and the wildest third of
-days (by RiskMetrics' volatility that morning), and the mean interval score
-relative to the last close (Winkler; lower is better), also as a ratio to
-RiskMetrics'. Prints a markdown table.
+As in training: per ticker, the last VAL_FRACTION of the fitting windows
+calibrate the conformal quantiles, the rest fit the HAR's regression, and
+windows that cross a flagged price are left out of both. The point forecast
+is the last close: on these tickers no network beats it (docs/training.md),
+so the intervals alone differ.
+
+Methods: RiskMetrics (EWMA 0.94 of close-to-close returns over the whole
+history, Gaussian: the baseline) and split conformal around the point with
+the volatility from the 20-row window: the EWMA/Parkinson blend (the earlier
+default) and the HAR on a range variance (forecaster/intervals.py).
+
+Per period and level: coverage, coverage on the calm and wild thirds of days
+(by RiskMetrics' sigma that evening), the mean Winkler score relative to the
+last close as a ratio to RiskMetrics', a Diebold-Mariano test against
+RiskMetrics (the daily cross-sectional mean loss difference, Newey-West
+variance), and the share of tickers whose mean score beats RiskMetrics';
+for all tickers, stocks and ETFs. Writes benchmarks/interval_comparison.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import sys
 import tempfile
 import time
@@ -28,124 +41,197 @@ import numpy as np
 
 from forecaster import intervals as iv
 from forecaster.data.ingest import ingest
-from forecaster.data.universe import load_universe, stored_counts
+from forecaster.data.universe import Universe, load_universe, stored_counts
 from forecaster.data.windows import gather
-from forecaster.db import store
+from forecaster.db import schema, store
 from forecaster.features import CLOSE
-from forecaster.training.config import TrainConfig
-from forecaster.training.distributed import World
-from forecaster.training.evaluate import predict_windows
-from forecaster.training.split import index_windows
-from forecaster.training.train import train_universe
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-ACI_GAMMA = 0.005
-
-
-def per_window(universe, rows, seq_len, predicted):
-    windows, actual = gather(universe, rows, seq_len)
-    return windows.astype(np.float64), actual.astype(np.float64), windows[:, -1, CLOSE].astype(np.float64), predicted
+HERE = Path(__file__).resolve().parent
+SHARED = HERE.parents[1] / "shared"
+SEQ_LEN = 20
+VAL_FRACTION = 0.2
+PERIODS = {
+    "2015-16": (20141231, 20150102, 20161230),
+    "2017": (20161230, 20170103, 20171231),
+}
+METHODS = ("blend", "har")
 
 
-def riskmetrics_for(universe, rows, seq_len) -> np.ndarray:
-    """RiskMetrics' volatility at each window's last day, from its ticker's whole history up to then."""
-    closes = universe.ohlc[:, CLOSE]
-    out = np.empty(len(rows))
+def windows_by_target(universe: Universe, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """(first rows, target dates) of every window of every ticker."""
+    starts = [np.arange(universe.starts[k], universe.starts[k + 1] - seq_len) for k in range(len(universe))]
+    rows = np.concatenate(starts).astype(np.int64)
+    return rows, universe.dates[rows + seq_len]
+
+
+def clean(universe: Universe, rows: np.ndarray, seq_len: int) -> np.ndarray:
+    """The windows that cross no flagged price (as training leaves them out)."""
+    if universe.flagged is None:
+        return rows
+    seen = np.concatenate([[0], np.cumsum(universe.flagged, dtype=np.int64)])
+    return rows[seen[rows + seq_len + 1] == seen[rows + 1]]
+
+
+def fit_and_calibration(universe: Universe, rows: np.ndarray, targets: np.ndarray, through: int):
+    """(HAR fitting rows, calibration rows): per ticker, the last VAL_FRACTION
+    of its windows with a target on or before `through` calibrate."""
+    fit, cal = [], []
+    tickers = universe.ticker_of(rows)
+    for k in range(len(universe)):
+        mine = rows[(tickers == k) & (targets <= through)]
+        n_cal = max(1, int(round(len(mine) * VAL_FRACTION))) if len(mine) >= 10 else 0
+        fit.append(mine[: len(mine) - n_cal])
+        cal.append(mine[len(mine) - n_cal :])
+    return np.concatenate(fit), np.concatenate(cal)
+
+
+def riskmetrics_at(universe: Universe, rows: np.ndarray, seq_len: int) -> np.ndarray:
+    """RiskMetrics' sigma at each window's last day, from its ticker's history up to then."""
+    closes, out = universe.ohlc[:, CLOSE].astype(np.float64), np.empty(len(rows))
     tickers = universe.ticker_of(rows)
     for k in np.unique(tickers):
         span = universe.rows(int(k))
-        vol = iv.riskmetrics_volatility(closes[span])
         mine = tickers == k
-        out[mine] = vol[rows[mine] + seq_len - 1 - span.start]
+        out[mine] = iv.riskmetrics_volatility(closes[span])[rows[mine] + seq_len - 1 - span.start]
     return out
 
 
-def aci(scores_val: np.ndarray, scores_test: np.ndarray, order: np.ndarray, level: float) -> np.ndarray:
-    """Per test window (in time order), the score quantile adaptive conformal inference uses."""
-    alpha_target, alpha = 1 - level, 1 - level
-    q = np.empty(len(scores_test))
-    for i in order:
-        q[i] = iv.conformal_quantile(scores_val, float(np.clip(1 - alpha, 0.0, 0.999)))
-        miss = scores_test[i] > q[i]
-        alpha += ACI_GAMMA * (alpha_target - miss)
-    return q
+def newey_west_dm(daily: np.ndarray) -> tuple[float, float]:
+    """(DM statistic, two-sided p) for a mean loss difference of zero, from a
+    series of daily differences; Newey-West variance, lag 4 (T/100)^(2/9)."""
+    t = len(daily)
+    d = daily - daily.mean()
+    lags = int(4 * (t / 100) ** (2 / 9))
+    variance = d @ d / t + 2 * sum((1 - k / (lags + 1)) * (d[k:] @ d[:-k]) / t for k in range(1, lags + 1))
+    stat = daily.mean() / math.sqrt(variance / t)
+    return float(stat), float(math.erfc(abs(stat) / math.sqrt(2)))
 
 
-def evaluate(name, bounds, actual, last, calm, wild, reference=None) -> dict:
-    s = iv.summary(bounds, actual, last)
-    row = {"method": name, **s}
-    for tag, i in (("80", 0), ("95", 1)):
-        lo, hi = bounds[2 * i], bounds[2 * i + 1]
-        inside = (actual >= lo) & (actual <= hi)
-        row[f"gap{tag}"] = abs(inside[calm].mean() - inside[wild].mean())
-    if reference:
-        row["vs_riskmetrics"] = (s["relative_score80"] + s["relative_score95"]) / (
-            reference["relative_score80"] + reference["relative_score95"]
-        )
-    return row
+def evaluate(universe: Universe, etf: np.ndarray, period: tuple[int, int, int]) -> dict:
+    through, first, last_day = period
+    rows, targets = windows_by_target(universe, SEQ_LEN)
+    fit_rows, cal_rows = fit_and_calibration(universe, clean(universe, rows, SEQ_LEN), targets, through)
+    test = rows[(targets >= first) & (targets <= last_day)]
+    windows, actual = (a.astype(np.float64) for a in gather(universe, test, SEQ_LEN))
+    last = windows[:, -1, CLOSE]
+    cal_windows, cal_actual = (a.astype(np.float64) for a in gather(universe, cal_rows, SEQ_LEN))
+    fit_windows, _ = gather(universe, fit_rows, SEQ_LEN)
+    har = iv.fit_har(fit_windows.astype(np.float64), universe.ohlc[fit_rows + SEQ_LEN].astype(np.float64))
+    sigma = riskmetrics_at(universe, test, SEQ_LEN)
+    thirds = np.quantile(sigma, [1 / 3, 2 / 3])
+    calm, wild = sigma <= thirds[0], sigma > thirds[1]
+    days = universe.dates[test + SEQ_LEN]
+    tickers = universe.ticker_of(test)
+    is_etf = etf[tickers]
+    baseline = iv.riskmetrics_bounds(last, sigma)
+    out = {"windows": int(len(test)), "har_coefficients": list(har), "methods": {}}
+    for method in METHODS:
+        calibration = iv.Calibration.fit(cal_actual, cal_windows[:, -1, CLOSE], cal_windows, method, har)
+        bounds = calibration.bounds(last, windows)
+        figures = {}
+        for i, level in enumerate(iv.LEVELS):
+            ours = iv.interval_score(bounds[2 * i], bounds[2 * i + 1], actual, level) / last
+            base = iv.interval_score(baseline[2 * i], baseline[2 * i + 1], actual, level) / last
+            inside = (actual >= bounds[2 * i]) & (actual <= bounds[2 * i + 1])
+            by_group = {}
+            for group, mask in (("all", np.ones(len(test), bool)), ("stocks", ~is_etf), ("etfs", is_etf)):
+                if not mask.any():
+                    continue
+                order = np.unique(days[mask], return_inverse=True)[1]
+                daily = np.bincount(order, ours[mask] - base[mask]) / np.bincount(order)
+                stat, p = newey_west_dm(daily)
+                per_ticker = [
+                    ours[mask & (tickers == k)].mean() < base[mask & (tickers == k)].mean()
+                    for k in np.unique(tickers[mask])
+                ]
+                by_group[group] = {
+                    "n": int(mask.sum()),
+                    "score_ratio": float(ours[mask].mean() / base[mask].mean()),
+                    "coverage": float(inside[mask].mean()),
+                    "calm": float(inside[mask & calm].mean()),
+                    "wild": float(inside[mask & wild].mean()),
+                    "dm": stat,
+                    "dm_p": p,
+                    "tickers_better": float(np.mean(per_ticker)),
+                }
+            figures[f"{round(level * 100)}"] = by_group
+        out["methods"][method] = figures
+    riskmetrics = {}
+    for i, level in enumerate(iv.LEVELS):
+        inside = (actual >= baseline[2 * i]) & (actual <= baseline[2 * i + 1])
+        riskmetrics[f"{round(level * 100)}"] = {
+            "coverage": float(inside.mean()),
+            "calm": float(inside[calm].mean()),
+            "wild": float(inside[wild].mean()),
+        }
+    out["riskmetrics"] = riskmetrics
+    return out
+
+
+def load(folder: Path) -> tuple[Universe, np.ndarray]:
+    """The folder's tickers as a user's database holds them, and which are ETFs."""
+    with tempfile.TemporaryDirectory() as tmp:
+        engine = store.connect(f"sqlite:///{tmp}/i.db")
+        ingest(engine, [folder], settle=0)
+        universe = load_universe(engine, list(stored_counts(engine)))
+        with engine.connect() as conn:
+            sources = dict(
+                conn.execute(
+                    schema.source_files.select().with_only_columns(
+                        schema.source_files.c.ticker, schema.source_files.c.path
+                    )
+                )
+                .tuples()
+                .all()
+            )
+        engine.dispose()
+    etf = np.array(["/ETFs/" in sources.get(t, "") for t in universe.tickers], dtype=bool)
+    return universe, etf
+
+
+def print_tables(name: str, result: dict) -> None:
+    print(f"\n### {name}\n")
+    print(
+        "| period | level | method | coverage | calm / wild | score vs RiskMetrics | DM (p) | tickers better | "
+        "stocks | ETFs |"
+    )
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for period, r in result.items():
+        for level in ("80", "95"):
+            rm = r["riskmetrics"][level]
+            print(
+                f"| {period} | {level}% | RiskMetrics | {100 * rm['coverage']:.1f}% | "
+                f"{100 * rm['calm']:.1f} / {100 * rm['wild']:.1f} | 1.000 | | | | |"
+            )
+            for method, figures in r["methods"].items():
+                a = figures[level]["all"]
+                stocks, etfs = figures[level].get("stocks"), figures[level].get("etfs")
+                print(
+                    f"| {period} | {level}% | conformal, {method} | {100 * a['coverage']:.1f}% | "
+                    f"{100 * a['calm']:.1f} / {100 * a['wild']:.1f} | {a['score_ratio']:.3f} | "
+                    f"{a['dm']:+.1f} ({a['dm_p']:.2g}) | {100 * a['tickers_better']:.0f}% | "
+                    + (f"{stocks['score_ratio']:.3f} | " if stocks else "| ")
+                    + (f"{etfs['score_ratio']:.3f} |" if etfs else "|")
+                )
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=str(SHARED))
+    ap.add_argument("--out", default=str(HERE / "interval_comparison.json"))
     args = ap.parse_args()
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        engine = store.connect(f"sqlite:///{tmp}/i.db")
-        ingest(engine, [args.data])
-        universe = load_universe(engine, list(stored_counts(engine)))
-    config = TrainConfig()
-    world = World(0, 1, __import__("torch").device("cpu"))
-    result = train_universe(universe, config, world)
-    index = index_windows(universe, config.seq_len, config.test_fraction, config.val_fraction)
-    seq = config.seq_len
-    val = per_window(universe, index.val, seq, predict_windows(result.model, universe, index.val, seq, world.device))
-    test = per_window(universe, index.test, seq, predict_windows(result.model, universe, index.test, seq, world.device))
-    windows, actual, last, predicted = test
-    rm_vol = riskmetrics_for(universe, index.test, seq)
-    thirds = np.quantile(rm_vol, [1 / 3, 2 / 3])
-    calm, wild = rm_vol <= thirds[0], rm_vol > thirds[1]
-    reference = evaluate(
-        "RiskMetrics (EWMA 0.94, Gaussian)", iv.riskmetrics_bounds(last, rm_vol), actual, last, calm, wild
-    )
-    rows = [reference]
-    order = np.argsort(universe.dates[index.test + seq], kind="stable")  # time order across tickers
-    for method in iv.METHODS:
-        cal = iv.Calibration.fit(val[1], val[3], val[2], iv.window_volatility(val[0], method), method)
-        vol = iv.window_volatility(windows, method)
-        rows.append(
-            evaluate(
-                f"conformal, {method} volatility", cal.bounds(predicted, windows), actual, last, calm, wild, reference
-            )
-        )
-        s_val = iv.scores(val[1], val[3], val[2], iv.window_volatility(val[0], method))
-        s_test = iv.scores(actual, predicted, last, vol)
-        bounds = []
-        for level in iv.LEVELS:
-            q = aci(s_val, s_test, order, level)
-            half = q * last * vol
-            bounds += [predicted - half, predicted + half]
-        rows.append(
-            evaluate(
-                f"conformal, {method} volatility + ACI (gamma {ACI_GAMMA})", bounds, actual, last, calm, wild, reference
-            )
-        )
-    print(
-        f"ten shared tickers, one model, {len(actual)} held-out days; calibrated on {len(val[1])} validation "
-        f"windows; {time.perf_counter() - started:.0f} s",
-        file=sys.stderr,
-    )
-    print(
-        "| method | coverage 80 | coverage 95 | calm-wild gap 80 | gap 95 | score 80 (% of close) | "
-        "score 95 | vs RiskMetrics |"
-    )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for r in rows:
-        print(
-            f"| {r['method']} | {100 * r['coverage80']:.1f}% | {100 * r['coverage95']:.1f}% | "
-            f"{100 * r['gap80']:.1f} | {100 * r['gap95']:.1f} | {100 * r['relative_score80']:.3f} | "
-            f"{100 * r['relative_score95']:.3f} | {r.get('vs_riskmetrics', 1.0):.3f} |"
-        )
+    results = {}
+    for name, folder in (
+        ("400 real tickers (../shared/universe)", SHARED / "universe"),
+        ("ten shared tickers", SHARED / "data"),
+    ):
+        if not folder.is_dir():
+            raise SystemExit(f"needs the real tickers in {folder}")
+        started = time.perf_counter()
+        universe, etf = load(folder)
+        results[name] = {period: evaluate(universe, etf, bounds) for period, bounds in PERIODS.items()}
+        print(f"{name}: {len(universe)} tickers, {time.perf_counter() - started:.0f} s", file=sys.stderr)
+        print_tables(name, results[name])
+    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     return 0
 
 

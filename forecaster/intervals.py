@@ -36,9 +36,13 @@ EWMA_LAMBDA = 0.94  # RiskMetrics' daily decay
 GAUSSIAN = {0.80: 1.2815515655446004, 0.95: 1.959963984540054}  # two-sided normal quantiles
 PARKINSON = 1.0 / (4.0 * math.log(2.0))
 OPEN, HIGH, LOW, CLOSE = (FEATURES.index(f) for f in ("open", "high", "low", "close"))
-METHODS = ("ewma", "parkinson", "blend")
-DEFAULT_METHOD = "blend"
+METHODS = ("ewma", "parkinson", "blend", "har")
+DEFAULT_METHOD = "har"
 MIN_VOLATILITY = 1e-4  # a flat window (no move, no range) still gets a width
+GARMAN_KLASS = 2.0 * math.log(2.0) - 1.0
+MIN_VARIANCE = MIN_VOLATILITY**2  # a day with no range and no gap: its log stays finite
+HAR_SHORT = 5  # the HAR's "week"; its "day" is the newest row, its "month" the whole window
+HAR_FIT_WINDOWS = 200_000  # training windows the HAR regression is fitted on (a seeded sample)
 
 Array = Any  # a NumPy array or a torch tensor
 
@@ -67,10 +71,55 @@ def parkinson_volatility(ohlc: Array) -> Array:
     return xp.sqrt((spans * spans).mean(1) * PARKINSON)
 
 
-def window_volatility(ohlc: Array, method: str = DEFAULT_METHOD) -> Array:
-    """(B,) the volatility an interval is scaled by, never below MIN_VOLATILITY."""
+def range_variance(ohlc: Array) -> Array:
+    """(B, T-1) each day's variance from its own prices, for the window's rows
+    after the first: Garman-Klass's open-high-low-close estimate plus the
+    squared overnight return (from the previous close to this open)."""
     xp = _xp(ohlc)
-    if method == "ewma":
+    o, h, lo, c = (ohlc[:, 1:, k] for k in (OPEN, HIGH, LOW, CLOSE))
+    spans, bodies, gaps = xp.log(h / lo), xp.log(c / o), xp.log(o / ohlc[:, :-1, CLOSE])
+    day = 0.5 * spans * spans - GARMAN_KLASS * bodies * bodies
+    day = xp.clip(day, 0.0, None) if xp is np else day.clamp_min(0.0)
+    total = day + gaps * gaps
+    return xp.clip(total, MIN_VARIANCE, None) if xp is np else total.clamp_min(MIN_VARIANCE)
+
+
+def har_features(ohlc: Array) -> list[Array]:
+    """[(B,)] x 3: the log of the mean range variance over the newest day, the
+    newest HAR_SHORT days and the whole window (Corsi's HAR, 2009, on a range
+    variance: its day, week and month, as far as the window reaches)."""
+    xp = _xp(ohlc)
+    v = range_variance(ohlc)
+    return [xp.log(v[:, -1]), xp.log(v[:, -HAR_SHORT:].mean(1)), xp.log(v.mean(1))]
+
+
+def har_volatility(ohlc: Array, coefficients: tuple[float, ...]) -> Array:
+    """(B,) the HAR's forecast of the next day's standard deviation:
+    sqrt(exp(b0 + b1 log v_day + b2 log v_week + b3 log v_month))."""
+    xp = _xp(ohlc)
+    log_variance = coefficients[0] + sum(b * f for b, f in zip(coefficients[1:], har_features(ohlc), strict=True))
+    return xp.sqrt(xp.exp(log_variance))
+
+
+def fit_har(windows: np.ndarray, next_rows: np.ndarray) -> tuple[float, ...]:
+    """Pooled least squares of the next day's log range variance on the
+    window's HAR features: (b0, b_day, b_week, b_month)."""
+    both = np.concatenate([windows[:, -1:], next_rows[:, None, :]], axis=1)
+    target = np.log(range_variance(both)[:, 0])
+    design = np.column_stack([np.ones(len(windows)), *har_features(windows)])
+    coefficients, *_ = np.linalg.lstsq(design, target, rcond=None)
+    return tuple(float(b) for b in coefficients)
+
+
+def window_volatility(ohlc: Array, method: str = DEFAULT_METHOD, har: tuple[float, ...] = ()) -> Array:
+    """(B,) the volatility an interval is scaled by, never below MIN_VOLATILITY
+    (`har`: the HAR's coefficients, for that method)."""
+    xp = _xp(ohlc)
+    if method == "har":
+        if len(har) != 4:
+            raise ValueError("the har volatility needs its 4 fitted coefficients")
+        vol = har_volatility(ohlc, har)
+    elif method == "ewma":
         vol = ewma_volatility(ohlc)
     elif method == "parkinson":
         vol = parkinson_volatility(ohlc)
@@ -103,6 +152,7 @@ class Calibration:
     method: str
     quantiles: tuple[float, ...]  # one per LEVELS
     n: int  # validation windows the quantiles come from
+    har: tuple[float, ...] = ()  # the HAR's coefficients (method "har"), fitted on training windows
 
     def to_metadata(self) -> dict:
         return {
@@ -111,24 +161,39 @@ class Calibration:
             "quantiles": list(self.quantiles),
             "n": self.n,
             "ewma_lambda": EWMA_LAMBDA,
+            **({"har_coefficients": list(self.har)} if self.method == "har" else {}),
         }
 
     @classmethod
     def from_metadata(cls, data: dict) -> Calibration:
         if list(data.get("levels", [])) != list(LEVELS) or data.get("method") not in METHODS:
             raise ValueError(f"interval calibration {data!r} is not one this forecaster knows")
-        return cls(data["method"], tuple(float(q) for q in data["quantiles"]), int(data["n"]))
+        har = tuple(float(b) for b in data.get("har_coefficients", ()))
+        if data["method"] == "har" and len(har) != 4:
+            raise ValueError(f"interval calibration {data!r} lacks the HAR's 4 coefficients")
+        return cls(data["method"], tuple(float(q) for q in data["quantiles"]), int(data["n"]), har)
 
     @classmethod
     def fit(
-        cls, actual: np.ndarray, predicted: np.ndarray, last: np.ndarray, volatility: np.ndarray, method: str
+        cls,
+        actual: np.ndarray,
+        predicted: np.ndarray,
+        windows: np.ndarray,
+        method: str,
+        har: tuple[float, ...] = (),
     ) -> Calibration:
-        s = scores(actual, predicted, last, volatility)
-        return cls(method, tuple(conformal_quantile(s, level) for level in LEVELS), len(s))
+        """The score quantiles of the validation windows (float64 OHLC) and
+        their outcomes, for `method` (and its HAR coefficients)."""
+        volatility = window_volatility(windows, method, har)
+        s = scores(actual, predicted, windows[:, -1, CLOSE], volatility)
+        return cls(method, tuple(conformal_quantile(s, level) for level in LEVELS), len(s), har)
+
+    def volatility(self, ohlc: Array) -> Array:
+        return window_volatility(ohlc, self.method, self.har)
 
     def bounds(self, predicted: Array, ohlc: Array) -> list[Array]:
         """[lo80, hi80, lo95, hi95] for these windows and their point forecasts."""
-        half = ohlc[:, -1, CLOSE] * window_volatility(ohlc, self.method)
+        half = ohlc[:, -1, CLOSE] * self.volatility(ohlc)
         out = []
         for q in self.quantiles:
             out += [predicted - q * half, predicted + q * half]

@@ -4,7 +4,7 @@
 #      predictions must agree to 1e-4 (relative);
 #   2. training: `train --device auto` must train on CUDA (recorded in the checkpoint's
 #      provenance), and its held-out mean ratio to naive must be within 0.01 of a CPU training's.
-# Usage: bash scripts/gpu_check.sh [OUT_DIR]   (after `make install` and the GPU install in the README)
+# Usage: bash scripts/gpu_check.sh [OUT_DIR]   (after `make install` and the GPU install in docs/operations.md#gpus)
 # Exits 0 when all hold, 1 when they do not, 2 when CUDA is not usable here.
 set -euo pipefail
 out=${1:-gpu-check}
@@ -25,7 +25,7 @@ out = sys.argv[1]
 gpu = sqlite3.connect(f"{out}/gpu.db")
 devices = {d for (d,) in gpu.execute("SELECT DISTINCT device FROM runs WHERE status = 'succeeded'")}
 if devices != {"cuda"}:
-    print(f"auto used {sorted(devices)}, not CUDA: is CUDA usable here? (see README, GPU install)")
+    print(f"auto used {sorted(devices)}, not CUDA: is CUDA usable here? (see docs/operations.md#gpus)")
     sys.exit(2)
 q = "SELECT ticker, as_of, predicted_close FROM predictions ORDER BY ticker, as_of"
 cpu_rows = sqlite3.connect(f"{out}/cpu.db").execute(q).fetchall()

@@ -19,6 +19,7 @@ from forecaster.db import store
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+SHARED_UNIVERSE = REPO.parent / "shared" / "universe"
 REAL_ROWS = 29_116  # data rows in the ten shared files
 
 
@@ -39,6 +40,14 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "ETFs" / "aaxj.us.txt").exists():
         pytest.fail(f"the real tickers are missing: expected them in {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture
+def shared_universe() -> Path:
+    """The 400 real tickers (for the few tests that need many real series)."""
+    if not (SHARED_UNIVERSE / "Stocks").is_dir():
+        pytest.fail(f"the real universe is missing: expected it in {SHARED_UNIVERSE}")
+    return SHARED_UNIVERSE
 
 
 @pytest.fixture(scope="session")

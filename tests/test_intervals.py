@@ -36,16 +36,47 @@ def test_the_conformal_quantile_covers_a_new_score_at_its_level():
     assert iv.conformal_quantile(np.arange(1.0, 11.0), 0.8) == 9.0  # ceil(11 * 0.8) = 9th smallest
 
 
+HAR = (-1.1, 0.24, 0.28, 0.38)  # about what the real tickers fit
+
+
 def test_the_volatility_is_the_same_in_numpy_and_torch():
     windows = random_windows(50, 20, seed=4).astype(np.float64)
     for method in iv.METHODS:
         np.testing.assert_allclose(
-            iv.window_volatility(torch.from_numpy(windows), method).numpy(),
-            iv.window_volatility(windows, method),
+            iv.window_volatility(torch.from_numpy(windows), method, HAR).numpy(),
+            iv.window_volatility(windows, method, HAR),
             rtol=1e-12,
         )
     flat = np.ones((1, 20, 4))
-    assert iv.window_volatility(flat)[0] == iv.MIN_VOLATILITY  # no move, no range: still a width
+    for method in iv.METHODS:  # no move, no range: still a width
+        assert iv.window_volatility(flat, method, (0.0, 1.0, 0.0, 0.0))[0] == iv.MIN_VOLATILITY
+    with pytest.raises(ValueError, match="needs its 4 fitted coefficients"):
+        iv.window_volatility(windows, "har")
+
+
+def test_the_range_variance_and_har_features_against_a_plain_reference():
+    windows = random_windows(7, 20, seed=5).astype(np.float64)
+    o, h, lo, c = (windows[..., k] for k in range(4))
+    for b in range(len(windows)):
+        days = []
+        for t in range(1, 20):  # each day after the first: Garman-Klass + the overnight gap, squared
+            gk = 0.5 * np.log(h[b, t] / lo[b, t]) ** 2 - (2 * np.log(2) - 1) * np.log(c[b, t] / o[b, t]) ** 2
+            days.append(max(max(gk, 0.0) + np.log(o[b, t] / c[b, t - 1]) ** 2, iv.MIN_VARIANCE))
+        day, week, month = (f[b] for f in iv.har_features(windows))
+        assert (day, week, month) == pytest.approx(
+            (np.log(days[-1]), np.log(np.mean(days[-5:])), np.log(np.mean(days)))
+        )
+
+
+def test_the_har_regression_recovers_coefficients_it_was_made_with():
+    """Windows whose next day's log range variance follows known HAR coefficients exactly."""
+    windows = random_windows(400, 20, seed=7).astype(np.float64)
+    log_next = HAR[0] + sum(b * f for b, f in zip(HAR[1:], iv.har_features(windows), strict=True))
+    # A next day with no gap and no body: its variance is half its squared log range.
+    last_close = windows[:, -1, 3]
+    span = np.sqrt(2 * np.exp(log_next))
+    next_rows = np.column_stack([last_close, last_close * np.exp(span / 2), last_close * np.exp(-span / 2), last_close])
+    assert iv.fit_har(windows, next_rows) == pytest.approx(HAR, abs=1e-9)
 
 
 def test_every_night_stores_ordered_intervals_around_the_forecast(engine, shared_data, tiny_model):

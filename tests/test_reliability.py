@@ -115,6 +115,7 @@ def file_rows(folder: Path) -> int:
     return sum(len(p.read_text().splitlines()) - 1 for p in folder.rglob("*.us.txt"))
 
 
+@pytest.mark.slow
 def test_kill_minus_9_at_random_moments_loses_nothing(tmp_path, tiny_model, any_db_url):
     data, db = tmp_path / "data", any_db_url
     store.connect(db).dispose()
@@ -296,6 +297,7 @@ print(json.dumps(stats))
 """
 
 
+@pytest.mark.slow
 def test_readers_never_see_a_partial_run_and_nobody_is_locked_out(tmp_path, tiny_model):
     data, big = tmp_path / "data", tmp_path / "big"
     write_sample_data(data, tickers=300, days=200, seed=4)
@@ -364,6 +366,7 @@ def model_variants(tiny_model: Path, folder: Path) -> dict[str, Path]:
     return out
 
 
+@pytest.mark.slow
 def test_hostile_or_broken_model_files_are_refused_and_recorded(tmp_path, sample_dir, tiny_model):
     url = f"sqlite:///{tmp_path / 'm.db'}"
     engine = store.connect(url)
@@ -403,6 +406,7 @@ def test_a_checkpoint_with_code_is_refused_by_export(tmp_path):
 HOSTILE_NAMES = ["with space", "ünïcödé", "a" * 240, "x'; DROP TABLE prices; --", 'q"uote', "日本"]
 
 
+@pytest.mark.slow
 def test_hostile_file_names_are_stored_verbatim_and_never_injected(tmp_path, tiny_model):
     folder = tmp_path / "odd"
     folder.mkdir()

@@ -149,7 +149,7 @@ def _session(blob: bytes, path: Path, device: str) -> tuple[ort.InferenceSession
     options.log_severity_level = 4 if device == "auto" else 3
     # ORT's default (0 = "auto") ran batches of 64 on one thread here; one
     # thread per usable CPU was as fast or faster at every batch size, and
-    # faster than torch eager (docs/performance.md, scoring).
+    # faster than torch eager (docs/performance.md, current figures).
     options.intra_op_num_threads = (
         len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     )

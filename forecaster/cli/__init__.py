@@ -7,7 +7,7 @@ instant and the scoring path never loads torch. Every option can also come
 from the environment (base.option). Nothing in the package imports this one.
 """
 
-from . import data, registry, serving, training  # noqa: F401  (each registers its commands on `main`)
+from . import data, operations, registry, serving, training  # noqa: F401  (each registers its commands on `main`)
 from .base import main
 
 __all__ = ["main"]

@@ -7,6 +7,8 @@ import atexit
 import dataclasses
 import functools
 import gc
+import os
+import sys
 from pathlib import Path
 
 import click
@@ -78,9 +80,27 @@ model_option = option(
     help="The exported ONNX model, or `champion`: the registry's champion, resolved at every run and "
     "scored with its challengers beside it (see `forecaster models`).",
 )
+
+
+def _shard(ctx, param, text):
+    """K/N as a Shard; a mistyped one is a usage error (exit 2)."""
+    from ..serving.shards import Shard
+
+    try:
+        return Shard.parse(text) if text else None
+    except ForecasterError as exc:
+        raise click.BadParameter(str(exc).removeprefix(f"--shard {text!r}: ")) from None
+
+
+metrics_file_option = option(
+    "--metrics-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the health as Prometheus metrics here (node_exporter's textfile format, replaced atomically).",
+)
 shard_option = option(
     "--shard",
     metavar="K/N",
+    callback=_shard,
     help="Score only shard K of N (stable hash of the ticker), so N machines can split "
     "a universe and write into one database without overlap.",
 )
@@ -158,6 +178,12 @@ def reports_errors(func):
     def wrapper(*args, **kwargs):
         try:
             return func(*args, **kwargs)
+        except BrokenPipeError:
+            # The reader stopped reading (`forecaster sql ... | head`): what it
+            # wanted was written. Nothing more goes to the closed pipe, not
+            # even the flush at exit.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise SystemExit(0) from None
         except ForecasterError as exc:
             if click.get_current_context().find_root().params.get("debug"):
                 raise

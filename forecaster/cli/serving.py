@@ -51,11 +51,10 @@ def predict(model, data, as_of, start, end, settle, device, calendar, shard, db,
     without a close on as_of are reported as stale, not scored.
     """
     from ..serving.nightly import predict as run_predict
-    from ..serving.shards import Shard
 
     if as_of and (start or end):
         raise click.UsageError("give --as-of or --from/--to, not both")
-    part = Shard.parse(shard) if shard else None
+
     outcome = run_predict(
         open_store(db),
         model,
@@ -66,7 +65,7 @@ def predict(model, data, as_of, start, end, settle, device, calendar, shard, db,
         device=device,
         calendar=calendar,
         progress=not quiet,
-        shard=part,
+        shard=shard,
         settle=settle,
     )
     if outcome.ingest and not quiet:
@@ -184,7 +183,6 @@ def daemon(
         raise click.UsageError("--retrain-cron needs --model champion (a retrain replaces the champion)")
 
     from ..lifecycle.daemon import run_daemon
-    from ..serving.shards import Shard
 
     code = run_daemon(
         DaemonConfig(
@@ -196,7 +194,7 @@ def daemon(
             misfire_grace=misfire_grace,
             device=device,
             calendar=calendar,
-            shard=Shard.parse(shard) if shard else None,
+            shard=shard,
             lookback=lookback,
             min_fresh=min_fresh,
             wait_max=dt.timedelta(minutes=wait_max),

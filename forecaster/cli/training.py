@@ -106,6 +106,21 @@ from .base import (
     help="auto: CUDA when torch can use it, else CPU; cuda: fail unless CUDA is usable.",
 )
 @option(
+    "--patience",
+    default=TRAIN.patience,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Stop after this many validation checks (40 per budget) in a row without a step better beyond noise; "
+    "0 trains the whole budget.",
+)
+@option(
+    "--keep-flagged/--skip-flagged",
+    default=not TRAIN.skip_flagged,
+    show_default=True,
+    help="--skip-flagged leaves out of training and calibration the windows that cross a flagged price "
+    "(price_flags: a likely split, bad print or unexplained jump); the held-out test keeps every window.",
+)
+@option(
     "--resume",
     type=click.Path(dir_okay=False, path_type=Path),
     help="Carry on a stopped training from its NAME.state.pt (its own settings; other options ignored).",
@@ -131,6 +146,8 @@ def train(
     seed,
     precision,
     device,
+    patience,
+    keep_flagged,
     resume,
     settle,
     quiet,
@@ -157,7 +174,9 @@ def train(
             raise click.UsageError("give --out NAME.pt (where the checkpoint goes)")
         settings = dict(seq_len=seq_len, hidden=hidden, layers=layers, epochs=epochs, steps=steps, lr=lr)
         settings.update(batch_size=batch_size, test_fraction=test_fraction, scaling=scaling, seed=seed)
-        config = dataclasses.replace(TRAIN, **settings, precision=precision, device=device)
+        config = dataclasses.replace(
+            TRAIN, **settings, precision=precision, device=device, patience=patience, skip_flagged=not keep_flagged
+        )
         job = TrainJob(tickers=parse_tickers(tickers), all_tickers=all_tickers, config=config, out=out)
     say = functools.partial(click.echo, err=quiet)
     outcome = run_job(job, db, resume=state, data=data, progress=not quiet, settle=settle, say=say)

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from ..clock import utc_now
 from ..db import bulk, schema, store
 from ..errors import SourceError, UnreadableFileError
-from . import reader_process
+from . import flags, reader_process
 from .calendar import exchange_today
 from .config import DEFAULT_CALENDAR, SETTLE_SECONDS
 from .discovery import find_files, ticker_from_path
@@ -50,6 +50,8 @@ class Revision:
     added: int = 0  # days only the revised file has
     unchanged: int = 0
     outcomes_changed: int = 0  # predictions whose next close (their outcome) is now another
+    flags_before: int = 0  # the ticker's price_flags before and after (a revision explains a split)
+    flags_after: int = 0
     refused: str = ""  # why nothing was changed (then the counts are 0)
 
     def summary(self) -> str:
@@ -57,7 +59,8 @@ class Revision:
             return f"revision of {self.ticker} refused: {self.refused}"
         return (
             f"revised {self.ticker}: {self.replaced} rows replaced, {self.removed} removed, {self.added} added "
-            f"(the old rows are kept in price_revisions); {self.outcomes_changed} prediction outcomes changed"
+            f"(the old rows are kept in price_revisions); {self.outcomes_changed} prediction outcomes changed; "
+            f"price flags {self.flags_before} -> {self.flags_after}"
         )
 
 
@@ -150,6 +153,11 @@ def ingest(
             if batch.results:
                 _write(engine, batch.results, report, set(revised.values()))
             bar.update(batch.files)
+    with engine.connect() as conn:
+        owed = flags.any_owed(conn)
+    if owed:  # stored rows never judged: a database from before price_flags
+        with store.write_transaction(engine) as conn:
+            flags.judge_new_rows(conn, utc_now(), {})
     return report
 
 
@@ -197,6 +205,7 @@ def _write(engine: sa.Engine, results: list[FileResult], report: IngestReport, r
     # other rows go in together at the end (one bulk insert, not one per file).
     files_per_ticker = Counter(r.ticker for r in results if r.rows is not None and len(r.rows))
     deferred: list[np.ndarray] = []
+    whole: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # tickers whose whole history is in hand: new or revised
     with store.write_transaction(engine) as conn:
         summaries = _summaries(conn, set(files_per_ticker))
         for res in results:
@@ -212,6 +221,7 @@ def _write(engine: sa.Engine, results: list[FileResult], report: IngestReport, r
                     changed[res.ticker] = summaries[res.ticker] = revision.summary_row
                     added = revision.added
                     report.rows_unchanged += revision.unchanged
+                    whole[res.ticker] = (res.rows.dates, res.rows.values[:, CLOSE_AT])
             elif res.rows is not None and len(res.rows):
                 new, unchanged, conflicts = _split_against_stored(conn, res.ticker, res.rows, summaries.get(res.ticker))
                 file_rejects.extend(conflicts)
@@ -219,6 +229,8 @@ def _write(engine: sa.Engine, results: list[FileResult], report: IngestReport, r
                 added = len(new)
                 if added:
                     records = _price_records(res.ticker, new)
+                    if res.ticker not in summaries and files_per_ticker[res.ticker] == 1:
+                        whole[res.ticker] = (new.dates, new.values[:, CLOSE_AT])  # its whole history
                     if files_per_ticker[res.ticker] > 1:
                         bulk.bulk_insert(conn, schema.prices, records)
                     else:
@@ -254,7 +266,12 @@ def _write(engine: sa.Engine, results: list[FileResult], report: IngestReport, r
         if deferred:
             bulk.bulk_insert(conn, schema.prices, np.concatenate(deferred))
         if rejects:
-            conn.execute(schema.rejected_rows.insert(), rejects)
+            fresh = _not_recorded(conn, rejects)
+            report.rows_rejected -= sum(r["line"] is not None for r in rejects) - sum(
+                r["line"] is not None for r in fresh
+            )
+            if fresh:
+                conn.execute(schema.rejected_rows.insert(), fresh)
         sf = schema.source_files
         bulk.upsert(
             conn,
@@ -270,7 +287,32 @@ def _write(engine: sa.Engine, results: list[FileResult], report: IngestReport, r
                 "rows_rejected": lambda ex: sf.c.rows_rejected + ex.rows_rejected,
             },
         )
-        bulk.upsert(conn, schema.tickers, [{"ticker": t, **vars(s)} for t, s in changed.items()], ["ticker"])
+        t = schema.tickers.c
+        bulk.upsert(
+            conn,
+            schema.tickers,
+            [{"ticker": t, **vars(s)} for t, s in changed.items()],
+            ["ticker"],
+            {c: (lambda ex, c=c: ex[c]) for c in ("first_date", "last_date", "n_rows")},
+        )
+        revised = [r for r in report.revisions if not r.refused and r.ticker in whole]
+        if revised:  # judged again from their first day: the flags the revision explains go
+            names = [r.ticker for r in revised]
+            before = Counter(
+                conn.execute(
+                    sa.select(schema.price_flags.c.ticker).where(schema.price_flags.c.ticker.in_(names))
+                ).scalars()
+            )
+            conn.execute(schema.tickers.update().where(t.ticker.in_(names)).values(judged_through=None))
+        flags.judge_new_rows(conn, now, whole)
+        if revised:
+            after = Counter(
+                conn.execute(
+                    sa.select(schema.price_flags.c.ticker).where(schema.price_flags.c.ticker.in_(names))
+                ).scalars()
+            )
+            for r in revised:
+                r.flags_before, r.flags_after = before[r.ticker], after[r.ticker]
         pd_ = schema.price_dates
         bulk.upsert(
             conn,
@@ -284,6 +326,25 @@ def _write(engine: sa.Engine, results: list[FileResult], report: IngestReport, r
 
 
 SUMMARY_QUERY_TICKERS = 500  # bound parameters per query, well under any SQLite build's limit
+
+
+def _not_recorded(conn: sa.Connection, rejects: list[dict]) -> list[dict]:
+    """The rejections not recorded before. A file whose ledger stopped at a
+    row that waits (dated after today) is read again from there, and the
+    lines after it would be set aside again at every ingest."""
+    r = schema.rejected_rows.c
+    lines: dict[str, set[int]] = defaultdict(set)
+    for row in rejects:
+        if row["line"] is not None:
+            lines[row["source"]].add(row["line"])
+    seen = set()
+    for source, wanted in lines.items():
+        numbers = sorted(wanted)
+        for first in range(0, len(numbers), SUMMARY_QUERY_TICKERS):
+            chunk = numbers[first : first + SUMMARY_QUERY_TICKERS]
+            query = sa.select(r.line, r.raw, r.reason).where(r.source == source, r.line.in_(chunk))
+            seen.update((source, *row) for row in conn.execute(query))
+    return [row for row in rejects if (row["source"], row["line"], row["raw"], row["reason"]) not in seen]
 
 
 def _summaries(conn: sa.Connection, tickers: set[str]) -> dict[str, _Summary]:

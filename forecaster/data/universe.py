@@ -34,6 +34,9 @@ class Universe:
     starts: np.ndarray  # (n_tickers + 1,) int64: ticker k owns rows [starts[k], starts[k + 1])
     dates: np.ndarray  # (N,) int32 yyyymmdd
     ohlc: np.ndarray  # (N, 4) float32, FEATURES order
+    # (N,) bool: the row's close moved too far from the one before to be
+    # trusted (price_flags, data/flags.py); None: nothing was judged
+    flagged: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.tickers)
@@ -62,6 +65,7 @@ class Universe:
             np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
             self.dates[rows],
             self.ohlc[rows],
+            None if self.flagged is None else self.flagged[rows],
         )
 
     def through(self, last_day: int) -> Universe:
@@ -74,6 +78,7 @@ class Universe:
             np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
             self.dates[keep],
             self.ohlc[keep],
+            None if self.flagged is None else self.flagged[keep],
         )
 
     def data_hash(self) -> str:
@@ -82,6 +87,8 @@ class Universe:
         h.update("\n".join(self.tickers).encode())
         for array in (self.counts.astype("<i8"), self.dates.astype("<i4"), self.ohlc.astype("<f4")):
             h.update(np.ascontiguousarray(array).tobytes())
+        if self.flagged is not None and self.flagged.any():  # they choose the training windows
+            h.update(np.flatnonzero(self.flagged).astype("<i8").tobytes())
         return h.hexdigest()
 
     @classmethod
@@ -152,8 +159,27 @@ def load_universe(engine: sa.Engine, tickers: list[str]) -> Universe:
                 dates[at : at + len(block)] = block[:, 0]
                 ohlc[at : at + len(block)] = block[:, 1:]
                 at += len(block)
-    if at != len(dates):  # `tickers` is kept in the same transaction as prices; this means a writer raced us
-        raise DataError(
-            f"read {at} price rows where the tickers table promised {len(dates)}: an ingest ran meanwhile; train again"
-        )
-    return Universe(list(tickers), starts, dates, ohlc)
+        if at != len(dates):  # `tickers` is kept in the same transaction as prices; this means a writer raced us
+            raise DataError(
+                f"read {at} price rows where the tickers table promised {len(dates)}: an ingest ran meanwhile; "
+                "train again"
+            )
+        flagged = _flagged_rows(conn, tickers, starts, dates)
+    return Universe(list(tickers), starts, dates, ohlc, flagged)
+
+
+def _flagged_rows(conn: sa.Connection, tickers: list[str], starts: np.ndarray, dates: np.ndarray) -> np.ndarray:
+    """The rows of price_flags, as a mask over the universe's rows."""
+    f = schema.price_flags.c
+    position = {t: k for k, t in enumerate(tickers)}
+    flagged = np.zeros(len(dates), dtype=bool)
+    for first in range(0, len(tickers), TICKERS_PER_QUERY):
+        group = tickers[first : first + TICKERS_PER_QUERY]
+        for ticker, date in conn.execute(sa.select(f.ticker, f.date).where(f.ticker.in_(group))):
+            k = position[ticker]
+            day = int(date.replace("-", ""))
+            lo, hi = int(starts[k]), int(starts[k + 1])
+            row = lo + int(np.searchsorted(dates[lo:hi], day))
+            if row < hi and dates[row] == day:
+                flagged[row] = True
+    return flagged

@@ -14,7 +14,7 @@ close) and its target is the close of the row after it:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import chain
 
 import numpy as np
@@ -51,6 +51,9 @@ class ScoringBatch:
     last_close: np.ndarray  # (n,) float64: the stored close on as_of, unrounded
     skipped: dict[str, str]  # ticker -> reason (a row on as_of, too little history)
     stale: list[str]  # tickers with history but no row on as_of
+    # Scored tickers whose window holds a flagged close (price_flags): a
+    # split, bad print or jump inside it, which the model never trained on.
+    flagged_prices: set[str] = field(default_factory=set)
 
     def only(self, wanted: Callable[[str], bool]) -> ScoringBatch:
         """The part of the batch whose tickers satisfy `wanted(ticker)`."""
@@ -61,6 +64,7 @@ class ScoringBatch:
             self.last_close[keep],
             {t: r for t, r in self.skipped.items() if wanted(t)},
             [t for t in self.stale if wanted(t)],
+            {t for t in self.flagged_prices if wanted(t)},
         )
 
 
@@ -103,9 +107,18 @@ def latest_windows(engine: sa.Engine, as_of: str, seq_len: int) -> ScoringBatch:
         .where(s.last_date >= as_of, p.date >= s.start, p.date <= as_of)
         .order_by(s.ticker, p.date)
     )
+    f = schema.price_flags.c
     with read_snapshot(engine) as conn:
         summaries = fetch_plain(conn, sa.select(summary).order_by(s.ticker))
         recent = fetch_plain(conn, windows)
+        # A flagged move between two rows of a window (its first row's came from outside it).
+        starts = {ticker: start for ticker, _, last, start in summaries if start is not None and last == as_of}
+        flags = (
+            fetch_plain(conn, sa.select(f.ticker, f.date).where(f.date > min(starts.values()), f.date <= as_of))
+            if starts
+            else []
+        )
+        flagged = {ticker for ticker, date in flags if ticker in starts and date > starts[ticker]}
         tickers, keep, skipped, stale = [], [], {}, []
         for ticker, last_date, last, start in summaries:
             if start is not None and last_date >= as_of:  # `recent` holds its seq_len rows
@@ -122,4 +135,4 @@ def latest_windows(engine: sa.Engine, as_of: str, seq_len: int) -> ScoringBatch:
         raise RuntimeError(f"read {len(recent)} window rows for {len(keep)} tickers of {seq_len} rows")
     values = np.fromiter(chain.from_iterable(recent), np.float64, len(recent) * len(FEATURES))
     array = values.reshape(len(keep), seq_len, len(FEATURES))[np.asarray(keep, dtype=bool)]
-    return ScoringBatch(tickers, array.astype(np.float32), array[:, -1, CLOSE].copy(), skipped, stale)
+    return ScoringBatch(tickers, array.astype(np.float32), array[:, -1, CLOSE].copy(), skipped, stale, flagged)

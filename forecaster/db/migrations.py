@@ -8,7 +8,16 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from .schema import INTERVAL_COLUMNS, ONE_CHAMPION_INDEX, SCHEMA_VERSION, VIEWS, metadata, promotions, schema_info
+from .schema import (
+    INTERVAL_COLUMNS,
+    ONE_CHAMPION_INDEX,
+    SCHEMA_VERSION,
+    VIEWS,
+    metadata,
+    price_flags,
+    promotions,
+    schema_info,
+)
 
 
 def version(conn: sa.Connection) -> int | None:
@@ -80,6 +89,12 @@ def _add_registry(conn: sa.Connection) -> None:
     conn.execute(ONE_CHAMPION_INDEX)
 
 
+def _add_price_flags(conn: sa.Connection) -> None:
+    metadata.create_all(conn, tables=[price_flags])
+    if "judged_through" not in {c["name"] for c in sa.inspect(conn).get_columns("tickers")}:
+        conn.exec_driver_sql("ALTER TABLE tickers ADD COLUMN judged_through VARCHAR(10)")
+
+
 # MIGRATIONS[v] upgrades a database's tables from version v to v + 1 (the
 # views are rebuilt once after the last step). Never edit one that has
 # shipped: databases out there were upgraded by it.
@@ -90,4 +105,5 @@ MIGRATIONS = {
     4: _add_missing_tables,  # 5: price_revisions; prediction_outcomes.prediction_id
     5: _views_only,  # 6: latest_predictions keeps serving across a promotion, sessions_behind; outcomes' served
     6: _add_after_run_id,  # 7: promotions.after_run_id; served is the one prediction per ticker and as_of served
+    7: _add_price_flags,  # 8: price_flags, tickers.judged_through (the next ingest judges every stored history)
 }

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from ..intervals import COLUMNS as INTERVAL_COLUMNS
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 # latest_predictions shows a ticker while its newest prediction is at most this
 # many sessions (dates with prices) behind the newest served: one that stopped
 # trading is retired from it, not shown as tomorrow's forecast for weeks.
@@ -62,6 +62,8 @@ tickers = sa.Table(
     sa.Column("first_date", sa.String(10), nullable=False),
     sa.Column("last_date", sa.String(10), nullable=False),
     sa.Column("n_rows", sa.Integer, nullable=False),
+    # The last date data/flags.py has judged (NULL: none yet, or all again after a revision).
+    sa.Column("judged_through", sa.String(10)),
 )
 
 rejected_rows = sa.Table(
@@ -95,6 +97,19 @@ price_revisions = sa.Table(
     sa.Column("new_close", sa.Float),  # NULL when removed
     sa.CheckConstraint("change IN ('replaced', 'removed')", name="ck_price_revisions_change"),
     sa.Index("ix_price_revisions_ticker_date", "ticker", "date"),
+)
+
+# Closes that moved too far to be true (data/flags.py): stored, not
+# rejected. `date` is the day whose close moved from the row before it.
+price_flags = sa.Table(
+    "price_flags",
+    metadata,
+    sa.Column("ticker", sa.String, primary_key=True),
+    sa.Column("date", sa.String(10), primary_key=True),
+    sa.Column("kind", sa.String(16), nullable=False),  # split | bad_print | revert | jump
+    sa.Column("ratio", sa.Float, nullable=False),  # this close over the previous one
+    sa.Column("detected_at", sa.String, nullable=False),
+    sa.CheckConstraint("kind IN ('split', 'bad_print', 'revert', 'jump')", name="ck_price_flags_kind"),
 )
 
 # What was ingested from where: lets an unchanged file be skipped from its

@@ -114,13 +114,20 @@ class NightlyJob:
             log.error("could not check tonight's data: %s", exc)
             return None
         if state.share < config.min_fresh and not self.stop.is_set():
-            log.warning(
-                "deadline reached: scoring %s with %d of %d tickers; missing %s",
-                as_of,
-                state.present,
-                state.expected,
-                names(state.missing),
-            )
+            if state.present:
+                log.warning(
+                    "deadline reached: scoring %s with %d of %d tickers; missing %s",
+                    as_of,
+                    state.present,
+                    state.expected,
+                    names(state.missing),
+                )
+            else:  # nothing to score for it: the catch-up scores what is owed before it, if anything
+                log.warning(
+                    "deadline reached: no close arrived for %s (0 of %d tickers); it is not scored tonight",
+                    as_of,
+                    state.expected,
+                )
         return state
 
     def catch_up(self) -> None:

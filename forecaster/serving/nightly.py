@@ -40,7 +40,9 @@ from .config import DEFAULT_LOOKBACK
 from .dates import as_of_dates, check_dates, owed_dates
 from .shards import Shard
 
-FLAG_OUT_OF_RANGE = "out_of_range"
+# The `flags` of a prediction, comma-separated: why not to take it at face value.
+FLAG_OUT_OF_RANGE = "out_of_range"  # its window lies beyond anything seen in training
+FLAG_PRICES = "flagged_prices"  # its window holds a flagged close (price_flags): a split, bad print or jump
 LISTED = 10  # tickers named in a message before "and N more"
 
 
@@ -54,8 +56,9 @@ class RunResult:
     late: list[str]  # scored now, after an earlier run of this as_of: their close came late
     stale: list[str]
     skipped: dict[str, str]
-    flagged: list[str]
+    flagged: list[str]  # out of range
     device: str
+    flagged_prices: list[str] = field(default_factory=list)  # a flagged close in the window
     shadows: dict[str, int] = field(default_factory=dict)  # challenger model_id -> predictions written
     unscored: dict[str, str] = field(default_factory=dict)  # challenger model_id -> why it was not scored
     seconds: float = 0.0  # the whole run, scoring and writing
@@ -321,6 +324,7 @@ def _write(
             stale=batch.stale,
             skipped=batch.skipped,
             flagged=flagged,
+            flagged_prices=sorted(set(inserted) & batch.flagged_prices),
             device=served.model.device,
             shadows=shadow_counts,
             unscored=dict(unloadable),
@@ -366,7 +370,13 @@ def _predictions(
         "target_date": target,
         "predicted_close": scored.predicted[new].astype(np.float64),
         "last_close": batch.last_close[new],
-        "flags": [FLAG_OUT_OF_RANGE if t in flagged_set else None for t in tickers],
+        "flags": [
+            ",".join(
+                f for f, on in ((FLAG_OUT_OF_RANGE, t in flagged_set), (FLAG_PRICES, t in batch.flagged_prices)) if on
+            )
+            or None
+            for t in tickers
+        ],
         **dict.fromkeys(COLUMNS),  # NULL for a model without intervals
     }
     if scored.bounds is not None:
@@ -398,6 +408,11 @@ def _message(r: RunResult) -> str:
         parts.append(
             f"{len(r.flagged)} flagged {FLAG_OUT_OF_RANGE} (window beyond anything seen in "
             f"training): {names(r.flagged)}"
+        )
+    if r.flagged_prices:
+        parts.append(
+            f"{len(r.flagged_prices)} flagged {FLAG_PRICES} (a split, bad print or jump in the window, "
+            f"see price_flags): {names(r.flagged_prices)}"
         )
     return "; ".join(parts)
 

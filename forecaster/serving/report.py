@@ -78,7 +78,7 @@ def build_report(
             if known is None:
                 raise DataError(f"unknown ticker {params['ticker']}: not in the database")
             where.append("ticker = :ticker")
-        if model_id:
+        if model_id is not None:  # "" too: no model's id is empty
             params["model_id"] = model_id = resolve_model_id(conn, model_id)
             where.append("model_id = :model_id")
         per_model = _per_model(conn, " AND ".join(where), params) if by_model else None
@@ -100,6 +100,12 @@ def build_report(
         pending = conn.execute(
             sa.text(f"SELECT COUNT(*) FROM prediction_outcomes WHERE actual_close IS NULL AND {condition}"), params
         ).scalar()
+        if ticker and not overall["n"] and not pending:  # a known ticker, but nothing of it in the range asked
+            raise DataError(
+                f"no {'' if model_id else 'served '}prediction for {params['ticker']}"
+                + (f" as of {since} or later" if since else "")
+                + (f" by model {model_id[:12]}" if model_id else "")
+            )
         outcomes = [
             dict(r)
             for r in conn.execute(

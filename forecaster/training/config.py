@@ -53,6 +53,14 @@ class TrainConfig:
     precision: str = "fp32"
     device: str = DEFAULT_DEVICE  # auto: CUDA when torch can use it
     val_sample: int = VAL_SAMPLE
+    # Early stopping: stop after this many validation checks (of the budget's
+    # 40) without a new kept step, the same beyond-noise rule that keeps one;
+    # 0 trains the whole budget. On real prices nothing beats the start, so a
+    # training that will end at the naive forecast ends at an eighth of its budget.
+    patience: int = 5
+    # Leave out of training and calibration the windows that cross a flagged
+    # price (data/flags.py: a split, a bad print, a jump).
+    skip_flagged: bool = True
 
     def model_config(self) -> ModelConfig:
         return ModelConfig(seq_len=self.seq_len, hidden=self.hidden, layers=self.layers, scaling=self.scaling)

@@ -77,18 +77,20 @@ def calibrate(
     seq_len: int,
     device: torch.device,
     method: str = intervals.DEFAULT_METHOD,
+    fit_rows: np.ndarray | None = None,
 ) -> intervals.Calibration:
-    """The interval calibration, from the model's misses on validation windows (never test days)."""
+    """The interval calibration: the HAR's coefficients (its method) from
+    `fit_rows` (training windows), then the score quantiles from the model's
+    misses on the validation windows `rows` (never test days)."""
+    har = ()
+    if method == "har":
+        if fit_rows is None or not len(fit_rows):
+            raise ValueError("the har interval method needs training windows to fit on")
+        fit_windows, _ = gather(universe, fit_rows, seq_len)
+        har = intervals.fit_har(fit_windows.astype(np.float64), universe.ohlc[fit_rows + seq_len].astype(np.float64))
     predicted = predict_windows(model, universe, rows, seq_len, device)
     windows, actual = gather(universe, rows, seq_len)
-    windows = windows.astype(np.float64)
-    return intervals.Calibration.fit(
-        actual.astype(np.float64),
-        predicted,
-        windows[:, -1, CLOSE],
-        intervals.window_volatility(windows, method),
-        method,
-    )
+    return intervals.Calibration.fit(actual.astype(np.float64), predicted, windows.astype(np.float64), method, har)
 
 
 def held_out_intervals(

@@ -182,6 +182,17 @@ def run_training(
         f"trained {result.history['budget']} on {len(universe)} ticker(s), {world.size} process(es), "
         f"{world.device.type}"
     )
+    if "stopped_early_at" in result.history:
+        notes.append(
+            f"stopped early at step {result.history['stopped_early_at']}: {job.config.patience} validation checks "
+            "in a row without a step better beyond noise (--patience; 0 trains the whole budget)"
+        )
+    skipped = result.metrics["overall"].get("flagged_windows_skipped", 0)
+    if skipped:
+        notes.append(
+            f"{skipped} training and validation windows left out: they cross a flagged price "
+            "(price_flags; --keep-flagged keeps them)"
+        )
     written = write_results(job, result)
     return TrainOutcome(
         result.metrics,

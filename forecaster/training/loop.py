@@ -177,11 +177,14 @@ class Trainer:
                     val=f"{self.history['val_loss'][-1]:.4f}",
                     best=self.kept.step,
                 )
+                if self.out_of_patience():
+                    self.history["stopped_early_at"] = self.step
+                    break
         bar.close()
         self.net.load_state_dict(self.kept.state)
         self.net.eval()
         kept_at = self.kept.step if budget.unit == "step" else self.kept.step // budget.per_epoch
-        self.history.update(kept_z=self.kept.z, best_step=self.kept.step, steps=budget.steps, best_at=kept_at)
+        self.history.update(kept_z=self.kept.z, best_step=self.kept.step, steps=self.step, best_at=kept_at)
         self.history["best_epoch"] = kept_at if budget.unit == "epoch" else self.kept.step / budget.per_epoch
         if state_path is not None and self.world.is_main:
             state_path.unlink(missing_ok=True)  # finished: a state to resume from would only mislead
@@ -217,6 +220,16 @@ class Trainer:
         if z >= EVIDENCE and val_loss <= self.initial * (1 - MIN_GAIN) and val_loss < self.kept.loss:
             self.kept = Kept(val_loss, self.step, z, copy.deepcopy(self.net.state_dict()))
         self.running, self.seen = 0.0, 0
+
+    def out_of_patience(self) -> bool:
+        """config.patience checks in a row without a new kept step (every rank
+        decides alike: the validation figures are the same on all)."""
+        patience = self.config.patience
+        if not patience or self.step >= self.budget.steps:
+            return False
+        steps_at_checks = self.history["at"]
+        kept_at = self.kept.step if self.budget.unit == "step" else self.kept.step // self.budget.per_epoch
+        return sum(at > kept_at for at in steps_at_checks) >= patience
 
     def save(self, path: Path | None, extra: dict) -> None:
         """Everything needed to carry on: weights, optimiser, step, the kept
@@ -276,11 +289,15 @@ def batch_tensors(
 
 def validation_sample(index: WindowIndex, config: TrainConfig) -> np.ndarray:
     """A fixed, seeded sample of at most config.val_sample validation windows (all when fewer)."""
-    rows = index.val
-    if len(rows) <= config.val_sample:
+    return seeded_sample(index.val, config.val_sample, config.seed, 1 << 20)
+
+
+def seeded_sample(rows: np.ndarray, n: int, seed: int, stream: int) -> np.ndarray:
+    """At most n of `rows`, in order, the same for the same seed (all when fewer)."""
+    if len(rows) <= n:
         return rows
-    rng = np.random.default_rng([config.seed & 0xFFFFFFFF, 1 << 20])
-    return np.sort(rng.choice(rows, config.val_sample, replace=False))
+    rng = np.random.default_rng([seed & 0xFFFFFFFF, stream])
+    return np.sort(rng.choice(rows, n, replace=False))
 
 
 class Validation:

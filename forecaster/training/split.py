@@ -47,6 +47,10 @@ class WindowIndex:
     train: np.ndarray  # (n_train,) int64
     val: np.ndarray
     test: np.ndarray
+    # Training and validation windows left out because a flagged close lies
+    # in them (their inputs or target); the test keeps every window, as a
+    # nightly run meets them.
+    flagged_skipped: int = 0
 
 
 def min_rows(seq_len: int) -> int:
@@ -72,8 +76,12 @@ def split(n_windows: int, test_fraction: float, val_fraction: float) -> Split:
     return Split(train_end=n_trainval - n_val, val_end=n_trainval, n=n_windows)
 
 
-def index_windows(universe: Universe, seq_len: int, test_fraction: float, val_fraction: float) -> WindowIndex:
-    """Split every ticker's windows and list each part's windows by first row."""
+def index_windows(
+    universe: Universe, seq_len: int, test_fraction: float, val_fraction: float, skip_flagged: bool = True
+) -> WindowIndex:
+    """Split every ticker's windows and list each part's windows by first row;
+    with skip_flagged, training and validation leave out the windows that
+    cross a flagged day (a move from the row before it, both in the window)."""
     splits, parts = [], {"train": [], "val": [], "test": []}
     for k, ticker in enumerate(universe.tickers):
         first, rows = int(universe.starts[k]), int(universe.counts[k])
@@ -86,7 +94,20 @@ def index_windows(universe: Universe, seq_len: int, test_fraction: float, val_fr
             ("test", (s.val_end, s.n)),
         ):
             parts[part].append(np.arange(first + a, first + b, dtype=np.int64))
-    return WindowIndex(seq_len, splits, *(np.concatenate(parts[p]) for p in ("train", "val", "test")))
+    train, val, test = (np.concatenate(parts[p]) for p in ("train", "val", "test"))
+    if not skip_flagged or universe.flagged is None or not universe.flagged.any():
+        return WindowIndex(seq_len, splits, train, val, test)
+    # Flagged rows among rows s+1 .. s+seq_len of the window starting at s.
+    seen = np.concatenate([[0], np.cumsum(universe.flagged, dtype=np.int64)])
+
+    def clean(starts: np.ndarray) -> np.ndarray:
+        return starts[seen[starts + seq_len + 1] == seen[starts + 1]]
+
+    kept_train, kept_val = clean(train), clean(val)
+    skipped = len(train) - len(kept_train) + len(val) - len(kept_val)
+    if not len(kept_train) or not len(kept_val):
+        raise DataError("every training or validation window crosses a flagged price (price_flags): nothing to fit")
+    return WindowIndex(seq_len, splits, kept_train, kept_val, test, skipped)
 
 
 def fit_scaling(method: str, universe: Universe, index: WindowIndex) -> Scaling:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import __version__
+from .. import __version__, intervals
 from ..clock import utc_now
 from ..data.prices import Series
 from ..data.universe import Universe
@@ -31,7 +31,7 @@ from .allocator import reuse_freed_memory
 from .config import PRECISIONS, TrainConfig
 from .distributed import World
 from .evaluate import calibrate, held_out, held_out_intervals
-from .loop import fit, validation_sample
+from .loop import fit, seeded_sample, validation_sample
 from .model import Forecaster, build_forecaster
 from .precision import resolve as resolve_precision
 from .split import WindowIndex, fit_scaling, index_windows
@@ -84,7 +84,7 @@ def train_universe(
         precision_warning = None  # CUDA has bfloat16 whatever the host CPU
     with torch.random.fork_rng(devices=[]):  # seeded here, restored on leaving
         torch.manual_seed(config.seed)
-        index = index_windows(universe, config.seq_len, config.test_fraction, config.val_fraction)
+        index = index_windows(universe, config.seq_len, config.test_fraction, config.val_fraction, config.skip_flagged)
         scaling = fit_scaling(config.scaling, universe, index)
         model = build_forecaster(config.model_config(), scaling).to(world.device)
         data_sha256 = universe.data_hash()
@@ -123,7 +123,14 @@ def train_universe(
         return result
     started = time.perf_counter()
     metrics, result.predictions = held_out(model, universe, index, torch.device("cpu"))
-    calibration = calibrate(model, universe, validation_sample(index, config), index.seq_len, torch.device("cpu"))
+    calibration = calibrate(
+        model,
+        universe,
+        validation_sample(index, config),
+        index.seq_len,
+        torch.device("cpu"),
+        fit_rows=seeded_sample(index.train, intervals.HAR_FIT_WINDOWS, config.seed, 1 << 21),
+    )
     metrics["intervals"] = held_out_intervals(calibration, universe, index, result.predictions)
     # Step 0 kept: no step beat the starting weights on validation. Under
     # relative scaling those output "no change", i.e. the naive forecast itself.
@@ -134,6 +141,7 @@ def train_universe(
         precision=precision,
         steps=history["steps"],
         train_windows=len(index.train),
+        flagged_windows_skipped=index.flagged_skipped,
         unit=history["unit"],
         world_size=world.size,
         device=world.device.type,

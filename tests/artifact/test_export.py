@@ -45,6 +45,7 @@ def torch_model(path):
     return build_forecaster(ModelConfig(**data["model_config"]), data["scaling"], data["state_dict"]), data
 
 
+@pytest.mark.slow
 def test_export_then_verify_round_trip(ckpt, tmp_path):
     result = export(ckpt, tmp_path / "m.onnx")
     assert result.max_rel <= 1e-4 and result.n_checked > 0
@@ -118,6 +119,7 @@ def test_a_corrupted_scaling_initializer_makes_verify_fail(onnx_path, tmp_path):
     assert result.exit_code == 1 and "exceeds the tolerance 0.0001" in result.output
 
 
+@pytest.mark.slow
 def test_a_forced_mismatch_makes_export_fail_and_leaves_no_file(tmp_path, monkeypatch):
     ckpt = make_checkpoint(tmp_path / "m.pt")
     real = export_mod._to_onnx
@@ -165,6 +167,7 @@ def test_info_shows_the_metadata(onnx_path, tmp_path):
     assert "aa         " in result.output and "held-out RMSE" in result.output
 
 
+@pytest.mark.slow
 def test_export_cli(tmp_path):
     ckpt = make_checkpoint(tmp_path / "m.pt")
     result = CliRunner().invoke(main, ["export", str(ckpt)])
@@ -193,6 +196,7 @@ def run_graph(proto, uses_index, batch):
     return session.run(None, feeds)
 
 
+@pytest.mark.slow
 def test_the_lstm_rewrite_gives_the_same_bits_with_less_data_movement(exported):
     from forecaster.artifact.lstm_graph import streamline_lstm_outputs
 
@@ -213,6 +217,7 @@ def test_the_lstm_rewrite_gives_the_same_bits_with_less_data_movement(exported):
     assert count(onnx.load(str(exported[1])), "Transpose") == count(fast, "Transpose")  # export applies it
 
 
+@pytest.mark.slow
 def test_the_lstm_rewrite_leaves_a_graph_it_does_not_recognise_alone(exported):
     from forecaster.artifact.lstm_graph import streamline_lstm_outputs
 

@@ -80,7 +80,12 @@ def test_sql_is_read_only_on_the_database_itself(sample_dir, any_db_url, tmp_pat
     invoke("ingest", sample_dir, "--db", any_db_url)
     url = reader_url(any_db_url)
     # A reading statement that writes is refused by the database itself.
-    refused = invoke("sql", "with x as (select 1) insert into tickers select 'x', '', '', 0 from x", "--db", url)
+    refused = invoke(
+        "sql",
+        "with x as (select 1) insert into tickers (ticker, first_date, last_date, n_rows) select 'x', '', '', 0 from x",
+        "--db",
+        url,
+    )
     assert refused.exit_code == 1 and "query failed" in refused.output and "read" in refused.output.lower()
     after = invoke("sql", "select count(*) as n from prices", "--db", url)
     assert after.output.splitlines()[2].strip() == "360"
@@ -178,3 +183,24 @@ def test_the_cli_takes_its_defaults_from_the_library():
         for option, parameter in names.items():
             assert defaults(command)[option] == signature[parameter].default, (command, option)
     assert defaults("predict")["db"] == DEFAULT_DB_URL and defaults("predict")["calendar"] == DEFAULT_CALENDAR
+
+
+def test_a_reader_that_stops_reading_ends_the_command_quietly(shared_data, db_url):
+    """`forecaster sql ... | head -1`: no broken-pipe error, exit 0."""
+    import subprocess
+    import sys
+
+    invoke("ingest", shared_data, "--db", db_url)
+    command = [sys.executable, "-m", "forecaster", "sql", "SELECT * FROM prices", "--db", db_url]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = proc.stdout.readline()
+    proc.stdout.close()  # as head does after its lines
+    assert proc.wait(timeout=120) == 0 and first.startswith(b"ticker")
+    assert proc.stderr.read() == b""
+
+
+@pytest.mark.parametrize("command", ["predict", "daemon"])
+def test_a_mistyped_shard_is_a_usage_error(command, db_url):
+    for text, said in (("3/2", "K must be between 1 and N"), ("half", "expected K/N, e.g. 1/3")):
+        result = invoke(command, "--model", "champion", "--shard", text, "--db", db_url)
+        assert result.exit_code == 2 and said in result.output, result.output

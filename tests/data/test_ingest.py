@@ -142,6 +142,7 @@ def ingest_together(url: str, *folders) -> list[str]:
     return [p.stderr.read() for p in procs if p.wait() != 0]
 
 
+@pytest.mark.slow
 def test_two_ingests_at_once_keep_the_summaries_right(any_db_url, tmp_path):
     # One ticker in two files (every other day in each), 60 tickers, each file
     # ingested by its own process at the same instant. Before the fix every
@@ -158,6 +159,7 @@ def test_two_ingests_at_once_keep_the_summaries_right(any_db_url, tmp_path):
     assert summaries_against_prices(engine) == []
 
 
+@pytest.mark.slow
 def test_the_same_new_rows_ingested_twice_at_once_are_stored_once(any_db_url, tmp_path):
     from forecaster.data.sample import write_sample_data
 
@@ -238,6 +240,17 @@ def test_a_row_dated_after_the_exchanges_day_waits_and_is_stored_when_that_day_c
     later = ingest(any_engine, [path], today=dt.date(2017, 11, 13))
     assert (later.rows_added, later.rows_unchanged, later.rows_waiting) == (1, 1, 0)
     assert count(any_engine) == 3 and ingest(any_engine, [path]).files_skipped == 1
+
+
+def test_a_row_set_aside_after_a_waiting_one_is_recorded_once(any_engine, tmp_path):
+    """The ledger stops at the waiting row, so the lines after it are read
+    again at every ingest: their rejection is recorded (and counted) once."""
+    import datetime as dt
+
+    rows = ["2017-11-09,10,11,9,10.5,100,0", "2017-11-13,10,11,9,10.7,100,0", "2017-11-10,x,11,9,10.6,100,0"]
+    path = write_file(tmp_path, "abc.us.txt", HEADER + "\n".join(rows) + "\n")
+    said = [ingest(any_engine, [path], today=dt.date(2017, 11, 10)).rows_rejected for _ in range(3)]
+    assert said == [1, 0, 0] and len(rejects(any_engine)) == 1
 
 
 def test_the_exchanges_day_is_its_own_not_the_hosts():

@@ -2,6 +2,7 @@
 accounted for; small files (plain Python) and large ones (NumPy and the C
 parser) judge every line the same way. Property-based (hypothesis)."""
 
+import pytest
 from helpers import read_fields
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -67,6 +68,7 @@ dated_row = st.tuples(st.dates().map(lambda d: d.isoformat()), st.lists(field, m
 )
 
 
+@pytest.mark.slow
 @FUZZ
 @given(st.lists(st.one_of(row, dated_row), max_size=25))
 @example(["2017-01-03,１２,13,11,12,5,0"])

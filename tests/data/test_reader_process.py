@@ -165,6 +165,7 @@ def alive(pid: int) -> bool:
     return state != "Z"  # a zombie has exited; only its parent has not collected it
 
 
+@pytest.mark.slow
 def test_killing_the_ingesting_process_stops_its_reader(tmp_path):
     folder = tmp_path / "in"
     write_sample_data(folder, tickers=40, days=2500, seed=2)  # more than the pipe holds

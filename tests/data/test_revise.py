@@ -29,6 +29,7 @@ def outcomes(engine):
         return dict(conn.exec_driver_sql("SELECT prediction_id, actual_close FROM prediction_outcomes").all())
 
 
+@pytest.mark.slow
 def test_a_revised_history_is_refused_as_conflicts_then_accepted_with_revise(
     any_engine, shared_data, tmp_path, tiny_model
 ):

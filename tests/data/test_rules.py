@@ -248,6 +248,7 @@ decimal_text = st.one_of(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.tuples(*[decimal_text] * 5), min_size=1, max_size=50))
 def test_the_fast_path_reads_every_number_exactly_as_python_does(numbers):

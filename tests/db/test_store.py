@@ -64,6 +64,7 @@ def test_readers_open_and_read_while_a_writer_holds_the_lock(any_db_url, monkeyp
     assert run_query(reader, "SELECT COUNT(*) FROM prices")[1] == [(1,)]
 
 
+@pytest.mark.slow
 def test_processes_opening_a_new_database_together_all_succeed(tmp_path):
     # SQLite refuses a switch to WAL at once ("database is locked", without its
     # busy wait) when two connections both read the new file's header first and
@@ -111,6 +112,8 @@ def test_a_version_1_database_is_upgraded_in_place_keeping_its_data(any_db_url):
         for column in ("status", "promoted_at"):
             conn.exec_driver_sql(f"ALTER TABLE models DROP COLUMN {column}")
         conn.exec_driver_sql("ALTER TABLE runs DROP COLUMN shadow_of")
+        schema.price_flags.drop(conn)
+        conn.exec_driver_sql("ALTER TABLE tickers DROP COLUMN judged_through")
         conn.execute(schema.schema_info.update().values(version=1))
     engine.dispose()
     with pytest.raises(StoreError, match="has schema version 1: open it once with a writing command"):
@@ -124,6 +127,8 @@ def test_a_version_1_database_is_upgraded_in_place_keeping_its_data(any_db_url):
         assert sa.inspect(conn).has_table("promotions") and "model_scoreboard" in sa.inspect(conn).get_view_names()
         assert "shadow_of" in {c["name"] for c in sa.inspect(conn).get_columns("runs")}
         assert {"status", "promoted_at"} <= {c["name"] for c in sa.inspect(conn).get_columns("models")}
+        assert sa.inspect(conn).has_table("price_flags")
+        assert "judged_through" in {c["name"] for c in sa.inspect(conn).get_columns("tickers")}
 
 
 def test_every_database_error_reads_and_writes_becomes_one_database_error(any_engine):

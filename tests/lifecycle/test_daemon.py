@@ -30,6 +30,7 @@ def stocked(any_engine, shared_data):
     return any_engine
 
 
+@pytest.mark.slow
 def test_catch_up_then_refuse_a_second_daemon_then_stop_on_sigterm(stocked, any_db_url, tiny_model, tmp_path):
     predict(stocked, tiny_model, as_of="2017-11-07", device="cpu")  # the last night that ran
     first = start_daemon(any_db_url, tiny_model, tmp_path / "first.log")
@@ -61,6 +62,7 @@ def test_catch_up_then_refuse_a_second_daemon_then_stop_on_sigterm(stocked, any_
             first.kill()
 
 
+@pytest.mark.slow
 def test_a_killed_daemon_does_not_block_the_next_one(stocked, any_db_url, tiny_model, tmp_path):
     first = start_daemon(any_db_url, tiny_model, tmp_path / "a.log")
     wait_for(tmp_path / "a.log", "next nightly at", first)
@@ -128,6 +130,7 @@ def test_a_bad_schedule_is_a_clear_error():
         make_trigger("not a cron", "America/New_York")
 
 
+@pytest.mark.slow
 def test_sigterm_in_the_middle_of_a_run_waits_for_it_then_exits_0(stocked, any_db_url, tiny_model, tmp_path):
     # Months owed: the catch-up runs in the scheduler's job thread, as every
     # scheduled run does, and the signal arrives while it writes.
@@ -150,6 +153,7 @@ def test_sigterm_in_the_middle_of_a_run_waits_for_it_then_exits_0(stocked, any_d
     assert statuses["succeeded"] == 1 + len(runs_logged) < 100  # it stopped early, every run whole
 
 
+@pytest.mark.slow
 def test_a_daemon_whose_postgresql_lock_died_with_a_server_restart_exits_and_the_next_one_serves(
     shared_data, tiny_model, tmp_path
 ):
@@ -223,6 +227,7 @@ def test_a_failing_start_up_leaves_the_schedules_standing(db_url, engine, shared
     assert "the start-up retrain check failed; the schedules stand" in caplog.text
 
 
+@pytest.mark.slow
 def test_a_daemon_whose_lock_connection_hangs_counts_the_lock_as_lost(shared_data, tiny_model, tmp_path):
     """A server that stops answering (frozen, or a network cut without a
     reset) must not freeze the daemon: the lock check gives up and it exits."""

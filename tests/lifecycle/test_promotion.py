@@ -22,6 +22,7 @@ from forecaster.serving import registry
 from forecaster.serving.nightly import predict
 
 
+@pytest.mark.slow
 def test_the_database_keeps_one_champion_and_every_decision(any_engine, tiny_model, other_tiny_model):
     first, second = file_sha256(tiny_model), file_sha256(other_tiny_model)
     promotion.promote(any_engine, tiny_model, "first")
@@ -39,6 +40,7 @@ def test_the_database_keeps_one_champion_and_every_decision(any_engine, tiny_mod
         conn.execute(sa.text("UPDATE models SET status = 'champion' WHERE model_id = :m"), {"m": first})
 
 
+@pytest.mark.slow
 def test_challengers_are_scored_in_the_shadows_and_never_shown_as_latest(
     any_engine, sample_dir, tiny_model, other_tiny_model
 ):
@@ -166,6 +168,7 @@ with store.write_transaction(engine) as conn:
 """
 
 
+@pytest.mark.slow
 def test_a_kill_during_a_promotion_leaves_the_previous_champion(any_db_url, tiny_model, other_tiny_model):
     engine = store.connect(any_db_url)
     promotion.promote(engine, tiny_model, "first")

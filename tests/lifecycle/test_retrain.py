@@ -84,6 +84,7 @@ def served_model(engine, as_of):
     return rows(engine, "SELECT DISTINCT model_id FROM predictions WHERE as_of = :d", d=as_of)
 
 
+@pytest.mark.slow
 def test_a_better_challenger_is_promoted_and_serves_the_next_run(any_db_url, world, tmp_path):
     engine = store.connect(any_db_url)
     promotion.promote(engine, world["broken"], "first")
@@ -134,6 +135,7 @@ def test_a_better_challenger_is_promoted_and_serves_the_next_run(any_db_url, wor
     assert rows(engine, "SELECT DISTINCT model_id FROM latest_predictions") == [(outcome.model_id,)]
 
 
+@pytest.mark.slow
 def test_a_challenger_short_of_the_bar_is_rejected_and_the_champion_keeps_serving(engine, world, tmp_path, monkeypatch):
     ingest(engine, [world["data"]])
     promotion.promote(engine, world["broken"], "first")
@@ -154,6 +156,7 @@ def test_a_challenger_short_of_the_bar_is_rejected_and_the_champion_keeps_servin
     assert served_model(engine, run.as_of) == [(good,)] and run.shadows == {}  # a rejected model is not scored
 
 
+@pytest.mark.slow
 def test_a_challenger_worse_than_naive_is_rejected(any_db_url, world, tmp_path):
     engine = store.connect(any_db_url)
     ingest(engine, [world["data"]])
@@ -166,6 +169,7 @@ def test_a_challenger_worse_than_naive_is_rejected(any_db_url, world, tmp_path):
     assert rows(engine, "SELECT decision FROM promotions ORDER BY promotion_id") == [("promoted",), ("rejected",)]
 
 
+@pytest.mark.slow
 def test_a_kill_during_retrain_leaves_the_champion_untouched(db_url, world, tmp_path):
     engine = store.connect(db_url)
     ingest(engine, [world["data"]])
@@ -196,6 +200,7 @@ def cut_files(source: Path, dest: Path, last_date: str) -> None:
         target.write_text("".join([lines[0], *(line for line in lines[1:] if line[:10] <= last_date)]))
 
 
+@pytest.mark.slow
 def test_the_realized_gate_waits_for_its_nights_then_decides(engine, world, tmp_path):
     sessions = sorted({line[:10] for p in world["data"].rglob("*.txt") for line in p.read_text().splitlines()[1:]})
     cut = tmp_path / "cut"
@@ -241,6 +246,7 @@ def test_retrain_needs_a_champion_and_enough_sessions(engine, world, tmp_path):
         retrain(engine, settings(tmp_path, gate_days=400))
 
 
+@pytest.mark.slow
 def test_the_daemon_retrains_one_job_at_a_time_and_owes_a_missed_retrain(engine, world, tmp_path):
     ingest(engine, [world["data"]])
     promotion.promote(engine, world["broken"], "first")  # the retrain's challenger replaces it
@@ -326,6 +332,7 @@ def test_two_copies_of_one_model_are_a_tie_and_the_champion_stays(engine, world)
     assert not promote and reason.startswith("rejected (not better than the champion (a tie)): ")
 
 
+@pytest.mark.slow
 def test_retrain_and_models_from_the_command_line(db_url, world, tmp_path):
     from click.testing import CliRunner
 
@@ -345,6 +352,7 @@ def test_retrain_and_models_from_the_command_line(db_url, world, tmp_path):
     assert "rejected" in listed and "champion" in listed
 
 
+@pytest.mark.slow
 def test_the_daemon_serves_the_champion_and_runs_a_missed_retrain_on_start(db_url, world, tmp_path):
     engine = store.connect(db_url)
     ingest(engine, [world["data"]])
@@ -371,6 +379,7 @@ def test_the_daemon_serves_the_champion_and_runs_a_missed_retrain_on_start(db_ur
     assert (champion,) in served and len(served) == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stopped_after", ["nothing", "run_training", "export", "verify", "backtest"])
 def test_a_stop_at_any_point_before_the_decision_records_nothing(engine, world, tmp_path, monkeypatch, stopped_after):
     from forecaster.lifecycle import retrain as retrain_module

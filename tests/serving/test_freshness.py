@@ -175,7 +175,8 @@ def test_data_that_lags_the_calendar_waits_for_the_session_it_will_score(
     )
     with caplog.at_level(logging.INFO, logger="forecaster.daemon"):
         NightlyJob(engine, config, threading.Event(), now=clock.now, sleep=clock.sleep)(scheduled=True)
-    assert "deadline reached: scoring 2017-11-09 with 0 of 9 tickers" in caplog.text and "2026-12" not in caplog.text
+    said = "deadline reached: no close arrived for 2017-11-09 (0 of 9 tickers); it is not scored tonight"
+    assert said in caplog.text and "scoring 2017-11-09" not in caplog.text and "2026-12" not in caplog.text
     assert clock.slept == [300, 300]
     # Once that session is stored, a fire scores it at once.
     cut_copy(shared_data, data, "2017-11-09")

@@ -74,6 +74,7 @@ def test_two_nights_on_real_data(any_engine, shared_data, tiny_model, tmp_path):
     assert rows(any_engine, "SELECT as_of FROM latest_predictions WHERE ticker = 'aaxj'") == [("2017-11-09",)]
 
 
+@pytest.mark.slow
 def test_backfill_is_point_in_time(any_engine, shared_data, tiny_model):
     from forecaster.data.ingest import ingest
 
@@ -176,6 +177,7 @@ def test_owed_dates_follow_the_runs_ledger(any_engine, shared_data, tiny_model):
     assert owed_dates(any_engine, model) == ["2017-11-08", "2017-11-09", "2017-11-10"]
 
 
+@pytest.mark.slow
 def test_predict_cli_and_report(tmp_path, shared_data, tiny_model, any_db_url):
     runner = CliRunner()
     result = runner.invoke(
@@ -214,6 +216,7 @@ def test_predict_cli_and_report(tmp_path, shared_data, tiny_model, any_db_url):
     assert both.exit_code == 2 and "give --as-of or --from/--to, not both" in both.output
 
 
+@pytest.mark.slow
 def test_shards_together_make_exactly_one_unsharded_run(any_db_url, shared_data, tiny_model, tmp_path):
     from forecaster.serving.shards import Shard
 
@@ -244,6 +247,7 @@ def test_shard_membership_is_stable_and_complete():
         Shard.parse("3/2")
 
 
+@pytest.mark.slow
 def test_a_minmax_model_skips_tickers_it_never_saw_with_a_reason(engine, tmp_path):
     from helpers import make_checkpoint
 
@@ -265,6 +269,7 @@ def test_a_minmax_model_skips_tickers_it_never_saw_with_a_reason(engine, tmp_pat
     assert rows(engine, "SELECT ticker FROM predictions") == [("aa",)]
 
 
+@pytest.mark.slow
 def test_late_files_are_scored_on_catch_up_within_the_lookback(any_engine, shared_data, tiny_model, tmp_path):
     # The issue's reproduction: five tickers' 2017-11-08 closes arrive, that
     # night is scored, then four more arrive and the daemon restarts.
@@ -373,3 +378,33 @@ def test_a_date_without_prices_is_refused_before_any_run(any_engine, shared_data
         predict(any_engine, tiny_model, device="cpu", start="2017-11-10", end="2017-11-01")
     with any_engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT status, COUNT(*) FROM runs GROUP BY status").all() == [("succeeded", 1)]
+
+
+def test_a_prediction_whose_window_holds_a_flagged_close_says_so(any_engine, sample_dir, tiny_model):
+    """A split inside the window marks the prediction; one before the window does not."""
+    import pandas as pd
+
+    from forecaster.data.ingest import ingest
+
+    seq_len = load_model(tiny_model).seq_len
+    days = pd.bdate_range(end="2017-11-10", periods=120)
+    for name, at in (("inside", 120 - seq_len // 2), ("before", 120 - seq_len - 5)):
+        closes = 40 * np.exp(np.cumsum(np.random.default_rng(len(name)).normal(0, 0.01, 120)))
+        closes[at:] /= 2  # a 2:1 split, unadjusted
+        lines = [
+            f"{d:%Y-%m-%d},{c:.4f},{c * 1.01:.4f},{c * 0.99:.4f},{c:.4f},100,0"
+            for d, c in zip(days, closes, strict=True)
+        ]
+        (sample_dir / "Stocks" / f"{name}.us.txt").write_text(
+            "Date,Open,High,Low,Close,Volume,OpenInt\n" + "\n".join(lines) + "\n"
+        )
+    ingest(any_engine, [sample_dir], settle=0)
+    [run] = predict(any_engine, tiny_model, device="cpu", as_of="2017-11-10").runs
+    with any_engine.connect() as conn:
+        marked = dict(conn.execute(sa.text("SELECT ticker, flags FROM predictions")).all())
+        split_days = conn.execute(sa.text("SELECT ticker, kind FROM price_flags ORDER BY ticker")).all()
+    assert split_days == [("before", "split"), ("inside", "split")]
+    # (a halved price is also beyond anything the tiny model saw: both flags, comma-separated)
+    assert "flagged_prices" in marked.pop("inside").split(",")
+    assert not any("flagged_prices" in (flags or "") for flags in marked.values())
+    assert run.flagged_prices == ["inside"] and "1 flagged flagged_prices" in run.message

@@ -44,6 +44,7 @@ def test_every_filter_of_report_is_checked(db_url, sample_dir, tiny_model, other
         (["--ticker", "zzz"], "Error: unknown ticker zzz: not in the database\n"),
         (["--model-id", "abc123"], "Error: no model's id starts with 'abc123' (forecaster models lists them)\n"),
         (["--model-id", "xyz"], "Error: 'xyz' is not a model id (a sha256 in hex, or its first characters)\n"),
+        (["--model-id", ""], "Error: '' is not a model id (a sha256 in hex, or its first characters)\n"),
     ]:
         result = invoke("report", *args, "--db", db_url)
         assert (result.exit_code, result.output) == (1, said), args
@@ -52,6 +53,19 @@ def test_every_filter_of_report_is_checked(db_url, sample_dir, tiny_model, other
         1,
         "Error: no prediction was made as of 2030-01-01 or later: the newest as_of is 2017-11-10\n",
     )
+    with store.connect(db_url).begin() as conn:  # a ticker stored, but never scored
+        conn.execute(
+            sa.text(
+                "INSERT INTO tickers (ticker, first_date, last_date, n_rows) "
+                "VALUES ('idle', '2017-01-03', '2017-11-10', 200)"
+            )
+        )
+    for args, said in [
+        ([], "Error: no served prediction for idle\n"),
+        (["--since", "2017-11-01"], "Error: no served prediction for idle as of 2017-11-01 or later\n"),
+    ]:
+        result = invoke("report", "--ticker", "idle", *args, "--db", db_url)
+        assert (result.exit_code, result.output) == (1, said), args
     pending = invoke("report", "--since", "2017-11-10", "--db", db_url)  # made, not yet known
     assert pending.exit_code == 0 and pending.output.startswith("no served prediction has an outcome yet (3 waiting")
 

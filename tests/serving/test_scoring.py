@@ -35,6 +35,7 @@ def without_torch(*args):
     return without(["torch"], *args)
 
 
+@pytest.mark.slow
 def test_scoring_info_verify_report_sql_and_the_registry_never_load_torch(tiny_model, shared_data, db_url):
     for args in (
         ["info", tiny_model],
@@ -58,6 +59,7 @@ def test_scoring_info_verify_report_sql_and_the_registry_never_load_torch(tiny_m
 NOT_NIGHTLY = ("torch", "onnx", "pandas", "sklearn", "scipy", "exchange_calendars", "sqlalchemy.dialects.postgresql")
 
 
+@pytest.mark.slow
 def test_a_night_of_appended_rows_imports_none_of_the_heavy_libraries(tiny_model, shared_data, tmp_path):
     from helpers import append_next_day, cut_copy
 

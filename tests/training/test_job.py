@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from forecaster.cli import main
@@ -82,6 +83,7 @@ def test_tickers_or_all_is_required(tmp_path, db_url):
     assert result.exit_code == 2 and "give either --tickers A,B or --all" in result.output
 
 
+@pytest.mark.slow
 def test_a_model_that_kept_the_naive_epoch_says_so_and_its_export_verifies(tmp_path, sample_dir, db_url):
     # With a learning rate of 0 no epoch can beat the starting weights, on any CPU:
     # the kept model is the zero head, i.e. the naive forecast itself.
@@ -110,6 +112,7 @@ def test_a_model_that_kept_the_naive_epoch_says_so_and_its_export_verifies(tmp_p
     assert result.exit_code == 0, result.output
 
 
+@pytest.mark.slow
 def test_the_issue_s_real_data_run_exports_a_file_that_verifies(tmp_path, shared_data, db_url):
     data = tmp_path / "d"
     for name in ("ETFs/aaxj.us.txt", "Stocks/a.us.txt"):

@@ -34,7 +34,7 @@ def small_universe():
 
 
 def test_a_stopped_training_resumes_to_exactly_the_same_model(tmp_path):
-    config = TrainConfig(steps=60, batch_size=32, hidden=8, layers=1, seed=3)
+    config = TrainConfig(steps=60, batch_size=32, hidden=8, layers=1, seed=3, patience=0)  # the whole budget
     whole = train_universe(small_universe(), config, ALONE)
 
     calls = iter(range(10_000))
@@ -100,3 +100,20 @@ def test_a_step_is_kept_only_when_it_beats_the_start_beyond_the_validation_noise
     walk = train_universe(noise, TrainConfig(steps=200, batch_size=32, hidden=8, layers=1), ALONE)
     assert walk.history["best_step"] == 0 and walk.metrics["overall"]["is_naive"]
     assert walk.metrics["overall"]["mean_ratio"] == 1.0
+
+
+def test_training_stops_after_patience_checks_without_a_better_step():
+    """A random walk: nothing beats the naive start, so the training stops
+    after `patience` checks and keeps the start; patience 0 spends the budget."""
+    walk = Universe.from_series({t: synthetic_series(t, days=300, seed=i) for i, t in enumerate("abcd")})
+    config = TrainConfig(steps=400, batch_size=32, hidden=8, layers=1, seed=1, patience=3)
+    stopped = train_universe(walk, config, ALONE)
+    every = plan(len(walk.dates), config).eval_every  # any size: eval_every is steps // 40
+    h = stopped.history
+    if h["best_step"] == 0:  # the usual case on a random walk
+        assert h["stopped_early_at"] == 3 * every and h["steps"] == 3 * every and len(h["val_loss"]) == 3
+    else:  # a step beat the start: the stop comes 3 checks after the last kept one
+        assert h["stopped_early_at"] == h["best_step"] + 3 * every
+    whole = train_universe(walk, TrainConfig(**{**vars(config), "patience": 0}), ALONE).history
+    assert "stopped_early_at" not in whole and whole["steps"] == 400 and len(whole["val_loss"]) == 40
+    assert whole["val_loss"][: len(h["val_loss"])] == h["val_loss"]  # the same training, cut short

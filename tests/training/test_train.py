@@ -1,3 +1,4 @@
+import pytest
 import torch
 from helpers import synthetic_series
 
@@ -29,7 +30,7 @@ def test_the_best_validation_epoch_beating_the_start_beyond_noise_is_kept():
     from forecaster.evidence import EVIDENCE, MIN_GAIN
 
     series = {"syn": synthetic_series(days=400, seed=5, ar=0.5)}
-    result = train(series, TrainConfig(epochs=15, hidden=16, layers=1, batch_size=32, lr=0.05))
+    result = train(series, TrainConfig(epochs=15, hidden=16, layers=1, batch_size=32, lr=0.05, patience=0))
     h = result.history
     assert len(h["val_loss"]) == 15
     enough = h["initial_val_loss"] * (1 - MIN_GAIN)
@@ -114,6 +115,7 @@ def test_bf16_trains_in_bf16_where_this_cpu_can_and_in_fp32_with_a_warning_where
         assert a.history == fp32.history
 
 
+@pytest.mark.slow
 def test_train_cli_falls_back_where_onednn_cannot_do_bf16(tmp_path, sample_dir):
     # ONEDNN_MAX_CPU_ISA=AVX2 makes oneDNN behave as on a CPU without AVX-512,
     # where it cannot build a bfloat16 LSTM: the fallback is tested on every CPU.

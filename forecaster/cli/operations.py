@@ -1,0 +1,57 @@
+"""Commands for whoever runs it: is it healthy?"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import click
+
+from .base import calendar_option, db_option, main, metrics_file_option, open_store, option, reports_errors
+
+
+@main.command()
+@option("--json", "as_json", is_flag=True, help="Print the whole health as one JSON object.")
+@option(
+    "--at",
+    metavar="YYYY-MM-DDTHH:MM",
+    help="Judge as of this moment (UTC unless it has an offset) instead of now: a replay, a test.",
+)
+@option(
+    "--stale-share",
+    default=0.05,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="Degraded when more than this share of the owed session's tickers has no close.",
+)
+@metrics_file_option
+@calendar_option
+@db_option
+@reports_errors
+def status(as_json, at, stale_share, metrics_file, calendar, db):
+    """Is it healthy? The served model's last run against the session the
+    exchange calendar says is owed, the data's age, stale tickers, rows set
+    aside and prices flagged by the last ingest, realised accuracy and
+    interval coverage (20 and 60 sessions, against a binomial band), the
+    challengers and the last gate decision. Read-only.
+
+    Exit status: 0 healthy; 3 degraded (stale share above --stale-share,
+    coverage out of band); 4 failed (no successful run for the owed session
+    although its closes are stored); 75 waiting (the owed session's closes
+    are not stored yet: retry later, sysexits.h's EX_TEMPFAIL).
+    """
+    from ..serving import prometheus
+    from ..serving.status import describe, health
+
+    moment = None
+    if at:
+        try:
+            moment = dt.datetime.fromisoformat(at)
+        except ValueError:
+            raise click.BadParameter(f"{at!r} is not a moment (expected YYYY-MM-DDTHH:MM)", param_hint="--at") from None
+        moment = moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+    h = health(open_store(db, read_only=True), at=moment, calendar=calendar, stale_share=stale_share)
+    if metrics_file:
+        prometheus.write(Path(metrics_file), h)
+    click.echo(h.to_json() if as_json else describe(h))
+    raise SystemExit(h.exit_code)

@@ -1,0 +1,209 @@
+"""Closes that moved too far to be true: found, classified, never rejected.
+
+A vendor's files carry misplaced decimals and unadjusted splits beside real
+crashes. A day is flagged when its close moved from the previous one by more
+than JUMP_SIGMAS times the ticker's own typical move (a robust scale of its
+previous returns) and by at least MIN_MOVE. The flag says what the move most
+likely was:
+
+- bad_print: the close returns to about where it was within REVERT_SESSIONS
+  sessions (a misplaced decimal, a wrong print); the day it returns is
+  flagged `revert`, so every window holding the bad value is known;
+- split: the ratio is within SPLIT_TOLERANCE of 2, 3, 4, 5 or 10 or of their
+  inverses, and the new level holds;
+- jump: anything else (a real crash or a takeover may well be one).
+
+Flags are judgements, so rows are stored all the same; training and
+calibration leave out windows that cross a flagged day, and the nightly run
+marks a prediction whose window holds one. A flag is decided from the rows
+up to REVERT_SESSIONS after it, so the newest days are judged again by the
+next ingest (a jump may turn out a bad print); `detect` over any stretch
+that starts CONTEXT rows before the days in question gives the same flags
+as over the whole history.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+import sqlalchemy as sa
+
+from ..db import bulk, schema
+
+JUMP_SIGMAS = 10.0  # times the ticker's typical daily move
+MIN_MOVE = np.log(1.4)  # and at least 40% either way: no ordinary day of any ticker
+SCALE_RETURNS = 60  # previous returns whose robust scale is "typical"
+SCALE_FLOOR = 0.005  # a typical move of at least 0.5%: a ticker that barely moved does not flag every tick
+REVERT_SESSIONS = 2  # a bad print is undone within this many sessions
+REVERT_TOLERANCE = 0.25  # "about where it was": within a quarter of the move
+SPLIT_FACTORS = (2, 3, 4, 5, 10)
+SPLIT_TOLERANCE = 0.03  # within 3% of the factor
+CONTEXT = SCALE_RETURNS + 2 * REVERT_SESSIONS + 1  # rows before the first day judged that detection reads
+KINDS = ("split", "bad_print", "revert", "jump")
+
+
+@dataclass(frozen=True)
+class Flag:
+    index: int  # the row whose close moved (from the row before it)
+    kind: str
+    ratio: float  # this close over the previous one
+
+
+def detect(closes: np.ndarray, first: int = 1) -> list[Flag]:
+    """Flags for rows first.. of one ticker's closes (in date order). Rows
+    before `first` are context only (CONTEXT of them are enough)."""
+    closes = np.asarray(closes, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        moves = np.diff(np.log(closes))  # moves[i - 1]: row i over row i - 1
+    flags: list[Flag] = []
+    reverted_at = -1  # the revert row of the last bad print: not a jump of its own
+    with np.errstate(invalid="ignore"):
+        large = np.flatnonzero(np.abs(moves) >= MIN_MOVE) + 1  # rare: the rest needs no look
+    # A bad print that started just before `first` explains a move after it.
+    for i in large[large >= first - 2 * REVERT_SESSIONS].tolist():
+        move = moves[i - 1]
+        if i <= reverted_at:
+            continue
+        if abs(move) < JUMP_SIGMAS * _typical_move(moves[max(0, i - 1 - SCALE_RETURNS) : i - 1]):
+            continue
+        ratio = float(closes[i] / closes[i - 1])
+        back = _reverts_at(closes, i)
+        if back is not None:
+            flags.append(Flag(i, "bad_print", ratio))
+            flags.extend(Flag(j, "bad_print", float(closes[j] / closes[j - 1])) for j in range(i + 1, back))
+            flags.append(Flag(back, "revert", float(closes[back] / closes[back - 1])))
+            reverted_at = back
+        elif _near_split(ratio) and _level_holds(closes, i):
+            flags.append(Flag(i, "split", ratio))
+        else:
+            flags.append(Flag(i, "jump", ratio))
+    return [f for f in flags if f.index >= first]
+
+
+def _typical_move(previous: np.ndarray) -> float:
+    """A robust scale of the previous returns (1.4826 x their median absolute
+    value: one standard deviation for Gaussian moves, unmoved by the odd jump)."""
+    previous = previous[np.isfinite(previous)]
+    if len(previous) < 5:
+        return SCALE_FLOOR
+    return max(1.4826 * float(np.median(np.abs(previous))), SCALE_FLOOR)
+
+
+def _reverts_at(closes: np.ndarray, i: int) -> int | None:
+    """The row within REVERT_SESSIONS after i whose close is back near row
+    i - 1's, or None."""
+    move = np.log(closes[i] / closes[i - 1])
+    for j in range(i + 1, min(i + 1 + REVERT_SESSIONS, len(closes))):
+        if abs(np.log(closes[j] / closes[i - 1])) <= REVERT_TOLERANCE * abs(move):
+            return j
+    return None
+
+
+def _near_split(ratio: float) -> bool:
+    return any(abs(ratio * f - 1) <= SPLIT_TOLERANCE or abs(ratio / f - 1) <= SPLIT_TOLERANCE for f in SPLIT_FACTORS)
+
+
+def _level_holds(closes: np.ndarray, i: int) -> bool:
+    """The new level is kept: the next closes (those known) stay nearer it than the old one."""
+    after = closes[i + 1 : i + 1 + REVERT_SESSIONS]
+    return bool(np.all(np.abs(np.log(after / closes[i])) < np.abs(np.log(after / closes[i - 1]))))
+
+
+TICKERS_PER_QUERY = 500  # bound parameters per query
+_OWED = sa.or_(schema.tickers.c.judged_through.is_(None), schema.tickers.c.judged_through < schema.tickers.c.last_date)
+
+
+def judge_new_rows(conn: sa.Connection, now: str, in_memory: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+    """Judge every ticker's rows after its `judged_through` (all of them where
+    it is NULL), in the caller's transaction; the REVERT_SESSIONS days
+    before are judged again, since what followed them is now known.
+    `in_memory`: {ticker: (dates, closes)} of tickers whose whole stored
+    history is at hand (a ticker new in this ingest), read from nowhere else."""
+    t = schema.tickers.c
+    owed = bulk.fetch_plain(conn, sa.select(t.ticker, t.judged_through).where(_OWED))
+    by_anchor: dict[str | None, list[str]] = defaultdict(list)
+    for ticker, judged_through in owed:
+        if ticker in in_memory:
+            _replace(conn, ticker, *in_memory[ticker], None, now)
+        else:
+            by_anchor[judged_through].append(ticker)
+    for anchor, tickers in by_anchor.items():
+        for first in range(0, len(tickers), TICKERS_PER_QUERY):
+            for ticker, (dates, closes) in _recent_closes(conn, tickers[first : first + TICKERS_PER_QUERY], anchor):
+                _replace(conn, ticker, dates, closes, anchor, now)
+    if owed:
+        conn.execute(schema.tickers.update().where(_OWED).values(judged_through=t.last_date))
+
+
+def any_owed(conn: sa.Connection) -> bool:
+    """Whether some ticker has rows not judged yet (a database upgraded from
+    before flags, or an ingest that stopped between its batches)."""
+    return conn.execute(sa.select(sa.literal(1)).select_from(schema.tickers).where(_OWED).limit(1)).first() is not None
+
+
+def _recent_closes(conn: sa.Connection, tickers: list[str], anchor: str | None):
+    """(ticker, (dates, closes)) for each ticker: every row if anchor is None,
+    else from the row CONTEXT + REVERT_SESSIONS rows before its first after
+    `anchor` on (what judging its new rows needs). Two index-only reads: each
+    ticker's start by a primary-key seek, then the rows from the earliest
+    start, cut per ticker here (a join on per-ticker starts was planned as a
+    scan of every row on PostgreSQL)."""
+    p, t = schema.prices.c, schema.tickers.c
+    starts: dict[str, str | None] = dict.fromkeys(tickers)
+    if anchor is not None:
+        back = schema.prices.alias("back")
+        start = (
+            sa.select(back.c.date)
+            .where(back.c.ticker == t.ticker, back.c.date <= anchor)
+            .order_by(back.c.date.desc())
+            .limit(1)
+            .offset(CONTEXT + REVERT_SESSIONS - 1)
+            .scalar_subquery()
+        )
+        starts.update(bulk.fetch_plain(conn, sa.select(t.ticker, start).where(t.ticker.in_(tickers))))
+    query = sa.select(p.ticker, p.date, p.close).where(p.ticker.in_(tickers))
+    if None not in starts.values():  # every ticker has enough rows before: none is read whole
+        query = query.where(p.date >= min(starts.values()))
+    rows = bulk.fetch_plain(conn, query.order_by(p.ticker, p.date))
+    at = 0
+    while at < len(rows):
+        ticker, end = rows[at][0], at
+        while end < len(rows) and rows[end][0] == ticker:
+            end += 1
+        first = starts[ticker]
+        mine = [r for r in rows[at:end] if first is None or r[1] >= first]
+        yield ticker, (np.array([r[1] for r in mine], dtype=object), np.array([r[2] for r in mine], dtype=np.float64))
+        at = end
+
+
+def _replace(conn: sa.Connection, ticker: str, dates: np.ndarray, closes: np.ndarray, anchor, now: str) -> None:
+    """Store the flags of the rows after `anchor` (every row if None) and of
+    the REVERT_SESSIONS rows before it, replacing the ones stored there; a
+    flag that is unchanged keeps its detected_at."""
+    new_at = 0 if anchor is None else int(np.searchsorted(dates, anchor, side="right"))
+    first = max(1, new_at - REVERT_SESSIONS)
+    found = {str(dates[f.index]): (f.kind, f.ratio) for f in detect(closes, first)}
+    f = schema.price_flags.c
+    since = str(dates[first]) if first < len(dates) else None
+    stored = (
+        {
+            d: (k, r)
+            for d, k, r in conn.execute(
+                sa.select(f.date, f.kind, f.ratio).where(f.ticker == ticker, f.date >= since)
+            ).all()
+        }
+        if since is not None
+        else {}
+    )
+    gone = [d for d in stored if found.get(d) != stored[d]]
+    if gone:
+        conn.execute(schema.price_flags.delete().where(f.ticker == ticker, f.date.in_(gone)))
+    fresh = [
+        {"ticker": ticker, "date": d, "kind": k, "ratio": r, "detected_at": now}
+        for d, (k, r) in found.items()
+        if stored.get(d) != (k, r)
+    ]
+    if fresh:
+        conn.execute(schema.price_flags.insert(), fresh)

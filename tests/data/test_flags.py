@@ -1,0 +1,156 @@
+"""Closes that moved too far to be true: each kind found on a constructed
+file, stored at ingest, judged again when what followed arrives, the same
+day by day as all at once, and explained away by a revision."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+from conftest import write_file
+from helpers import rows
+
+from forecaster.data import flags
+from forecaster.data.ingest import ingest
+from forecaster.db import store
+
+HEADER = "Date,Open,High,Low,Close,Volume,OpenInt\n"
+
+
+def calm_closes(n=200, seed=0, level=50.0):
+    """A ticker moving about 1% a day."""
+    return level * np.exp(np.cumsum(np.random.default_rng(seed).normal(0, 0.01, n)))
+
+
+def with_event(kind, at=150):
+    c = calm_closes()
+    if kind == "split 2:1":
+        c[at:] /= 2
+    elif kind == "reverse split 1:10":
+        c[at:] *= 10
+    elif kind == "decimal error":
+        c[at] /= 10  # 52.31 printed as 5.231, right again the next day
+    elif kind == "crash":
+        c[at:] *= 0.45  # a real 55% fall that stays
+    return c
+
+
+@pytest.mark.parametrize(
+    ("event", "expected"),
+    [
+        ("split 2:1", [(150, "split")]),
+        ("reverse split 1:10", [(150, "split")]),
+        ("decimal error", [(150, "bad_print"), (151, "revert")]),
+        ("crash", [(150, "jump")]),
+        ("none", []),
+    ],
+)
+def test_each_kind_of_move_is_told_apart(event, expected):
+    found = flags.detect(with_event(event))
+    assert [(f.index, f.kind) for f in found] == expected
+
+
+def test_a_move_is_judged_again_once_the_next_days_show_it_reverted():
+    c = with_event("decimal error")
+    [tonight] = flags.detect(c[:151])  # the night of the bad print: a 1:10 move, as a split would be
+    assert (tonight.index, tonight.kind) == (150, "split")
+    assert [(f.index, f.kind) for f in flags.detect(c[:152])] == [(150, "bad_print"), (151, "revert")]
+
+
+def test_judging_from_a_later_row_with_its_context_finds_what_the_whole_history_finds():
+    c = np.concatenate([with_event("decimal error"), with_event("split 2:1")[1:] * 0.5])
+    whole = flags.detect(c)
+    for first in range(140, len(c)):
+        start = max(0, first - flags.CONTEXT)
+        part = [(f.index + start, f.kind) for f in flags.detect(c[start:], first - start)]
+        assert part == [(f.index, f.kind) for f in whole if f.index >= first], first
+
+
+def ohlc_file(closes, days):
+    lines = [
+        f"{d:%Y-%m-%d},{c:.4f},{c * 1.01:.4f},{c * 0.99:.4f},{c:.4f},1000,0" for d, c in zip(days, closes, strict=True)
+    ]
+    return HEADER + "\n".join(lines) + "\n"
+
+
+def test_ingest_stores_the_flags_and_judges_the_newest_again_day_by_day(tmp_path):
+    days = pd.bdate_range(end="2017-11-10", periods=200)
+    closes = {"spl": with_event("split 2:1"), "dec": with_event("decimal error"), "cal": calm_closes(seed=3)}
+    db = tmp_path / "f.db"
+    engine = store.connect(f"sqlite:///{db}")
+    for name, c in closes.items():  # up to the night of the bad print
+        write_file(tmp_path / "d" / "Stocks", f"{name}.us.txt", ohlc_file(c[:151], days[:151]))
+    ingest(engine, [tmp_path / "d"], settle=0)
+    query = "SELECT ticker, date, kind FROM price_flags ORDER BY ticker, date"
+    assert rows(engine, query) == [("dec", f"{days[150]:%Y-%m-%d}", "split"), ("spl", f"{days[150]:%Y-%m-%d}", "split")]
+    for n in range(152, 156):  # night after night
+        for name, c in closes.items():
+            write_file(tmp_path / "d" / "Stocks", f"{name}.us.txt", ohlc_file(c[:n], days[:n]))
+        ingest(engine, [tmp_path / "d"], settle=0)
+    day = [f"{d:%Y-%m-%d}" for d in days]
+    assert rows(engine, query) == [
+        ("dec", day[150], "bad_print"),
+        ("dec", day[151], "revert"),
+        ("spl", day[150], "split"),
+    ]
+    detected = rows(engine, "SELECT detected_at FROM price_flags WHERE ticker = 'spl'")
+    # Ingesting the same files again changes nothing; nor does a fresh database from the whole files.
+    ingest(engine, [tmp_path / "d"], settle=0)
+    assert rows(engine, "SELECT detected_at FROM price_flags WHERE ticker = 'spl'") == detected
+    fresh = store.connect(f"sqlite:///{tmp_path / 'g.db'}")
+    ingest(fresh, [tmp_path / "d"], settle=0)
+    assert rows(fresh, query) == rows(engine, query)
+
+
+def test_a_revised_history_clears_the_flags_it_explains(tmp_path):
+    days = pd.bdate_range(end="2017-11-10", periods=200)
+    c = with_event("split 2:1")
+    engine = store.connect(f"sqlite:///{tmp_path / 'f.db'}")
+    path = write_file(tmp_path / "d" / "Stocks", "spl.us.txt", ohlc_file(c, days))
+    ingest(engine, [tmp_path / "d"], settle=0)
+    assert rows(engine, "SELECT kind FROM price_flags") == [("split",)]
+    adjusted = c.copy()
+    adjusted[:150] /= 2  # the vendor's split-adjusted history
+    path.write_text(ohlc_file(adjusted, days))
+    report = ingest(engine, [tmp_path / "d"], settle=0, revise=["spl"])
+    assert rows(engine, "SELECT kind FROM price_flags") == []
+    assert "price flags 1 -> 0" in report.summary()
+
+
+def test_an_older_database_judges_its_stored_history_on_the_next_ingest(tmp_path, sample_dir):
+    """Upgraded from schema 7: every stored history is judged once."""
+    db = tmp_path / "old.db"
+    engine = store.connect(f"sqlite:///{db}")
+    days = pd.bdate_range(end="2017-11-10", periods=200)
+    write_file(sample_dir / "Stocks", "spl.us.txt", ohlc_file(with_event("split 2:1"), days))
+    ingest(engine, [sample_dir], settle=0)
+    with engine.begin() as conn:  # as a version 7 database had it: no flags, nothing judged
+        conn.exec_driver_sql("DELETE FROM price_flags")
+        conn.exec_driver_sql("UPDATE tickers SET judged_through = NULL")
+    engine.dispose()
+    ingest(store.connect(f"sqlite:///{db}"), [sample_dir], settle=0)  # nothing new in the files
+    assert rows(engine, "SELECT ticker, kind FROM price_flags") == [("spl", "split")]
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT COUNT(*) FROM tickers WHERE judged_through = last_date")).scalar() == 4
+
+
+@pytest.mark.slow
+def test_the_real_universe_is_flagged_the_same_way_every_time(tmp_path, shared_universe):
+    """400 real tickers: two fresh ingests flag the same days, every flag's
+    ratio is the stored closes', and a second ingest of the same files flags nothing new."""
+    first = store.connect(f"sqlite:///{tmp_path / 'a.db'}")
+    ingest(first, [shared_universe], settle=0)
+    query = "SELECT ticker, date, kind, ratio, detected_at FROM price_flags ORDER BY ticker, date"
+    found = rows(first, query)
+    assert len(found) > 100 and {k for _, _, k, _, _ in found} == set(flags.KINDS)
+    ingest(first, [shared_universe], settle=0)
+    assert rows(first, query) == found
+    second = store.connect(f"sqlite:///{tmp_path / 'b.db'}")
+    ingest(second, [shared_universe], settle=0)
+    assert [r[:4] for r in rows(second, query)] == [r[:4] for r in found]
+    moved = rows(
+        first,
+        "SELECT f.kind, f.ratio, p.close / (SELECT b.close FROM prices b WHERE b.ticker = p.ticker AND b.date < p.date "
+        "ORDER BY b.date DESC LIMIT 1) FROM price_flags f JOIN prices p ON p.ticker = f.ticker AND p.date = f.date",
+    )
+    assert len(moved) == len(found) and all(a == pytest.approx(b, rel=1e-12) for _, a, b in moved)
+    assert all(abs(np.log(a)) >= flags.MIN_MOVE for kind, a, _ in moved if kind in ("split", "jump"))

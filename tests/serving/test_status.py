@@ -1,0 +1,112 @@
+"""`forecaster status`: every exit status from a real database on a fixed
+clock, the binomial band, and the metrics file as Prometheus parses it."""
+
+import datetime as dt
+import json
+
+import pytest
+import sqlalchemy as sa
+from helpers import invoke
+
+from forecaster.db import store
+from forecaster.lifecycle import promotion
+from forecaster.serving.nightly import predict
+from forecaster.serving.status import EXIT_CODES, coverage_band, health
+
+EVENING = dt.datetime(2017, 11, 10, 23, 0, tzinfo=dt.UTC)  # after the close of Friday 2017-11-10
+
+
+def scored(engine, model, data, end="2017-11-10", calibrated=True):
+    """The champion scored every night from 2017-10-02 to `end`; with
+    `calibrated`, its intervals made to hold on 4 sessions in 5 at 80% and
+    19 in 20 at 95% (a calibrated model's coverage, whatever the tiny model's)."""
+    promotion.promote(engine, model, "first")
+    predict(engine, "champion", data=[data], device="cpu", start="2017-10-02", end=end)
+    if calibrated:
+        with engine.begin() as conn:
+            days = [d for (d,) in conn.execute(sa.text("SELECT DISTINCT as_of FROM predictions ORDER BY as_of"))]
+            for i, day in enumerate(days):
+                wide80, wide95 = i % 5 != 0, i % 20 != 0
+                conn.execute(
+                    sa.text(
+                        "UPDATE predictions SET lo80 = last_close * :lo80, hi80 = last_close * :hi80, "
+                        "lo95 = last_close * :lo95, hi95 = last_close * :hi95 WHERE as_of = :d"
+                    ),
+                    {
+                        "d": day,
+                        "lo80": 0.5 if wide80 else 1.0 - 1e-9,
+                        "hi80": 2.0 if wide80 else 1.0 + 1e-9,
+                        "lo95": 0.4 if wide95 else 1.0 - 1e-9,
+                        "hi95": 2.5 if wide95 else 1.0 + 1e-9,
+                    },
+                )
+
+
+@pytest.mark.slow
+def test_a_healthy_night_exits_0(any_engine, shared_data, tiny_model):
+    scored(any_engine, tiny_model, shared_data)
+    h = health(any_engine, at=EVENING)
+    assert (h.state, h.exit_code) == ("ok", 0), [vars(c) for c in h.checks]
+    assert h.owed_session == "2017-11-10" and h.last_success["as_of"] == "2017-11-10" and h.data_lag_sessions == 0
+    assert h.coverage["80"]["20"]["in_band"] and h.coverage["95"]["20"]["in_band"]
+    assert h.retired == 1  # actx stopped trading in 2017-10
+
+
+@pytest.mark.slow
+def test_a_missed_night_is_failed_and_a_late_vendor_is_waiting(any_engine, shared_data, tiny_model):
+    scored(any_engine, tiny_model, shared_data, end="2017-11-09")  # 2017-11-10's closes stored, never scored
+    missed = health(any_engine, at=EVENING)
+    assert (missed.state, missed.exit_code) == ("failed", 4)
+    assert "no successful run for 2017-11-10 (the last success scored 2017-11-09)" in missed.checks[1].said
+    # Monday evening, Monday's files not in: retry later (EX_TEMPFAIL), whatever else is wrong.
+    late = health(any_engine, at=dt.datetime(2017, 11, 13, 23, 0, tzinfo=dt.UTC))
+    assert (late.state, late.exit_code, late.data_lag_sessions) == ("waiting", 75, 1)
+    # Before Friday's close, Thursday is owed: scored, so healthy.
+    assert health(any_engine, at=dt.datetime(2017, 11, 10, 15, 0, tzinfo=dt.UTC)).exit_code == 0
+
+
+@pytest.mark.slow
+def test_coverage_drift_and_stale_tickers_are_degraded(engine, shared_data, tiny_model):
+    scored(engine, tiny_model, shared_data, calibrated=False)  # the tiny model's random intervals
+    drift = health(engine, at=EVENING)
+    assert drift.exit_code == EXIT_CODES["degraded"] == 3
+    assert any(c.name == "coverage80_20" and c.state == "degraded" for c in drift.checks)
+    with engine.begin() as conn:  # two tickers' Friday closes gone: 2 of 9 stale
+        conn.execute(sa.text("DELETE FROM prices WHERE date = '2017-11-10' AND ticker IN ('aaxj', 'a')"))
+    stale = health(engine, at=EVENING, stale_share=0.05)
+    check = next(c for c in stale.checks if c.name == "stale")
+    assert check.state == "degraded" and sorted(stale.stale) == ["a", "aaxj"]
+    assert next(c for c in health(engine, at=EVENING, stale_share=0.5).checks if c.name == "stale").state == "ok"
+
+
+def test_the_coverage_band_flags_what_a_calibrated_interval_rarely_shows():
+    low, high = coverage_band(0.80, 60)
+    assert low <= 0.78 <= high and not low <= 0.70 <= high  # the issue's example
+    assert coverage_band(0.95, 20)[1] == 1.0  # 20 of 20 held: no alarm at 95%
+
+
+@pytest.mark.slow
+def test_status_cli_exit_status_json_and_metrics_file(db_url, shared_data, tiny_model, tmp_path):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    engine = store.connect(db_url)
+    scored(engine, tiny_model, shared_data)
+    metrics = tmp_path / "node" / "forecaster.prom"
+    metrics.parent.mkdir()
+    result = invoke("status", "--at", "2017-11-10T23:00", "--json", "--metrics-file", metrics, "--db", db_url)
+    assert result.exit_code == 0, result.output
+    said = json.loads(result.output)
+    assert (said["state"], said["exit_code"], said["owed_session"]) == ("ok", 0, "2017-11-10")
+    families = {f.name: f for f in text_string_to_metric_families(metrics.read_text())}
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples}
+    assert samples[("forecaster_health_status", ())] == 0
+    assert samples[("forecaster_data_lag_sessions", ())] == 0
+    model = said["model_id"][:12]
+    assert samples[("forecaster_predictions", (("model", model),))] == said["last_success"]["n_predictions"]
+    coverage = ("forecaster_interval_coverage_ratio", (("level", "80"), ("model", model), ("window", "20")))
+    assert samples[coverage] == pytest.approx(said["coverage"]["80"]["20"]["coverage"])
+    assert [p.name for p in metrics.parent.iterdir()] == ["forecaster.prom"]  # no temporary file left
+    late = invoke("status", "--at", "2017-11-13T23:00", "--db", db_url)
+    assert late.exit_code == 75 and late.output.startswith("WAITING (exit 75)")
+    bad = invoke("status", "--at", "tonight", "--db", db_url)
+    assert bad.exit_code == 2 and "is not a moment" in bad.output
