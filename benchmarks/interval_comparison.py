@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import sqlalchemy as sa
 
 from forecaster import intervals as iv
 from forecaster.data.ingest import ingest
@@ -110,7 +111,8 @@ def newey_west_dm(daily: np.ndarray) -> tuple[float, float]:
 def evaluate(universe: Universe, etf: np.ndarray, period: tuple[int, int, int]) -> dict:
     through, first, last_day = period
     rows, targets = windows_by_target(universe, SEQ_LEN)
-    fit_rows, cal_rows = fit_and_calibration(universe, clean(universe, rows, SEQ_LEN), targets, through)
+    kept = clean(universe, rows, SEQ_LEN)
+    fit_rows, cal_rows = fit_and_calibration(universe, kept, universe.dates[kept + SEQ_LEN], through)
     test = rows[(targets >= first) & (targets <= last_day)]
     windows, actual = (a.astype(np.float64) for a in gather(universe, test, SEQ_LEN))
     last = windows[:, -1, CLOSE]
@@ -175,15 +177,8 @@ def load(folder: Path) -> tuple[Universe, np.ndarray]:
         ingest(engine, [folder], settle=0)
         universe = load_universe(engine, list(stored_counts(engine)))
         with engine.connect() as conn:
-            sources = dict(
-                conn.execute(
-                    schema.source_files.select().with_only_columns(
-                        schema.source_files.c.ticker, schema.source_files.c.path
-                    )
-                )
-                .tuples()
-                .all()
-            )
+            f = schema.source_files.c
+            sources = dict(conn.execute(sa.select(f.ticker, f.path)).all())
         engine.dispose()
     etf = np.array(["/ETFs/" in sources.get(t, "") for t in universe.tickers], dtype=bool)
     return universe, etf

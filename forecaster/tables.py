@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import math
 
 
@@ -19,3 +21,21 @@ def _cell(value) -> str:
     if isinstance(value, float):
         return f"{value:.4f}" if math.isfinite(value) else "n/a"
     return "" if value is None else str(value)
+
+
+def format_rows(columns: list[str], rows: list[tuple], output: str = "table") -> str:
+    """The rows as a table, as CSV (with a header) or as a JSON array of
+    objects (numbers as numbers; a float that is no number as null)."""
+    if output == "table":
+        return format_table(columns, rows)
+    if output == "csv":
+        text = io.StringIO()
+        writer = csv.writer(text, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows(rows)
+        return text.getvalue()
+    if output == "json":
+        from .files import strict_json
+
+        return strict_json([dict(zip(columns, row, strict=True)) for row in rows]) + "\n"
+    raise ValueError(f"unknown output format {output!r}: table, csv or json")

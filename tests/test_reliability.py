@@ -459,4 +459,9 @@ def test_a_window_unlike_training_is_scored_but_flagged(engine, tmp_path, tiny_m
     assert run.n_predictions == 2 and run.flagged == ["syn0000"]
     assert "1 flagged out_of_range" in run.message and "syn0000" in run.message
     con = sqlite3.connect(tmp_path / "test.db")
-    assert dict(con.execute("SELECT ticker, flags FROM predictions")) == {"syn0000": "out_of_range", "syn0001": None}
+    # The split is also in price_flags, and inside the window: both flags.
+    assert dict(con.execute("SELECT ticker, flags FROM predictions")) == {
+        "syn0000": "out_of_range,flagged_prices",
+        "syn0001": None,
+    }
+    assert list(con.execute("SELECT ticker, kind FROM price_flags")) == [("syn0000", "split")]

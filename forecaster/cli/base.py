@@ -92,6 +92,61 @@ def _shard(ctx, param, text):
         raise click.BadParameter(str(exc).removeprefix(f"--shard {text!r}: ")) from None
 
 
+def _read_job(ctx: click.Context, param, path: Path | None):
+    """Apply a job file (TOML) as the command's defaults: the command line and
+    the environment still win. Keys are the command's long options, dashes or
+    underscores; an unknown key is an error naming it and the file."""
+    if path is None:
+        return None
+    import tomllib
+
+    try:
+        with open(path, "rb") as fh:
+            settings = tomllib.load(fh)
+    except OSError as exc:
+        raise click.BadParameter(f"{path}: {exc.strerror}", param_hint="--job") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise click.BadParameter(f"{path}: not TOML: {exc}", param_hint="--job") from None
+    known = {p.name: p for p in ctx.command.params if isinstance(p, click.Option) and p.name != "job"}
+    defaults = {}
+    for key, value in settings.items():
+        name = key.replace("-", "_")
+        if name not in known:
+            options = ", ".join(sorted(n.replace("_", "-") for n in known))
+            raise click.BadParameter(
+                f"{path}: unknown key {key!r} for `forecaster {ctx.command.name}` (it takes: {options})",
+                param_hint="--job",
+            )
+        defaults[name] = [str(v) for v in value] if isinstance(value, list) else value
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    return path
+
+
+job_option = click.option(
+    "--job",
+    type=click.Path(dir_okay=False, path_type=Path),
+    is_eager=True,  # read before the other options, whose defaults it sets
+    expose_value=False,
+    callback=_read_job,
+    envvar="FORECASTER_JOB",
+    show_envvar=True,
+    help="A job file (TOML, e.g. jobs/nightly.toml) whose keys are this command's options; "
+    "the command line and the environment win over it.",
+)
+log_format_option = option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="json: one object per line on stderr (time, level, event, fields), a run_finished event per run.",
+)
+
+
+def debugging() -> bool:
+    """Whether `forecaster --debug` was given."""
+    return bool(click.get_current_context().find_root().params.get("debug"))
+
+
 metrics_file_option = option(
     "--metrics-file",
     type=click.Path(dir_okay=False, path_type=Path),

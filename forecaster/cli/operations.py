@@ -7,13 +7,15 @@ from pathlib import Path
 
 import click
 
-from .base import calendar_option, db_option, main, metrics_file_option, open_store, option, reports_errors
+from .base import calendar_option, db_option, job_option, main, metrics_file_option, open_store, option, reports_errors
 
 
 @main.command()
-@option("--json", "as_json", is_flag=True, help="Print the whole health as one JSON object.")
+@job_option
+@option("--json", "as_json", command="status", is_flag=True, help="Print the whole health as one JSON object.")
 @option(
     "--at",
+    command="status",
     metavar="YYYY-MM-DDTHH:MM",
     help="Judge as of this moment (UTC unless it has an offset) instead of now: a replay, a test.",
 )

@@ -8,6 +8,7 @@ import click
 
 from .base import (
     db_option,
+    job_option,
     main,
     open_store,
     option,
@@ -36,6 +37,7 @@ def promote(model, reason, db):
 
 
 @main.command()
+@job_option
 @retrain_options
 @db_option
 @quiet_option

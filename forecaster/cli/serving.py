@@ -16,8 +16,12 @@ from .base import (
     daemon_default,
     data_option,
     db_option,
+    debugging,
     device_option,
+    job_option,
+    log_format_option,
     main,
+    metrics_file_option,
     model_option,
     open_store,
     option,
@@ -31,6 +35,7 @@ from .base import (
 
 
 @main.command()
+@job_option
 @model_option
 @data_option
 @option("--as-of", help="Score this date (YYYY-MM-DD) [default: the newest date in prices].")
@@ -40,10 +45,12 @@ from .base import (
 @device_option
 @calendar_option
 @shard_option
+@metrics_file_option
+@log_format_option
 @db_option
 @quiet_option
 @reports_errors
-def predict(model, data, as_of, start, end, settle, device, calendar, shard, db, quiet):
+def predict(model, data, as_of, start, end, settle, device, calendar, shard, metrics_file, log_format, db, quiet):
     """One nightly run: ingest new rows, score every ticker with a close on
     as_of and enough history, and write next-day predictions.
 
@@ -55,19 +62,40 @@ def predict(model, data, as_of, start, end, settle, device, calendar, shard, db,
     if as_of and (start or end):
         raise click.UsageError("give --as-of or --from/--to, not both")
 
-    outcome = run_predict(
-        open_store(db),
-        model,
-        as_of=as_of,
-        start=start,
-        end=end,
-        data=data,
-        device=device,
-        calendar=calendar,
-        progress=not quiet,
-        shard=shard,
-        settle=settle,
-    )
+    engine = open_store(db)
+    try:
+        outcome = run_predict(
+            engine,
+            model,
+            as_of=as_of,
+            start=start,
+            end=end,
+            data=data,
+            device=device,
+            calendar=calendar,
+            progress=not quiet and log_format == "text",
+            shard=shard,
+            settle=settle,
+        )
+    finally:  # a failed run is news for the metrics too
+        if metrics_file:
+            from ..serving.prometheus import write_health
+
+            failed = write_health(engine, metrics_file, calendar)
+            if failed:
+                click.echo(f"warning: {failed}", err=True)
+    if log_format == "json":  # the same lines, as the daemon logs them
+        import logging
+
+        from .. import logs
+
+        logs.configure("json", debugging())
+        log = logging.getLogger("forecaster.predict")
+        if outcome.ingest:
+            log.info("ingest: %s", outcome.ingest.summary(), extra={"event": "ingest_finished"})
+        for run in outcome.runs:
+            log.info(run.message, extra={"event": "run_finished", "fields": logs.run_fields(run)})
+        return
     if outcome.ingest and not quiet:
         click.echo(outcome.ingest.summary())
     for run_id in outcome.recovered:
@@ -77,6 +105,7 @@ def predict(model, data, as_of, start, end, settle, device, calendar, shard, db,
 
 
 @main.command()
+@job_option
 @model_option
 @data_option
 @option(
@@ -144,6 +173,14 @@ def predict(model, data, as_of, start, end, settle, device, calendar, shard, db,
 @device_option
 @calendar_option
 @shard_option
+@option(
+    "--once",
+    is_flag=True,
+    help="Do what the daemon does at start and at its next fire (wait for tonight's data, catch up, score, "
+    "retrain if owed), once, then exit with the status of `forecaster status` (0, 3, 4 or 75).",
+)
+@metrics_file_option
+@log_format_option
 @db_option
 @reports_errors
 def daemon(
@@ -167,6 +204,9 @@ def daemon(
     device,
     calendar,
     shard,
+    once,
+    metrics_file,
+    log_format,
     db,
 ):
     """Run `predict` on a schedule until stopped (SIGTERM/SIGINT exit 0).
@@ -182,9 +222,9 @@ def daemon(
     if retrain_cron and str(model) != MODEL_CHAMPION:
         raise click.UsageError("--retrain-cron needs --model champion (a retrain replaces the champion)")
 
-    from ..lifecycle.daemon import run_daemon
+    from ..lifecycle.daemon import run_daemon, run_once
 
-    code = run_daemon(
+    code = (run_once if once else run_daemon)(
         DaemonConfig(
             db_url=db,
             model=model,
@@ -203,6 +243,9 @@ def daemon(
             retrain=retrain_config(gate_days, min_improvement, gate, models_dir, train_device),
             settle=settle,
             lock_check=dt.timedelta(seconds=lock_check),
+            metrics_file=metrics_file,
+            log_format=log_format,
+            debug=debugging(),
         )
     )
     if code:
@@ -211,7 +254,7 @@ def daemon(
 
 @main.command()
 @option("--since", metavar="DATE", help="Only predictions made as of this date or later.")
-@option("--ticker", help="Only this ticker.")
+@option("--ticker", multiple=True, help="Only this ticker (repeatable); --plot draws each one asked.")
 @option(
     "--model-id", help="Only this model: its sha256, or the first characters of it (as `forecaster models` prints)."
 )
@@ -259,23 +302,34 @@ def report(since, ticker, model_id, by_model, plot, db):
         click.echo(interval_table(rep.intervals))
     click.echo(f"{rep.pending} predictions still wait for their next close")
     if plot:
-        click.echo(f"wrote {plot_report(rep, plot)}")
+        drawn = plot_report(rep, plot, list(ticker))
+        which = "" if ticker else f" ({', '.join(drawn)}: the ticker with most outcomes; --ticker chooses)"
+        click.echo(f"wrote {', '.join(map(str, drawn.values()))}{which}")
 
 
 @main.command()
 @click.argument("query")
 @db_option
 @option("--limit", default=SQL_ROW_LIMIT, show_default=True, type=click.IntRange(1), help="Rows to print at most.")
+@option(
+    "--format",
+    "output",
+    type=click.Choice(["table", "csv", "json"]),
+    default="table",
+    show_default=True,
+    help="table for people; csv (a header line, then the rows) or json (one array of objects) for programs. "
+    "Rows beyond --limit are said on stderr.",
+)
 @reports_errors
-def sql(query, db, limit):
+def sql(query, db, limit, output):
     """Run a read-only SQL QUERY against the database and print the rows.
 
     Example: forecaster sql "select * from latest_predictions"
     """
     from ..db.query import run_query
-    from ..tables import format_table
+    from ..tables import format_rows
 
     columns, rows, more = run_query(open_store(db, read_only=True), query, limit=limit)
-    click.echo(format_table(columns, rows))
+    click.echo(format_rows(columns, rows, output), nl=output == "table")
     if more:
-        click.echo(f"... (first {limit} rows shown)")
+        click.echo(f"... (first {limit} rows shown)", err=output != "table")

@@ -46,3 +46,6 @@ class DaemonConfig:
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
     settle: float = SETTLE_SECONDS  # seconds before a file's unterminated last line is read
     lock_check: dt.timedelta = dt.timedelta(seconds=30)  # how often the daemon checks it still holds its lock
+    metrics_file: Path | None = None  # the health as Prometheus metrics, rewritten after every nightly run
+    log_format: str = "text"  # or "json": one object per line (logs.py)
+    debug: bool = False  # other libraries' INFO and DEBUG lines too

@@ -25,6 +25,7 @@ import threading
 
 from apscheduler.schedulers.blocking import BlockingScheduler
 
+from .. import logs
 from ..db import store
 from .config import DaemonConfig
 from .jobs import NightlyJob, RetrainJob
@@ -38,8 +39,7 @@ EXIT_LOCK_LOST = 75  # sysexits EX_TEMPFAIL: start again later (systemd's Restar
 
 def run_daemon(config: DaemonConfig) -> int:
     """Run until stopped; the exit status (0 after a signal)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)  # our own lines say what ran; keep its warnings
+    logs.configure(config.log_format, config.debug)  # our own lines say what ran; others' warnings only
     schedules = {"nightly": make_trigger(config.cron, config.timezone)}
     if config.retrain_cron:
         schedules["retrain"] = make_trigger(config.retrain_cron, config.timezone)
@@ -120,3 +120,43 @@ def run_daemon(config: DaemonConfig) -> int:
             pass
     log.info("daemon stopped")
     return EXIT_LOCK_LOST if lost.is_set() else 0
+
+
+def run_once(config: DaemonConfig) -> int:
+    """What the daemon does at start and at its next fire, once, under the
+    same lock: wait for tonight's data (the freshness rules), catch up and
+    score, retrain if a retrain is owed; then the exit status of
+    `forecaster status` (0 healthy, 3 degraded, 4 failed, 75 waiting).
+    For cron lines, systemd timers, tests and first tries."""
+    from ..serving.status import health
+
+    logs.configure(config.log_format, config.debug)
+    engine = store.connect(config.db_url)
+    stop = threading.Event()
+    nightly = NightlyJob(engine, config, stop)
+    retrain = RetrainJob(engine, config, stop, nightly.busy, after_promotion=nightly.catch_up)
+
+    def on_signal(signum, _frame) -> None:
+        log.info("%s received: stopping after the run in progress", signal.Signals(signum).name)
+        stop.set()
+
+    with daemon_lock(engine, config.db_url, config.shard, config.lock_path):
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        nightly(scheduled=True)
+        if config.retrain_cron and not stop.is_set():
+            trigger = make_trigger(config.retrain_cron, config.timezone)
+            if retrain.owed(trigger, dt.datetime.now(dt.UTC)):
+                log.info("a scheduled retrain is owed: retraining now")
+                retrain()
+    h = health(engine, calendar=config.calendar)
+    log.info(
+        "status: %s (exit %d)",
+        h.state,
+        h.exit_code,
+        extra={"event": "status", "fields": {"state": h.state, "exit_code": h.exit_code}},
+    )
+    for check in h.checks:
+        if check.state != "ok":
+            log.info("  %s %s: %s", check.state, check.name, check.said)
+    return h.exit_code

@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 from apscheduler.triggers.cron import CronTrigger
 
+from .. import logs
 from ..artifact.model_file import file_sha256
 from ..data.calendar import last_closed_session
 from ..data.ingest import ingest
@@ -58,6 +59,12 @@ class NightlyJob:
                 log.error("nightly run failed: %s", exc)
             except Exception:  # a bug: its traceback in the log, and the daemon keeps its schedule
                 log.exception("nightly run failed with an unexpected error")
+            if self.config.metrics_file:
+                from ..serving.prometheus import write_health
+
+                failed = write_health(self.engine, self.config.metrics_file, self.config.calendar)
+                if failed:
+                    log.error("%s", failed)
 
     def served_model_id(self) -> str:
         """The sha256 of the model this daemon serves now (the champion is looked up)."""
@@ -143,7 +150,14 @@ class NightlyJob:
             should_stop=self.stop.is_set,
             shard=config.shard,
             lookback=config.lookback,
-            on_run=lambda run: log.info("run %s on %s in %.2fs: %s", run.run_id, run.device, run.seconds, run.message),
+            on_run=lambda run: log.info(
+                "run %s on %s in %.2fs: %s",
+                run.run_id,
+                run.device,
+                run.seconds,
+                run.message,
+                extra={"event": "run_finished", "fields": logs.run_fields(run)},
+            ),
         )
         for run_id in outcome.recovered:
             log.warning("marked abandoned run %s as failed", run_id)

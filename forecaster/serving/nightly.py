@@ -59,6 +59,7 @@ class RunResult:
     flagged: list[str]  # out of range
     device: str
     flagged_prices: list[str] = field(default_factory=list)  # a flagged close in the window
+    model_id: str = ""  # the served model's
     shadows: dict[str, int] = field(default_factory=dict)  # challenger model_id -> predictions written
     unscored: dict[str, str] = field(default_factory=dict)  # challenger model_id -> why it was not scored
     seconds: float = 0.0  # the whole run, scoring and writing
@@ -325,6 +326,7 @@ def _write(
             skipped=batch.skipped,
             flagged=flagged,
             flagged_prices=sorted(set(inserted) & batch.flagged_prices),
+            model_id=served.model.sha256,
             device=served.model.device,
             shadows=shadow_counts,
             unscored=dict(unloadable),

@@ -74,6 +74,20 @@ def write(path: Path, h: Health) -> None:
     write_atomically(Path(path), lambda fh: fh.write(text.encode()))
 
 
+def write_health(engine, path: Path, calendar: str) -> str | None:
+    """Judge the health now and write it to `path`, after a run (predict, the
+    daemon); what went wrong, if the metrics could not be written: a run's
+    own outcome never depends on its metrics file."""
+    from ..errors import ForecasterError
+    from .status import health
+
+    try:
+        write(path, health(engine, calendar=calendar))
+    except (ForecasterError, OSError) as exc:
+        return f"could not write the metrics file {path}: {exc}"
+    return None
+
+
 def _epoch(iso: str) -> float:
     moment = dt.datetime.fromisoformat(iso)
     if moment.tzinfo is None:  # a date (as_of): its midnight, UTC

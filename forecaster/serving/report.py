@@ -55,7 +55,7 @@ def build_report(
     engine: sa.Engine,
     *,
     since: str | None = None,
-    ticker: str | None = None,
+    ticker: str | list[str] | None = None,
     model_id: str | None = None,
     by_model: bool = False,
 ) -> Report:
@@ -70,14 +70,17 @@ def build_report(
                 raise DataError(f"no prediction was made as of {since} or later: the newest as_of is {newest}")
             where.append("as_of >= :since")
             params["since"] = since
-        if ticker:
-            params["ticker"] = ticker.strip().lower()  # stored as in the files' names, lower-case
-            known = conn.execute(
-                sa.select(schema.tickers.c.ticker).where(schema.tickers.c.ticker == params["ticker"])
-            ).first()
-            if known is None:
-                raise DataError(f"unknown ticker {params['ticker']}: not in the database")
-            where.append("ticker = :ticker")
+        asked = [ticker] if isinstance(ticker, str) else list(ticker or [])
+        asked = sorted({t.strip().lower() for t in asked if t.strip()})  # stored as in the files' names
+        if asked:
+            t = schema.tickers.c
+            known = set(conn.execute(sa.select(t.ticker).where(t.ticker.in_(asked))).scalars())
+            unknown = [a for a in asked if a not in known]
+            if unknown:
+                raise DataError(f"unknown ticker {', '.join(unknown)}: not in the database")
+            names = {f"ticker{k}": a for k, a in enumerate(asked)}
+            params.update(names)
+            where.append(f"ticker IN ({', '.join(':' + n for n in names)})")
         if model_id is not None:  # "" too: no model's id is empty
             params["model_id"] = model_id = resolve_model_id(conn, model_id)
             where.append("model_id = :model_id")
@@ -100,9 +103,9 @@ def build_report(
         pending = conn.execute(
             sa.text(f"SELECT COUNT(*) FROM prediction_outcomes WHERE actual_close IS NULL AND {condition}"), params
         ).scalar()
-        if ticker and not overall["n"] and not pending:  # a known ticker, but nothing of it in the range asked
+        if asked and not overall["n"] and not pending:  # known tickers, but nothing of them in the range asked
             raise DataError(
-                f"no {'' if model_id else 'served '}prediction for {params['ticker']}"
+                f"no {'' if model_id else 'served '}prediction for {', '.join(asked)}"
                 + (f" as of {since} or later" if since else "")
                 + (f" by model {model_id[:12]}" if model_id else "")
             )
@@ -226,11 +229,24 @@ def _with_ratio(row) -> dict:
     return out
 
 
-def plot_report(report: Report, path: Path) -> Path:
-    """Predicted vs actual closes for the ticker with most outcomes (or the only one)."""
+def plot_report(report: Report, path: Path, tickers: list[str] | None = None) -> dict[str, Path]:
+    """Predicted vs actual closes: one PNG per ticker asked (PATH itself for
+    one, PATH's stem + .TICKER.png for several), or, with none asked, the
+    ticker with most outcomes."""
+    chosen = sorted({t.strip().lower() for t in tickers or [] if t.strip()}) or [
+        max(report.per_ticker, key=lambda r: r["n"])["ticker"]
+    ]
+    with_outcomes = {r["ticker"] for r in report.outcomes}
+    return {
+        t: _plot_one(report, t, path if len(chosen) == 1 else path.with_name(f"{path.stem}.{t}{path.suffix or '.png'}"))
+        for t in chosen
+        if t in with_outcomes
+    }
+
+
+def _plot_one(report: Report, busiest: str, path: Path) -> Path:
     from ..plots import forecast_vs_actual
 
-    busiest = max(report.per_ticker, key=lambda r: r["n"])["ticker"]
     rows = [r for r in report.outcomes if r["ticker"] == busiest]
     column = lambda name: [r[name] for r in rows]  # noqa: E731
     bands = None if rows[0]["lo80"] is None else [column(c) for c in iv.COLUMNS]

@@ -282,7 +282,7 @@ def _checks(h: Health, stale_share: float) -> list[Check]:
                 + why,
             )
         )
-    if h.stale and h.last_success:
+    if h.last_success and h.newest_price_date >= h.owed_session:
         expected = len(h.stale) + (h.last_success["n_predictions"] or 0)
         share = len(h.stale) / max(expected, 1)
         checks.append(

@@ -204,3 +204,91 @@ def test_a_mistyped_shard_is_a_usage_error(command, db_url):
     for text, said in (("3/2", "K must be between 1 and N"), ("half", "expected K/N, e.g. 1/3")):
         result = invoke(command, "--model", "champion", "--shard", text, "--db", db_url)
         assert result.exit_code == 2 and said in result.output, result.output
+
+
+def captured_daemon_config(monkeypatch, *args):
+    """The DaemonConfig `forecaster daemon ARGS` would run (the daemon itself not started)."""
+    import forecaster.lifecycle.daemon as daemon
+
+    seen = []
+    monkeypatch.setattr(daemon, "run_daemon", lambda config: seen.append(config) or 0)
+    result = invoke("daemon", *args)
+    assert result.exit_code == 0, result.output
+    return seen[0]
+
+
+def test_the_shipped_job_file_runs_the_daemon_and_the_command_line_wins(monkeypatch):
+    from pathlib import Path
+
+    job = Path(__file__).resolve().parents[2] / "jobs" / "nightly.toml"
+    config = captured_daemon_config(monkeypatch, "--job", job)
+    assert (config.db_url, config.cron, config.retrain_cron) == (
+        "sqlite:////srv/forecaster/forecaster.db",
+        "0 22 * * 1-5",
+        "0 6 * * 6",
+    )
+    assert [str(p) for p in config.data] == ["/srv/market-data"] and config.min_fresh == 0.9
+    assert str(config.metrics_file) == "/var/lib/node_exporter/textfile/forecaster.prom"
+    assert captured_daemon_config(monkeypatch, "--job", job, "--cron", "0 23 * * 1-5").cron == "0 23 * * 1-5"
+
+
+def test_a_job_file_may_set_every_option_and_a_misspelled_key_is_named(monkeypatch, tmp_path):
+    import click
+
+    from forecaster.cli.base import main as group
+
+    values = {"model": "champion", "cron": "0 21 * * 1-5", "retrain-cron": "0 5 * * 6", "shard": "1/2"}
+    values |= {"timezone": "Europe/London", "calendar": "XLON", "db": f"sqlite:///{tmp_path / 'j.db'}"}
+    lines = []
+    for param in group.commands["daemon"].params:
+        if not isinstance(param, click.Option) or param.name == "job":
+            continue
+        key = param.opts[0].lstrip("-")
+        if key in values:
+            value = values[key]
+        elif param.is_flag:
+            value = True
+        elif isinstance(param.type, click.Choice):
+            value = param.type.choices[-1]
+        elif isinstance(param.type, (click.IntRange, click.FloatRange)):
+            low, high = param.type.min or 0, param.type.max
+            value = (low + high) / 2 if high is not None else low + 2
+        elif param.multiple:
+            value = [str(tmp_path / "data")]
+        else:
+            value = str(tmp_path / key)
+        lines.append(f"{key} = {value!r}".replace("True", "true").replace("'", '"'))
+    (tmp_path / "every.toml").write_text("\n".join(lines) + "\n")
+    import forecaster.lifecycle.daemon as daemon
+
+    seen = []
+    monkeypatch.setattr(daemon, "run_once", lambda config: seen.append(config) or 0)  # once = true
+    result = invoke("daemon", "--job", tmp_path / "every.toml")
+    assert result.exit_code == 0, result.output
+    [config] = seen
+    assert (config.cron, config.timezone, config.calendar, str(config.shard)) == (
+        "0 21 * * 1-5",
+        "Europe/London",
+        "XLON",
+        "1/2",
+    )
+    (tmp_path / "typo.toml").write_text('db = "sqlite:///x.db"\nmin_frseh = 0.5\n')
+    typo = invoke("daemon", "--job", tmp_path / "typo.toml")
+    assert typo.exit_code == 2 and f"{tmp_path / 'typo.toml'}: unknown key 'min_frseh'" in typo.output
+
+
+def test_sql_prints_csv_and_json_for_programs(sample_dir, db_url):
+    import csv
+    import io
+    import json
+
+    invoke("ingest", sample_dir, "--db", db_url)
+    query = "select ticker, count(*) as n, avg(close) as mean_close from prices group by ticker order by ticker"
+    table = invoke("sql", query, "--db", db_url).output
+    as_csv = list(csv.reader(io.StringIO(invoke("sql", query, "--format", "csv", "--db", db_url).output)))
+    as_json = json.loads(invoke("sql", query, "--format", "json", "--db", db_url).output)
+    assert as_csv[0] == ["ticker", "n", "mean_close"] and len(as_csv) == 1 + len(as_json) == 1 + 3
+    assert [row["n"] for row in as_json] == [int(r[1]) for r in as_csv[1:]] == [120, 120, 120]
+    assert all(row["ticker"] in table for row in as_json)
+    limited = invoke("sql", "select * from prices", "--format", "json", "--limit", "5", "--db", db_url)
+    assert len(json.loads(limited.stdout)) == 5 and "(first 5 rows shown)" in limited.stderr

@@ -2,6 +2,7 @@
 and its cron schedule against a fixed clock."""
 
 import datetime as dt
+import json
 import os
 import signal
 import subprocess
@@ -263,3 +264,43 @@ def test_a_daemon_whose_lock_connection_hangs_counts_the_lock_as_lost(shared_dat
             if daemon.poll() is None:
                 daemon.kill()
         assert "lost its one-per-database lock" in (tmp_path / "d.log").read_text()
+
+
+@pytest.mark.slow
+def test_once_catches_up_scores_and_exits_with_the_status(engine, db_url, shared_data, tiny_model, tmp_path):
+    """--once in a real process: the missed nights scored, the metrics file
+    written, and the exit status status's: 75 on history years old (the
+    newest closed session's files are not in)."""
+    ingest(engine, [shared_data])
+    predict(engine, tiny_model, as_of="2017-11-08", device="cpu")
+    metrics = tmp_path / "forecaster.prom"
+    command = [sys.executable, "-m", "forecaster", "daemon", "--model", str(tiny_model), "--once"]
+    done = subprocess.run(
+        [*command, "--min-fresh", "0", "--device", "cpu", "--metrics-file", str(metrics), "--db", db_url],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 75, done.stderr[-2000:]
+    assert [r[0] for r in runs(engine)] == ["2017-11-08", "2017-11-09", "2017-11-10"]
+    assert "status: waiting (exit 75)" in done.stderr and "forecaster_health_status 75.0" in metrics.read_text()
+    # The same in JSON: every line an object, one run_finished per run, no exporter chatter.
+    predict(engine, tiny_model, as_of="2017-11-08", device="cpu")  # nothing owed now: delete the two runs' rows
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DELETE FROM predictions WHERE as_of > '2017-11-08'")
+        conn.exec_driver_sql("DELETE FROM runs WHERE as_of > '2017-11-08'")
+    done = subprocess.run(
+        [*command, "--min-fresh", "0", "--device", "cpu", "--log-format", "json", "--db", db_url],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    events = [json.loads(line) for line in done.stderr.splitlines()]
+    finished = [e for e in events if e["event"] == "run_finished"]
+    assert [(e["as_of"], e["predictions"], e["stale"]) for e in finished] == [
+        ("2017-11-09", 9, 1),
+        ("2017-11-10", 9, 1),
+    ]
+    assert all({"time", "level", "logger", "message"} <= set(e) for e in events)
+    [status] = [e for e in events if e["event"] == "status"]
+    assert status["exit_code"] == done.returncode == 75 and status["state"] == "waiting"

@@ -209,6 +209,13 @@ def test_predict_cli_and_report(tmp_path, shared_data, tiny_model, any_db_url):
     assert any(line.startswith("ALL") and line.split()[1] == "63" for line in report.output.splitlines())
     upper = runner.invoke(main, ["report", "--db", any_db_url, "--since", "2017-11-01", "--ticker", "AAXJ"])
     assert [line.split()[:2] for line in upper.output.splitlines()[2:4]] == [["aaxj", "7"], ["ALL", "7"]]
+    two = runner.invoke(
+        main,
+        ["report", "--db", any_db_url, "--since", "2017-11-01", "--ticker", "aaxj", "--ticker", "a"]
+        + ["--plot", str(tmp_path / "two.png")],
+    )
+    assert [line.split()[:2] for line in two.output.splitlines()[2:5]] == [["a", "7"], ["aaxj", "7"], ["ALL", "14"]]
+    assert sorted(p.name for p in tmp_path.glob("two.*.png")) == ["two.a.png", "two.aaxj.png"]
     both = runner.invoke(
         main,
         ["predict", "--model", str(tiny_model), "--as-of", "2017-11-10", "--from", "2017-11-01", "--db", any_db_url],

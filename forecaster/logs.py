@@ -1,0 +1,67 @@
+"""The log: text for people, or one JSON object per line for machines.
+
+`configure` sets the root handler once per process (the daemon, a batch
+command). Our own records may carry `event` (a name such as run_finished)
+and `fields` (plain numbers and strings) in `extra`; the JSON form writes
+them as keys beside time, level and logger. Other libraries' INFO chatter
+(the ONNX exporter, torch, APScheduler) stays out unless debug is asked.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import sys
+
+FORMATS = ("text", "json")
+CHATTY = ("torch", "onnx", "onnxscript", "onnx_ir", "apscheduler")  # their warnings still show
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out = {
+            "time": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "event": getattr(record, "event", "message"),
+            "message": record.getMessage(),
+            **getattr(record, "fields", {}),
+        }
+        if record.exc_info:
+            out["traceback"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+def configure(log_format: str = "text", debug: bool = False) -> None:
+    """The root handler on stderr in `log_format`; INFO and up (DEBUG with debug)."""
+    if log_format not in FORMATS:
+        raise ValueError(f"unknown log format {log_format!r}: choose {' or '.join(FORMATS)}")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        JsonFormatter() if log_format == "json" else logging.Formatter("%(asctime)s %(levelname)s %(message)s")
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+    for name in CHATTY:
+        logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.WARNING)
+
+
+def run_fields(run) -> dict:
+    """A nightly run's figures as log fields (serving.nightly.RunResult)."""
+    return {
+        "run_id": run.run_id,
+        "model": run.model_id[:12],
+        "as_of": run.as_of,
+        "target_date": run.target_date,
+        "device": run.device,
+        "predictions": run.n_predictions,
+        "already": run.n_already,
+        "stale": len(run.stale),
+        "late": len(run.late),
+        "skipped": len(run.skipped),
+        "flagged": len(run.flagged),
+        "flagged_prices": len(run.flagged_prices),
+        "seconds": round(run.seconds, 3),
+    }
