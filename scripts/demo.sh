@@ -30,3 +30,6 @@ $fc retrain --gate-days 60 --models-dir "$out/exports" --quiet
 $fc predict --model champion --quiet
 $fc models
 $fc sql "select decided_at, decision, reason from promotions"
+echo "== 9. is it healthy? (judged on the evening of the sample's last day; exit 0 healthy, 3 degraded)"
+last_day=$($fc sql "select max(date) as d from prices" --format csv | tail -1)
+$fc status --at "${last_day}T23:00" --metrics-file "$out/forecaster.prom" || echo "(status exit $?)"
