@@ -41,8 +41,9 @@ def configure(log_format: str = "text", debug: bool = False) -> None:
     handler.setFormatter(
         JsonFormatter() if log_format == "json" else logging.Formatter("%(asctime)s %(levelname)s %(message)s")
     )
+    handler.forecaster = True  # ours, replaced by the next configure; other handlers (a test's) stay
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [h for h in root.handlers if not getattr(h, "forecaster", False)] + [handler]
     root.setLevel(logging.DEBUG if debug else logging.INFO)
     for name in CHATTY:
         logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.WARNING)

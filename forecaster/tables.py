@@ -28,14 +28,32 @@ def format_rows(columns: list[str], rows: list[tuple], output: str = "table") ->
     objects (numbers as numbers; a float that is no number as null)."""
     if output == "table":
         return format_table(columns, rows)
+    rows = [tuple(_plain(v) for v in row) for row in rows]
     if output == "csv":
         text = io.StringIO()
         writer = csv.writer(text, lineterminator="\n")
         writer.writerow(columns)
-        writer.writerows(rows)
+        writer.writerows(rows)  # None (NULL, NaN) as an empty field
         return text.getvalue()
     if output == "json":
         from .files import strict_json
 
         return strict_json([dict(zip(columns, row, strict=True)) for row in rows]) + "\n"
     raise ValueError(f"unknown output format {output!r}: table, csv or json")
+
+
+def _plain(value):
+    """A database value as JSON and CSV can hold it: a Decimal as a number,
+    a date or time in ISO form, bytes in hex, a float that is no number as None."""
+    import datetime as dt
+    from decimal import Decimal
+
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, (dt.date, dt.datetime, dt.time)):
+        return value.isoformat()
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).hex()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

@@ -107,19 +107,37 @@ def _read_job(ctx: click.Context, param, path: Path | None):
         raise click.BadParameter(f"{path}: {exc.strerror}", param_hint="--job") from None
     except tomllib.TOMLDecodeError as exc:
         raise click.BadParameter(f"{path}: not TOML: {exc}", param_hint="--job") from None
-    known = {p.name: p for p in ctx.command.params if isinstance(p, click.Option) and p.name != "job"}
+    mine = _long_names(ctx.command)
+    shared = {key for command in JOB_COMMANDS for key in _long_names(ctx.find_root().command.commands[command])}
     defaults = {}
     for key, value in settings.items():
-        name = key.replace("-", "_")
-        if name not in known:
-            options = ", ".join(sorted(n.replace("_", "-") for n in known))
+        key = key.replace("_", "-")
+        if key not in mine:
+            if key in shared:  # another command's (one file serves the daemon, predict, retrain and status)
+                continue
             raise click.BadParameter(
-                f"{path}: unknown key {key!r} for `forecaster {ctx.command.name}` (it takes: {options})",
+                f"{path}: unknown key {key!r}: no option of {', '.join(JOB_COMMANDS)} is called that "
+                f"(`forecaster {ctx.command.name}` takes: {', '.join(sorted(mine))})",
                 param_hint="--job",
             )
-        defaults[name] = [str(v) for v in value] if isinstance(value, list) else value
+        defaults[mine[key]] = [str(v) for v in value] if isinstance(value, list) else value
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
     return path
+
+
+JOB_COMMANDS = ("daemon", "predict", "retrain", "status")  # the commands that take --job
+
+
+def _long_names(command: click.Command) -> dict[str, str]:
+    """{long option name without dashes: parameter name} of a command's options
+    (`from` for --from, whose parameter is `start`)."""
+    out = {}
+    for param in command.params:
+        if isinstance(param, click.Option) and param.name != "job":
+            for opt in param.opts:
+                if opt.startswith("--"):
+                    out[opt[2:]] = param.name
+    return out
 
 
 job_option = click.option(
@@ -149,6 +167,7 @@ def debugging() -> bool:
 
 metrics_file_option = option(
     "--metrics-file",
+    default=None,
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write the health as Prometheus metrics here (node_exporter's textfile format, replaced atomically).",
 )

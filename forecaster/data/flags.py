@@ -10,7 +10,7 @@ likely was:
   sessions (a misplaced decimal, a wrong print); the day it returns is
   flagged `revert`, so every window holding the bad value is known;
 - split: the ratio is within SPLIT_TOLERANCE of 2, 3, 4, 5 or 10 or of their
-  inverses, and the new level holds;
+  inverses, the day opened at the new level, and the new level holds;
 - jump: anything else (a real crash or a takeover may well be one).
 
 Flags are judgements, so rows are stored all the same; training and
@@ -40,6 +40,7 @@ REVERT_SESSIONS = 2  # a bad print is undone within this many sessions
 REVERT_TOLERANCE = 0.25  # "about where it was": within a quarter of the move
 SPLIT_FACTORS = (2, 3, 4, 5, 10)
 SPLIT_TOLERANCE = 0.03  # within 3% of the factor
+SPLIT_OPEN_TOLERANCE = 0.25  # the open gapped by the ratio, give or take a quarter of the move
 CONTEXT = SCALE_RETURNS + 2 * REVERT_SESSIONS + 1  # rows before the first day judged that detection reads
 KINDS = ("split", "bad_print", "revert", "jump")
 
@@ -51,9 +52,10 @@ class Flag:
     ratio: float  # this close over the previous one
 
 
-def detect(closes: np.ndarray, first: int = 1) -> list[Flag]:
-    """Flags for rows first.. of one ticker's closes (in date order). Rows
-    before `first` are context only (CONTEXT of them are enough)."""
+def detect(closes: np.ndarray, first: int = 1, opens: np.ndarray | None = None) -> list[Flag]:
+    """Flags for rows first.. of one ticker's closes (in date order), with
+    its opens when known (a split opens at the new level). Rows before
+    `first` are context only (CONTEXT of them are enough)."""
     closes = np.asarray(closes, dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         moves = np.diff(np.log(closes))  # moves[i - 1]: row i over row i - 1
@@ -75,7 +77,7 @@ def detect(closes: np.ndarray, first: int = 1) -> list[Flag]:
             flags.extend(Flag(j, "bad_print", float(closes[j] / closes[j - 1])) for j in range(i + 1, back))
             flags.append(Flag(back, "revert", float(closes[back] / closes[back - 1])))
             reverted_at = back
-        elif _near_split(ratio) and _level_holds(closes, i):
+        elif _near_split(ratio) and _opened_there(opens, closes, i) and _level_holds(closes, i):
             flags.append(Flag(i, "split", ratio))
         else:
             flags.append(Flag(i, "jump", ratio))
@@ -105,6 +107,15 @@ def _near_split(ratio: float) -> bool:
     return any(abs(ratio * f - 1) <= SPLIT_TOLERANCE or abs(ratio / f - 1) <= SPLIT_TOLERANCE for f in SPLIT_FACTORS)
 
 
+def _opened_there(opens: np.ndarray | None, closes: np.ndarray, i: int) -> bool:
+    """The day opened at the new level: after a split every price of the day
+    moved by its ratio, while a crash opens near the old close and falls."""
+    if opens is None:
+        return True
+    gap, move = np.log(opens[i] / closes[i - 1]), np.log(closes[i] / closes[i - 1])
+    return bool(abs(gap - move) <= SPLIT_OPEN_TOLERANCE * abs(move))
+
+
 def _level_holds(closes: np.ndarray, i: int) -> bool:
     """The new level is kept: the next closes (those known) stay nearer it than the old one."""
     after = closes[i + 1 : i + 1 + REVERT_SESSIONS]
@@ -115,11 +126,13 @@ TICKERS_PER_QUERY = 500  # bound parameters per query
 _OWED = sa.or_(schema.tickers.c.judged_through.is_(None), schema.tickers.c.judged_through < schema.tickers.c.last_date)
 
 
-def judge_new_rows(conn: sa.Connection, now: str, in_memory: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+def judge_new_rows(
+    conn: sa.Connection, now: str, in_memory: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]
+) -> None:
     """Judge every ticker's rows after its `judged_through` (all of them where
     it is NULL), in the caller's transaction; the REVERT_SESSIONS days
     before are judged again, since what followed them is now known.
-    `in_memory`: {ticker: (dates, closes)} of tickers whose whole stored
+    `in_memory`: {ticker: (dates, closes, opens)} of tickers whose whole stored
     history is at hand (a ticker new in this ingest), read from nowhere else."""
     t = schema.tickers.c
     owed = bulk.fetch_plain(conn, sa.select(t.ticker, t.judged_through).where(_OWED))
@@ -131,8 +144,8 @@ def judge_new_rows(conn: sa.Connection, now: str, in_memory: dict[str, tuple[np.
             by_anchor[judged_through].append(ticker)
     for anchor, tickers in by_anchor.items():
         for first in range(0, len(tickers), TICKERS_PER_QUERY):
-            for ticker, (dates, closes) in _recent_closes(conn, tickers[first : first + TICKERS_PER_QUERY], anchor):
-                _replace(conn, ticker, dates, closes, anchor, now)
+            for ticker, prices in _recent_prices(conn, tickers[first : first + TICKERS_PER_QUERY], anchor):
+                _replace(conn, ticker, *prices, anchor, now)
     if owed:
         conn.execute(schema.tickers.update().where(_OWED).values(judged_through=t.last_date))
 
@@ -143,8 +156,8 @@ def any_owed(conn: sa.Connection) -> bool:
     return conn.execute(sa.select(sa.literal(1)).select_from(schema.tickers).where(_OWED).limit(1)).first() is not None
 
 
-def _recent_closes(conn: sa.Connection, tickers: list[str], anchor: str | None):
-    """(ticker, (dates, closes)) for each ticker: every row if anchor is None,
+def _recent_prices(conn: sa.Connection, tickers: list[str], anchor: str | None):
+    """(ticker, (dates, closes, opens)) for each ticker: every row if anchor is None,
     else from the row CONTEXT + REVERT_SESSIONS rows before its first after
     `anchor` on (what judging its new rows needs). Two index-only reads: each
     ticker's start by a primary-key seek, then the rows from the earliest
@@ -163,7 +176,7 @@ def _recent_closes(conn: sa.Connection, tickers: list[str], anchor: str | None):
             .scalar_subquery()
         )
         starts.update(bulk.fetch_plain(conn, sa.select(t.ticker, start).where(t.ticker.in_(tickers))))
-    query = sa.select(p.ticker, p.date, p.close).where(p.ticker.in_(tickers))
+    query = sa.select(p.ticker, p.date, p.close, p.open).where(p.ticker.in_(tickers))
     if None not in starts.values():  # every ticker has enough rows before: none is read whole
         query = query.where(p.date >= min(starts.values()))
     rows = bulk.fetch_plain(conn, query.order_by(p.ticker, p.date))
@@ -174,17 +187,26 @@ def _recent_closes(conn: sa.Connection, tickers: list[str], anchor: str | None):
             end += 1
         first = starts[ticker]
         mine = [r for r in rows[at:end] if first is None or r[1] >= first]
-        yield ticker, (np.array([r[1] for r in mine], dtype=object), np.array([r[2] for r in mine], dtype=np.float64))
+        yield (
+            ticker,
+            (
+                np.array([r[1] for r in mine], dtype=object),
+                np.array([r[2] for r in mine], dtype=np.float64),
+                np.array([r[3] for r in mine], dtype=np.float64),
+            ),
+        )
         at = end
 
 
-def _replace(conn: sa.Connection, ticker: str, dates: np.ndarray, closes: np.ndarray, anchor, now: str) -> None:
+def _replace(
+    conn: sa.Connection, ticker: str, dates: np.ndarray, closes: np.ndarray, opens: np.ndarray, anchor, now: str
+) -> None:
     """Store the flags of the rows after `anchor` (every row if None) and of
     the REVERT_SESSIONS rows before it, replacing the ones stored there; a
     flag that is unchanged keeps its detected_at."""
     new_at = 0 if anchor is None else int(np.searchsorted(dates, anchor, side="right"))
     first = max(1, new_at - REVERT_SESSIONS)
-    found = {str(dates[f.index]): (f.kind, f.ratio) for f in detect(closes, first)}
+    found = {str(dates[f.index]): (f.kind, f.ratio) for f in detect(closes, first, opens)}
     f = schema.price_flags.c
     since = str(dates[first]) if first < len(dates) else None
     stored = (

@@ -32,7 +32,7 @@ from .reading import Batch, FileResult, Known, new_bytes, read_batches
 from .rules import Rejection, Rows
 
 PROGRESS_MIN_FILES = 20
-CLOSE_AT, VOLUME_AT = VALUES.index("close"), VALUES.index("volume")  # in Rows.values
+OPEN_AT, CLOSE_AT, VOLUME_AT = (VALUES.index(c) for c in ("open", "close", "volume"))  # in Rows.values
 # Above this many new bytes (~400k rows), a second process reads while this
 # one writes; below it, starting that process (~0.4 s) costs more than it
 # saves. Measured on 2 cores: 32 MiB 0.93x, 63 MiB 1.17x, 1.6 GB 1.4x.
@@ -153,6 +153,7 @@ def ingest(
             if batch.results:
                 _write(engine, batch.results, report, set(revised.values()))
             bar.update(batch.files)
+    store.refresh_statistics(engine, ["prices", "tickers", "price_dates", "price_flags"], report.rows_added)
     with engine.connect() as conn:
         owed = flags.any_owed(conn)
     if owed:  # stored rows never judged: a database from before price_flags
@@ -205,7 +206,9 @@ def _write(engine: sa.Engine, results: list[FileResult], report: IngestReport, r
     # other rows go in together at the end (one bulk insert, not one per file).
     files_per_ticker = Counter(r.ticker for r in results if r.rows is not None and len(r.rows))
     deferred: list[np.ndarray] = []
-    whole: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # tickers whose whole history is in hand: new or revised
+    whole: dict[
+        str, tuple[np.ndarray, np.ndarray, np.ndarray]
+    ] = {}  # tickers whose whole history is in hand: new or revised
     with store.write_transaction(engine) as conn:
         summaries = _summaries(conn, set(files_per_ticker))
         for res in results:
@@ -221,7 +224,7 @@ def _write(engine: sa.Engine, results: list[FileResult], report: IngestReport, r
                     changed[res.ticker] = summaries[res.ticker] = revision.summary_row
                     added = revision.added
                     report.rows_unchanged += revision.unchanged
-                    whole[res.ticker] = (res.rows.dates, res.rows.values[:, CLOSE_AT])
+                    whole[res.ticker] = (res.rows.dates, res.rows.values[:, CLOSE_AT], res.rows.values[:, OPEN_AT])
             elif res.rows is not None and len(res.rows):
                 new, unchanged, conflicts = _split_against_stored(conn, res.ticker, res.rows, summaries.get(res.ticker))
                 file_rejects.extend(conflicts)
@@ -230,7 +233,7 @@ def _write(engine: sa.Engine, results: list[FileResult], report: IngestReport, r
                 if added:
                     records = _price_records(res.ticker, new)
                     if res.ticker not in summaries and files_per_ticker[res.ticker] == 1:
-                        whole[res.ticker] = (new.dates, new.values[:, CLOSE_AT])  # its whole history
+                        whole[res.ticker] = (new.dates, new.values[:, CLOSE_AT], new.values[:, OPEN_AT])  # all of it
                     if files_per_ticker[res.ticker] > 1:
                         bulk.bulk_insert(conn, schema.prices, records)
                     else:

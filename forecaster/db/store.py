@@ -86,6 +86,20 @@ def url_of(engine: sa.Engine) -> str:
     return (sa.engine.make_url(given) if given else engine.url).render_as_string(hide_password=True)
 
 
+ANALYZE_MIN_ROWS = 1_000  # rows a command must add before it refreshes PostgreSQL's statistics itself
+
+
+def refresh_statistics(engine: sa.Engine, tables: list[str], rows_added: int) -> None:
+    """After a bulk write on PostgreSQL, ANALYZE the tables it wrote: until
+    autovacuum gets to them, a fresh database's planner takes them for empty
+    and the views' lookups turn into scans (a review measured `status` at 80 s
+    on 700 predictions before ANALYZE, 2 s after). SQLite needs nothing."""
+    if engine.dialect.name != "postgresql" or rows_added < ANALYZE_MIN_ROWS:
+        return
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"ANALYZE {', '.join(tables)}")
+
+
 @contextmanager
 def write_transaction(engine: sa.Engine) -> Iterator[sa.Connection]:
     """One atomic write: commits on success, rolls back on any exception.

@@ -176,6 +176,7 @@ def _score_dates(
             break
         outcome.runs.append(run_one(engine, model, day, calendar, shard, shadows, unloadable))
         on_run(outcome.runs[-1])
+    store.refresh_statistics(engine, ["predictions", "runs"], sum(r.n_predictions for r in outcome.runs))
     return outcome
 
 

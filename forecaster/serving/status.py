@@ -54,9 +54,13 @@ class Health:
     last_success: dict | None = None
     stale: list[str] = field(default_factory=list)  # tickers of the previous session without a close on the owed one
     retired: int = 0  # tickers without a close for more than RETIRED_AFTER_SESSIONS sessions
-    set_aside_last_ingest: dict[str, int] = field(default_factory=dict)  # reason (numbers elided) -> rows
+    # The newest rejections and flags, whenever they were made (an ingest that
+    # set nothing aside leaves them as they were): reason (numbers elided) or kind -> rows.
+    set_aside_latest: dict[str, int] = field(default_factory=dict)
+    set_aside_at: str | None = None
     rows_set_aside_total: int = 0
-    price_flags_last_ingest: dict[str, int] = field(default_factory=dict)  # kind -> flags
+    price_flags_latest: dict[str, int] = field(default_factory=dict)
+    flagged_at: str | None = None
     realised_ratio: float | None = None  # pooled RMSE relative to the last close, over naive's, since promotion
     coverage: dict[str, dict] = field(default_factory=dict)  # "80"/"95" -> window -> figures
     challengers: list[str] = field(default_factory=list)
@@ -89,11 +93,29 @@ def health(
     with engine.connect() as conn:
         newest = conn.execute(sa.select(sa.func.max(d.date))).scalar()
         champion = conn.execute(sa.select(m.model_id, m.promoted_at).where(m.status == ModelStatus.CHAMPION)).first()
-        served_runs = sa.select(r).where(r.shadow_of.is_(None))
-        if champion is not None:
-            served_runs = served_runs.where(r.model_id == champion.model_id)
-        last_run = conn.execute(served_runs.order_by(r.run_id.desc()).limit(1)).mappings().first()
-        model_id = champion.model_id if champion else (last_run["model_id"] if last_run else None)
+        # The served model: the champion, else the model of the newest successful run.
+        model_id = (
+            champion.model_id
+            if champion
+            else conn.execute(
+                sa.select(r.model_id)
+                .where(r.shadow_of.is_(None), r.status == RunStatus.SUCCEEDED)
+                .order_by(r.run_id.desc())
+                .limit(1)
+            ).scalar()
+        )
+        # Its newest run, or a newer one that failed before it knew its model (a file it could not read).
+        unknown_model = sa.or_(r.model_id.is_(None), r.model_id == "")
+        last_run = (
+            conn.execute(
+                sa.select(r)
+                .where(r.shadow_of.is_(None), sa.or_(r.model_id == model_id, unknown_model))
+                .order_by(r.run_id.desc())
+                .limit(1)
+            )
+            .mappings()
+            .first()
+        )
         last_success = (
             conn.execute(
                 sa.select(r)
@@ -176,12 +198,13 @@ def _data(conn: sa.Connection, health: Health) -> None:
         for (reason,) in conn.execute(sa.select(rj.reason).where(rj.rejected_at == last)):
             key = re.sub(r"\d[\d.:-]*", "N", reason)[:80]  # "dated N, after ..." for every date alike
             reasons[key] = reasons.get(key, 0) + 1
-        health.set_aside_last_ingest = reasons
+        health.set_aside_latest, health.set_aside_at = reasons, last
     flagged_at = conn.execute(sa.select(sa.func.max(f.detected_at))).scalar()
     if flagged_at:
-        health.price_flags_last_ingest = dict(
+        health.price_flags_latest = dict(
             conn.execute(sa.select(f.kind, sa.func.count()).where(f.detected_at == flagged_at).group_by(f.kind)).all()
         )
+        health.flagged_at = flagged_at
 
 
 def _model(conn: sa.Connection, health: Health, model_id: str, since: str | None) -> None:
@@ -265,7 +288,15 @@ def _checks(h: Health, stale_share: float) -> list[Check]:
     else:
         checks.append(Check("data", OK, f"closes stored through {h.newest_price_date}"))
     if h.model_id is None:
-        checks.append(Check("run", FAILED, "no model has scored yet (no champion, no run)"))
+        last = h.last_run
+        checks.append(
+            Check(
+                "run",
+                FAILED,
+                "no model has scored yet (no champion, no successful run)"
+                + (f"; the last run ({last['as_of']}) {last['status']}: {last['message']}" if last else ""),
+            )
+        )
         return checks
     success = h.last_success
     if success and success["as_of"] >= h.owed_session:
@@ -325,13 +356,14 @@ def describe(h: Health) -> str:
         lines.append(f"last decision {dd['decided_at']}: {dd['decision']} {dd['model_id'][:12]}: {dd['reason'][:160]}")
     if h.retired:
         lines.append(f"{h.retired} ticker(s) without a close for more than {RETIRED_AFTER_SESSIONS} sessions (retired)")
-    if h.set_aside_last_ingest:
+    if h.set_aside_latest:
         lines.append(
-            "set aside by the last ingest: " + "; ".join(f"{n} x {why}" for why, n in h.set_aside_last_ingest.items())
+            f"the newest rows set aside (at {h.set_aside_at}): "
+            + "; ".join(f"{n} x {why}" for why, n in h.set_aside_latest.items())
         )
-    if h.price_flags_last_ingest:
+    if h.price_flags_latest:
         lines.append(
-            "prices flagged by the last ingest: "
-            + ", ".join(f"{n} {kind}" for kind, n in sorted(h.price_flags_last_ingest.items()))
+            f"the newest price flags (at {h.flagged_at}): "
+            + ", ".join(f"{n} {kind}" for kind, n in sorted(h.price_flags_latest.items()))
         )
     return "\n".join(lines)

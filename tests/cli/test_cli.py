@@ -274,7 +274,22 @@ def test_a_job_file_may_set_every_option_and_a_misspelled_key_is_named(monkeypat
     )
     (tmp_path / "typo.toml").write_text('db = "sqlite:///x.db"\nmin_frseh = 0.5\n')
     typo = invoke("daemon", "--job", tmp_path / "typo.toml")
-    assert typo.exit_code == 2 and f"{tmp_path / 'typo.toml'}: unknown key 'min_frseh'" in typo.output
+    assert typo.exit_code == 2 and f"{tmp_path / 'typo.toml'}: unknown key 'min-frseh'" in typo.output
+
+
+def test_one_job_file_serves_every_command_that_takes_one(db_url, tmp_path, sample_dir, tiny_model):
+    """Keys are the long options (`from`, `json`); another command's key is left to it."""
+    from pathlib import Path
+
+    shipped = Path(__file__).resolve().parents[2] / "jobs" / "nightly.toml"
+    invoke("ingest", sample_dir, "--db", db_url)
+    status = invoke("status", "--job", shipped, "--db", db_url)  # the file's database is on another host
+    assert status.exit_code == 75 and "unknown key" not in status.output
+    (tmp_path / "j.toml").write_text(f'db = "{db_url}"\njson = true\ncron = "0 22 * * 1-5"\n')
+    assert invoke("status", "--job", tmp_path / "j.toml").output.startswith("{")
+    (tmp_path / "p.toml").write_text(f'db = "{db_url}"\nfrom = "2017-11-20"\nto = "2017-11-21"\n')
+    wrong = invoke("predict", "--job", tmp_path / "p.toml", "--model", tiny_model)
+    assert wrong.exit_code == 1 and "2017-11-20" in wrong.output  # --from and --to were read from the file
 
 
 def test_sql_prints_csv_and_json_for_programs(sample_dir, db_url):
@@ -290,5 +305,7 @@ def test_sql_prints_csv_and_json_for_programs(sample_dir, db_url):
     assert as_csv[0] == ["ticker", "n", "mean_close"] and len(as_csv) == 1 + len(as_json) == 1 + 3
     assert [row["n"] for row in as_json] == [int(r[1]) for r in as_csv[1:]] == [120, 120, 120]
     assert all(row["ticker"] in table for row in as_json)
+    odd = invoke("sql", "select X'00ff' as raw, 0.5 as half, null as missing", "--format", "json", "--db", db_url)
+    assert json.loads(odd.output) == [{"raw": "00ff", "half": 0.5, "missing": None}]
     limited = invoke("sql", "select * from prices", "--format", "json", "--limit", "5", "--db", db_url)
     assert len(json.loads(limited.stdout)) == 5 and "(first 5 rows shown)" in limited.stderr

@@ -110,3 +110,18 @@ def test_status_cli_exit_status_json_and_metrics_file(db_url, shared_data, tiny_
     assert late.exit_code == 75 and late.output.startswith("WAITING (exit 75)")
     bad = invoke("status", "--at", "tonight", "--db", db_url)
     assert bad.exit_code == 2 and "is not a moment" in bad.output
+
+
+def test_a_run_that_could_not_read_its_model_fails_the_night_and_keeps_the_last_success(
+    engine, shared_data, tiny_model
+):
+    from forecaster.errors import ForecasterError
+
+    predict(engine, tiny_model, data=[shared_data], device="cpu", start="2017-11-06", end="2017-11-09")  # no champion
+    with pytest.raises(ForecasterError):
+        predict(engine, tiny_model.parent / "gone.onnx", device="cpu", as_of="2017-11-10")
+    h = health(engine, at=EVENING)
+    run = next(c for c in h.checks if c.name == "run")
+    assert h.exit_code == 4 and h.last_success["as_of"] == "2017-11-09"
+    assert "no successful run for 2017-11-10 (the last success scored 2017-11-09)" in run.said
+    assert h.last_run["status"] == "failed" and "gone.onnx" in h.last_run["message"] and "gone.onnx" in run.said
