@@ -37,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -322,16 +323,18 @@ def bench_real_universe(folder: Path, steps: int) -> dict:
     if not (UNIVERSE / "Stocks").is_dir():
         raise SystemExit(f"real_universe needs the real tickers in {UNIVERSE}")
     data, db = folder / "data", f"sqlite:///{folder / 'real.db'}"
+    texts = {src: src.read_text().splitlines(keepends=True) for src in UNIVERSE.rglob("*.us.txt")}
+    # The nights: the REAL_NIGHTS newest dates that most files have; every row from the first of
+    # them on is held back, and night k appends its date's rows (the last night also any later ones).
+    counts = Counter(line[:10] for lines in texts.values() for line in lines[1:])
+    nights = sorted(d for d, n in counts.items() if n >= len(texts) // 2)[-REAL_NIGHTS:]
     held = {}
-    newest = sorted({line[:10] for f in UNIVERSE.rglob("*.us.txt") for line in f.read_text().splitlines()[-1:]})
-    last_days = newest[-REAL_NIGHTS:]
-    for src in UNIVERSE.rglob("*.us.txt"):
-        lines = src.read_text().splitlines(keepends=True)
+    for src, lines in texts.items():
         target = data / src.parent.name / src.name
         target.parent.mkdir(parents=True, exist_ok=True)
-        held[target] = [line for line in lines[1:] if line[:10] in last_days]
-        target.write_text("".join(line for line in lines if line[:10] not in last_days))
-    files, rows = len(held), sum(len(src.read_text().splitlines()) - 1 for src in UNIVERSE.rglob("*.us.txt"))
+        held[target] = [line for line in lines[1:] if line[:10] >= nights[0]]
+        target.write_text("".join([lines[0], *(line for line in lines[1:] if line[:10] < nights[0])]))
+    files, rows = len(held), sum(len(lines) - 1 for lines in texts.values())
     out: dict = {"files": files, "rows": rows}
     out["ingest_seconds"], out["ingest_peak_rss_mb"] = run_cli(["ingest", str(data), "--db", db, "--quiet"])
     with sqlite3.connect(folder / "real.db") as conn:
@@ -353,20 +356,22 @@ def bench_real_universe(folder: Path, steps: int) -> dict:
     )
     onnx_path = folder / "real.onnx"
     out["export_seconds"], _ = run_cli(["export", str(model), "--out", str(onnx_path)])
-    nights = []
-    for night in range(REAL_NIGHTS):
+    timed = []
+    for k, night in enumerate(nights):
         for target, lines in held.items():
-            if len(lines) > night:
+            tonight = [line for line in lines if line[:10] == night or (k == len(nights) - 1 and line[:10] > night)]
+            if tonight:
                 with open(target, "a") as fh:
-                    fh.write(lines[night])
-        nights.append(
+                    fh.write("".join(tonight))
+        timed.append(
             run_cli(
                 ["predict", "--model", str(onnx_path), "--data", str(data), "--db", db, "--device", "cpu", "--quiet"]
             )
         )
     # The first night also copies the exchange calendar into the database (once, not nightly).
-    out["nightly_seconds"] = statistics.median(s for s, _ in nights[1:])
-    out["nightly_peak_rss_mb"] = max(r for _, r in nights)
+    out["nightly_seconds"] = statistics.median(s for s, _ in timed[1:])
+    out["nightly_peak_rss_mb"] = max(r for _, r in timed)
+    out["nights"] = nights
     out["per_ticker_ms"] = {k: 1000 * out[f"{k}_seconds"] / files for k in ("ingest", "train", "export", "nightly")}
     out["ingest_rows_per_s"] = rows / out["ingest_seconds"]
     log(
