@@ -300,6 +300,11 @@ def report(since, ticker, model_id, by_model, plot, db):
     if rep.intervals:
         click.echo()
         click.echo(interval_table(rep.intervals))
+    if rep.flagged_prices:
+        click.echo(
+            f"{sum(rep.flagged_prices.values())} outcomes had a flagged price in their window (price_flags: a split, "
+            "bad print or jump): " + ", ".join(f"{t} {n}" for t, n in rep.flagged_prices.items())
+        )
     click.echo(f"{rep.pending} predictions still wait for their next close")
     if plot:
         drawn = plot_report(rep, plot, list(ticker))

@@ -7,7 +7,7 @@ when asked, each model on its own outcomes."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +49,8 @@ class Report:
     intervals: dict | None = None  # coverage, width, score beside RiskMetrics: "overall", "tickers", "thirds"
     per_model: list[dict] | None = None  # model_id, status and the figures, when asked by model
     model_id: str | None = None  # the model asked for (a prefix resolved)
+    # Outcomes whose window held a flagged price (price_flags), by ticker: judge those with care.
+    flagged_prices: dict[str, int] = field(default_factory=dict)
 
 
 def build_report(
@@ -103,6 +105,15 @@ def build_report(
         pending = conn.execute(
             sa.text(f"SELECT COUNT(*) FROM prediction_outcomes WHERE actual_close IS NULL AND {condition}"), params
         ).scalar()
+        flagged = dict(
+            conn.execute(
+                sa.text(
+                    f"SELECT ticker, COUNT(*) FROM prediction_outcomes WHERE actual_close IS NOT NULL "
+                    f"AND flags LIKE '%flagged_prices%' AND {condition} GROUP BY ticker ORDER BY ticker"
+                ),
+                params,
+            ).all()
+        )
         if asked and not overall["n"] and not pending:  # known tickers, but nothing of them in the range asked
             raise DataError(
                 f"no {'' if model_id else 'served '}prediction for {', '.join(asked)}"
@@ -122,7 +133,7 @@ def build_report(
         ]
         calibrated = [r for r in outcomes if r["lo80"] is not None]
         intervals = _intervals(conn, calibrated) if calibrated else None
-    return Report(per_ticker, overall, pending, outcomes, intervals, per_model, model_id)
+    return Report(per_ticker, overall, pending, outcomes, intervals, per_model, model_id, flagged)
 
 
 def _per_model(conn: sa.Connection, condition: str, params: dict) -> list[dict]:

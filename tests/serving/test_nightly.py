@@ -415,3 +415,8 @@ def test_a_prediction_whose_window_holds_a_flagged_close_says_so(any_engine, sam
     assert "flagged_prices" in marked.pop("inside").split(",")
     assert not any("flagged_prices" in (flags or "") for flags in marked.values())
     assert run.flagged_prices == ["inside"] and "1 flagged flagged_prices" in run.message
+    # The night before held the split too, and its outcome is known: report counts it.
+    from forecaster.serving.report import build_report
+
+    predict(any_engine, tiny_model, device="cpu", as_of="2017-11-09")
+    assert build_report(any_engine).flagged_prices == {"inside": 1}
