@@ -63,6 +63,7 @@ def predict(model, data, as_of, start, end, settle, device, calendar, shard, met
         raise click.UsageError("give --as-of or --from/--to, not both")
 
     engine = open_store(db)
+    outcome = None
     try:
         outcome = run_predict(
             engine,
@@ -79,9 +80,9 @@ def predict(model, data, as_of, start, end, settle, device, calendar, shard, met
         )
     finally:  # a failed run is news for the metrics too
         if metrics_file:
-            from ..serving.prometheus import write_health
+            from ..serving.prometheus import run_phases, write_health
 
-            failed = write_health(engine, metrics_file, calendar)
+            failed = write_health(engine, metrics_file, calendar, run_phases(outcome))
             if failed:
                 click.echo(f"warning: {failed}", err=True)
     if log_format == "json":  # the same lines, as the daemon logs them

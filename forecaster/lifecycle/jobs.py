@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
+import time
 from collections.abc import Callable
 from zoneinfo import ZoneInfo
 
@@ -47,6 +48,7 @@ class NightlyJob:
         self.now = now
         self.sleep = sleep or (lambda seconds: stop.wait(seconds))  # a signal ends the wait at once
         self.busy = threading.Lock()
+        self.last_outcome = None  # the newest catch-up's (its run's phases go to the metrics file)
 
     def __call__(self, scheduled: bool = True) -> None:
         with self.busy:
@@ -60,9 +62,10 @@ class NightlyJob:
             except Exception:  # a bug: its traceback in the log, and the daemon keeps its schedule
                 log.exception("nightly run failed with an unexpected error")
             if self.config.metrics_file:
-                from ..serving.prometheus import write_health
+                from ..serving.prometheus import run_phases, write_health
 
-                failed = write_health(self.engine, self.config.metrics_file, self.config.calendar)
+                phases = run_phases(self.last_outcome)
+                failed = write_health(self.engine, self.config.metrics_file, self.config.calendar, phases)
                 if failed:
                     log.error("%s", failed)
 
@@ -139,10 +142,13 @@ class NightlyJob:
 
     def catch_up(self) -> None:
         config = self.config
+        ingest_seconds = None
         if config.data:  # first, so the log reads in the order things happen
+            started = time.perf_counter()
             report = ingest(self.engine, config.data, calendar=config.calendar, settle=config.settle)
+            ingest_seconds = time.perf_counter() - started
             log.info("ingest: %s", report.summary())
-        outcome = catch_up(
+        self.last_outcome = outcome = catch_up(
             self.engine,
             config.model,
             device=config.device,
@@ -159,6 +165,7 @@ class NightlyJob:
                 extra={"event": "run_finished", "fields": logs.run_fields(run)},
             ),
         )
+        outcome.ingest_seconds = ingest_seconds
         for run_id in outcome.recovered:
             log.warning("marked abandoned run %s as failed", run_id)
         if not outcome.runs:

@@ -63,6 +63,7 @@ class RunResult:
     shadows: dict[str, int] = field(default_factory=dict)  # challenger model_id -> predictions written
     unscored: dict[str, str] = field(default_factory=dict)  # challenger model_id -> why it was not scored
     seconds: float = 0.0  # the whole run, scoring and writing
+    phases: dict[str, float] = field(default_factory=dict)  # seconds: "score" (read windows, run ONNX), "write"
 
     @property
     def message(self) -> str:
@@ -77,6 +78,7 @@ class PredictOutcome:
     model_id: str = ""
     device: str = ""
     recovered: list[int] = field(default_factory=list)  # abandoned runs marked failed
+    ingest_seconds: float | None = None  # the ingest of `data` before the runs
 
 
 def predict(
@@ -163,14 +165,16 @@ def _score_dates(
     failed `runs` row too), then one all-or-nothing run per date. `model_path`
     "champion" names the registry's champion, scored with every challenger
     beside it (shadow scoring), resolved afresh at every call."""
+    started = time.perf_counter()
     report = ingest(engine, data, progress=progress, calendar=calendar, settle=settle) if data else None
+    ingest_seconds = time.perf_counter() - started if data else None
     recovered = runs.recover_abandoned_runs(engine)
     try:
         model, shadows, unloadable = _models(engine, model_path, device)
     except ForecasterError as exc:
         runs.record_failed_run(engine, as_of, _intended_model_id(engine, model_path), device, str(exc), shard)
         raise
-    outcome = PredictOutcome([], report, model.sha256, model.device, recovered)
+    outcome = PredictOutcome([], report, model.sha256, model.device, recovered, ingest_seconds)
     for day in dates_for(model):
         if should_stop():
             break
@@ -241,11 +245,15 @@ def run_one(
             except Exception as exc:
                 unscored[shadow.sha256] = _why(exc)
         target = next_trading_day(as_of, calendar, engine=engine)
+        scored_at = time.perf_counter()
         result = _write(engine, run_id, as_of, target, scored, shard, unscored)
     except BaseException as exc:
         runs.mark_failed(engine, run_id, _why(exc))
         raise
-    return dataclasses.replace(result, seconds=time.perf_counter() - started)
+    done = time.perf_counter()
+    return dataclasses.replace(
+        result, seconds=done - started, phases={"score": scored_at - started, "write": done - scored_at}
+    )
 
 
 def _why(exc: BaseException) -> str:

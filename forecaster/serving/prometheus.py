@@ -21,7 +21,11 @@ METRICS = {
     ),
     "forecaster_last_success_timestamp_seconds": ("gauge", "When the served model's last successful run finished"),
     "forecaster_last_success_as_of_timestamp_seconds": ("gauge", "The session the last successful run scored"),
-    "forecaster_run_duration_seconds": ("gauge", "How long the served model's last run took, start to finish"),
+    "forecaster_run_duration_seconds": (
+        "gauge",
+        "The served model's last run: total from the runs ledger; ingest, score and write as measured by "
+        "the process that ran it",
+    ),
     "forecaster_predictions": ("gauge", "Predictions written by the served model's last successful run"),
     "forecaster_stale_tickers": ("gauge", "Tickers of the previous session without a close on the owed one"),
     "forecaster_retired_tickers": ("gauge", "Tickers without a close for more than 5 sessions"),
@@ -35,8 +39,9 @@ METRICS = {
 }
 
 
-def render(h: Health) -> str:
-    """The text of the metrics file."""
+def render(h: Health, phases: dict[str, float] | None = None) -> str:
+    """The text of the metrics file; `phases`: seconds of the run just made
+    (ingest, score, write), when the process writing the file made it."""
     samples: dict[str, list[tuple[dict, float]]] = {name: [] for name in METRICS}
     model = {"model": (h.model_id or "")[:12]}
     samples["forecaster_health_status"].append(({}, EXIT_CODES[h.state]))
@@ -47,7 +52,10 @@ def render(h: Health) -> str:
         samples["forecaster_predictions"].append((model, h.last_success["n_predictions"] or 0))
     if h.last_run and h.last_run["finished_at"]:
         seconds = _epoch(h.last_run["finished_at"]) - _epoch(h.last_run["started_at"])
-        samples["forecaster_run_duration_seconds"].append((model, seconds))
+        samples["forecaster_run_duration_seconds"].append(({**model, "phase": "total"}, seconds))
+    for phase, seconds in (phases or {}).items():
+        if seconds is not None:
+            samples["forecaster_run_duration_seconds"].append(({**model, "phase": phase}, seconds))
     samples["forecaster_stale_tickers"].append(({}, len(h.stale)))
     samples["forecaster_retired_tickers"].append(({}, h.retired))
     samples["forecaster_rows_set_aside_total"].append(({}, h.rows_set_aside_total))
@@ -69,12 +77,12 @@ def render(h: Health) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write(path: Path, h: Health) -> None:
-    text = render(h)
+def write(path: Path, h: Health, phases: dict[str, float] | None = None) -> None:
+    text = render(h, phases)
     write_atomically(Path(path), lambda fh: fh.write(text.encode()))
 
 
-def write_health(engine, path: Path, calendar: str) -> str | None:
+def write_health(engine, path: Path, calendar: str, phases: dict[str, float] | None = None) -> str | None:
     """Judge the health now and write it to `path`, after a run (predict, the
     daemon); what went wrong, if the metrics could not be written: a run's
     own outcome never depends on its metrics file."""
@@ -82,7 +90,7 @@ def write_health(engine, path: Path, calendar: str) -> str | None:
     from .status import health
 
     try:
-        write(path, health(engine, calendar=calendar))
+        write(path, health(engine, calendar=calendar), phases)
     except (ForecasterError, OSError) as exc:
         return f"could not write the metrics file {path}: {exc}"
     return None
@@ -97,3 +105,10 @@ def _epoch(iso: str) -> float:
 
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def run_phases(outcome) -> dict[str, float] | None:
+    """The phases of a predict outcome's last run (serving.nightly.PredictOutcome), for `write`."""
+    if outcome is None or not outcome.runs:
+        return {"ingest": outcome.ingest_seconds} if outcome is not None and outcome.ingest_seconds else None
+    return {"ingest": outcome.ingest_seconds, **outcome.runs[-1].phases}

@@ -125,3 +125,18 @@ def test_a_run_that_could_not_read_its_model_fails_the_night_and_keeps_the_last_
     assert h.exit_code == 4 and h.last_success["as_of"] == "2017-11-09"
     assert "no successful run for 2017-11-10 (the last success scored 2017-11-09)" in run.said
     assert h.last_run["status"] == "failed" and "gone.onnx" in h.last_run["message"] and "gone.onnx" in run.said
+
+
+@pytest.mark.slow
+def test_predict_writes_the_metrics_file_with_its_run_s_phases(db_url, sample_dir, tiny_model, tmp_path):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    metrics = tmp_path / "forecaster.prom"
+    done = invoke("predict", "--model", tiny_model, "--data", sample_dir, "--metrics-file", metrics, "--db", db_url)
+    assert done.exit_code == 0, done.output
+    [family] = [
+        f for f in text_string_to_metric_families(metrics.read_text()) if f.name == "forecaster_run_duration_seconds"
+    ]
+    phases = {s.labels["phase"]: s.value for s in family.samples}
+    assert set(phases) == {"total", "ingest", "score", "write"} and all(v >= 0 for v in phases.values())
+    assert phases["score"] + phases["write"] <= phases["total"] + 1.0  # the ledger counts whole seconds
