@@ -37,6 +37,13 @@ class DataError(ForecasterError):
     """The prices at hand cannot support what was asked (unknown ticker, too little history)."""
 
 
+class NotYetError(DataError):
+    """The date asked for is after the newest stored: its files are not in
+    yet. Exit 75 (sysexits.h's EX_TEMPFAIL): retry later."""
+
+    exit_code = 75
+
+
 class CheckpointError(ForecasterError):
     """A checkpoint file is missing, unreadable or not a forecaster checkpoint."""
 

@@ -66,3 +66,17 @@ def run_fields(run) -> dict:
         "flagged_prices": len(run.flagged_prices),
         "seconds": round(run.seconds, 3),
     }
+
+
+def log_health(log: logging.Logger, h) -> None:
+    """The health a run ends with (serving.status.Health): its state and exit
+    status as one `status` event, then each check that is not ok."""
+    log.info(
+        "status: %s (exit %d)",
+        h.state,
+        h.exit_code,
+        extra={"event": "status", "fields": {"state": h.state, "exit_code": h.exit_code}},
+    )
+    for check in h.checks:
+        if check.state != "ok":
+            log.info("  %s %s: %s", check.state, check.name, check.said)

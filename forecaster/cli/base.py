@@ -19,6 +19,7 @@ from ..db.config import DEFAULT_DB_URL
 from ..devices import DEFAULT_DEVICE, DEVICES
 from ..errors import ForecasterError
 from ..lifecycle.config import GATES, DaemonConfig, RetrainConfig
+from ..serving.config import STALE_SHARE
 from ..training.config import TrainConfig
 
 TRAIN = TrainConfig()
@@ -171,6 +172,13 @@ metrics_file_option = option(
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write the health as Prometheus metrics here (node_exporter's textfile format, replaced atomically).",
 )
+stale_share_option = option(
+    "--stale-share",
+    default=STALE_SHARE,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="Degraded (exit 3) when more than this share of the owed session's tickers has no close.",
+)
 shard_option = option(
     "--shard",
     metavar="K/N",
@@ -261,7 +269,9 @@ def reports_errors(func):
         except ForecasterError as exc:
             if click.get_current_context().find_root().params.get("debug"):
                 raise
-            raise click.ClickException(str(exc)) from None
+            failure = click.ClickException(str(exc))
+            failure.exit_code = getattr(exc, "exit_code", 1)
+            raise failure from None
         except OSError as exc:  # e.g. an output folder that cannot be written
             raise click.ClickException(f"{exc.strerror}: {exc.filename}" if exc.filename else str(exc)) from None
 

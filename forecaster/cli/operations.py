@@ -7,7 +7,17 @@ from pathlib import Path
 
 import click
 
-from .base import calendar_option, db_option, job_option, main, metrics_file_option, open_store, option, reports_errors
+from .base import (
+    calendar_option,
+    db_option,
+    job_option,
+    main,
+    metrics_file_option,
+    open_store,
+    option,
+    reports_errors,
+    stale_share_option,
+)
 
 
 @main.command()
@@ -19,13 +29,7 @@ from .base import calendar_option, db_option, job_option, main, metrics_file_opt
     metavar="YYYY-MM-DDTHH:MM",
     help="Judge as of this moment (UTC unless it has an offset) instead of now: a replay, a test.",
 )
-@option(
-    "--stale-share",
-    default=0.05,
-    show_default=True,
-    type=click.FloatRange(0, 1),
-    help="Degraded when more than this share of the owed session's tickers has no close.",
-)
+@stale_share_option
 @metrics_file_option
 @calendar_option
 @db_option

@@ -31,6 +31,7 @@ from .base import (
     retrain_options,
     settle_option,
     shard_option,
+    stale_share_option,
 )
 
 
@@ -45,19 +46,29 @@ from .base import (
 @device_option
 @calendar_option
 @shard_option
+@stale_share_option
 @metrics_file_option
 @log_format_option
 @db_option
 @quiet_option
 @reports_errors
-def predict(model, data, as_of, start, end, settle, device, calendar, shard, metrics_file, log_format, db, quiet):
+def predict(
+    model, data, as_of, start, end, settle, device, calendar, shard, stale_share, metrics_file, log_format, db, quiet
+):
     """One nightly run: ingest new rows, score every ticker with a close on
     as_of and enough history, and write next-day predictions.
 
     Each as_of commits whole or not at all; a rerun adds nothing. Tickers
     without a close on as_of are reported as stale, not scored.
+
+    Exit status: the checks of `forecaster status`, judged for the session
+    this run scored (the newest one of a backfill), not for today: 0
+    healthy; 3 degraded (stale share above --stale-share, coverage out of
+    band); 75 an --as-of after the newest date stored (its files are not in
+    yet: retry later); 1 an error (a failed run is recorded in `runs`).
     """
     from ..serving.nightly import predict as run_predict
+    from ..serving.status import health
 
     if as_of and (start or end):
         raise click.UsageError("give --as-of or --from/--to, not both")
@@ -85,6 +96,8 @@ def predict(model, data, as_of, start, end, settle, device, calendar, shard, met
             failed = write_health(engine, metrics_file, calendar, run_phases(outcome))
             if failed:
                 click.echo(f"warning: {failed}", err=True)
+    scored = max((run.as_of for run in outcome.runs), default=None)
+    h = health(engine, calendar=calendar, stale_share=stale_share, owed=scored, model_id=outcome.model_id)
     if log_format == "json":  # the same lines, as the daemon logs them
         import logging
 
@@ -96,13 +109,19 @@ def predict(model, data, as_of, start, end, settle, device, calendar, shard, met
             log.info("ingest: %s", outcome.ingest.summary(), extra={"event": "ingest_finished"})
         for run in outcome.runs:
             log.info(run.message, extra={"event": "run_finished", "fields": logs.run_fields(run)})
-        return
-    if outcome.ingest and not quiet:
-        click.echo(outcome.ingest.summary())
-    for run_id in outcome.recovered:
-        click.echo(f"marked abandoned run {run_id} as failed", err=True)
-    for run in outcome.runs:
-        click.echo(f"run {run.run_id} on {run.device} in {run.seconds:.2f}s: {run.message}")
+        logs.log_health(log, h)
+    else:
+        if outcome.ingest and not quiet:
+            click.echo(outcome.ingest.summary())
+        for run_id in outcome.recovered:
+            click.echo(f"marked abandoned run {run_id} as failed", err=True)
+        for run in outcome.runs:
+            click.echo(f"run {run.run_id} on {run.device} in {run.seconds:.2f}s: {run.message}")
+        for check in h.checks:
+            if check.state != "ok":
+                click.echo(f"{check.state} {check.name}: {check.said}", err=True)
+    if h.exit_code:
+        sys.exit(h.exit_code)
 
 
 @main.command()
@@ -180,6 +199,7 @@ def predict(model, data, as_of, start, end, settle, device, calendar, shard, met
     help="Do what the daemon does at start and at its next fire (wait for tonight's data, catch up, score, "
     "retrain if owed), once, then exit with the status of `forecaster status` (0, 3, 4 or 75).",
 )
+@stale_share_option
 @metrics_file_option
 @log_format_option
 @db_option
@@ -206,6 +226,7 @@ def daemon(
     calendar,
     shard,
     once,
+    stale_share,
     metrics_file,
     log_format,
     db,
@@ -246,6 +267,7 @@ def daemon(
             lock_check=dt.timedelta(seconds=lock_check),
             metrics_file=metrics_file,
             log_format=log_format,
+            stale_share=stale_share,
             debug=debugging(),
         )
     )

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..data.config import DEFAULT_CALENDAR, SETTLE_SECONDS
 from ..devices import DEFAULT_DEVICE
-from ..serving.config import DEFAULT_LOOKBACK
+from ..serving.config import DEFAULT_LOOKBACK, STALE_SHARE
 from ..serving.shards import Shard
 
 GATES = ("backtest", "realized")
@@ -48,4 +48,5 @@ class DaemonConfig:
     lock_check: dt.timedelta = dt.timedelta(seconds=30)  # how often the daemon checks it still holds its lock
     metrics_file: Path | None = None  # the health as Prometheus metrics, rewritten after every nightly run
     log_format: str = "text"  # or "json": one object per line (logs.py)
+    stale_share: float = STALE_SHARE  # `--once`'s exit status: degraded above this share of stale tickers
     debug: bool = False  # other libraries' INFO and DEBUG lines too

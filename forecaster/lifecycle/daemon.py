@@ -149,14 +149,6 @@ def run_once(config: DaemonConfig) -> int:
             if retrain.owed(trigger, dt.datetime.now(dt.UTC)):
                 log.info("a scheduled retrain is owed: retraining now")
                 retrain()
-    h = health(engine, calendar=config.calendar)
-    log.info(
-        "status: %s (exit %d)",
-        h.state,
-        h.exit_code,
-        extra={"event": "status", "fields": {"state": h.state, "exit_code": h.exit_code}},
-    )
-    for check in h.checks:
-        if check.state != "ok":
-            log.info("  %s %s: %s", check.state, check.name, check.said)
+    h = health(engine, calendar=config.calendar, stale_share=config.stale_share)
+    logs.log_health(log, h)
     return h.exit_code

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 
 from ..artifact.model_file import ModelFile
 from ..db import schema
-from ..errors import DataError
+from ..errors import DataError, NotYetError
 from .config import DEFAULT_LOOKBACK
 from .runs import scored_span
 from .shards import Shard
@@ -50,7 +50,8 @@ def as_of_dates(engine: sa.Engine, as_of: str | None, start: str | None, end: st
             if conn.execute(sa.select(d.date).where(d.date == as_of)).first() is None:
                 day = dt.date.fromisoformat(as_of)
                 what = f"a {day:%A}" if day.weekday() >= 5 else "no ticker has a close that day"
-                raise DataError(f"no prices stored for {as_of} ({what}); the newest date with prices is {newest}")
+                error = NotYetError if as_of > newest else DataError
+                raise error(f"no prices stored for {as_of} ({what}); the newest date with prices is {newest}")
             return [as_of]
     if newest is None:
         raise DataError("the database holds no prices yet: ingest some first, or pass --data")

@@ -22,6 +22,7 @@ from ..data.calendar import last_closed_session
 from ..data.config import DEFAULT_CALENDAR
 from ..db import schema
 from ..db.schema import RETIRED_AFTER_SESSIONS, ModelStatus, RunStatus
+from .config import STALE_SHARE
 from .freshness import freshness
 
 OK, DEGRADED, FAILED, WAITING = "ok", "degraded", "failed", "waiting"
@@ -29,7 +30,6 @@ OK, DEGRADED, FAILED, WAITING = "ok", "degraded", "failed", "waiting"
 # 75 is sysexits.h's EX_TEMPFAIL: the data is not there yet, try again later.
 EXIT_CODES = {OK: 0, DEGRADED: 3, FAILED: 4, WAITING: 75}
 SEVERITY = [OK, DEGRADED, FAILED, WAITING]  # worse to the right: no data yet outranks a failed run of old data
-STALE_SHARE = 0.05  # degraded when more of the owed session's tickers than this have no close
 COVERAGE_WINDOWS = (20, 60)  # sessions of outcomes whose realised coverage is checked
 BAND_TAIL = 0.05  # coverage out of band: a binomial tail this unlikely at the nominal level, either side
 LEVELS = {"80": 0.80, "95": 0.95}
@@ -53,6 +53,7 @@ class Health:
     last_run: dict | None = None
     last_success: dict | None = None
     stale: list[str] = field(default_factory=list)  # tickers of the previous session without a close on the owed one
+    predicted_owed: int = 0  # the model's predictions stored as of the owed session, by whichever run
     retired: int = 0  # tickers without a close for more than RETIRED_AFTER_SESSIONS sessions
     # The newest rejections and flags, whenever they were made (an ingest that
     # set nothing aside leaves them as they were): reason (numbers elided) or kind -> rows.
@@ -85,16 +86,20 @@ def health(
     at: dt.datetime | None = None,
     calendar: str = DEFAULT_CALENDAR,
     stale_share: float = STALE_SHARE,
+    owed: str | None = None,
+    model_id: str | None = None,
 ) -> Health:
-    """Every check, as of `at` (default: now)."""
+    """Every check, as of `at` (default: now). The session owed is the newest
+    closed one on the calendar unless given (`predict` judges the session it
+    was asked to score), the model judged the served one unless given."""
     at = at or dt.datetime.now(dt.UTC)
-    owed = last_closed_session(at, calendar)
+    owed = owed or last_closed_session(at, calendar)
     r, d, m = schema.runs.c, schema.price_dates.c, schema.models.c
     with engine.connect() as conn:
         newest = conn.execute(sa.select(sa.func.max(d.date))).scalar()
         champion = conn.execute(sa.select(m.model_id, m.promoted_at).where(m.status == ModelStatus.CHAMPION)).first()
         # The served model: the champion, else the model of the newest successful run.
-        model_id = (
+        model_id = model_id or (
             champion.model_id
             if champion
             else conn.execute(
@@ -134,13 +139,17 @@ def health(
             newest_price_date=newest,
             data_lag_sessions=_sessions_between(conn, newest, owed, calendar) if newest else None,
             model_id=model_id,
-            champion_since=champion.promoted_at if champion else None,
+            champion_since=champion.promoted_at if champion and champion.model_id == model_id else None,
             last_run=_run(last_run, at),
             last_success=_run(last_success, at),
         )
         _data(conn, h)
+        p = schema.predictions.c
+        h.predicted_owed = conn.execute(
+            sa.select(sa.func.count()).where(p.model_id == model_id, p.as_of == owed)
+        ).scalar()
         if model_id:
-            _model(conn, h, model_id, champion.promoted_at if champion else None)
+            _model(conn, h, model_id, h.champion_since)
     h.stale = freshness(engine, owed).missing if newest and newest >= owed else []
     h.checks = _checks(h, stale_share)
     return h
@@ -314,7 +323,8 @@ def _checks(h: Health, stale_share: float) -> list[Check]:
             )
         )
     if h.last_success and h.newest_price_date >= h.owed_session:
-        expected = len(h.stale) + (h.last_success["n_predictions"] or 0)
+        # Counted from the predictions, not the run: a rerun adds none.
+        expected = len(h.stale) + h.predicted_owed
         share = len(h.stale) / max(expected, 1)
         checks.append(
             Check(

@@ -112,6 +112,26 @@ def test_status_cli_exit_status_json_and_metrics_file(db_url, shared_data, tiny_
     assert bad.exit_code == 2 and "is not a moment" in bad.output
 
 
+@pytest.mark.slow
+def test_predict_exits_with_the_health_of_the_session_it_scored(db_url, shared_data, tiny_model):
+    """A replay of 2017 is healthy (judged for the session it scored, not for
+    today); a date whose files are not in yet is 75; stale tickers beyond the
+    share are degraded, and the check says why."""
+    engine = store.connect(db_url)
+    replay = invoke("predict", "--model", tiny_model, "--data", shared_data, "--as-of", "2017-11-09", "--db", db_url)
+    assert replay.exit_code == 0, replay.output
+    early = invoke("predict", "--model", tiny_model, "--as-of", "2017-11-13", "--db", db_url)
+    assert early.exit_code == 75 and "no prices stored for 2017-11-13" in early.output
+    with engine.begin() as conn:  # two tickers' Friday closes gone: 2 of 9 stale
+        conn.execute(sa.text("DELETE FROM prices WHERE date = '2017-11-10' AND ticker IN ('aaxj', 'a')"))
+    stale = invoke("predict", "--model", tiny_model, "--as-of", "2017-11-10", "--db", db_url)
+    assert stale.exit_code == 3 and "degraded stale: 2 ticker(s) without a close on 2017-11-10" in stale.output
+    lenient = ("--stale-share", "0.5", "--as-of", "2017-11-10", "--log-format", "json")
+    again = invoke("predict", "--model", tiny_model, *lenient, "--db", db_url)
+    [status] = [json.loads(line) for line in again.output.splitlines() if '"event": "status"' in line]
+    assert again.exit_code == status["exit_code"] == 0 and status["state"] == "ok"
+
+
 def test_a_run_that_could_not_read_its_model_fails_the_night_and_keeps_the_last_success(
     engine, shared_data, tiny_model
 ):
