@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   := demo
 
-.PHONY: install test test-fast lint format postgres demo bench seed-comparison scaling-comparison interval-comparison refit-comparison flag-comparison clean
+.PHONY: install test test-fast lint format postgres chromium demo bench seed-comparison scaling-comparison interval-comparison refit-comparison flag-comparison clean
 
 install: $(STAMP)
 
@@ -15,12 +15,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-test: install postgres
+test: install postgres chromium
 	$(BIN)/pytest -q
 
 # The developer's loop: everything but the tests marked slow (processes killed
 # mid-write, servers restarted, torchrun, training, fuzzing, the real universe).
-test-fast: install postgres
+test-fast: install postgres chromium
 	$(BIN)/pytest -q -m "not slow"
 
 # ruff: lint and formatting, configured in pyproject.toml
@@ -39,7 +39,14 @@ postgres:
 	  echo "installing PostgreSQL (Debian package postgresql) for the tests"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
 
-demo: install
+# The HTML report's tests drive Debian's headless Chromium (selenium + chromium-driver);
+# the demo takes a screenshot of its report with it.
+chromium:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  echo "installing Chromium (Debian packages chromium, chromium-driver) for the HTML report"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
+
+demo: install chromium
 	bash scripts/demo.sh $(DEMO)
 
 clean:

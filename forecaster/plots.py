@@ -1,5 +1,6 @@
-"""Figures written as PNG. Matplotlib's object API with the Agg canvas: no
-screen, no pyplot, and no global backend switched for whoever imports us."""
+"""Figures written as PNG, or returned as SVG text for the HTML report.
+Matplotlib's object API with the Agg and SVG canvases: no screen, no pyplot,
+and no global backend switched for whoever imports us."""
 
 from __future__ import annotations
 
@@ -69,6 +70,66 @@ def forecast_vs_actual(
     ax.legend()
     fig.autofmt_xdate()
     return _save(fig, path)
+
+
+def ticker_night(
+    ticker: str,
+    closes: tuple[ArrayLike, ArrayLike],
+    predictions: dict[str, ArrayLike],
+    outside: tuple[ArrayLike, ArrayLike],
+) -> str:
+    """One ticker for the HTML report, as SVG: its recent closes, the served
+    predictions at their target dates with both bands, and the closes that
+    fell outside the 80% band marked. `predictions` holds target_date,
+    predicted_close, lo80, hi80, lo95, hi95."""
+    fig = Figure(figsize=(7.5, 3.2))
+    ax = fig.subplots()
+    x = pd.to_datetime(pd.Series(predictions["target_date"]))
+    if len(x):
+        ax.fill_between(x, predictions["lo95"], predictions["hi95"], color="tab:blue", alpha=0.12, lw=0, label="95%")
+        ax.fill_between(x, predictions["lo80"], predictions["hi80"], color="tab:blue", alpha=0.25, lw=0, label="80%")
+        ax.plot(x, predictions["predicted_close"], color="tab:blue", lw=1, label="predicted")
+    ax.plot(pd.to_datetime(pd.Series(closes[0])), closes[1], color="black", lw=1, label="close")
+    if len(outside[0]):
+        ax.plot(pd.to_datetime(pd.Series(outside[0])), outside[1], "x", color="tab:red", label="outside 80%")
+    ax.set(title=ticker, ylabel="price")
+    ax.legend(fontsize="small", ncols=3)
+    fig.autofmt_xdate()
+    return _svg(fig)
+
+
+def coverage_over_time(dates: ArrayLike, lines: dict[str, ArrayLike], ratio: ArrayLike) -> str:
+    """Realised coverage against nominal (dotted), with RiskMetrics' beside it
+    (dashed), and the interval score ratio to RiskMetrics below, as SVG."""
+    fig = Figure(figsize=(9, 5))
+    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[2, 1])
+    x = pd.to_datetime(pd.Series(dates))
+    for name, values in lines.items():
+        top.plot(x, values, lw=1, linestyle="--" if name.startswith("RiskMetrics") else "-", label=name)
+    for nominal in (0.80, 0.95):
+        top.axhline(nominal, color="grey", linestyle=":", lw=1)
+    top.set(ylabel="coverage", title="Realised coverage over the last 60 sessions (dotted: nominal)")
+    top.legend(fontsize="small", ncols=2)
+    bottom.plot(x, ratio, color="tab:purple", lw=1)
+    bottom.axhline(1.0, color="black", linestyle="--", lw=1)
+    bottom.set(ylabel="score / RiskMetrics'")
+    fig.autofmt_xdate()
+    return _svg(fig)
+
+
+def _svg(fig: Figure) -> str:
+    """The figure as an <svg> element (text kept as text: a smaller page)."""
+    import io
+
+    from matplotlib import rc_context
+    from matplotlib.backends.backend_svg import FigureCanvasSVG
+
+    fig.tight_layout()
+    buffer = io.StringIO()
+    with rc_context({"svg.fonttype": "none", "svg.hashsalt": "forecaster"}):  # a salt: the same figure, the same ids
+        FigureCanvasSVG(fig).print_svg(buffer)
+    text = buffer.getvalue()
+    return text[text.index("<svg") :]
 
 
 def _save(fig: Figure, path: Path) -> Path:

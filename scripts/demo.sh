@@ -33,3 +33,8 @@ $fc sql "select decided_at, decision, reason from promotions"
 echo "== 9. is it healthy? (judged on the evening of the sample's last day; exit 0 healthy, 3 degraded)"
 last_day=$($fc sql "select max(date) as d from prices" --format csv | tail -1)
 $fc status --at "${last_day}T23:00" --metrics-file "$out/forecaster.prom" || echo "(status exit $?)"
+echo "== 10. the night as a page for a browser, and a screenshot of it"
+$fc report --html "$out/report.html" --at "${last_day}T23:00"
+chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1280,2000 \
+  --screenshot="$out/report-screenshot.png" "file://$(realpath "$out/report.html")" 2>/dev/null
+echo "open $out/report.html in a browser (screenshot: $out/report-screenshot.png)"

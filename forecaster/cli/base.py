@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
+import datetime as dt
 import functools
 import gc
 import os
@@ -172,12 +173,37 @@ metrics_file_option = option(
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write the health as Prometheus metrics here (node_exporter's textfile format, replaced atomically).",
 )
+
+
+def _moment(ctx, param, text: str | None) -> dt.datetime | None:
+    if not text:
+        return None
+    try:
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a moment (expected YYYY-MM-DDTHH:MM)") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+
+
+at_option = option(
+    "--at",
+    command="status",  # one meaning wherever it is taken: FORECASTER_STATUS_AT
+    metavar="YYYY-MM-DDTHH:MM",
+    callback=_moment,
+    help="Judge the health as of this moment (UTC unless it has an offset) instead of now: a replay, a test.",
+)
 stale_share_option = option(
     "--stale-share",
     default=STALE_SHARE,
     show_default=True,
     type=click.FloatRange(0, 1),
     help="Degraded (exit 3) when more than this share of the owed session's tickers has no close.",
+)
+html_option = option(
+    "--html",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the HTML report here (one self-contained page, replaced atomically); after a run, "
+    "also after a failed one, which it says at the top.",
 )
 shard_option = option(
     "--shard",

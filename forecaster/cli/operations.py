@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path
 
 import click
 
 from .base import (
+    at_option,
     calendar_option,
     db_option,
     job_option,
@@ -23,12 +23,7 @@ from .base import (
 @main.command()
 @job_option
 @option("--json", "as_json", command="status", is_flag=True, help="Print the whole health as one JSON object.")
-@option(
-    "--at",
-    command="status",
-    metavar="YYYY-MM-DDTHH:MM",
-    help="Judge as of this moment (UTC unless it has an offset) instead of now: a replay, a test.",
-)
+@at_option
 @stale_share_option
 @metrics_file_option
 @calendar_option
@@ -49,14 +44,7 @@ def status(as_json, at, stale_share, metrics_file, calendar, db):
     from ..serving import prometheus
     from ..serving.status import describe, health
 
-    moment = None
-    if at:
-        try:
-            moment = dt.datetime.fromisoformat(at)
-        except ValueError:
-            raise click.BadParameter(f"{at!r} is not a moment (expected YYYY-MM-DDTHH:MM)", param_hint="--at") from None
-        moment = moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
-    h = health(open_store(db, read_only=True), at=moment, calendar=calendar, stale_share=stale_share)
+    h = health(open_store(db, read_only=True), at=at, calendar=calendar, stale_share=stale_share)
     if metrics_file:
         prometheus.write(Path(metrics_file), h)
     click.echo(h.to_json() if as_json else describe(h))

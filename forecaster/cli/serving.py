@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from ..db.config import SQL_ROW_LIMIT
+from ..errors import first_line
 from ..lifecycle.config import DaemonConfig
 from ..serving.config import MODEL_CHAMPION
 from .base import (
@@ -30,6 +31,8 @@ from .base import (
     retrain_config,
     retrain_options,
     settle_option,
+    at_option,
+    html_option,
     shard_option,
     stale_share_option,
 )
@@ -48,12 +51,27 @@ from .base import (
 @shard_option
 @stale_share_option
 @metrics_file_option
+@html_option
 @log_format_option
 @db_option
 @quiet_option
 @reports_errors
 def predict(
-    model, data, as_of, start, end, settle, device, calendar, shard, stale_share, metrics_file, log_format, db, quiet
+    model,
+    data,
+    as_of,
+    start,
+    end,
+    settle,
+    device,
+    calendar,
+    shard,
+    stale_share,
+    metrics_file,
+    html,
+    log_format,
+    db,
+    quiet,
 ):
     """One nightly run: ingest new rows, score every ticker with a close on
     as_of and enough history, and write next-day predictions.
@@ -74,7 +92,7 @@ def predict(
         raise click.UsageError("give --as-of or --from/--to, not both")
 
     engine = open_store(db)
-    outcome = None
+    outcome, failure = None, None
     try:
         outcome = run_predict(
             engine,
@@ -89,11 +107,20 @@ def predict(
             shard=shard,
             settle=settle,
         )
-    finally:  # a failed run is news for the metrics too
+    except Exception as exc:
+        failure = first_line(exc)
+        raise
+    finally:  # a failed run is news for the metrics and the report too
         if metrics_file:
             from ..serving.prometheus import run_phases, write_health
 
             failed = write_health(engine, metrics_file, calendar, run_phases(outcome))
+            if failed:
+                click.echo(f"warning: {failed}", err=True)
+        if html:
+            from ..serving.page import write_report
+
+            failed = write_report(engine, html, calendar, failure)
             if failed:
                 click.echo(f"warning: {failed}", err=True)
     scored = max((run.as_of for run in outcome.runs), default=None)
@@ -201,6 +228,7 @@ def predict(
 )
 @stale_share_option
 @metrics_file_option
+@html_option
 @log_format_option
 @db_option
 @reports_errors
@@ -228,6 +256,7 @@ def daemon(
     once,
     stale_share,
     metrics_file,
+    html,
     log_format,
     db,
 ):
@@ -266,6 +295,7 @@ def daemon(
             settle=settle,
             lock_check=dt.timedelta(seconds=lock_check),
             metrics_file=metrics_file,
+            html_file=html,
             log_format=log_format,
             stale_share=stale_share,
             debug=debugging(),
@@ -285,18 +315,39 @@ def daemon(
 @option(
     "--plot", type=click.Path(dir_okay=False, path_type=Path), help="Write predicted vs actual closes as a PNG here."
 )
+@html_option
+@at_option
+@calendar_option
 @db_option
 @reports_errors
-def report(since, ticker, model_id, by_model, plot, db):
+def report(since, ticker, model_id, by_model, plot, html, at, calendar, db):
     """Realized accuracy of the served predictions (or of --model-id's) against
     the naive forecast: N, RMSE, MAE, naive RMSE, their ratio and direction
     accuracy, per ticker and overall; and of their 80% and 95% intervals
-    against RiskMetrics': coverage, mean width and mean interval score (Winkler)."""
+    against RiskMetrics': coverage, mean width and mean interval score (Winkler).
+
+    With --html, the night as a page for a browser instead: the health, the
+    forecasts for the next session (sortable, filterable), a chart per
+    --ticker (default: the widest and narrowest bands tonight and the last
+    night's largest misses), coverage over time beside RiskMetrics', and the
+    models and gate decisions; over the last 120 sessions unless --since.
+    """
     from ..evidence import DIRECTION_NOISE
     from ..serving.report import build_report, interval_table, plot_report
     from ..tables import format_table
 
-    rep = build_report(open_store(db, read_only=True), since=since, ticker=ticker, model_id=model_id, by_model=by_model)
+    engine = open_store(db, read_only=True)
+    if html:
+        from ..serving import page
+
+        if model_id or by_model or plot:
+            raise click.UsageError(
+                "--html draws the served predictions: give it without --model-id, --by-model, --plot"
+            )
+        night = page.gather(engine, tickers=list(ticker), since=since, calendar=calendar, at=at)
+        click.echo(f"wrote {page.write(html, night)}: {len(night.forecasts)} forecasts, {len(night.charts)} charts")
+        return
+    rep = build_report(engine, since=since, ticker=ticker, model_id=model_id, by_model=by_model)
     columns = ["n", "rmse", "mae", "naive_rmse", "ratio", "direction_accuracy"]
     if rep.per_model:
         rows = [(r["model_id"][:12], r["status"], *(r[c] for c in columns)) for r in rep.per_model]

@@ -47,6 +47,7 @@ class DaemonConfig:
     settle: float = SETTLE_SECONDS  # seconds before a file's unterminated last line is read
     lock_check: dt.timedelta = dt.timedelta(seconds=30)  # how often the daemon checks it still holds its lock
     metrics_file: Path | None = None  # the health as Prometheus metrics, rewritten after every nightly run
+    html_file: Path | None = None  # the HTML report (serving/page.py), rewritten after every nightly run
     log_format: str = "text"  # or "json": one object per line (logs.py)
     stale_share: float = STALE_SHARE  # `--once`'s exit status: degraded above this share of stale tickers
     debug: bool = False  # other libraries' INFO and DEBUG lines too

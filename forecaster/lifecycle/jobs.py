@@ -20,7 +20,7 @@ from ..artifact.model_file import file_sha256
 from ..data.calendar import last_closed_session
 from ..data.ingest import ingest
 from ..db.schema import Decision
-from ..errors import ForecasterError
+from ..errors import ForecasterError, first_line
 from ..serving import registry
 from ..serving.freshness import Freshness, session_to_await, wait_for_data
 from ..serving.nightly import catch_up, names
@@ -52,6 +52,7 @@ class NightlyJob:
 
     def __call__(self, scheduled: bool = True) -> None:
         with self.busy:
+            failure = None
             try:
                 if scheduled and self.config.min_fresh > 0:
                     self.wait_for_tonights_data()
@@ -59,8 +60,16 @@ class NightlyJob:
                     self.catch_up()
             except ForecasterError as exc:  # a lost database, a broken model: tomorrow is another night
                 log.error("nightly run failed: %s", exc)
-            except Exception:  # a bug: its traceback in the log, and the daemon keeps its schedule
+                failure = str(exc)
+            except Exception as exc:  # a bug: its traceback in the log, and the daemon keeps its schedule
                 log.exception("nightly run failed with an unexpected error")
+                failure = f"unexpected error: {first_line(exc)}"
+            if self.config.html_file:
+                from ..serving.page import write_report
+
+                failed = write_report(self.engine, self.config.html_file, self.config.calendar, failure)
+                if failed:
+                    log.error("%s", failed)
             if self.config.metrics_file:
                 from ..serving.prometheus import run_phases, write_health
 

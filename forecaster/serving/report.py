@@ -204,8 +204,52 @@ def _intervals(conn: sa.Connection, rows: list[dict]) -> dict:
             ("wild", [r for r, w in zip(rows, wild, strict=True) if w]),
         )
     }
-    columns.update(overall=overall, tickers=per_ticker, thirds=thirds)
+    columns.update(overall=overall, tickers=per_ticker, thirds=thirds, sessions=_by_session(rows, every))
     return columns
+
+
+def _by_session(rows: list[dict], volatility: np.ndarray) -> list[dict]:
+    """Per as_of, oldest first: outcomes n, how many held at each level and the
+    summed interval scores relative to the close, ours and RiskMetrics' (rm_):
+    sums, so that any window of sessions adds up (rolling)."""
+    actual, last = _actual_last(rows)
+    ours, baseline = _bounds(rows), iv.riskmetrics_bounds(last, volatility)
+    as_of = np.array([r["as_of"] for r in rows])
+    figures = {}
+    for i, level in enumerate(iv.LEVELS):
+        tag = int(round(level * 100))
+        for prefix, bounds in (("", ours), ("rm_", baseline)):
+            lo, hi = bounds[2 * i], bounds[2 * i + 1]
+            figures[f"{prefix}held{tag}"] = ((actual >= lo) & (actual <= hi)).astype(np.float64)
+            figures[f"{prefix}score{tag}"] = iv.interval_score(lo, hi, actual, level) / last
+    out = []
+    for day in sorted(set(as_of)):
+        chosen = as_of == day
+        out.append(
+            {"as_of": str(day), "n": int(chosen.sum()), **{k: float(v[chosen].sum()) for k, v in figures.items()}}
+        )
+    return out
+
+
+def rolling(sessions: list[dict], window: int) -> list[dict]:
+    """Coverage at both levels, ours and RiskMetrics', and the interval score
+    ratio over the last `window` sessions at each session (report()'s
+    intervals["sessions"]); complete once the window is full."""
+    out = []
+    for end in range(len(sessions)):
+        chosen = sessions[max(0, end - window + 1) : end + 1]
+        total = {k: sum(s[k] for s in chosen) for k in chosen[0] if k != "as_of"}
+        n = total["n"]
+        rm_score = total["rm_score80"] + total["rm_score95"]
+        out.append(
+            {
+                "as_of": sessions[end]["as_of"],
+                "complete": len(chosen) == window,
+                **{f"{p}coverage{t}": total[f"{p}held{t}"] / n for p in ("", "rm_") for t in (80, 95)},
+                "score_vs_riskmetrics": (total["score80"] + total["score95"]) / rm_score if rm_score else None,
+            }
+        )
+    return out
 
 
 def _bounds(rows: list[dict]) -> list[np.ndarray]:
