@@ -13,12 +13,14 @@ from ..errors import first_line
 from ..lifecycle.config import DaemonConfig
 from ..serving.config import MODEL_CHAMPION
 from .base import (
+    at_option,
     calendar_option,
     daemon_default,
     data_option,
     db_option,
     debugging,
     device_option,
+    html_option,
     job_option,
     log_format_option,
     main,
@@ -31,8 +33,6 @@ from .base import (
     retrain_config,
     retrain_options,
     settle_option,
-    at_option,
-    html_option,
     shard_option,
     stale_share_option,
 )
