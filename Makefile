@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   := demo
 
-.PHONY: install test test-fast lint format postgres chromium demo bench seed-comparison scaling-comparison interval-comparison refit-comparison flag-comparison clean
+.PHONY: install test test-fast lint format postgres chromium demo bench seed-comparison scaling-comparison interval-comparison refit-comparison flag-comparison report-comparison clean
 
 install: $(STAMP)
 
@@ -70,3 +70,7 @@ refit-comparison: install
 
 flag-comparison: install
 	$(BIN)/python benchmarks/flag_comparison.py
+
+report-comparison: install chromium
+	$(BIN)/pip install --quiet -e '.[report-comparison]'
+	$(BIN)/python benchmarks/report_page.py

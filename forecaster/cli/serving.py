@@ -412,3 +412,27 @@ def sql(query, db, limit, output):
     click.echo(format_rows(columns, rows, output), nl=output == "table")
     if more:
         click.echo(f"... (first {limit} rows shown)", err=output != "table")
+
+
+@main.command("datasette-metadata")
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@db_option
+@reports_errors
+def datasette_metadata(out, db):
+    """Write Datasette's metadata for an SQLite database to OUT: what each
+    table, view and column holds, and the README's questions as canned
+    queries. Then browse it read-only (pip install 'forecaster[browse]'):
+
+        datasette -i forecaster.db --metadata OUT
+    """
+    from sqlalchemy.engine import make_url
+
+    from ..db.catalog import datasette_metadata as metadata
+    from ..files import strict_json, write_atomically
+
+    url = make_url(db)
+    if url.get_backend_name() != "sqlite" or not url.database:
+        raise click.BadParameter("Datasette opens SQLite files: give an sqlite:///PATH URL", param_hint="--db")
+    text = strict_json(metadata(Path(url.database).stem), indent=2).encode() + b"\n"
+    write_atomically(out, lambda fh: fh.write(text))
+    click.echo(f"wrote {out}: datasette -i {url.database} --metadata {out}")

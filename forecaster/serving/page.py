@@ -287,7 +287,7 @@ def _forecasts(night: Night) -> str:
         '<section id="forecasts"><h2>Forecasts for the next session</h2>'
         "<p>Bands are percentages of the last close; click a heading to sort, type to filter (ticker or flag).</p>"
         '<input id="filter" type="search" placeholder="filter: ticker or flag" aria-label="filter">'
-        '<span id="shown"></span>'
+        '<span id="shown"></span> <button id="show-all" type="button" hidden>show all</button>'
         '<table id="forecast-table"><thead></thead><tbody></tbody></table>'
         f'<script id="forecast-data" type="application/json">{data}</script></section>'
     )

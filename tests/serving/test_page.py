@@ -79,7 +79,7 @@ def browser():
 
 def table_rows(driver) -> list[list[str]]:
     return driver.execute_script(
-        "return [...document.querySelectorAll('#forecast-table tbody tr')]"
+        "return [...document.querySelectorAll('#forecast-table tbody tr:not([hidden])')]"
         ".map(tr => [...tr.cells].map(td => td.textContent))"
     )
 
@@ -199,3 +199,38 @@ def test_the_daemon_rewrites_the_page_after_each_night(db, tmp_path, tiny_model)
     )
     assert done.returncode == 75, done.stderr[-2000:]  # years-old data: tonight's files are not in
     assert "Forecasts as of <b>2017-11-10</b>" in html.read_text()
+
+
+@pytest.mark.slow
+def test_thousands_of_rows_are_all_in_the_table_and_shown_a_page_at_a_time(tmp_path, browser):
+    from forecaster.serving.status import Health
+
+    rows = [
+        {
+            "ticker": f"t{i:04d}",
+            "as_of": "2017-11-10",
+            "target_date": "2017-11-13",
+            "last_close": 10.0 + i,
+            "predicted_close": 10.0 + i + (i % 7) / 10,
+            **{c: 10.0 + i + d for c, d in (("lo80", -1), ("hi80", 1), ("lo95", -2), ("hi95", 2))},
+            "sessions_behind": 0,
+            "flags": "out_of_range" if i % 100 == 0 else None,
+        }
+        for i in range(3000)
+    ]
+    night = page.Night(
+        "2017-11-10T23:00:00+00:00", Health("x", "2017-11-10", "2017-11-10", 0, None), None, rows, None, None
+    )
+    browser.get(page.write(tmp_path / "many.html", night).as_uri())
+    count = "return document.querySelectorAll('#forecast-table tbody tr').length"
+    assert browser.execute_script(count) == 3000 and len(table_rows(browser)) == 250
+    assert browser.find_element("id", "shown").text == "3000 of 3000 tickers (the first 250 shown)"
+    browser.find_elements("css selector", "#forecast-table th")[column(browser, "predicted")].click()
+    browser.find_elements("css selector", "#forecast-table th")[column(browser, "predicted")].click()
+    assert table_rows(browser)[0][0] == "t2999"  # the dearest first, from all 3000, not from the page shown
+    browser.find_element("id", "filter").send_keys("out_of")
+    assert len(table_rows(browser)) == 30 and not browser.find_element("id", "show-all").is_displayed()
+    browser.find_element("id", "filter").clear()
+    browser.find_element("id", "filter").send_keys(" ")  # an input event: the filter emptied
+    browser.find_element("id", "show-all").click()
+    assert len(table_rows(browser)) == 3000

@@ -6,8 +6,10 @@
   const table = document.getElementById("forecast-table");
   const head = table.tHead, body = table.tBodies[0];
   const filter = document.getElementById("filter"), shown = document.getElementById("shown");
+  const more = document.getElementById("show-all");
   const keys = data.columns.map((c) => c[0]);
-  let sortKey = "ticker", ascending = true;
+  const PAGE = 250;  // rows laid out at once: laying out thousands takes seconds
+  let sortKey = "ticker", ascending = true, limit = PAGE;
 
   const headRow = head.insertRow();
   data.columns.forEach(([key, label]) => {
@@ -31,28 +33,42 @@
     return ascending ? order : -order;
   }
 
+  // Each row's element is made once; sorting reorders them, filtering hides
+  // them, and only the first PAGE matches are shown until "show all".
+  const rows = data.rows.map((r) => {
+    const tr = document.createElement("tr");
+    for (const key of keys) {
+      const td = document.createElement("td");
+      td.textContent = r[key] === null ? "" : r[key];
+      tr.appendChild(td);
+    }
+    return { data: r, element: tr, text: (r.ticker + " " + r.flags).toLowerCase() };
+  });
+
   function draw() {
     const needle = filter.value.trim().toLowerCase();
-    const rows = data.rows
-      .filter((r) => !needle || r.ticker.toLowerCase().includes(needle) || r.flags.toLowerCase().includes(needle))
-      .sort(compare);
+    rows.sort((a, b) => compare(a.data, b.data));
     const fragment = document.createDocumentFragment();
-    for (const r of rows) {
-      const tr = document.createElement("tr");
-      for (const key of keys) {
-        const td = document.createElement("td");
-        td.textContent = r[key] === null ? "" : r[key];
-        tr.appendChild(td);
-      }
-      fragment.appendChild(tr);
+    let matching = 0;
+    for (const row of rows) {
+      const keep = !needle || row.text.includes(needle);
+      matching += keep;
+      row.element.hidden = !keep || matching > limit;
+      fragment.appendChild(row.element);
     }
     body.replaceChildren(fragment);
     for (const th of headRow.cells) {
       th.setAttribute("aria-sort", th.dataset.key === sortKey ? (ascending ? "ascending" : "descending") : "none");
     }
-    shown.textContent = `${rows.length} of ${data.rows.length} tickers`;
+    shown.textContent =
+      `${matching} of ${data.rows.length} tickers` + (matching > limit ? ` (the first ${limit} shown)` : "");
+    more.hidden = matching <= limit;
   }
 
   filter.addEventListener("input", draw);
+  more.addEventListener("click", () => {
+    limit = Infinity;
+    draw();
+  });
   draw();
 })();
