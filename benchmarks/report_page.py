@@ -32,6 +32,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 import machine  # noqa: E402  (benchmarks/machine.py)
 
+sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
+from helpers import offline_chromium  # noqa: E402  (tests/helpers.py: the browser the tests use)
+
 from forecaster import plots  # noqa: E402
 from forecaster.serving import page  # noqa: E402
 from forecaster.serving.status import Health  # noqa: E402
@@ -218,23 +221,7 @@ def main() -> None:
     parser.add_argument("--tickers", type=int, default=5000)
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("report_page.json"))
     args = parser.parse_args()
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--window-size=1400,1000",
-        "--proxy-server=http://127.0.0.1:9",
-        "--proxy-bypass-list=<-loopback>",
-    ):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    driver = offline_chromium()
     results = {
         "machine": machine.describe(),
         "calibration": machine.calibrate(),

@@ -10,12 +10,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+# The process's umask, read once at import (reading it means setting it): the
+# files we write get the mode any file of ours would, not mkstemp's 0600, so
+# that node_exporter or a web server running as another user can read them.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 
 def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
     """Call write(file) on a temporary file beside `path`, then rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()

@@ -18,7 +18,9 @@ $fc export "$out/exports/demo.pt"
 $fc verify "$out/exports/demo.onnx"
 echo "== 5. nightly predictions: a backfill of the last weeks, then tonight's run"
 $fc predict --model "$out/exports/demo.onnx" --from 2017-10-16 --to 2017-11-09 --quiet | tail -n 2
-$fc predict --model "$out/exports/demo.onnx"
+# The sample's last day is "tonight" (exit codes judge --as-of's session, not today's).
+last_day=$($fc sql "select max(date) as d from prices" --format csv | tail -1)
+$fc predict --model "$out/exports/demo.onnx" --as-of "$last_day"
 echo "== 6. what is predicted for the next trading day"
 $fc sql "select ticker, as_of, target_date, round(predicted_close, 4) as predicted, last_close from latest_predictions"
 echo "== 7. how good were the stored predictions"
@@ -27,11 +29,10 @@ echo "== 8. keeping the model fresh: the demo model becomes the champion; a chal
 echo "      without the last 60 sessions is judged on them against champion and naive"
 $fc promote "$out/exports/demo.onnx" --reason "first model"
 $fc retrain --gate-days 60 --models-dir "$out/exports" --quiet
-$fc predict --model champion --quiet
+$fc predict --model champion --as-of "$last_day" --quiet
 $fc models
 $fc sql "select decided_at, decision, reason from promotions"
 echo "== 9. is it healthy? (judged on the evening of the sample's last day; exit 0 healthy, 3 degraded)"
-last_day=$($fc sql "select max(date) as d from prices" --format csv | tail -1)
 $fc status --at "${last_day}T23:00" --metrics-file "$out/forecaster.prom" || echo "(status exit $?)"
 echo "== 10. the night as a page for a browser, and a screenshot of it"
 $fc report --html "$out/report.html" --at "${last_day}T23:00"

@@ -158,3 +158,33 @@ def rows(engine, sql, **params):
 def register_challenger(engine, path):
     with store.write_transaction(engine) as conn:
         promotion.decide(conn, load_model(path), "challenger", "")
+
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+
+
+def offline_chromium():
+    """Headless Chromium from Debian's packages (`make chromium`), driven by
+    selenium through Debian's chromedriver, offline: every request goes to a
+    proxy that is not there. Its console is kept (driver.get_log("browser"))."""
+    from pathlib import Path
+
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not Path(p).exists()]
+    assert not missing, f"{', '.join(missing)} missing: run `make chromium` (Debian's chromium, chromium-driver)"
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,1000",
+    ):
+        options.add_argument(arg)
+    options.add_argument("--proxy-server=http://127.0.0.1:9")  # no network: nothing listens there
+    options.add_argument("--proxy-bypass-list=<-loopback>")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)

@@ -122,7 +122,15 @@ def _read_job(ctx: click.Context, param, path: Path | None):
                 f"(`forecaster {ctx.command.name}` takes: {', '.join(sorted(mine))})",
                 param_hint="--job",
             )
-        defaults[mine[key]] = [str(v) for v in value] if isinstance(value, list) else value
+        value = [str(v) for v in value] if isinstance(value, list) else value
+        param = next(p for p in ctx.command.params if p.name == mine[key])
+        try:  # a bad value is the file's fault: say so, not the option's or its variable's
+            param.type_cast_value(ctx, value)
+        except (click.BadParameter, TypeError, ValueError) as exc:
+            why = exc.message if isinstance(exc, click.ClickException) else str(exc)
+            why += ' (a list: ["..."])' if param.multiple and not isinstance(value, list) else ""
+            raise click.BadParameter(f"{path}: key {key!r}: {why}", param_hint="--job") from None
+        defaults[mine[key]] = value
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
     return path
 
@@ -293,8 +301,17 @@ def reports_errors(func):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             raise SystemExit(0) from None
         except ForecasterError as exc:
-            if click.get_current_context().find_root().params.get("debug"):
+            context = click.get_current_context()
+            if context.find_root().params.get("debug"):
                 raise
+            if context.params.get("log_format") == "json":  # every stderr line an object, the error too
+                import logging
+
+                from .. import logs
+
+                logs.configure("json", False)
+                logging.getLogger(f"forecaster.{context.command.name}").error(str(exc), extra={"event": "failed"})
+                raise SystemExit(getattr(exc, "exit_code", 1)) from None
             failure = click.ClickException(str(exc))
             failure.exit_code = getattr(exc, "exit_code", 1)
             raise failure from None

@@ -38,6 +38,21 @@ from .base import (
 )
 
 
+def warn(problem: str | None, log_format: str) -> None:
+    """A side file that could not be written: a warning line, or a JSON event."""
+    if not problem:
+        return
+    if log_format == "json":
+        import logging
+
+        from .. import logs
+
+        logs.configure("json", debugging())
+        logging.getLogger("forecaster.predict").warning(problem, extra={"event": "warning"})
+    else:
+        click.echo(f"warning: {problem}", err=True)
+
+
 @main.command()
 @job_option
 @model_option
@@ -79,11 +94,13 @@ def predict(
     Each as_of commits whole or not at all; a rerun adds nothing. Tickers
     without a close on as_of are reported as stale, not scored.
 
-    Exit status: the checks of `forecaster status`, judged for the session
-    this run scored (the newest one of a backfill), not for today: 0
-    healthy; 3 degraded (stale share above --stale-share, coverage out of
-    band); 75 an --as-of after the newest date stored (its files are not in
-    yet: retry later); 1 an error (a failed run is recorded in `runs`).
+    Exit status: the data, run and stale checks of `forecaster status`
+    (coverage is left to status and --metrics-file), judged for the session
+    scored (--as-of's, the newest of a backfill), not for today: a replay of
+    history passes. 0 healthy; 3 degraded (stale share above --stale-share);
+    75 an --as-of whose files are not in yet (retry later); 1 an error (a
+    failed run is recorded in `runs`). For 75 when tonight's files are late,
+    run `daemon --once` (it waits for them) or `status` after the run.
     """
     from ..serving.nightly import predict as run_predict
     from ..serving.status import health
@@ -114,17 +131,25 @@ def predict(
         if metrics_file:
             from ..serving.prometheus import run_phases, write_health
 
-            failed = write_health(engine, metrics_file, calendar, run_phases(outcome))
-            if failed:
-                click.echo(f"warning: {failed}", err=True)
+            warn(write_health(engine, metrics_file, calendar, run_phases(outcome), stale_share), log_format)
         if html:
             from ..serving.page import write_report
 
-            failed = write_report(engine, html, calendar, failure)
-            if failed:
-                click.echo(f"warning: {failed}", err=True)
-    scored = max((run.as_of for run in outcome.runs), default=None)
-    h = health(engine, calendar=calendar, stale_share=stale_share, owed=scored, model_id=outcome.model_id)
+            warn(write_report(engine, html, calendar, failure), log_format)
+    # Judged for the session asked for (the newest a backfill or a plain run
+    # scored), not from the exchange calendar's clock: that would import the
+    # calendar library into every night (0.4 s), and a late vendor is the
+    # freshness wait's to catch (`daemon --once` exits 75).
+    asked = as_of or max((run.as_of for run in outcome.runs), default=None)
+    h = health(
+        engine,
+        calendar=calendar,
+        stale_share=stale_share,
+        owed=asked,
+        model_id=outcome.model_id,
+        shard=shard,
+        outcomes=False,  # the nightly path stays cheap: coverage is status's (and the metrics file's)
+    )
     if log_format == "json":  # the same lines, as the daemon logs them
         import logging
 
@@ -134,6 +159,8 @@ def predict(
         log = logging.getLogger("forecaster.predict")
         if outcome.ingest:
             log.info("ingest: %s", outcome.ingest.summary(), extra={"event": "ingest_finished"})
+        for run_id in outcome.recovered:
+            log.warning("marked abandoned run %s as failed", run_id, extra={"event": "run_recovered"})
         for run in outcome.runs:
             log.info(run.message, extra={"event": "run_finished", "fields": logs.run_fields(run)})
         logs.log_health(log, h)

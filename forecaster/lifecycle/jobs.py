@@ -74,7 +74,8 @@ class NightlyJob:
                 from ..serving.prometheus import run_phases, write_health
 
                 phases = run_phases(self.last_outcome)
-                failed = write_health(self.engine, self.config.metrics_file, self.config.calendar, phases)
+                config = self.config
+                failed = write_health(self.engine, config.metrics_file, config.calendar, phases, config.stale_share)
                 if failed:
                     log.error("%s", failed)
 
@@ -94,7 +95,11 @@ class NightlyJob:
             closed = last_closed_session(started, config.calendar)
             as_of = session_to_await(self.engine, self.served_model_id(), closed, config.shard, config.calendar)
             if as_of is None:
-                log.info("the next session owed has not closed yet (newest closed: %s): nothing to wait for", closed)
+                log.info(
+                    "nothing to wait for: the next session owed has not closed yet, or it is older than the newest "
+                    "closed one (%s) and none of its files has arrived",
+                    closed,
+                )
                 return None
             state = wait_for_data(
                 self.engine,

@@ -61,7 +61,12 @@ def _day_number(token: str) -> int:
 
 def last_fire_before(trigger: CronTrigger, now: dt.datetime, within: dt.timedelta = dt.timedelta(days=366)):
     """The trigger's latest fire time at or before `now` (looking back `within`), or None."""
+    # In UTC: datetimes that share a zone compare and add by wall clock, so in
+    # the hour a DST fall-back repeats, 01:30 "plus a second" is 01:30 again.
+    utc = dt.UTC
+    now = now.astimezone(utc)
     last, at = None, trigger.get_next_fire_time(None, now - within)
-    while at is not None and at <= now:
-        last, at = at, trigger.get_next_fire_time(at, at + dt.timedelta(seconds=1))
+    while at is not None and at.astimezone(utc) <= now:
+        last = at.astimezone(utc)
+        at = trigger.get_next_fire_time(at, last + dt.timedelta(seconds=1))
     return last

@@ -8,6 +8,7 @@ import datetime as dt
 import sqlalchemy as sa
 
 from ..artifact.model_file import ModelFile
+from ..data.config import DEFAULT_CALENDAR
 from ..db import schema
 from ..errors import DataError, NotYetError
 from .config import DEFAULT_LOOKBACK
@@ -26,7 +27,19 @@ def check_dates(*values: str | None) -> None:
             raise DataError(f"{value!r} is not a date (expected YYYY-MM-DD)") from None
 
 
-def as_of_dates(engine: sa.Engine, as_of: str | None, start: str | None, end: str | None) -> list[str]:
+def _may_still_come(as_of: str, newest: str, calendar: str) -> bool:
+    """Whether the closes of `as_of` can still arrive: a session after the
+    newest stored, and not after the exchange's today (a holiday, a weekend or
+    next year never will)."""
+    from ..data.calendar import exchange_today, last_session
+
+    day = dt.date.fromisoformat(as_of)
+    return newest < as_of and day <= exchange_today(calendar) and last_session(day, calendar) == as_of
+
+
+def as_of_dates(
+    engine: sa.Engine, as_of: str | None, start: str | None, end: str | None, calendar: str = DEFAULT_CALENDAR
+) -> list[str]:
     """The given as_of, every date with prices in [start, end], or the newest
     date stored; DataError, before any run starts, for a date without prices."""
     check_dates(as_of, start, end)
@@ -50,8 +63,8 @@ def as_of_dates(engine: sa.Engine, as_of: str | None, start: str | None, end: st
             if conn.execute(sa.select(d.date).where(d.date == as_of)).first() is None:
                 day = dt.date.fromisoformat(as_of)
                 what = f"a {day:%A}" if day.weekday() >= 5 else "no ticker has a close that day"
-                error = NotYetError if as_of > newest else DataError
-                raise error(f"no prices stored for {as_of} ({what}); the newest date with prices is {newest}")
+                said = f"no prices stored for {as_of} ({what}); the newest date with prices is {newest}"
+                raise (NotYetError if _may_still_come(as_of, newest, calendar) else DataError)(said)
             return [as_of]
     if newest is None:
         raise DataError("the database holds no prices yet: ingest some first, or pass --data")

@@ -72,9 +72,9 @@ def session_to_await(
     succeeded as_of; with no run yet, `closed`), and the newest session with
     any prices stored (closes have started to arrive for it), never past
     `closed`. So a model one night behind waits for tonight, not for the
-    night it missed, which is complete; a vendor a day late or a replay of
-    history waits for the session it will really deliver; and the wall
-    clock's date plays no part."""
+    night it missed, which is complete; a vendor a day late waits for
+    tonight, a replay of history for the session it will really deliver, and
+    an older session nothing has arrived for is not waited for."""
     with engine.connect() as conn:
         _, last = scored_span(conn, model_id, shard)
         d = schema.price_dates.c
@@ -82,7 +82,12 @@ def session_to_await(
     owed = closed if last is None else next_trading_day(last, calendar, engine=engine)
     if owed > closed:
         return None
-    return max(owed, arriving) if arriving and arriving > (last or "") else owed
+    if arriving and arriving > (last or ""):
+        return max(owed, arriving)
+    # Nothing has arrived past the last night scored: worth a wait only for
+    # the newest closed session (tonight's files, late); an older one whose
+    # files never came (a replay of history, a vendor days behind) is not.
+    return owed if owed == closed else None
 
 
 def wait_for_data(

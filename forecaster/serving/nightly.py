@@ -105,7 +105,7 @@ def predict(
     return _score_dates(
         engine,
         model_path,
-        lambda model: as_of_dates(engine, as_of, start, end),
+        lambda model: as_of_dates(engine, as_of, start, end, calendar),
         data=data,
         device=device,
         calendar=calendar,

@@ -11,6 +11,7 @@ import datetime as dt
 from pathlib import Path
 
 from ..files import write_atomically
+from .config import STALE_SHARE
 from .status import EXIT_CODES, Health
 
 # name -> (type, help)
@@ -63,6 +64,8 @@ def render(h: Health, phases: dict[str, float] | None = None) -> str:
         samples["forecaster_data_lag_sessions"].append(({}, h.data_lag_sessions))
     for level, windows in h.coverage.items():
         for window, c in windows.items():
+            if not c["complete"]:  # 5 of 8 held on a first night is no alarm: as status judges it
+                continue
             samples["forecaster_interval_coverage_ratio"].append(
                 ({**model, "level": level, "window": window}, c["coverage"])
             )
@@ -82,7 +85,9 @@ def write(path: Path, h: Health, phases: dict[str, float] | None = None) -> None
     write_atomically(Path(path), lambda fh: fh.write(text.encode()))
 
 
-def write_health(engine, path: Path, calendar: str, phases: dict[str, float] | None = None) -> str | None:
+def write_health(
+    engine, path: Path, calendar: str, phases: dict[str, float] | None = None, stale_share: float = STALE_SHARE
+) -> str | None:
     """Judge the health now and write it to `path`, after a run (predict, the
     daemon); what went wrong, if the metrics could not be written: a run's
     own outcome never depends on its metrics file."""
@@ -90,7 +95,7 @@ def write_health(engine, path: Path, calendar: str, phases: dict[str, float] | N
     from .status import health
 
     try:
-        write(path, health(engine, calendar=calendar), phases)
+        write(path, health(engine, calendar=calendar, stale_share=stale_share), phases)
     except (ForecasterError, OSError) as exc:
         return f"could not write the metrics file {path}: {exc}"
     return None

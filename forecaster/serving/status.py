@@ -21,9 +21,10 @@ import sqlalchemy as sa
 from ..data.calendar import last_closed_session
 from ..data.config import DEFAULT_CALENDAR
 from ..db import schema
-from ..db.schema import RETIRED_AFTER_SESSIONS, ModelStatus, RunStatus
+from ..db.schema import RETIRED_AFTER_SESSIONS, Decision, ModelStatus, RunStatus
 from .config import STALE_SHARE
 from .freshness import freshness
+from .shards import Shard
 
 OK, DEGRADED, FAILED, WAITING = "ok", "degraded", "failed", "waiting"
 # The exit status of `status` (and `daemon --once`): the worst check's.
@@ -53,7 +54,8 @@ class Health:
     last_run: dict | None = None
     last_success: dict | None = None
     stale: list[str] = field(default_factory=list)  # tickers of the previous session without a close on the owed one
-    predicted_owed: int = 0  # the model's predictions stored as of the owed session, by whichever run
+    expected_tickers: int = 0  # tickers with a close on the session before the owed one (of the shard)
+    served_before_promotion: dict | None = None  # the previous champion's run of the owed session, if it serves it
     retired: int = 0  # tickers without a close for more than RETIRED_AFTER_SESSIONS sessions
     # The newest rejections and flags, whenever they were made (an ingest that
     # set nothing aside leaves them as they were): reason (numbers elided) or kind -> rows.
@@ -88,10 +90,16 @@ def health(
     stale_share: float = STALE_SHARE,
     owed: str | None = None,
     model_id: str | None = None,
+    shard: Shard | None = None,
+    outcomes: bool = True,
 ) -> Health:
     """Every check, as of `at` (default: now). The session owed is the newest
     closed one on the calendar unless given (`predict` judges the session it
-    was asked to score), the model judged the served one unless given."""
+    was asked to score), the model judged the served one unless given.
+    Without `outcomes`, the checks a run's own exit status needs (data, run,
+    stale): the realised ratio and coverage read every outcome through the
+    prediction_outcomes view, seconds on a large database, so a nightly
+    `predict` leaves them to `status` and the metrics file."""
     at = at or dt.datetime.now(dt.UTC)
     owed = owed or last_closed_session(at, calendar)
     r, d, m = schema.runs.c, schema.price_dates.c, schema.models.c
@@ -125,7 +133,8 @@ def health(
             conn.execute(
                 sa.select(r)
                 .where(r.model_id == model_id, r.shadow_of.is_(None), r.status == RunStatus.SUCCEEDED)
-                .order_by(r.as_of.desc(), r.run_id.desc())
+                # the run that stored the night, not a rerun of it that added nothing
+                .order_by(r.as_of.desc(), (r.n_predictions > 0).desc(), r.run_id)
                 .limit(1)
             )
             .mappings()
@@ -144,13 +153,35 @@ def health(
             last_success=_run(last_success, at),
         )
         _data(conn, h)
-        p = schema.predictions.c
-        h.predicted_owed = conn.execute(
-            sa.select(sa.func.count()).where(p.model_id == model_id, p.as_of == owed)
-        ).scalar()
-        if model_id:
+        if h.champion_since and not (last_success and last_success["as_of"] >= owed):
+            # Promoted since the owed session was scored: the previous champion's run serves it
+            # (latest_predictions shows it) until the new one scores.
+            pr = schema.promotions.c
+            promoted_after = conn.execute(
+                sa.select(sa.func.max(pr.after_run_id)).where(pr.model_id == model_id, pr.decision == Decision.PROMOTED)
+            ).scalar()
+            served = (
+                conn.execute(
+                    sa.select(r)
+                    .where(
+                        r.shadow_of.is_(None),
+                        r.status == RunStatus.SUCCEEDED,
+                        r.as_of >= owed,
+                        r.model_id != model_id,
+                        r.run_id <= promoted_after,  # by run ids, not clocks: same-second runs happen
+                    )
+                    .order_by(r.as_of.desc(), (r.n_predictions > 0).desc(), r.run_id)
+                    .limit(1)
+                )
+                .mappings()
+                .first()
+            )
+            h.served_before_promotion = _run(served, at)
+        if model_id and outcomes:
             _model(conn, h, model_id, h.champion_since)
-    h.stale = freshness(engine, owed).missing if newest and newest >= owed else []
+    if newest and newest >= owed:
+        fresh = freshness(engine, owed, shard)
+        h.stale, h.expected_tickers = fresh.missing, fresh.expected
     h.checks = _checks(h, stale_share)
     return h
 
@@ -178,6 +209,7 @@ def _run(row, at: dt.datetime) -> dict | None:
     age = (at - dt.datetime.fromisoformat(finished)).total_seconds() if finished else None
     return {
         "run_id": row["run_id"],
+        "model_id": row["model_id"],
         "as_of": row["as_of"],
         "status": row["status"],
         "started_at": row["started_at"],
@@ -307,9 +339,18 @@ def _checks(h: Health, stale_share: float) -> list[Check]:
             )
         )
         return checks
-    success = h.last_success
+    success, previous = h.last_success, h.served_before_promotion
     if success and success["as_of"] >= h.owed_session:
         checks.append(Check("run", OK, f"run {success['run_id']} scored {success['as_of']}"))
+    elif previous:
+        checks.append(
+            Check(
+                "run",
+                OK,
+                f"the champion promoted {h.champion_since} has not scored yet; {previous['as_of']} is served by "
+                f"run {previous['run_id']} of the previous champion {previous['model_id'][:12]}",
+            )
+        )
     elif h.newest_price_date >= h.owed_session:
         last = h.last_run
         why = f"; the last run ({last['as_of']}) {last['status']}: {last['message']}" if last else ""
@@ -322,10 +363,8 @@ def _checks(h: Health, stale_share: float) -> list[Check]:
                 + why,
             )
         )
-    if h.last_success and h.newest_price_date >= h.owed_session:
-        # Counted from the predictions, not the run: a rerun adds none.
-        expected = len(h.stale) + h.predicted_owed
-        share = len(h.stale) / max(expected, 1)
+    if (h.last_success or previous) and h.newest_price_date >= h.owed_session:
+        share = len(h.stale) / max(h.expected_tickers, 1)  # of the previous session's tickers
         checks.append(
             Check(
                 "stale",

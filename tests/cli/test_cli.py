@@ -275,6 +275,13 @@ def test_a_job_file_may_set_every_option_and_a_misspelled_key_is_named(monkeypat
     (tmp_path / "typo.toml").write_text('db = "sqlite:///x.db"\nmin_frseh = 0.5\n')
     typo = invoke("daemon", "--job", tmp_path / "typo.toml")
     assert typo.exit_code == 2 and f"{tmp_path / 'typo.toml'}: unknown key 'min-frseh'" in typo.output
+    for bad, said in (
+        ('min-fresh = "high"', "key 'min-fresh': 'high' is not a valid float range"),
+        ('data = "data"', "key 'data': Value must be an iterable"),
+    ):
+        (tmp_path / "bad.toml").write_text(bad + "\n")
+        wrong = invoke("daemon", "--job", tmp_path / "bad.toml", "--model", "m.onnx")
+        assert wrong.exit_code == 2 and f"{tmp_path / 'bad.toml'}: {said}" in wrong.output, wrong.output
 
 
 def test_one_job_file_serves_every_command_that_takes_one(db_url, tmp_path, sample_dir, tiny_model):

@@ -14,7 +14,7 @@ import pytest
 from helpers import start_daemon, wait_for
 
 from forecaster.data.ingest import ingest
-from forecaster.lifecycle.schedule import make_trigger
+from forecaster.lifecycle.schedule import last_fire_before, make_trigger
 from forecaster.serving.nightly import predict
 
 NY = ZoneInfo("America/New_York")
@@ -304,3 +304,14 @@ def test_once_catches_up_scores_and_exits_with_the_status(engine, db_url, shared
     assert all({"time", "level", "logger", "message"} <= set(e) for e in events)
     [status] = [e for e in events if e["event"] == "status"]
     assert status["exit_code"] == done.returncode == 75 and status["state"] == "waiting"
+
+
+def test_the_last_fire_steps_through_the_hour_a_dst_fall_back_repeats():
+    """01:30 New York happens twice on 2026-11-01 (EDT, then EST): both are
+    fires, and looking back across them ends (it once looped for ever)."""
+    sunday = make_trigger("30 1 * * 0", "America/New_York")
+    at = dt.datetime(2026, 11, 1, 7, 0, tzinfo=dt.UTC)
+    assert last_fire_before(sunday, at) == dt.datetime(2026, 11, 1, 6, 30, tzinfo=dt.UTC)  # the EST one
+    assert last_fire_before(sunday, at - dt.timedelta(hours=1)) == dt.datetime(2026, 11, 1, 5, 30, tzinfo=dt.UTC)
+    every_minute = make_trigger("* * * * *", "America/New_York")
+    assert last_fire_before(every_minute, at, within=dt.timedelta(days=1)) == at

@@ -11,7 +11,7 @@ from helpers import append_next_day, cut_copy
 from forecaster.data.ingest import ingest
 from forecaster.lifecycle.config import DaemonConfig
 from forecaster.lifecycle.jobs import NightlyJob
-from forecaster.serving.freshness import freshness, wait_for_data
+from forecaster.serving.freshness import freshness, session_to_await, wait_for_data
 
 NY = ZoneInfo("America/New_York")
 FIRE = dt.datetime(2017, 11, 8, 22, 0, tzinfo=NY)  # a Wednesday evening
@@ -161,13 +161,14 @@ def test_a_morning_fire_waits_for_the_session_owed_not_the_wall_clocks(
     clock.at = dt.datetime(2017, 11, 10, 6, 5, tzinfo=NY)
     with caplog.at_level(logging.INFO, logger="forecaster.daemon"):
         NightlyJob(engine, config, threading.Event(), now=clock.now, sleep=clock.sleep)(scheduled=True)
-    assert clock.slept == [] and "the next session owed has not closed yet (newest closed: 2017-11-09)" in caplog.text
+    assert clock.slept == [] and "nothing to wait for: the next session owed has not closed yet" in caplog.text
 
 
-def test_data_that_lags_the_calendar_waits_for_the_session_it_will_score(
+def test_data_that_lags_the_calendar_is_scored_without_waiting(
     engine, db_url, shared_data, tmp_path, tiny_model, caplog
 ):
-    # A replay of history years later: the wall clock says 2026, the model owes 2017-11-09.
+    # A replay of history years later: the wall clock says 2026, the model owes 2017-11-09, whose files
+    # never come: no wait (no --min-fresh 0 needed), nothing scored.
     data = scored_through(engine, tiny_model, shared_data, tmp_path, "2017-11-08", "2017-11-08")
     clock = Clock(dt.datetime(2026, 12, 1, 22, 0, tzinfo=NY))
     config = DaemonConfig(
@@ -175,15 +176,13 @@ def test_data_that_lags_the_calendar_waits_for_the_session_it_will_score(
     )
     with caplog.at_level(logging.INFO, logger="forecaster.daemon"):
         NightlyJob(engine, config, threading.Event(), now=clock.now, sleep=clock.sleep)(scheduled=True)
-    said = "deadline reached: no close arrived for 2017-11-09 (0 of 9 tickers); it is not scored tonight"
-    assert said in caplog.text and "scoring 2017-11-09" not in caplog.text and "2026-12" not in caplog.text
-    assert clock.slept == [300, 300]
-    # Once that session is stored, a fire scores it at once.
+    assert clock.slept == [] and "nothing to wait for" in caplog.text and "scoring 2017-11-09" not in caplog.text
+    # Once its closes start to arrive, that session is the one waited for, and scored.
     cut_copy(shared_data, data, "2017-11-09")
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="forecaster.daemon"):
         NightlyJob(engine, config, threading.Event(), now=clock.now, sleep=clock.sleep)(scheduled=True)
-    assert clock.slept == [300, 300] and "as_of 2017-11-09: 9 predictions" in caplog.text
+    assert clock.slept == [] and "as_of 2017-11-09: 9 predictions" in caplog.text and "2026-12" not in caplog.text
 
 
 def test_a_model_a_night_behind_waits_for_tonight_not_the_complete_night_it_missed(
@@ -201,3 +200,20 @@ def test_a_model_a_night_behind_waits_for_tonight_not_the_complete_night_it_miss
     assert "tonight's session: 2017-11-09 (1 of 9 tickers have a close" in caplog.text
     assert clock.slept == [300]  # it waited for 11-09's files, which then came
     assert "as_of 2017-11-08: 9 predictions" in caplog.text and "as_of 2017-11-09: 9 predictions" in caplog.text
+
+
+def test_the_session_awaited_is_tonight_s_or_one_whose_files_are_arriving(engine, shared_data, tiny_model):
+    """A vendor late with tonight's files is waited for; a session far behind
+    that nothing has arrived for (a replay that ran out of history) is not."""
+    from forecaster.artifact.model_file import file_sha256
+    from forecaster.serving.nightly import predict
+
+    ingest(engine, [shared_data])
+    predict(engine, tiny_model, as_of="2017-11-08", device="cpu")
+    model = file_sha256(tiny_model)
+    assert session_to_await(engine, model, "2017-11-10") == "2017-11-10"  # closes arriving through Friday
+    with engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM prices WHERE date > '2017-11-08'"))
+        conn.execute(sa.text("DELETE FROM price_dates WHERE date > '2017-11-08'"))
+    assert session_to_await(engine, model, "2017-11-09") == "2017-11-09"  # tonight's files late: wait
+    assert session_to_await(engine, model, "2017-11-10") is None  # Thursday's never came: no wait for it

@@ -3,6 +3,8 @@ clock, the binomial band, and the metrics file as Prometheus parses it."""
 
 import datetime as dt
 import json
+import os
+import stat
 
 import pytest
 import sqlalchemy as sa
@@ -122,6 +124,10 @@ def test_predict_exits_with_the_health_of_the_session_it_scored(db_url, shared_d
     assert replay.exit_code == 0, replay.output
     early = invoke("predict", "--model", tiny_model, "--as-of", "2017-11-13", "--db", db_url)
     assert early.exit_code == 75 and "no prices stored for 2017-11-13" in early.output
+    for never in ("2017-11-11", "2017-11-23", "2099-01-02"):  # a Saturday, Thanksgiving, next century: not "retry"
+        assert invoke("predict", "--model", tiny_model, "--as-of", never, "--db", db_url).exit_code == 1, never
+    tonight = invoke("predict", "--model", tiny_model, "--db", db_url)  # the newest stored, judged for itself
+    assert tonight.exit_code == 0 and "waiting" not in tonight.output
     with engine.begin() as conn:  # two tickers' Friday closes gone: 2 of 9 stale
         conn.execute(sa.text("DELETE FROM prices WHERE date = '2017-11-10' AND ticker IN ('aaxj', 'a')"))
     stale = invoke("predict", "--model", tiny_model, "--as-of", "2017-11-10", "--db", db_url)
@@ -160,3 +166,31 @@ def test_predict_writes_the_metrics_file_with_its_run_s_phases(db_url, sample_di
     phases = {s.labels["phase"]: s.value for s in family.samples}
     assert set(phases) == {"total", "ingest", "score", "write"} and all(v >= 0 for v in phases.values())
     assert phases["score"] + phases["write"] <= phases["total"] + 1.0  # the ledger counts whole seconds
+    # Readable by node_exporter, running as another user: the umask's mode, not mkstemp's 0600.
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert stat.S_IMODE(metrics.stat().st_mode) == 0o666 & ~umask
+    # One night of outcomes is no 60-session coverage: no such sample until the window is full.
+    families = text_string_to_metric_families(metrics.read_text())
+    assert [s for f in families if f.name == "forecaster_interval_coverage_ratio" for s in f.samples] == []
+
+
+@pytest.mark.slow
+def test_a_promotion_serves_the_night_by_the_previous_champion_and_a_rerun_keeps_the_night_s_run(
+    db_url, shared_data, tiny_model, other_tiny_model
+):
+    engine = store.connect(db_url)
+    scored(engine, tiny_model, shared_data)
+    night = health(engine, at=EVENING).last_success
+    predict(engine, "champion", device="cpu", as_of="2017-11-10")  # a rerun: adds nothing
+    again = health(engine, at=EVENING)
+    assert again.last_success["run_id"] == night["run_id"] and again.last_success["n_predictions"] > 0
+    promotion.promote(engine, other_tiny_model, "by hand")  # the new champion has not scored 2017-11-10
+    promoted = health(engine, at=EVENING)
+    run = next(c for c in promoted.checks if c.name == "run")
+    assert run.state == "ok" and "has not scored yet" in run.said and f"run {night['run_id']}" in run.said
+    assert promoted.exit_code in (0, 3)  # not failed: latest_predictions still serves the night
+    with engine.begin() as conn:  # one of 9 stale: degraded at 5%, not at 50%
+        conn.execute(sa.text("DELETE FROM prices WHERE date = '2017-11-10' AND ticker = 'aaxj'"))
+    assert any(c.name == "stale" and c.state == "degraded" for c in health(engine, at=EVENING).checks)
+    assert not any(c.name == "stale" and c.state != "ok" for c in health(engine, at=EVENING, stale_share=0.5).checks)
