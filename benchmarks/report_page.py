@@ -62,6 +62,7 @@ def synthetic_night(n_tickers: int, seed: int = 0) -> tuple[page.Night, dict]:
                 "lo95": last * np.exp(-1.96 * sigma),
                 "hi95": last * np.exp(1.96 * sigma),
                 "sessions_behind": 0,
+                "model_id": "0" * 64,
                 "flags": "out_of_range" if rng.random() < 0.01 else None,
             }
         )

@@ -105,12 +105,14 @@ def coverage_over_time(dates: ArrayLike, lines: dict[str, ArrayLike], ratio: Arr
     top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[2, 1])
     x = pd.to_datetime(pd.Series(dates))
     for name, values in lines.items():
-        top.plot(x, values, lw=1, linestyle="--" if name.startswith("RiskMetrics") else "-", label=name)
+        y = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+        top.plot(x, y, lw=1, linestyle="--" if name.startswith("RiskMetrics") else "-", label=name)
     for nominal in (0.80, 0.95):
         top.axhline(nominal, color="grey", linestyle=":", lw=1)
-    top.set(ylabel="coverage", title="Realised coverage over the last 60 sessions (dotted: nominal)")
+    top.margins(y=0.15)  # the nominal lines off the axes' edges
+    top.set(ylabel="coverage", title="Realised coverage, rolling windows of sessions (dotted: nominal)")
     top.legend(fontsize="small", ncols=2)
-    bottom.plot(x, ratio, color="tab:purple", lw=1)
+    bottom.plot(x, np.array([np.nan if v is None else v for v in ratio], dtype=np.float64), color="tab:purple", lw=1)
     bottom.axhline(1.0, color="black", linestyle="--", lw=1)
     bottom.set(ylabel="score / RiskMetrics'")
     fig.autofmt_xdate()

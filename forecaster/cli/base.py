@@ -210,8 +210,8 @@ stale_share_option = option(
 html_option = option(
     "--html",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Write the HTML report here (one self-contained page, replaced atomically); after a run, "
-    "also after a failed one, which it says at the top.",
+    help="Write the night's HTML report here (one self-contained page, replaced atomically); predict and "
+    "the daemon rewrite it after every run, a failed one too (said at its top).",
 )
 shard_option = option(
     "--shard",

@@ -460,6 +460,8 @@ def datasette_metadata(out, db):
     url = make_url(db)
     if url.get_backend_name() != "sqlite" or not url.database:
         raise click.BadParameter("Datasette opens SQLite files: give an sqlite:///PATH URL", param_hint="--db")
+    if not Path(url.database).is_file():
+        raise click.BadParameter(f"{url.database}: no such database file", param_hint="--db")
     text = strict_json(metadata(Path(url.database).stem), indent=2).encode() + b"\n"
     write_atomically(out, lambda fh: fh.write(text))
     click.echo(f"wrote {out}: datasette -i {url.database} --metadata {out}")

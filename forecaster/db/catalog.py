@@ -180,20 +180,23 @@ INTERNAL: dict[str, str] = {
     "calendar_coverage": "Which ranges of which calendar are copied.",
 }
 
-# The questions of the README, as Datasette's canned queries (name -> title, SQL).
+# The questions of the README, as Datasette's canned queries (name -> title, SQL;
+# :since is a form field: the README's query has a date there). Served
+# predictions only: a challenger's shadow predictions are not what was served.
 QUESTIONS: dict[str, tuple[str, str]] = {
     "tomorrow": (
         "What is predicted for the next trading day",
         "select ticker, target_date, predicted_close, last_close from latest_predictions where sessions_behind = 0",
     ),
     "last_month": (
-        "How good were last month's predictions, against naive",
+        "How good were the predictions since a date (YYYY-MM-DD), against naive",
         "select ticker, count(*) n, avg(abs(error)) mae, avg(abs(naive_error)) naive_mae\n"
-        "from prediction_outcomes where actual_close is not null and as_of >= '2017-10-01' group by ticker",
+        "from prediction_outcomes where actual_close is not null and served = 1 and as_of >= :since group by ticker",
     ),
     "coverage": (
         "How often the intervals held",
-        "select avg(in80) coverage80, avg(in95) coverage95 from prediction_outcomes where in80 is not null",
+        "select avg(in80) coverage80, avg(in95) coverage95 from prediction_outcomes\n"
+        "where in80 is not null and served = 1",
     ),
     "which_model": (
         "Which model made the predictions, and how it did",

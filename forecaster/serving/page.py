@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from .. import plots
 from ..data.config import DEFAULT_CALENDAR
 from ..db import schema
+from ..errors import DataError
 from ..files import strict_json, write_atomically
 from . import report as accuracy
 from .status import Health, health
@@ -42,6 +43,7 @@ class Night:
     forecasts: list[dict]  # latest_predictions, one row per ticker
     report: accuracy.Report | None  # over the last PAGE_SESSIONS sessions; None before any outcome
     since: str | None
+    after_run: bool = False  # written by predict or the daemon after a run: its own outcome decides the banner
     coverage: dict[int, list[dict]] = field(default_factory=dict)  # window -> accuracy.rolling()
     charts: dict[str, str] = field(default_factory=dict)  # ticker -> SVG
     chosen_why: dict[str, str] = field(default_factory=dict)  # ticker -> why it is drawn
@@ -58,6 +60,7 @@ def gather(
     calendar: str = DEFAULT_CALENDAR,
     failure: str | None = None,
     at: dt.datetime | None = None,
+    after_run: bool = False,
 ) -> Night:
     from ..lifecycle.promotion import models_table
 
@@ -81,19 +84,36 @@ def gather(
         made_at=(at or dt.datetime.now(dt.UTC)).astimezone(dt.UTC).isoformat(timespec="seconds"),
         health=health(engine, at=at, calendar=calendar),
         failure=failure,
+        after_run=after_run,
         forecasts=forecasts,
         report=rep,
         since=since,
-        models=models_table(engine),
+        models=_scoreboard(engine, models_table(engine)),
         decisions=decisions,
     )
     if rep and rep.intervals:
         night.coverage = {w: accuracy.rolling(rep.intervals["sessions"], w) for w in ROLLING}
         night.coverage_svg = _coverage_chart(night.coverage)
-    night.chosen_why = _choose(forecasts, rep, tickers)
+    asked = sorted({t.strip().lower() for t in tickers if t.strip()})  # stored as in the files' names
+    if asked:
+        with engine.connect() as conn:
+            t = schema.tickers.c
+            known = set(conn.execute(sa.select(t.ticker).where(t.ticker.in_(asked))).scalars())
+        if unknown := [a for a in asked if a not in known]:
+            raise DataError(f"unknown ticker {', '.join(unknown)}: not in the database")
+    night.chosen_why = _choose(forecasts, rep, asked)
     with engine.connect() as conn:
         night.charts = {t: _ticker_chart(conn, t) for t in night.chosen_why}
     return night
+
+
+def _scoreboard(engine: sa.Engine, registry: list[dict]) -> list[dict]:
+    """`forecaster models`' rows (status, trained through, the gate) with each
+    model's figures on its own outcomes from the model_scoreboard view."""
+    with engine.connect() as conn:
+        board = {r["model_id"]: dict(r) for r in conn.execute(sa.text("SELECT * FROM model_scoreboard")).mappings()}
+    empty = {"n": 0, "ratio": None, "coverage80": None, "coverage95": None}
+    return [{**m, **{k: board.get(m["model_id"], empty)[k] for k in empty}} for m in registry]
 
 
 def _recent_start(conn: sa.Connection) -> str | None:
@@ -108,7 +128,7 @@ def _choose(forecasts: list[dict], rep: accuracy.Report | None, asked) -> dict[s
     narrowest 80% band tonight (relative to the close) and the largest misses
     of the newest night with outcomes."""
     if asked:
-        return {t.strip().lower(): "asked" for t in asked if t.strip()}
+        return {t: "asked" for t in asked}
     chosen: dict[str, str] = {}
     banded = sorted(
         (r for r in forecasts if r["lo80"] is not None), key=lambda r: (r["hi80"] - r["lo80"]) / r["last_close"]
@@ -153,14 +173,27 @@ def _ticker_chart(conn: sa.Connection, ticker: str) -> str:
 
 
 def _coverage_chart(coverage: dict[int, list[dict]]) -> str:
-    rows = coverage[max(ROLLING)]
-    lines = {
-        "80%": [r["coverage80"] for r in rows],
-        "95%": [r["coverage95"] for r in rows],
-        "RiskMetrics 80%": [r["rm_coverage80"] for r in rows],
-        "RiskMetrics 95%": [r["rm_coverage95"] for r in rows],
-    }
-    return plots.coverage_over_time([r["as_of"] for r in rows], lines, [r["score_vs_riskmetrics"] for r in rows])
+    """Both levels over the rolling 20 and 60 sessions, RiskMetrics' over 60, and
+    the score ratio over 60; each line from its first full window (all of it
+    while none is full yet)."""
+
+    def full(rows):
+        complete = [r for r in rows if r["complete"]]
+        return complete or rows
+
+    dates = [r["as_of"] for r in coverage[max(ROLLING)]]
+    lines = {}
+    for window in ROLLING:
+        rows = {r["as_of"]: r for r in full(coverage[window])}
+        for level in (80, 95):
+            lines[f"{level}%, {window} sessions"] = [rows[d][f"coverage{level}"] if d in rows else None for d in dates]
+    long = {r["as_of"]: r for r in full(coverage[max(ROLLING)])}
+    for level in (80, 95):
+        lines[f"RiskMetrics {level}%, 60 sessions"] = [
+            long[d][f"rm_coverage{level}"] if d in long else None for d in dates
+        ]
+    ratio = [long[d]["score_vs_riskmetrics"] if d in long else None for d in dates]
+    return plots.coverage_over_time(dates, lines, ratio)
 
 
 def write(path: Path, night: Night) -> Path:
@@ -178,7 +211,7 @@ def write_report(
     from ..errors import ForecasterError
 
     try:
-        write(path, gather(engine, calendar=calendar, failure=failure))
+        write(path, gather(engine, calendar=calendar, failure=failure, after_run=True))
     except (ForecasterError, OSError, sa.exc.SQLAlchemyError) as exc:
         return f"could not write the HTML report {path}: {exc}"
     return None
@@ -193,7 +226,8 @@ def render(night: Night) -> str:
     asset = resources.files(__package__).joinpath("page_assets")
     style, script = asset.joinpath("report.css").read_text(), asset.joinpath("report.js").read_text()
     h = night.health
-    title = f"forecaster: {h.last_success['as_of'] if h.last_success else 'no run yet'}"
+    run = h.last_success or h.served_before_promotion
+    title = ("FAILED " if night.failure else "") + f"forecaster: {run['as_of'] if run else 'no run yet'}"
     return "\n".join(
         [
             "<!DOCTYPE html>",
@@ -216,22 +250,29 @@ def render(night: Night) -> str:
 def _header(night: Night) -> str:
     h = night.health
     out = ['<header id="health">']
-    if night.failure or (h.last_run and h.last_run["status"] == "failed"):
+    # After a run, that run's outcome; otherwise the newest run, when it failed after the last success.
+    stored_failure = (
+        not night.after_run
+        and h.last_run
+        and h.last_run["status"] == "failed"
+        and (not h.last_success or h.last_run["run_id"] > h.last_success["run_id"])
+    )
+    if night.failure or stored_failure:
         why = night.failure or h.last_run["message"]
         out.append(
             f'<div class="banner failed" id="failure">The last run FAILED: {esc(why)}. '
             "The forecasts below are the newest ones stored, not tonight's.</div>"
         )
-    run = h.last_success
+    run = h.last_success or h.served_before_promotion  # a champion promoted since: its predecessor's run serves
     tonight = sum(1 for r in night.forecasts if run and r["as_of"] == run["as_of"])  # a rerun adds none: count rows
     scored = (
         f"as of <b>{esc(run['as_of'])}</b>, finished {esc(str(run['finished_at']))} on {esc(str(run['device']))}, "
-        f"{tonight} tickers"
+        f"{tonight} tickers, by model <code>{esc(str(run['model_id'])[:12])}</code>"
         if run
         else "no successful run yet"
     )
     model = (
-        f"model <code>{esc(h.model_id[:12])}</code>"
+        f"serving model <code>{esc(h.model_id[:12])}</code>"
         + (f", champion since {esc(h.champion_since)}" if h.champion_since else "")
         if h.model_id
         else "no model yet"
@@ -260,6 +301,7 @@ FORECAST_COLUMNS = [  # (key in the page's data, heading)
     ("lo95", "95% low %"),
     ("hi95", "95% high %"),
     ("sessions_behind", "behind"),
+    ("model", "model"),
     ("flags", "flags"),
 ]
 
@@ -278,6 +320,7 @@ def _forecasts(night: Night) -> str:
             "change": percent(r["predicted_close"], r["last_close"]),
             **{c: percent(r[c], r["last_close"]) for c in ("lo80", "hi80", "lo95", "hi95")},
             "sessions_behind": r["sessions_behind"],
+            "model": r["model_id"][:12],
             "flags": r["flags"] or "",
         }
         for r in night.forecasts
@@ -336,7 +379,7 @@ def _accuracy(night: Night) -> str:
         latest = {w: rows[-1] for w, rows in night.coverage.items() if rows}
         items = "".join(
             f"<li>last {w} sessions: {100 * r['coverage80']:.1f}% / {100 * r['coverage95']:.1f}% held"
-            + ("" if r["complete"] else f" (only {len(night.coverage[w])} sessions so far)")
+            + ("" if r["complete"] else f" (only {len(night.coverage[w])} session(s) in the range shown)")
             + "</li>"
             for w, r in latest.items()
         )
@@ -352,7 +395,18 @@ def _models(night: Night) -> str:
             return f"{value:.4g}"
         return esc("" if value is None else str(value))
 
-    columns = ["model_id", "status", "trained_through", "promoted_at", "decision", "realised_ratio", "realised_n"]
+    columns = [
+        "model_id",
+        "status",
+        "trained_through",
+        "promoted_at",
+        "decision",
+        "gate_ratio",
+        "n",
+        "ratio",
+        "coverage80",
+        "coverage95",
+    ]
     rows = "".join(
         "<tr>"
         + "".join(f"<td>{cell(m.get(c))[:12] if c == 'model_id' else cell(m.get(c))}</td>" for c in columns)
@@ -360,7 +414,8 @@ def _models(night: Night) -> str:
         for m in night.models
     )
     decisions = "".join(
-        f"<tr><td>{esc(d['decided_at'])}</td><td>{esc(d['model_id'][:12])}</td><td>{esc(d['decision'])}</td>"
+        f"<tr><td>{esc(d['decided_at'])}</td><td>{esc(d['model_id'][:12])}</td>"
+        f"<td>{esc((d['previous_model_id'] or '')[:12])}</td><td>{esc(d['decision'])}</td>"
         f"<td>{esc(d['reason'])}</td></tr>"
         for d in night.decisions
     )
@@ -368,6 +423,7 @@ def _models(night: Night) -> str:
         '<section id="models"><h2>Models</h2>'
         f'<table id="scoreboard"><thead><tr>{"".join(f"<th>{c}</th>" for c in columns)}</tr></thead>'
         f"<tbody>{rows}</tbody></table><h3>Last gate decisions</h3>"
-        '<table id="decisions"><thead><tr><th>decided</th><th>model</th><th>decision</th><th>reason</th></tr></thead>'
-        f"<tbody>{decisions or '<tr><td colspan=4>none yet</td></tr>'}</tbody></table></section>"
+        '<table id="decisions"><thead><tr><th>decided</th><th>model</th><th>against</th><th>decision</th>'
+        "<th>reason</th></tr></thead>"
+        f"<tbody>{decisions or '<tr><td colspan=5>none yet</td></tr>'}</tbody></table></section>"
     )

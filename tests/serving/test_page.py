@@ -18,6 +18,7 @@ from helpers import invoke, offline_chromium
 
 from forecaster.data.ingest import ingest
 from forecaster.db import store
+from forecaster.errors import DataError
 from forecaster.lifecycle import promotion
 from forecaster.serving import page
 from forecaster.serving.nightly import predict
@@ -94,6 +95,18 @@ def test_the_page_shows_the_library_s_own_figures(db):
     assert {"widest 80% band tonight", "narrowest 80% band tonight"} <= set(night.chosen_why.values())
     assert any(why == "largest misses of 2017-11-09" for why in night.chosen_why.values())
     assert set(night.charts) == set(night.chosen_why) and all(svg.startswith("<svg") for svg in night.charts.values())
+    with pytest.raises(DataError, match="unknown ticker nope"):
+        page.gather(engine, tickers=["NOPE", "aaxj"])
+
+
+@pytest.mark.slow
+def test_after_a_promotion_the_header_names_the_run_and_model_that_serve(db, other_tiny_model):
+    engine = store.connect(db)
+    served = health(engine, at=EVENING).last_success
+    promotion.promote(engine, other_tiny_model, "by hand")
+    text = page.render(page.gather(engine, at=EVENING))
+    assert "no successful run yet" not in text and "Forecasts as of <b>2017-11-10</b>" in text
+    assert f"by model <code>{served['model_id'][:12]}</code>" in text
 
 
 @pytest.mark.slow
@@ -152,9 +165,13 @@ def test_predict_rewrites_the_page_and_a_failed_run_says_so_at_the_top(db, tmp_p
     said = html.read_text()
     assert 'id="failure"' in said and "The last run FAILED" in said and "gone.onnx" in said
     assert [p.name for p in html.parent.iterdir()] == ["night.html"]  # replaced whole, no temporary file left
-    # `report --html` later still says the last run failed.
+    # `report --html` later still says the last run failed; a good run after it clears the banner.
     invoke("report", "--html", html, "--db", db)
     assert "The last run FAILED" in html.read_text()
+    assert invoke("predict", "--model", "champion", "--as-of", "2017-11-10", "--html", html, "--db", db).exit_code == 0
+    assert 'id="failure"' not in html.read_text()
+    invoke("report", "--html", html, "--db", db)
+    assert 'id="failure"' not in html.read_text()
 
 
 def test_the_failure_banner_names_the_error_and_a_page_without_outcomes_says_what_to_do(engine):
@@ -193,6 +210,7 @@ def test_thousands_of_rows_are_all_in_the_table_and_shown_a_page_at_a_time(tmp_p
             "predicted_close": 10.0 + i + (i % 7) / 10,
             **{c: 10.0 + i + d for c, d in (("lo80", -1), ("hi80", 1), ("lo95", -2), ("hi95", 2))},
             "sessions_behind": 0,
+            "model_id": "0" * 64,
             "flags": "out_of_range" if i % 100 == 0 else None,
         }
         for i in range(3000)
