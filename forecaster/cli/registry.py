@@ -78,7 +78,7 @@ def models(as_json, db):
     ratio to naive there, and its realised ratio to naive since promotion."""
     import json
 
-    from ..lifecycle.promotion import models_table
+    from ..serving.registry import models_table
     from ..tables import format_table
 
     rows = models_table(open_store(db, read_only=True))

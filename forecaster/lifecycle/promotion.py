@@ -21,7 +21,7 @@ from ..clock import utc_now
 from ..db import schema, store
 from ..db.schema import Decision, ModelStatus
 from ..evidence import compared_with_naive
-from ..serving.registry import champion_id, trained_through
+from ..serving.registry import champion_id
 from ..serving.runs import ensure_model_row
 
 
@@ -88,48 +88,3 @@ def promote(engine: sa.Engine, model_path: str | Path, reason: str) -> list[str]
         m = schema.models.c
         conn.execute(schema.models.update().where(m.model_id == model.sha256).values(path=str(model.path.resolve())))
     return warnings
-
-
-def models_table(engine: sa.Engine) -> list[dict]:
-    """Every registered or scoring model: status, trained through, its latest
-    gate decision and figures, and its realised ratio to naive since promotion."""
-    m, p = schema.models.c, schema.promotions.c
-    with engine.connect() as conn:
-        rows = conn.execute(
-            sa.select(m.model_id, m.path, m.status, m.promoted_at, m.created_at, m.metadata).order_by(m.created_at)
-        ).all()
-        gates = {
-            r.model_id: r
-            for r in conn.execute(
-                sa.select(p.model_id, p.decision, p.decided_at, p.metrics, p.reason).order_by(p.promotion_id)
-            )
-        }
-        out = []
-        for r in rows:
-            through = trained_through(json.loads(r.metadata))
-            # Since promotion: the predictions of runs started after it (a backfill included).
-            realised = conn.execute(
-                sa.text(
-                    "SELECT COUNT(*), "
-                    "sqrt(AVG(o.error * o.error)) / NULLIF(sqrt(AVG(o.naive_error * o.naive_error)), 0) "
-                    "FROM prediction_outcomes o JOIN runs r ON r.run_id = o.run_id "
-                    "WHERE o.model_id = :m AND o.actual_close IS NOT NULL AND r.started_at >= :since"
-                ),
-                {"m": r.model_id, "since": r.promoted_at or "9999"},
-            ).one()
-            gate = gates.get(r.model_id)
-            figures = json.loads(gate.metrics) if gate and gate.metrics else {}
-            out.append(
-                {
-                    "model_id": r.model_id,
-                    "status": r.status or "",
-                    "path": r.path,
-                    "trained_through": through,
-                    "promoted_at": r.promoted_at or "",
-                    "decision": gate.decision if gate else "",
-                    "gate_ratio": figures.get("challenger_vs_naive"),
-                    "realised_n": realised[0],
-                    "realised_ratio": realised[1],
-                }
-            )
-    return out

@@ -62,7 +62,7 @@ def gather(
     at: dt.datetime | None = None,
     after_run: bool = False,
 ) -> Night:
-    from ..lifecycle.promotion import models_table
+    from .registry import models_table
 
     with engine.connect() as conn:
         forecasts = [
