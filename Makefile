@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   := demo
 
-.PHONY: install test test-fast lint format postgres chromium demo bench seed-comparison scaling-comparison interval-comparison refit-comparison flag-comparison report-comparison clean
+.PHONY: install test test-fast lint format postgres chromium demo bench seed-comparison scaling-comparison interval-comparison interval-end-to-end refit-comparison flag-comparison report-comparison clean
 
 install: $(STAMP)
 
@@ -64,6 +64,9 @@ bench: install
 
 interval-comparison: install
 	$(BIN)/python benchmarks/interval_comparison.py
+
+interval-end-to-end: install
+	$(BIN)/python benchmarks/interval_end_to_end.py
 
 refit-comparison: install
 	$(BIN)/python benchmarks/refit_comparison.py

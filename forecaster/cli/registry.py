@@ -78,22 +78,12 @@ def models(as_json, db):
     ratio to naive there, and its realised ratio to naive since promotion."""
     import json
 
-    from ..serving.registry import models_table
+    from ..serving.registry import REGISTRY_COLUMNS, models_table
     from ..tables import format_table
 
     rows = models_table(open_store(db, read_only=True))
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    columns = [
-        "model_id",
-        "status",
-        "trained_through",
-        "promoted_at",
-        "decision",
-        "gate_ratio",
-        "realised_n",
-        "realised_ratio",
-        "path",
-    ]
+    columns = [*REGISTRY_COLUMNS, "realised_n", "realised_ratio", "path"]
     click.echo(format_table(columns, [tuple(r[c][:12] if c == "model_id" else r[c] for c in columns) for r in rows]))

@@ -25,6 +25,7 @@ from ..db import schema
 from ..errors import DataError
 from ..files import strict_json, write_atomically
 from . import report as accuracy
+from .registry import REGISTRY_COLUMNS
 from .status import Health, health
 
 PAGE_SESSIONS = 120  # the accuracy, coverage and charts cover this many recent as_of sessions
@@ -395,18 +396,7 @@ def _models(night: Night) -> str:
             return f"{value:.4g}"
         return esc("" if value is None else str(value))
 
-    columns = [
-        "model_id",
-        "status",
-        "trained_through",
-        "promoted_at",
-        "decision",
-        "gate_ratio",
-        "n",
-        "ratio",
-        "coverage80",
-        "coverage95",
-    ]
+    columns = [*REGISTRY_COLUMNS, "n", "ratio", "coverage80", "coverage95"]
     rows = "".join(
         "<tr>"
         + "".join(f"<td>{cell(m.get(c))[:12] if c == 'model_id' else cell(m.get(c))}</td>" for c in columns)

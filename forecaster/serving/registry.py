@@ -93,6 +93,10 @@ def load_registered(entry: Registered, device: str = "cpu") -> ModelFile:
     return model
 
 
+# The registry's own columns of models_table, as `forecaster models` and the HTML report show them first.
+REGISTRY_COLUMNS = ["model_id", "status", "trained_through", "promoted_at", "decision", "gate_ratio"]
+
+
 def models_table(engine: sa.Engine) -> list[dict]:
     """Every registered or scoring model: status, trained through, its latest
     gate decision and figures, and its realised ratio to naive since promotion."""
