@@ -222,13 +222,13 @@ def _by_session(rows: list[dict], volatility: np.ndarray) -> list[dict]:
             lo, hi = bounds[2 * i], bounds[2 * i + 1]
             figures[f"{prefix}held{tag}"] = ((actual >= lo) & (actual <= hi)).astype(np.float64)
             figures[f"{prefix}score{tag}"] = iv.interval_score(lo, hi, actual, level) / last
-    out = []
-    for day in sorted(set(as_of)):
-        chosen = as_of == day
-        out.append(
-            {"as_of": str(day), "n": int(chosen.sum()), **{k: float(v[chosen].sum()) for k, v in figures.items()}}
-        )
-    return out
+    days, session = np.unique(as_of, return_inverse=True)  # one pass, not one mask per day
+    sums = {k: np.bincount(session, v, minlength=len(days)) for k, v in figures.items()}
+    counts = np.bincount(session, minlength=len(days))
+    return [
+        {"as_of": str(day), "n": int(counts[j]), **{k: float(v[j]) for k, v in sums.items()}}
+        for j, day in enumerate(days)
+    ]
 
 
 def rolling(sessions: list[dict], window: int) -> list[dict]:
