@@ -63,9 +63,11 @@ bench: install
 	$(BIN)/python benchmarks/bench.py
 
 interval-comparison: install
+	$(BIN)/pip install --quiet -e '.[interval-comparison]'
 	$(BIN)/python benchmarks/interval_comparison.py
 
 interval-end-to-end: install
+	$(BIN)/pip install --quiet -e '.[interval-comparison]'
 	$(BIN)/python benchmarks/interval_end_to_end.py
 
 refit-comparison: install

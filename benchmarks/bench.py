@@ -10,6 +10,8 @@ Sections (keys of benchmarks/results.json):
                          5 such nights after a warm-up night, alternating with the short
                          universe's nights; peak RSS
   nightly_short_history  the same on a universe with 10x shorter history
+  nightly_20_rows        the same as nightly on a copy of its universe, with the same network whose
+                         intervals read the 20-row window (the har before har60 read 60 rows)
   train                  the tutorial config (2x32 LSTM, 100 epochs, full batch) on aaxj
   train_universe         `forecaster train --all` on the long universe for 2,000 steps, alone and
                          under torchrun with 2 processes; the default budget extrapolated
@@ -224,13 +226,27 @@ def ingest_universe(folder: Path, tickers: int, days: int, compare_inline: bool 
     return full
 
 
-def nightly_runs(universes: list[tuple[Path, int, int]], onnx_path: Path) -> list[dict]:
+def twenty_row_model(ckpt: Path, folder: Path) -> Path:
+    """The same network with the intervals that read its 20-row window (har, the
+    default before har60): what a night cost when it read 20 rows a ticker."""
+    from forecaster.artifact.export import export
+    from forecaster.intervals import Calibration
+    from forecaster.training import checkpoint
+
+    data = checkpoint.load(ckpt)
+    har = Calibration("har", tuple(data["intervals"]["quantiles"]), data["intervals"]["n"], (-1.15, 0.24, 0.28, 0.38))
+    data = {**data, "intervals": har.to_metadata(), "parity_windows": data["parity_windows"][:, -20:]}
+    checkpoint.save(folder / "twenty.pt", data)
+    return export(folder / "twenty.pt", folder / "twenty.onnx").path
+
+
+def nightly_runs(universes: list[tuple[Path, int, int, Path]]) -> list[dict]:
     """Nights on each universe in turn (so the machine's drift hits them alike): one more day
     appended, then `forecaster predict --data` as a user runs it. The first night is a warm-up:
     it also copies the exchange calendar into the database, which happens once, not nightly."""
-    runs = {folder: [] for folder, _, _ in universes}
+    runs = {folder: [] for folder, *_ in universes}
     for night in range(NIGHTS + 1):
-        for folder, _, _ in universes:
+        for folder, _, _, onnx_path in universes:
             append_one_day(folder / "data", seed=night)
             runs[folder].append(
                 run_cli(
@@ -249,7 +265,7 @@ def nightly_runs(universes: list[tuple[Path, int, int]], onnx_path: Path) -> lis
                 )
             )
     out = []
-    for folder, tickers, days in universes:
+    for folder, tickers, days, onnx_path in universes:
         warm_up, nights = runs[folder][0], runs[folder][1:]
         seconds = statistics.median(s for s, _ in nights)
         rss = max(r for _, r in runs[folder])
@@ -264,7 +280,7 @@ def nightly_runs(universes: list[tuple[Path, int, int]], onnx_path: Path) -> lis
             }
         )
         log(
-            f"nightly {tickers} x {days}: median of {NIGHTS} nights {seconds:.2f} s "
+            f"nightly {tickers} x {days}, {onnx_path.stem}: median of {NIGHTS} nights {seconds:.2f} s "
             f"({', '.join(f'{s:.2f}' for s, _ in nights)}; first night {warm_up[0]:.2f} s), peak RSS {rss:.0f} MB"
         )
     return out
@@ -466,16 +482,22 @@ def main() -> int:
         universes = []
         if wanted("nightly"):
             results["ingest_full"] = ingest_universe(tmp / "long", args.tickers, args.days, compare_inline=True)
-            universes.append(("nightly", (tmp / "long", args.tickers, args.days)))
+            universes.append(("nightly", (tmp / "long", args.tickers, args.days, onnx_path)))
         if wanted("nightly_short_history"):
             results["ingest_short"] = ingest_universe(tmp / "short", args.tickers, args.short_days)
-            universes.append(("nightly_short_history", (tmp / "short", args.tickers, args.short_days)))
-        for (key, _), nights in zip(universes, nightly_runs([u for _, u in universes], onnx_path), strict=True):
+            universes.append(("nightly_short_history", (tmp / "short", args.tickers, args.short_days, onnx_path)))
+        if wanted("nightly_20_rows"):
+            ingest_universe(tmp / "long20", args.tickers, args.days)  # the same seeded universe, its own database
+            model = twenty_row_model(ckpt, tmp)
+            universes.append(("nightly_20_rows", (tmp / "long20", args.tickers, args.days, model)))
+        for (key, _), nights in zip(universes, nightly_runs([u for _, u in universes]), strict=True):
             results[key] = nights
         if wanted("train_universe") and (tmp / "long" / "bench.db").exists():
             results["train_universe"] = bench_train_universe(tmp / "long" / "bench.db", tmp, args.universe_steps)
         if "nightly" in results and "nightly_short_history" in results:
             results["history_cost_ratio"] = results["nightly"]["seconds"] / results["nightly_short_history"]["seconds"]
+        if "nightly" in results and "nightly_20_rows" in results:
+            results["rows_cost_ratio"] = results["nightly"]["seconds"] / results["nightly_20_rows"]["seconds"]
     if wanted("train"):
         results["train"] = bench_train()
     if wanted("real_universe"):
@@ -546,7 +568,7 @@ def print_table(r: dict) -> None:
             f"| first ingest, {i['files']} smaller files, {i['rows']:,} rows | {i['seconds']:.1f} s = "
             f"{i['rows_per_s']:,.0f} rows/s |"
         )
-    for key in ("nightly", "nightly_short_history"):
+    for key in ("nightly", "nightly_short_history", "nightly_20_rows"):
         if key in r:
             n = r[key]
             print(
@@ -555,6 +577,8 @@ def print_table(r: dict) -> None:
             )
     if "history_cost_ratio" in r:
         print(f"| cost of 10x longer history | {r['history_cost_ratio']:.2f}x |")
+    if "rows_cost_ratio" in r:
+        print(f"| cost of reading 60 rows a ticker instead of 20 | {r['rows_cost_ratio']:.2f}x |")
     if "train" in r:
         t = r["train"]
         bf16 = (

@@ -10,9 +10,14 @@ Its quantiles at 80% and 95% over the validation windows (never test days)
 are fixed at training; an interval is then predicted +- q * L * s. One
 global pair of numbers serves a $2 ticker and a $2,000 one, quiet or wild.
 
-The volatility is the high-low range estimator of Parkinson (1980) over the
-window, blended with the EWMA of close-to-close log returns that RiskMetrics
-uses: see docs/intervals.md for the measurements that chose it. The formulas
+The volatility (the default, `har60`) is a HAR model (Corsi 2009) of the
+next day's log return scale on a range variance over the newest 60 rows:
+its day, week and month, the 60-day mean, and two exponential averages
+(RiskMetrics' 0.94 of squared returns and 0.99 of the range variance) carry
+memory past the point forecast's 20-row window. Its coefficients are fitted
+at training by Student-t likelihood. The earlier estimators (a HAR on the
+20-row window, the EWMA/Parkinson blend) stay for the models made with
+them: see docs/intervals.md for the measurements that chose. The formulas
 use operations NumPy and torch share (through `xp`), so the ONNX graph
 computes exactly what the NumPy reference and the evaluation compute.
 
@@ -36,15 +41,24 @@ EWMA_LAMBDA = 0.94  # RiskMetrics' daily decay
 GAUSSIAN = {0.80: 1.2815515655446004, 0.95: 1.959963984540054}  # two-sided normal quantiles
 PARKINSON = 1.0 / (4.0 * math.log(2.0))
 OPEN, HIGH, LOW, CLOSE = (FEATURES.index(f) for f in ("open", "high", "low", "close"))
-METHODS = ("ewma", "parkinson", "blend", "har")
-DEFAULT_METHOD = "har"
+METHODS = ("ewma", "parkinson", "blend", "har", "har60")
+DEFAULT_METHOD = "har60"
 MIN_VOLATILITY = 1e-4  # a flat window (no move, no range) still gets a width
 GARMAN_KLASS = 2.0 * math.log(2.0) - 1.0
 MIN_VARIANCE = MIN_VOLATILITY**2  # a day with no range and no gap: its log stays finite
 HAR_SHORT = 5  # the HAR's "week"; its "day" is the newest row, its "month" the whole window
 HAR_FIT_WINDOWS = 200_000  # training windows the HAR regression is fitted on (a seeded sample)
+LONG_ROWS = 60  # the har60 volatility's rows: about three months, measured against 20, 120 and 250
+HAR_MONTH = 22  # Corsi's month, in trading days
+EWMA_SLOW = 0.99  # the slower of har60's two averages: a memory of about 100 days
+CHUNK = 20_000  # windows converted to float64 at a time where many are (100 MB at 60 rows)
+COEFFICIENTS = {"har": 4, "har60": 7}  # fitted numbers per method that has them
 
 Array = Any  # a NumPy array or a torch tensor
+
+
+def _chunks(windows: np.ndarray, size: int):
+    return (windows[i : i + size] for i in range(0, max(len(windows), 1), size))
 
 
 def _xp(a: Array):
@@ -52,16 +66,29 @@ def _xp(a: Array):
     return np if isinstance(a, np.ndarray) else __import__("torch")
 
 
+def _ewma(values: Array, decay: float) -> Array:
+    """(B,) the exponentially weighted mean of (B, T) values, the newest last,
+    with weights decay^age normalised over the T days the window holds."""
+    xp = _xp(values)
+    steps = values.shape[1]
+    weights = np.array([decay ** (steps - 1 - i) for i in range(steps)])
+    weights = weights / weights.sum()
+    if xp is not np:
+        weights = xp.as_tensor(weights, dtype=values.dtype)
+    return (values * weights).sum(1)
+
+
+def _log_returns(ohlc: Array) -> Array:
+    """(B, T-1) the window's close-to-close log returns, the newest last."""
+    xp = _xp(ohlc)
+    return xp.log(ohlc[:, 1:, CLOSE] / ohlc[:, :-1, CLOSE])
+
+
 def ewma_volatility(ohlc: Array) -> Array:
     """(B,) EWMA standard deviation of the window's close-to-close log returns."""
     xp = _xp(ohlc)
-    returns = xp.log(ohlc[:, 1:, CLOSE] / ohlc[:, :-1, CLOSE])  # (B, T-1), the newest last
-    steps = returns.shape[1]
-    weights = np.array([EWMA_LAMBDA ** (steps - 1 - i) for i in range(steps)])
-    weights = weights / weights.sum()
-    if xp is not np:
-        weights = xp.as_tensor(weights, dtype=returns.dtype)
-    return xp.sqrt((returns * returns * weights).sum(1))
+    returns = _log_returns(ohlc)
+    return xp.sqrt(_ewma(returns * returns, EWMA_LAMBDA))
 
 
 def parkinson_volatility(ohlc: Array) -> Array:
@@ -101,6 +128,74 @@ def har_volatility(ohlc: Array, coefficients: tuple[float, ...]) -> Array:
     return xp.sqrt(xp.exp(log_variance))
 
 
+def har60_features(ohlc: Array) -> list[Array]:
+    """[(B,)] x 6 from the newest LONG_ROWS rows: the log of the mean range
+    variance over the newest day, 5 days, HAR_MONTH days and all 59; the log
+    of RiskMetrics' EWMA (0.94) of squared returns, and of an EWMA 0.99 of
+    the range variance, both over those 59 days."""
+    xp = _xp(ohlc)
+    window = ohlc[:, -LONG_ROWS:]
+    v, returns = range_variance(window), _log_returns(window)
+    squared = returns * returns
+    squared = xp.clip(squared, MIN_VARIANCE, None) if xp is np else squared.clamp_min(MIN_VARIANCE)
+    return [
+        xp.log(v[:, -1]),
+        xp.log(v[:, -HAR_SHORT:].mean(1)),
+        xp.log(v[:, -HAR_MONTH:].mean(1)),
+        xp.log(v.mean(1)),
+        xp.log(_ewma(squared, EWMA_LAMBDA)),
+        xp.log(_ewma(v, EWMA_SLOW)),
+    ]
+
+
+def har60_volatility(ohlc: Array, coefficients: tuple[float, ...]) -> Array:
+    """(B,) the scale of the next log return: exp(b0 + sum of b_i x feature_i)."""
+    xp = _xp(ohlc)
+    features = har60_features(ohlc)
+    return xp.exp(coefficients[0] + sum(b * f for b, f in zip(coefficients[1:], features, strict=True)))
+
+
+def fit_student_t_scale(features: np.ndarray, log_returns: np.ndarray) -> tuple[tuple[float, ...], float]:
+    """((b0, b1, ...), nu): the log-linear scale exp(b0 + features @ b) and the
+    degrees of freedom of a Student-t that maximise the likelihood of the
+    next log returns (L-BFGS, started from the least-squares fit of log |r|)."""
+    from scipy.optimize import minimize
+    from scipy.special import digamma, expit, gammaln
+
+    design = np.column_stack([np.ones(len(features)), features])
+    log_r2 = np.log(np.maximum(np.asarray(log_returns, dtype=np.float64) ** 2, 1e-300))  # no move: no -inf
+    start, *_ = np.linalg.lstsq(design, 0.5 * np.maximum(log_r2, math.log(MIN_VARIANCE)), rcond=None)
+
+    def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        # In logs throughout: the line search tries scales far off, where z^2 would overflow.
+        beta, nu = theta[:-1], 2.0 + np.exp(theta[-1])
+        log_scale = design @ beta
+        a = log_r2 - np.log(nu) - 2.0 * log_scale  # log(z^2 / nu)
+        tail = np.logaddexp(0.0, a)  # log(1 + z^2 / nu)
+        share = expit(a)  # z^2 / (nu + z^2)
+        constant = gammaln(nu / 2) - gammaln((nu + 1) / 2) + 0.5 * np.log(nu)
+        nll = log_scale + 0.5 * (nu + 1) * tail + constant
+        d_scale = 1.0 - (nu + 1) * share
+        d_nu = 0.5 * tail - 0.5 * (nu + 1) * share / nu + 0.5 * digamma(nu / 2) - 0.5 * digamma((nu + 1) / 2) + 0.5 / nu
+        n = len(log_r2)
+        return nll.sum() / n, np.append(design.T @ d_scale / n, d_nu.sum() / n * (nu - 2.0))
+
+    fit = minimize(loss, np.append(start, np.log(3.0)), jac=True, method="L-BFGS-B", options={"maxiter": 500})
+    return tuple(float(b) for b in fit.x[:-1]), float(2.0 + np.exp(fit.x[-1]))
+
+
+def fit_har60(windows: np.ndarray, next_close: np.ndarray, chunk: int = CHUNK) -> tuple[float, ...]:
+    """har60's coefficients from training windows (B, >= LONG_ROWS, 4) and
+    their next closes: the Student-t scale of the next log return. The
+    features are computed in float64, `chunk` windows at a time."""
+    features = np.concatenate(
+        [np.column_stack(har60_features(part.astype(np.float64))) for part in _chunks(windows, chunk)]
+    )
+    last = windows[:, -1, CLOSE].astype(np.float64)
+    coefficients, _ = fit_student_t_scale(features, np.log(np.asarray(next_close, dtype=np.float64) / last))
+    return coefficients
+
+
 def fit_har(windows: np.ndarray, next_rows: np.ndarray) -> tuple[float, ...]:
     """Pooled least squares of the next day's log range variance on the
     window's HAR features: (b0, b_day, b_week, b_month)."""
@@ -111,13 +206,20 @@ def fit_har(windows: np.ndarray, next_rows: np.ndarray) -> tuple[float, ...]:
     return tuple(float(b) for b in coefficients)
 
 
+def input_rows(method: str, seq_len: int) -> int:
+    """The rows of history a model reads: its window, or more where the volatility reaches further back."""
+    return max(seq_len, LONG_ROWS if method == "har60" else 0)
+
+
 def window_volatility(ohlc: Array, method: str = DEFAULT_METHOD, har: tuple[float, ...] = ()) -> Array:
     """(B,) the volatility an interval is scaled by, never below MIN_VOLATILITY
     (`har`: the HAR's coefficients, for that method)."""
     xp = _xp(ohlc)
-    if method == "har":
-        if len(har) != 4:
-            raise ValueError("the har volatility needs its 4 fitted coefficients")
+    if method in COEFFICIENTS and len(har) != COEFFICIENTS[method]:
+        raise ValueError(f"the {method} volatility needs its {COEFFICIENTS[method]} fitted coefficients")
+    if method == "har60":
+        vol = har60_volatility(ohlc, har)
+    elif method == "har":
         vol = har_volatility(ohlc, har)
     elif method == "ewma":
         vol = ewma_volatility(ohlc)
@@ -152,7 +254,12 @@ class Calibration:
     method: str
     quantiles: tuple[float, ...]  # one per LEVELS
     n: int  # validation windows the quantiles come from
-    har: tuple[float, ...] = ()  # the HAR's coefficients (method "har"), fitted on training windows
+    har: tuple[float, ...] = ()  # the HAR's coefficients (methods "har", "har60"), fitted on training windows
+
+    @property
+    def rows(self) -> int:
+        """The rows of history the volatility reads (0: the model's whole window)."""
+        return LONG_ROWS if self.method == "har60" else 0
 
     def to_metadata(self) -> dict:
         return {
@@ -161,7 +268,8 @@ class Calibration:
             "quantiles": list(self.quantiles),
             "n": self.n,
             "ewma_lambda": EWMA_LAMBDA,
-            **({"har_coefficients": list(self.har)} if self.method == "har" else {}),
+            **({"har_coefficients": list(self.har)} if self.method in COEFFICIENTS else {}),
+            **({"rows": self.rows} if self.rows else {}),
         }
 
     @classmethod
@@ -169,8 +277,11 @@ class Calibration:
         if list(data.get("levels", [])) != list(LEVELS) or data.get("method") not in METHODS:
             raise ValueError(f"interval calibration {data!r} is not one this forecaster knows")
         har = tuple(float(b) for b in data.get("har_coefficients", ()))
-        if data["method"] == "har" and len(har) != 4:
-            raise ValueError(f"interval calibration {data!r} lacks the HAR's 4 coefficients")
+        wanted = COEFFICIENTS.get(data["method"], 0)
+        if len(har) != wanted:
+            raise ValueError(f"interval calibration {data!r} does not hold the {wanted} coefficients of its method")
+        if data["method"] == "har60" and data.get("rows") != LONG_ROWS:
+            raise ValueError(f"interval calibration {data!r}: har60 reads {LONG_ROWS} rows")
         return cls(data["method"], tuple(float(q) for q in data["quantiles"]), int(data["n"]), har)
 
     @classmethod
@@ -182,11 +293,17 @@ class Calibration:
         method: str,
         har: tuple[float, ...] = (),
     ) -> Calibration:
-        """The score quantiles of the validation windows (float64 OHLC) and
-        their outcomes, for `method` (and its HAR coefficients)."""
-        volatility = window_volatility(windows, method, har)
-        s = scores(actual, predicted, windows[:, -1, CLOSE], volatility)
+        """The score quantiles of the validation windows (OHLC, as long as the
+        method reads) and their outcomes, for `method` (and its HAR
+        coefficients); the volatility in float64, CHUNK windows at a time."""
+        volatility = np.concatenate(
+            [window_volatility(part.astype(np.float64), method, har) for part in _chunks(windows, CHUNK)]
+        )
+        s = scores(actual, predicted, windows[:, -1, CLOSE].astype(np.float64), volatility)
         return cls(method, tuple(conformal_quantile(s, level) for level in LEVELS), len(s), har)
+
+    def input_rows(self, seq_len: int) -> int:
+        return input_rows(self.method, seq_len)
 
     def volatility(self, ohlc: Array) -> Array:
         return window_volatility(ohlc, self.method, self.har)

@@ -37,21 +37,79 @@ def test_the_conformal_quantile_covers_a_new_score_at_its_level():
 
 
 HAR = (-1.1, 0.24, 0.28, 0.38)  # about what the real tickers fit
+HAR60 = (-0.5, 0.04, 0.11, 0.10, 1.19, 0.29, -1.29)  # likewise
+FITTED = {"har": HAR, "har60": HAR60}
 
 
 def test_the_volatility_is_the_same_in_numpy_and_torch():
-    windows = random_windows(50, 20, seed=4).astype(np.float64)
+    windows = random_windows(50, iv.LONG_ROWS, seed=4).astype(np.float64)
     for method in iv.METHODS:
         np.testing.assert_allclose(
-            iv.window_volatility(torch.from_numpy(windows), method, HAR).numpy(),
-            iv.window_volatility(windows, method, HAR),
+            iv.window_volatility(torch.from_numpy(windows), method, FITTED.get(method, ())).numpy(),
+            iv.window_volatility(windows, method, FITTED.get(method, ())),
             rtol=1e-12,
         )
-    flat = np.ones((1, 20, 4))
+    flat = np.ones((1, iv.LONG_ROWS, 4))
     for method in iv.METHODS:  # no move, no range: still a width
-        assert iv.window_volatility(flat, method, (0.0, 1.0, 0.0, 0.0))[0] == iv.MIN_VOLATILITY
+        zero = (0.0, 1.0) + (0.0,) * (iv.COEFFICIENTS.get(method, 2) - 2) if method in iv.COEFFICIENTS else ()
+        assert iv.window_volatility(flat, method, zero)[0] == iv.MIN_VOLATILITY
     with pytest.raises(ValueError, match="needs its 4 fitted coefficients"):
         iv.window_volatility(windows, "har")
+    with pytest.raises(ValueError, match="needs its 7 fitted coefficients"):
+        iv.window_volatility(windows, "har60", HAR)
+
+
+def test_the_har60_features_against_a_plain_reference():
+    """Loops over the newest 60 rows of longer windows, written from the definitions."""
+    windows = random_windows(5, 75, seed=6).astype(np.float64)
+    for b in range(len(windows)):
+        w = windows[b, -60:]
+        variance, squared = [], []
+        for t in range(1, 60):
+            o, h, lo, c = w[t]
+            gk = 0.5 * np.log(h / lo) ** 2 - (2 * np.log(2) - 1) * np.log(c / o) ** 2
+            variance.append(max(max(gk, 0.0) + np.log(o / w[t - 1, 3]) ** 2, iv.MIN_VARIANCE))
+            squared.append(max(np.log(c / w[t - 1, 3]) ** 2, iv.MIN_VARIANCE))
+
+        def ewma(values, decay):
+            weights = [decay ** (len(values) - 1 - i) for i in range(len(values))]
+            return sum(x * wt for x, wt in zip(values, weights, strict=True)) / sum(weights)
+
+        expected = [
+            np.log(variance[-1]),
+            np.log(np.mean(variance[-5:])),
+            np.log(np.mean(variance[-22:])),
+            np.log(np.mean(variance)),
+            np.log(ewma(squared, 0.94)),
+            np.log(ewma(variance, 0.99)),
+        ]
+        assert [f[b] for f in iv.har60_features(windows)] == pytest.approx(expected, rel=1e-12)
+    scale = iv.har60_volatility(windows, HAR60)
+    assert scale == pytest.approx(np.exp(HAR60[0] + np.column_stack(iv.har60_features(windows)) @ HAR60[1:]))
+
+
+def test_the_student_t_fit_recovers_the_scale_and_tails_it_was_made_with():
+    rng = np.random.default_rng(3)
+    features = rng.normal(size=(40_000, 2))
+    truth, nu = (-4.0, 0.5, -0.3), 4.0
+    returns = np.exp(truth[0] + features @ truth[1:]) * rng.standard_t(nu, size=len(features))
+    coefficients, fitted_nu = iv.fit_student_t_scale(features, returns)
+    assert coefficients == pytest.approx(truth, abs=0.03) and fitted_nu == pytest.approx(nu, abs=0.4)
+
+
+def test_a_har60_calibration_reads_60_rows_and_round_trips_through_metadata():
+    calibration = iv.Calibration("har60", (1.2, 2.1), 100, HAR60)
+    assert calibration.input_rows(20) == 60 and calibration.input_rows(80) == 80
+    assert iv.Calibration("har", (1.2, 2.1), 100, HAR).input_rows(20) == 20
+    assert iv.Calibration.from_metadata(calibration.to_metadata()) == calibration
+    with pytest.raises(ValueError, match="7 coefficients"):
+        iv.Calibration.from_metadata({**calibration.to_metadata(), "har_coefficients": list(HAR)})
+    with pytest.raises(ValueError, match="reads 60 rows"):
+        iv.Calibration.from_metadata({**calibration.to_metadata(), "rows": 20})
+    windows = random_windows(8, 60, seed=2).astype(np.float64)
+    longer = np.concatenate([random_windows(8, 30, seed=9).astype(np.float64), windows], axis=1)
+    # Rows before the newest 60 change nothing: the volatility reads exactly its 60.
+    assert calibration.volatility(longer) == pytest.approx(calibration.volatility(windows), rel=1e-12)
 
 
 def test_the_range_variance_and_har_features_against_a_plain_reference():

@@ -119,7 +119,7 @@ def file_rows(folder: Path) -> int:
 def test_kill_minus_9_at_random_moments_loses_nothing(tmp_path, tiny_model, any_db_url):
     data, db = tmp_path / "data", any_db_url
     store.connect(db).dispose()
-    write_sample_data(data, tickers=1200, days=40, seed=3)
+    write_sample_data(data, tickers=1200, days=70, seed=3)  # the model reads 60 rows
     # Each attempt ingests a new day for 1,200 files, then scores the last 15
     # dates (one transaction each), so a kill can land in any phase.
     args = [
@@ -359,7 +359,7 @@ def model_variants(tiny_model: Path, folder: Path) -> dict[str, Path]:
     entry = init.external_data.add()
     entry.key, entry.value = "location", "../../../../etc/passwd"
     onnx.save(model, str(out.setdefault("external", folder / "external.onnx")))
-    for key, value in (("seq_len", "30"), ("features", json.dumps(["open", "high", "low", "close", "volume"]))):
+    for key, value in (("input_rows", "30"), ("features", json.dumps(["open", "high", "low", "close", "volume"]))):
         m = onnx.load(str(tiny_model))
         next(p for p in m.metadata_props if p.key == f"forecaster.{key}").value = value
         onnx.save(m, str(out.setdefault(f"wrong_{key}", folder / f"wrong_{key}.onnx")))
@@ -376,8 +376,8 @@ def test_hostile_or_broken_model_files_are_refused_and_recorded(tmp_path, sample
         "random": "not a loadable ONNX model",
         "empty": "not a loadable ONNX model",
         "external": "not a loadable ONNX model",
-        "wrong_seq_len": "graph input ohlc has shape ['batch', 20, 4], but the metadata says seq_len 30",
-        "wrong_features": "but the metadata says seq_len 20 and 5 features",
+        "wrong_input_rows": "graph input ohlc has shape ['batch', 60, 4], but the metadata says 30 rows",
+        "wrong_features": "but the metadata says 60 rows and 5 features",
     }
     for name, path in model_variants(tiny_model, tmp_path / "models").items():
         result = cli("predict", "--model", path, "--db", url)
@@ -411,7 +411,7 @@ def test_hostile_file_names_are_stored_verbatim_and_never_injected(tmp_path, tin
     folder = tmp_path / "odd"
     folder.mkdir()
     for i, name in enumerate(HOSTILE_NAMES):
-        src = write_sample_data(tmp_path / f"s{i}", tickers=1, days=40, seed=i)[0]
+        src = write_sample_data(tmp_path / f"s{i}", tickers=1, days=70, seed=i)[0]  # the model reads 60 rows
         (folder / f"{name}.us.txt").write_bytes(src.read_bytes())
     (folder / "...us.txt").write_text("Date,Open,High,Low,Close\n2017-01-03,1,1,1,1\n")  # ticker ''
     db = tmp_path / "odd.db"

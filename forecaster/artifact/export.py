@@ -1,7 +1,9 @@
 """Checkpoint -> one self-contained ONNX file, proven before it is written.
 
-The graph takes raw OHLC windows (batch, seq_len, 4) in price units and
+The graph takes raw OHLC windows (batch, input_rows, 4) in price units and
 returns the next close in price units: scaling and its inverse live inside.
+The network reads the newest seq_len rows; the interval's volatility may
+read further back (input_rows = 60 for the har60 intervals).
 It also returns each window's largest scaled input, so the scoring side can
 flag windows unlike anything seen in training without re-implementing the
 scaling. Settings, scaling numbers and provenance go into metadata_props.
@@ -55,14 +57,16 @@ class _WithExtent(nn.Module):
     """The forecaster plus the largest |scaled input| of each window and,
     when the checkpoint is calibrated, the 80% and 95% interval bounds."""
 
-    def __init__(self, forecaster: Forecaster, calibration: Calibration | None = None):
+    def __init__(self, forecaster: Forecaster, seq_len: int, calibration: Calibration | None = None):
         super().__init__()
         self.forecaster = forecaster
+        self.seq_len = seq_len
         self.calibration = calibration
 
     def forward(self, ohlc, ticker_index=None):
-        scaled = self.forecaster.scale_inputs(ohlc, ticker_index)
-        next_close = self.forecaster.unscale(self.forecaster.net(scaled), ohlc, ticker_index)
+        window = ohlc[:, -self.seq_len :]  # the network's rows; the volatility reads them all
+        scaled = self.forecaster.scale_inputs(window, ticker_index)
+        next_close = self.forecaster.unscale(self.forecaster.net(scaled), window, ticker_index)
         extent = scaled.abs().amax(dim=(1, 2))
         if self.calibration is None:
             return next_close, extent
@@ -80,7 +84,7 @@ def export(
     data = checkpoint.load(checkpoint_path)
     model = build_forecaster(ModelConfig(**data["model_config"]), data["scaling"], data["state_dict"])
     calibration = Calibration.from_metadata(data["intervals"]) if "intervals" in data else None
-    wrapped = _WithExtent(model, calibration).eval()
+    wrapped = _WithExtent(model, data["model_config"]["seq_len"], calibration).eval()
     windows = data["parity_windows"].to(torch.float32)
     index = data["parity_ticker_index"].to(torch.long)
     if len(windows) == 0:
@@ -148,6 +152,7 @@ def _set_metadata(proto: onnx.ModelProto, data: dict) -> None:
     meta = {
         "format_version": str(METADATA_FORMAT),
         "seq_len": str(cfg["seq_len"]),
+        "input_rows": str(data["parity_windows"].shape[1]),
         "features": json.dumps(data["features"]),
         "model_config": json.dumps(cfg),
         # The settings it was trained with: a retrain makes its challenger the same way.

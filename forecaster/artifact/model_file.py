@@ -59,7 +59,14 @@ class ModelFile:
 
     @property
     def seq_len(self) -> int:
+        """The network's window."""
         return int(self.metadata["seq_len"])
+
+    @property
+    def input_rows(self) -> int:
+        """The rows of history it reads per ticker: the window, or more where the
+        interval's volatility reaches further back (files before it: the window)."""
+        return int(self.metadata.get("input_rows", self.metadata["seq_len"]))
 
     @property
     def uses_ticker_index(self) -> bool:
@@ -79,7 +86,7 @@ class ModelFile:
         return Calibration.from_metadata(self.metadata["intervals"]) if "intervals" in self.metadata else None
 
     def score(self, ohlc: np.ndarray, ticker_index: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(next close, largest |scaled input|) for raw windows (B, seq_len, 4)."""
+        """(next close, largest |scaled input|) for raw windows (B, input_rows, 4)."""
         next_close, extent = self._run(["next_close", "input_extent"], ohlc, ticker_index)
         return next_close, extent
 
@@ -182,7 +189,7 @@ def _metadata(session: ort.InferenceSession, path: Path) -> tuple[dict, Scaling]
         raise ModelFileError(f"{path}: model metadata lacks {', '.join(missing)}")
     try:
         meta = {k: (json.loads(v) if k in JSON_METADATA else v) for k, v in fields.items()}
-        int(meta["seq_len"]), float(meta["train_input_extent"])
+        int(meta["seq_len"]), int(meta.get("input_rows", 0)), float(meta["train_input_extent"])
         scaling = from_metadata(meta["scaling"])
         if "intervals" in meta:
             Calibration.from_metadata(meta["intervals"])
@@ -205,9 +212,12 @@ def _check_signature(session: ort.InferenceSession, meta: dict, scaling: Scaling
             f"match a forecaster with {scaling.method} scaling"
         )
     shape = inputs["ohlc"].shape
-    seq_len, n_features = int(meta["seq_len"]), len(meta["features"])
-    if len(shape) != 3 or shape[1] != seq_len or shape[2] != n_features:
+    rows, n_features = int(meta.get("input_rows", meta["seq_len"])), len(meta["features"])
+    if len(shape) != 3 or shape[1] != rows or shape[2] != n_features:
         raise ModelFileError(
-            f"{path}: graph input ohlc has shape {shape}, but the metadata says "
-            f"seq_len {seq_len} and {n_features} features"
+            f"{path}: graph input ohlc has shape {shape}, but the metadata says {rows} rows and {n_features} features"
         )
+    calibration = Calibration.from_metadata(meta["intervals"]) if "intervals" in meta else None
+    needed = calibration.input_rows(int(meta["seq_len"])) if calibration else int(meta["seq_len"])
+    if rows != needed:
+        raise ModelFileError(f"{path}: the model reads {rows} rows, but its window and intervals need {needed}")

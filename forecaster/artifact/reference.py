@@ -70,6 +70,7 @@ class ReferenceModel:
     head_bias: np.ndarray  # (1,)
     scaling: Scaling
     calibration: Calibration | None = None  # the interval bounds, when the file has them
+    seq_len: int | None = None  # the network's rows, the newest of a longer input (None: all of it)
 
     def bounds(self, ohlc: np.ndarray, next_close: np.ndarray) -> list[np.ndarray] | None:
         """[lo80, hi80, lo95, hi95] around `next_close`, from the window (float64)."""
@@ -78,8 +79,9 @@ class ReferenceModel:
         return self.calibration.bounds(next_close, np.asarray(ohlc, dtype=np.float64))
 
     def __call__(self, ohlc: np.ndarray, ticker_index: np.ndarray | None = None) -> np.ndarray:
-        """Next close in price units for raw windows (B, T, 4), in float64."""
-        x = np.asarray(ohlc, dtype=np.float64)
+        """Next close in price units for raw windows (B, T, 4), in float64,
+        from the newest seq_len rows (the rest are the volatility's)."""
+        x = np.asarray(ohlc, dtype=np.float64)[:, -self.seq_len :] if self.seq_len else np.asarray(ohlc, np.float64)
         c = self.scaling.constants()
         h = self.scaling.scale_inputs(x, c, ticker_index)
         for layer in self.layers:
@@ -176,4 +178,5 @@ def from_onnx(model: onnx.ModelProto) -> ReferenceModel:
         calibration = Calibration.from_metadata(json.loads(meta["intervals"])) if "intervals" in meta else None
     except (ValueError, KeyError, TypeError) as exc:
         raise ModelFileError(f"the file's interval metadata is unreadable ({exc})") from None
-    return ReferenceModel(layers, head_w, head_b, scaling, calibration)
+    seq_len = int(meta["seq_len"]) if "seq_len" in meta else None
+    return ReferenceModel(layers, head_w, head_b, scaling, calibration, seq_len)

@@ -40,14 +40,14 @@ def random_windows(n: int, seq_len: int, seed: int = 0) -> np.ndarray:
 
 
 def stored_windows(
-    engine: sa.Engine, tickers: list[str], seq_len: int, training_tickers: list[str], per_ticker: int
+    engine: sa.Engine, tickers: list[str], rows: int, training_tickers: list[str], per_ticker: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The latest `per_ticker` windows of each ticker, with its index among the training tickers."""
+    """The latest `per_ticker` windows of `rows` rows of each ticker, with its index among the training tickers."""
     windows, index = [], []
     for ticker, s in load_series(engine, tickers).items():
-        w, _ = make_windows(s.ohlc, seq_len)
+        w, _ = make_windows(s.ohlc, rows)
         if len(w) == 0:
-            raise DataError(f"ticker {ticker} has {len(s)} rows, fewer than seq_len {seq_len} + 1")
+            raise DataError(f"ticker {ticker} has {len(s)} rows; the model reads {rows} and needs one more")
         w = w[-per_ticker:]
         windows.append(w)
         index.append(np.full(len(w), training_tickers.index(ticker) if ticker in training_tickers else -1))
@@ -69,7 +69,7 @@ def verify(
     training = model.training_tickers
     if tickers:
         windows, index = stored_windows(
-            engine, list(tickers), model.seq_len, training, max(1, n_windows // len(tickers))
+            engine, list(tickers), model.input_rows, training, max(1, n_windows // len(tickers))
         )
         if model.uses_ticker_index and (index < 0).any():
             unseen = sorted({t for t in tickers if t not in training})
@@ -79,7 +79,7 @@ def verify(
             )
         source = f"{len(windows)} stored windows of {', '.join(tickers)}"
     else:
-        windows = random_windows(n_windows, model.seq_len, seed)
+        windows = random_windows(n_windows, model.input_rows, seed)
         index = np.random.default_rng(seed).integers(0, len(training), len(windows))
         source = f"{len(windows)} random windows"
     got, _, got_bounds = model.score_with_intervals(windows, index)

@@ -6,6 +6,8 @@ close) and its target is the close of the row after it:
   * `gather`: windows of a Universe (data/universe.py) by the global row of
     their first day, as index ranges into its one price array, batch by
     batch (training, evaluation, the gate);
+  * `reaching_back`: the longer windows (the interval's volatility reads
+    more history than the network) that end where given windows end;
   * `make_windows`: every window of one Series, as views;
   * `latest_windows`: point in time, each ticker's last seq_len stored rows
     up to an as_of, read from the database (what a night scores).
@@ -31,6 +33,22 @@ def gather(universe: Universe, rows: np.ndarray, seq_len: int) -> tuple[np.ndarr
     """(windows (B, seq_len, 4) float32, next closes (B,) float32) for the windows starting at global `rows`."""
     windows = universe.ohlc[rows[:, None] + np.arange(seq_len)]
     return windows, universe.ohlc[rows + seq_len, CLOSE]
+
+
+def reaching_back(
+    universe: Universe, rows: np.ndarray, seq_len: int, length: int, skip_flagged: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """(first rows, kept): the `length`-row windows (length >= seq_len) that end
+    where the seq_len windows starting at global `rows` end, for the windows
+    whose ticker holds that much history (and, with skip_flagged, whose rows
+    after the first and target cross no flagged price); `kept` masks `rows`."""
+    starts = rows + seq_len - length
+    kept = starts >= universe.starts[universe.ticker_of(rows)]
+    if skip_flagged and universe.flagged is not None and universe.flagged.any():
+        seen = np.concatenate([[0], np.cumsum(universe.flagged, dtype=np.int64)])
+        safe = np.where(kept, starts, rows)  # an index that exists, for the rows already left out
+        kept &= seen[safe + length + 1] == seen[safe + 1]
+    return starts[kept], kept
 
 
 def make_windows(ohlc: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray]:

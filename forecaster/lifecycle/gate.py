@@ -102,11 +102,11 @@ def _z_text(z: float) -> str:
 def backtest(universe: Universe, champion: ModelFile, challenger: ModelFile, first_target: int) -> GateFigures:
     """Score both files and naive on every stored close dated on or after
     first_target (yyyymmdd) whose full window lies before it."""
-    seq_len = max(champion.seq_len, challenger.seq_len)
+    reach = max(champion.input_rows, challenger.input_rows)
     if champion.uses_ticker_index or challenger.uses_ticker_index:  # per-ticker scaling: their common tickers
         known = set(champion.training_tickers) & set(challenger.training_tickers)
         universe = universe.without({k for k, t in enumerate(universe.tickers) if t not in known})
-    targets = target_rows(universe, seq_len, first_target)
+    targets = target_rows(universe, reach, first_target)
     if not len(targets):
         raise DataError("no stored close to score the gate on: too few sessions after the challenger's data")
     actual = universe.ohlc[targets, CLOSE].astype(np.float64)
@@ -143,7 +143,7 @@ def target_rows(universe: Universe, seq_len: int, first: int, last: int | None =
 
 def _predict(model: ModelFile, universe: Universe, targets: np.ndarray) -> np.ndarray:
     """The file's forecasts for the closes at `targets`, each from the window just before it."""
-    windows, _ = gather(universe, targets - model.seq_len, model.seq_len)
+    windows, _ = gather(universe, targets - model.input_rows, model.input_rows)
     index = None
     if model.uses_ticker_index:  # its per-ticker scaling numbers, by its own ticker order
         position = {t: i for i, t in enumerate(model.training_tickers)}

@@ -126,12 +126,12 @@ def late_tickers(conn: sa.Connection, model: ModelFile, as_of: str, shard: Shard
     )
     known = set(model.training_tickers) if model.uses_ticker_index else None
     history = sa.select(sa.func.count()).select_from(
-        sa.select(p.date).where(p.ticker == sa.bindparam("ticker"), p.date <= as_of).limit(model.seq_len).subquery()
+        sa.select(p.date).where(p.ticker == sa.bindparam("ticker"), p.date <= as_of).limit(model.input_rows).subquery()
     )
     return [
         ticker
         for ticker in unscored
         if (shard is None or ticker in shard)
         and (known is None or ticker in known)
-        and conn.execute(history, {"ticker": ticker}).scalar() >= model.seq_len
+        and conn.execute(history, {"ticker": ticker}).scalar() >= model.input_rows
     ]

@@ -42,7 +42,7 @@ from .shards import Shard
 
 # The `flags` of a prediction, comma-separated: why not to take it at face value.
 FLAG_OUT_OF_RANGE = "out_of_range"  # its window lies beyond anything seen in training
-FLAG_PRICES = "flagged_prices"  # its window holds a flagged close (price_flags): a split, bad print or jump
+FLAG_PRICES = "flagged_prices"  # the rows it read hold a flagged close (price_flags): a split, bad print or jump
 LISTED = 10  # tickers named in a message before "and N more"
 
 
@@ -58,7 +58,7 @@ class RunResult:
     skipped: dict[str, str]
     flagged: list[str]  # out of range
     device: str
-    flagged_prices: list[str] = field(default_factory=list)  # a flagged close in the window
+    flagged_prices: list[str] = field(default_factory=list)  # a flagged close in the rows read
     model_id: str = ""  # the served model's
     shadows: dict[str, int] = field(default_factory=dict)  # challenger model_id -> predictions written
     unscored: dict[str, str] = field(default_factory=dict)  # challenger model_id -> why it was not scored
@@ -273,7 +273,7 @@ def _to_score(
 ) -> tuple[ScoringBatch, np.ndarray | None]:
     """The windows this model scores for as_of, and each one's row in its
     per-ticker scaling table when it has one."""
-    batch = latest_windows(engine, as_of, model.seq_len)
+    batch = latest_windows(engine, as_of, model.input_rows)
     if shard is not None:
         batch = batch.only(lambda ticker: ticker in shard)
     if not model.uses_ticker_index:

@@ -7,7 +7,8 @@ import torch
 
 from .. import intervals
 from ..data.universe import Universe
-from ..data.windows import gather
+from ..data.windows import gather, reaching_back
+from ..errors import DataError
 from ..evidence import pooled_ratio, ratio_summary
 from ..features import CLOSE
 from .loop import INFERENCE_BATCH
@@ -70,6 +71,25 @@ def held_out(model: Forecaster, universe: Universe, index: WindowIndex, device: 
     return {"tickers": per_ticker, "overall": overall}, predictions
 
 
+MIN_CALIBRATION_WINDOWS = 20  # a 95% split-conformal quantile needs 19 scores
+
+
+def interval_method(universe: Universe, index: WindowIndex) -> tuple[str, str | None]:
+    """(method, warning): the default, unless too few training or validation
+    windows have the history it reads (short series): then the HAR on the
+    model's own window, said in a warning."""
+    length = intervals.input_rows(intervals.DEFAULT_METHOD, index.seq_len)
+    reach = (reaching_back(universe, rows, index.seq_len, length, True)[1] for rows in (index.train, index.val))
+    have = min(int(kept.sum()) for kept in reach)
+    if have >= MIN_CALIBRATION_WINDOWS:
+        return intervals.DEFAULT_METHOD, None
+    return "har", (
+        f"intervals: only {have} training or validation windows reach back the {length} rows the "
+        f"{intervals.DEFAULT_METHOD} volatility reads (it needs {MIN_CALIBRATION_WINDOWS}); using har, "
+        f"from the {index.seq_len}-row window"
+    )
+
+
 def calibrate(
     model: Forecaster,
     universe: Universe,
@@ -79,18 +99,29 @@ def calibrate(
     method: str = intervals.DEFAULT_METHOD,
     fit_rows: np.ndarray | None = None,
 ) -> intervals.Calibration:
-    """The interval calibration: the HAR's coefficients (its method) from
-    `fit_rows` (training windows), then the score quantiles from the model's
-    misses on the validation windows `rows` (never test days)."""
+    """The interval calibration: the volatility's coefficients (for a method
+    that has them) from `fit_rows` (training windows), then the score
+    quantiles from the model's misses on the validation windows `rows`
+    (never test days). Both keep only the windows whose ticker holds the
+    history the volatility reads (a ticker's first rows do not) and whose
+    longer history crosses no flagged price."""
+    length = intervals.input_rows(method, seq_len)
     har = ()
-    if method == "har":
-        if fit_rows is None or not len(fit_rows):
-            raise ValueError("the har interval method needs training windows to fit on")
-        fit_windows, _ = gather(universe, fit_rows, seq_len)
-        har = intervals.fit_har(fit_windows.astype(np.float64), universe.ohlc[fit_rows + seq_len].astype(np.float64))
-    predicted = predict_windows(model, universe, rows, seq_len, device)
-    windows, actual = gather(universe, rows, seq_len)
-    return intervals.Calibration.fit(actual.astype(np.float64), predicted, windows.astype(np.float64), method, har)
+    if method in intervals.COEFFICIENTS:
+        starts, _ = reaching_back(universe, fit_rows if fit_rows is not None else rows[:0], seq_len, length, True)
+        if not len(starts):
+            raise DataError(f"no training window has the {length} rows of history the {method} intervals read")
+        fit_windows, next_close = gather(universe, starts, length)
+        if method == "har60":
+            har = intervals.fit_har60(fit_windows, next_close)
+        else:
+            har = intervals.fit_har(fit_windows.astype(np.float64), universe.ohlc[starts + length].astype(np.float64))
+    starts, kept = reaching_back(universe, rows, seq_len, length, True)
+    if not len(starts):
+        raise DataError(f"no validation window has the {length} rows of history the {method} intervals read")
+    predicted = predict_windows(model, universe, rows[kept], seq_len, device)
+    windows, actual = gather(universe, starts, length)
+    return intervals.Calibration.fit(actual.astype(np.float64), predicted, windows, method, har)
 
 
 def held_out_intervals(
@@ -98,25 +129,32 @@ def held_out_intervals(
 ) -> dict:
     """Coverage, width and interval score on the held-out days, per ticker and
     overall, beside RiskMetrics' on the same days; adds each ticker's bounds to
-    `predictions` (for the plots)."""
+    `predictions` (for the plots). A test day whose ticker lacks the history
+    the volatility reads gets no interval (NaN bounds), as a night would give it
+    none, and is left out of the figures."""
     seq_len, closes = index.seq_len, universe.ohlc[:, CLOSE]
+    length = calibration.input_rows(seq_len)
     per_ticker, model_bounds, baseline_bounds, actuals, lasts = {}, [], [], [], []
     for k, ticker in enumerate(universe.tickers):
         p = predictions[ticker]
-        windows, _ = gather(universe, p["rows"] - seq_len, seq_len)
-        bounds = calibration.bounds(p["predicted"], windows.astype(np.float64))
+        starts, kept = reaching_back(universe, p["rows"] - seq_len, seq_len, length)
+        windows, _ = gather(universe, starts, length)
+        bounds = calibration.bounds(p["predicted"][kept], windows.astype(np.float64))
+        p["bounds"] = [np.where(kept, 0.0, np.nan) for _ in bounds]
+        for full, b in zip(p["bounds"], bounds, strict=True):
+            full[kept] = b
         span = universe.rows(k)
-        volatility = intervals.riskmetrics_volatility(closes[span])[p["rows"] - 1 - span.start]
-        baseline = intervals.riskmetrics_bounds(p["last"], volatility)
-        p["bounds"] = bounds
+        actual, last = p["actual"][kept], p["last"][kept]
+        volatility = intervals.riskmetrics_volatility(closes[span])[p["rows"][kept] - 1 - span.start]
+        baseline = intervals.riskmetrics_bounds(last, volatility)
         per_ticker[ticker] = {
-            **intervals.summary(bounds, p["actual"], p["last"]),
-            "riskmetrics": intervals.summary(baseline, p["actual"], p["last"]),
+            **intervals.summary(bounds, actual, last),
+            "riskmetrics": intervals.summary(baseline, actual, last),
         }
         model_bounds.append(bounds)
         baseline_bounds.append(baseline)
-        actuals.append(p["actual"])
-        lasts.append(p["last"])
+        actuals.append(actual)
+        lasts.append(last)
     joined = [np.concatenate([b[i] for b in model_bounds]) for i in range(len(intervals.COLUMNS))]
     base = [np.concatenate([b[i] for b in baseline_bounds]) for i in range(len(intervals.COLUMNS))]
     actual, last = np.concatenate(actuals), np.concatenate(lasts)

@@ -334,8 +334,9 @@ def intervals_line(metrics: dict) -> str:
     o = metrics["intervals"]["overall"]
     rm = o["riskmetrics"]
     ratio = o["score_vs_riskmetrics"]
+    method = metrics["intervals"]["calibration"]["method"]
     return (
-        f"Intervals on held-out days: 80% covered {100 * o['coverage80']:.1f}% (RiskMetrics "
+        f"Intervals ({method}) on held-out days: 80% covered {100 * o['coverage80']:.1f}% (RiskMetrics "
         f"{100 * rm['coverage80']:.1f}%), 95% covered {100 * o['coverage95']:.1f}% "
         f"({100 * rm['coverage95']:.1f}%); "
         + (

@@ -24,13 +24,13 @@ from .. import __version__, intervals
 from ..clock import utc_now
 from ..data.prices import Series
 from ..data.universe import Universe
-from ..data.windows import gather
+from ..data.windows import gather, reaching_back
 from ..errors import DataError
 from ..features import FEATURES
 from .allocator import reuse_freed_memory
 from .config import PRECISIONS, TrainConfig
 from .distributed import World
-from .evaluate import calibrate, held_out, held_out_intervals
+from .evaluate import calibrate, held_out, held_out_intervals, interval_method
 from .loop import fit, seeded_sample, validation_sample
 from .model import Forecaster, build_forecaster
 from .precision import resolve as resolve_precision
@@ -123,12 +123,15 @@ def train_universe(
         return result
     started = time.perf_counter()
     metrics, result.predictions = held_out(model, universe, index, torch.device("cpu"))
+    method, method_warning = interval_method(universe, index)
+    result.warnings += [method_warning] if method_warning else []
     calibration = calibrate(
         model,
         universe,
         validation_sample(index, config),
         index.seq_len,
         torch.device("cpu"),
+        method,
         fit_rows=seeded_sample(index.train, intervals.HAR_FIT_WINDOWS, config.seed, 1 << 21),
     )
     metrics["intervals"] = held_out_intervals(calibration, universe, index, result.predictions)
@@ -163,7 +166,7 @@ def train_universe(
         },
         "metrics": metrics,
         "history": history,
-        **parity_windows(universe, index),
+        **parity_windows(universe, index, calibration.input_rows(index.seq_len)),
     }
     result.timing["evaluate_seconds"] = time.perf_counter() - started
     return result
@@ -206,15 +209,17 @@ def provenance(universe: Universe, index: WindowIndex, config: TrainConfig, data
     }
 
 
-def parity_windows(universe: Universe, index: WindowIndex) -> dict:
-    """A few held-out raw windows kept in the checkpoint, so export can check
-    ONNX against torch on real data without a database."""
+def parity_windows(universe: Universe, index: WindowIndex, length: int) -> dict:
+    """A few held-out raw windows of the `length` rows the model reads, kept in
+    the checkpoint, so export can check ONNX against torch on real data
+    without a database."""
     rows, at = [], 0
     for s in index.splits:
         rows.append(index.test[at : at + s.n_test][-PARITY_WINDOWS_PER_TICKER:])
         at += s.n_test
-    chosen = np.concatenate(rows)[-PARITY_WINDOWS_MAX:]
-    windows, _ = gather(universe, chosen, index.seq_len)
+    chosen, _ = reaching_back(universe, np.concatenate(rows), index.seq_len, length)
+    chosen = chosen[-PARITY_WINDOWS_MAX:]
+    windows, _ = gather(universe, chosen, length)
     return {
         "parity_windows": torch.as_tensor(np.ascontiguousarray(windows), dtype=torch.float32),
         "parity_ticker_index": torch.as_tensor(universe.ticker_of(chosen), dtype=torch.long),

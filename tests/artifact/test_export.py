@@ -59,11 +59,13 @@ def test_any_batch_size_matches_torch(exported, batch):
     ckpt, onnx_path = exported
     model, data = torch_model(ckpt)
     onnx_model = load_model(onnx_path)
-    windows = random_windows(batch, 20, seed=batch)
+    assert onnx_model.input_rows == 60 and onnx_model.seq_len == 20  # the har60 intervals read 60 rows
+    windows = random_windows(batch, onnx_model.input_rows, seed=batch)
     index = np.arange(batch) % 2
     got, _ = onnx_model.score(windows, index)
-    with torch.no_grad():
-        args = (torch.tensor(windows),) + ((torch.tensor(index),) if data["scaling"]["method"] == "minmax" else ())
+    with torch.no_grad():  # the network reads the newest 20
+        minmax = data["scaling"]["method"] == "minmax"
+        args = (torch.tensor(windows[:, -20:]),) + ((torch.tensor(index),) if minmax else ())
         expected = model(*args).double().numpy()
     assert got.shape == (batch,)
     np.testing.assert_allclose(got, expected, rtol=1e-4)
@@ -98,11 +100,13 @@ def test_scaling_inside_the_graph_matches_the_checkpoint(exported, tmp_path):
         assert any(np.allclose(t, lows, rtol=1e-6) for t in tables)
         assert any(np.allclose(t, spans, rtol=1e-6) for t in tables)
     # ...and the scaled inputs the graph computes equal torch's.
-    windows = random_windows(50, 20, seed=3)
+    windows = random_windows(50, 60, seed=3)
     index = np.arange(50) % 2
     _, extent = load_model(tmp_path / "m.onnx").score(windows, index)
-    with torch.no_grad():
-        args = (torch.tensor(windows),) + ((torch.tensor(index),) if data["scaling"]["method"] == "minmax" else ())
+    with torch.no_grad():  # the extent is the network's: its newest 20 rows
+        args = (torch.tensor(windows[:, -20:]),) + (
+            (torch.tensor(index),) if data["scaling"]["method"] == "minmax" else ()
+        )
         scaled = model.scale_inputs(*args).abs().amax(dim=(1, 2)).double().numpy()
     np.testing.assert_allclose(extent, scaled, rtol=1e-6)
 
@@ -185,7 +189,7 @@ def raw_export(ckpt):
     uses_index = model.scaling.uses_ticker_index
     windows = torch.tensor(random_windows(2, 20, seed=0))
     example = (windows, torch.tensor([0, 1])) if uses_index else (windows,)
-    return _to_onnx(_WithExtent(model).eval(), example, uses_index, 20), uses_index
+    return _to_onnx(_WithExtent(model, 20).eval(), example, uses_index, 20), uses_index
 
 
 def run_graph(proto, uses_index, batch):

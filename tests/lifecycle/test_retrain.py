@@ -106,7 +106,7 @@ def test_a_better_challenger_is_promoted_and_serves_the_next_run(any_db_url, wor
     champion = load_model(world["broken"])
     errors, naive = [], []
     for as_of, target in zip(gate_as_ofs, sessions[-GATE_DAYS:], strict=True):
-        batch = latest_windows(engine, as_of, champion.seq_len)
+        batch = latest_windows(engine, as_of, champion.input_rows)
         actual = dict(rows(engine, "SELECT ticker, close FROM prices WHERE date = :d", d=target))
         predicted, _ = champion.score(batch.windows)
         for t, p, last in zip(batch.tickers, predicted, batch.last_close, strict=True):

@@ -108,12 +108,15 @@ def test_point_in_time_ignores_later_rows(any_engine, shared_data, tiny_model):
         rows(
             any_engine,
             "SELECT open, high, low, close FROM prices WHERE ticker='aaxj' AND date <= '2017-06-01' "
-            "ORDER BY date DESC LIMIT 20",
+            f"ORDER BY date DESC LIMIT {model.input_rows}",  # the 60 rows the har60 intervals read
         )[::-1],
         dtype=np.float32,
     )
     assert last_close == close and run.target_date == "2017-06-02"
-    assert predicted == pytest.approx(model.score(window[None])[0][0], rel=1e-6)
+    predicted_then, _, bounds_then = model.score_with_intervals(window[None])
+    assert predicted == pytest.approx(predicted_then[0], rel=1e-6)
+    [stored] = rows(any_engine, "SELECT lo80, hi80, lo95, hi95 FROM predictions WHERE ticker='aaxj'")
+    assert stored == pytest.approx([b[0] for b in bounds_then], rel=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -388,14 +391,16 @@ def test_a_date_without_prices_is_refused_before_any_run(any_engine, shared_data
 
 
 def test_a_prediction_whose_window_holds_a_flagged_close_says_so(any_engine, sample_dir, tiny_model):
-    """A split inside the window marks the prediction; one before the window does not."""
+    """A split inside the rows the model reads (the network's 20, the
+    intervals' 60) marks the prediction; one before them does not."""
     import pandas as pd
 
     from forecaster.data.ingest import ingest
 
-    seq_len = load_model(tiny_model).seq_len
+    model = load_model(tiny_model)
+    assert model.input_rows == 60 and model.seq_len == 20
     days = pd.bdate_range(end="2017-11-10", periods=120)
-    for name, at in (("inside", 120 - seq_len // 2), ("before", 120 - seq_len - 5)):
+    for name, at in (("inside", 120 - model.input_rows + 5), ("before", 120 - model.input_rows - 5)):
         closes = 40 * np.exp(np.cumsum(np.random.default_rng(len(name)).normal(0, 0.01, 120)))
         closes[at:] /= 2  # a 2:1 split, unadjusted
         lines = [
