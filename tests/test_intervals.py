@@ -59,9 +59,20 @@ def test_the_volatility_is_the_same_in_numpy_and_torch():
         iv.window_volatility(windows, "har60", HAR)
 
 
-def test_the_har60_features_against_a_plain_reference():
+def stored_windows(shared_data, n=5, rows=75):
+    """The newest windows of stored real rows (aaxj, a.us), as the database holds them."""
+    out = []
+    for path in (shared_data / "ETFs" / "aaxj.us.txt", shared_data / "Stocks" / "a.us.txt"):
+        lines = path.read_text().splitlines()[1:]
+        ohlc = np.array([[float(x) for x in line.split(",")[1:5]] for line in lines[-(rows + n) :]])
+        out += [ohlc[i : i + rows] for i in range(n)]
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("source", ["random", "stored"])
+def test_the_har60_features_against_a_plain_reference(source, shared_data):
     """Loops over the newest 60 rows of longer windows, written from the definitions."""
-    windows = random_windows(5, 75, seed=6).astype(np.float64)
+    windows = random_windows(5, 75, seed=6).astype(np.float64) if source == "random" else stored_windows(shared_data)
     for b in range(len(windows)):
         w = windows[b, -60:]
         variance, squared = [], []
