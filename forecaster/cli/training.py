@@ -246,7 +246,7 @@ def verify(model, tickers, db, windows, seed, tolerance):
     )
     click.echo(
         f"ONNX Runtime vs NumPy reference on {result.source}: largest difference "
-        f"{result.max_abs:.3g} (relative {result.max_rel:.3g}), within {tolerance:g}"
+        f"{result.max_abs:.3g} (relative {result.max_rel:.3g}, within the relative tolerance {tolerance:g})"
     )
 
 
