@@ -180,7 +180,10 @@ def fit_student_t_scale(features: np.ndarray, log_returns: np.ndarray) -> tuple[
         n = len(log_r2)
         return nll.sum() / n, np.append(design.T @ d_scale / n, d_nu.sum() / n * (nu - 2.0))
 
-    fit = minimize(loss, np.append(start, np.log(3.0)), jac=True, method="L-BFGS-B", options={"maxiter": 500})
+    # nu - 2 between e^-10 and e^10: the line search cannot overflow it, and a Student-t beyond is a Gaussian.
+    bounds = [(None, None)] * design.shape[1] + [(-10.0, 10.0)]
+    start = np.append(start, np.log(3.0))
+    fit = minimize(loss, start, jac=True, method="L-BFGS-B", bounds=bounds, options={"maxiter": 500})
     return tuple(float(b) for b in fit.x[:-1]), float(2.0 + np.exp(fit.x[-1]))
 
 
