@@ -75,10 +75,7 @@ def windows_by_target(universe: Universe, seq_len: int) -> tuple[np.ndarray, np.
 
 def clean(universe: Universe, rows: np.ndarray, seq_len: int) -> np.ndarray:
     """The windows that cross no flagged price (as training leaves them out)."""
-    if universe.flagged is None:
-        return rows
-    seen = np.concatenate([[0], np.cumsum(universe.flagged, dtype=np.int64)])
-    return rows[seen[rows + seq_len + 1] == seen[rows + 1]]
+    return rows[universe.free_of_flags(rows, seq_len)]
 
 
 def fit_and_calibration(universe: Universe, rows: np.ndarray, targets: np.ndarray, through: int):
@@ -134,10 +131,8 @@ def fit_library(universe: Universe, method: str, fit_rows: np.ndarray) -> tuple:
     if len(rows) > iv.HAR_FIT_WINDOWS:
         rows = np.sort(np.random.default_rng(0).choice(rows, iv.HAR_FIT_WINDOWS, replace=False))
     starts, _ = reaching_back(universe, rows, SEQ_LEN, length, skip_flagged=True)
-    windows, next_close = gather(universe, starts, length)
-    if method == "har60":
-        return iv.fit_har60(windows, next_close)
-    return iv.fit_har(windows.astype(np.float64), universe.ohlc[starts + length].astype(np.float64))
+    windows, _ = gather(universe, starts, length)
+    return iv.fit_coefficients(method, windows, universe.ohlc[starts + length])
 
 
 def gjr_garch_t(universe: Universe, through: int) -> tuple[np.ndarray, dict]:

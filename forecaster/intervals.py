@@ -53,6 +53,7 @@ HAR_MONTH = 22  # Corsi's month, in trading days
 EWMA_SLOW = 0.99  # the slower of har60's two averages: a memory of about 100 days
 CHUNK = 20_000  # windows converted to float64 at a time where many are (100 MB at 60 rows)
 COEFFICIENTS = {"har": 4, "har60": 7}  # fitted numbers per method that has them
+READS = {"har60": LONG_ROWS}  # rows of history per method that reads beyond the model's window
 
 Array = Any  # a NumPy array or a torch tensor
 
@@ -209,9 +210,20 @@ def fit_har(windows: np.ndarray, next_rows: np.ndarray) -> tuple[float, ...]:
     return tuple(float(b) for b in coefficients)
 
 
-def input_rows(method: str, seq_len: int) -> int:
-    """The rows of history a model reads: its window, or more where the volatility reaches further back."""
-    return max(seq_len, LONG_ROWS if method == "har60" else 0)
+def input_rows(method: str | None, seq_len: int) -> int:
+    """The rows of history a model reads: its window, or more where its
+    interval method (None: a model without intervals) reaches further back."""
+    return max(seq_len, READS.get(method, 0))
+
+
+def fit_coefficients(method: str, windows: np.ndarray, next_rows: np.ndarray) -> tuple[float, ...]:
+    """The fitted numbers of a method that has them (COEFFICIENTS; () for the
+    others), from training windows as long as it reads and their next rows (B, 4)."""
+    if method == "har60":
+        return fit_har60(windows, next_rows[:, CLOSE])
+    if method == "har":
+        return fit_har(windows.astype(np.float64), next_rows.astype(np.float64))
+    return ()
 
 
 def window_volatility(ohlc: Array, method: str = DEFAULT_METHOD, har: tuple[float, ...] = ()) -> Array:
@@ -262,7 +274,7 @@ class Calibration:
     @property
     def rows(self) -> int:
         """The rows of history the volatility reads (0: the model's whole window)."""
-        return LONG_ROWS if self.method == "har60" else 0
+        return READS.get(self.method, 0)
 
     def to_metadata(self) -> dict:
         return {

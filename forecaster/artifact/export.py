@@ -34,7 +34,7 @@ from ..clock import utc_now
 from ..errors import CheckpointError
 from ..features import CLOSE
 from ..files import strict_json, write_atomically
-from ..intervals import COLUMNS, Calibration
+from ..intervals import COLUMNS, Calibration, input_rows
 from ..training import checkpoint
 from ..training.config import ModelConfig
 from ..training.model import Forecaster, build_forecaster
@@ -89,12 +89,17 @@ def export(
     index = data["parity_ticker_index"].to(torch.long)
     if len(windows) == 0:
         raise CheckpointError(f"{checkpoint_path}: holds no held-out windows to check the export against")
+    rows = input_rows(calibration.method if calibration else None, data["model_config"]["seq_len"])
+    if windows.shape[1] != rows:
+        raise CheckpointError(
+            f"{checkpoint_path}: its held-out windows hold {windows.shape[1]} rows, but the model reads {rows}"
+        )
     uses_index = model.scaling.uses_ticker_index
     example = (windows[:2], index[:2]) if uses_index else (windows[:2],)
 
     proto = _to_onnx(wrapped, example, uses_index, opset, outputs(calibration is not None))
     streamline_lstm_outputs(proto)
-    _set_metadata(proto, data)
+    _set_metadata(proto, data, rows)
     onnx.checker.check_model(proto, full_check=True)
     blob = proto.SerializeToString()
     max_abs, max_rel = check_against_torch(
@@ -147,12 +152,12 @@ def _quiet_logger(name: str):
         logger.setLevel(level)
 
 
-def _set_metadata(proto: onnx.ModelProto, data: dict) -> None:
+def _set_metadata(proto: onnx.ModelProto, data: dict, rows: int) -> None:
     cfg = data["model_config"]
     meta = {
         "format_version": str(METADATA_FORMAT),
         "seq_len": str(cfg["seq_len"]),
-        "input_rows": str(data["parity_windows"].shape[1]),
+        "input_rows": str(rows),
         "features": json.dumps(data["features"]),
         "model_config": json.dumps(cfg),
         # The settings it was trained with: a retrain makes its challenger the same way.

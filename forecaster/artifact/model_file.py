@@ -22,7 +22,7 @@ import onnxruntime as ort
 
 from ..devices import DEVICES
 from ..errors import DeviceError, ForecasterError, ModelFileError, first_line
-from ..intervals import COLUMNS, Calibration
+from ..intervals import COLUMNS, Calibration, input_rows
 from ..scaling import Scaling, from_metadata
 
 METADATA_PREFIX = "forecaster."
@@ -217,7 +217,6 @@ def _check_signature(session: ort.InferenceSession, meta: dict, scaling: Scaling
         raise ModelFileError(
             f"{path}: graph input ohlc has shape {shape}, but the metadata says {rows} rows and {n_features} features"
         )
-    calibration = Calibration.from_metadata(meta["intervals"]) if "intervals" in meta else None
-    needed = calibration.input_rows(int(meta["seq_len"])) if calibration else int(meta["seq_len"])
+    needed = input_rows(meta.get("intervals", {}).get("method"), int(meta["seq_len"]))  # checked by _metadata
     if rows != needed:
         raise ModelFileError(f"{path}: the model reads {rows} rows, but its window and intervals need {needed}")

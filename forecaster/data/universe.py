@@ -81,6 +81,15 @@ class Universe:
             None if self.flagged is None else self.flagged[keep],
         )
 
+    def free_of_flags(self, starts: np.ndarray, length: int) -> np.ndarray:
+        """(B,) bool: which `length`-row windows starting at global `starts` have
+        no flagged row among their rows after the first and their target (a
+        flag marks a move from the row before it, so both rows are in the window)."""
+        if self.flagged is None or not self.flagged.any():
+            return np.ones(len(starts), dtype=bool)
+        seen = np.concatenate([[0], np.cumsum(self.flagged, dtype=np.int64)])
+        return seen[starts + length + 1] == seen[starts + 1]
+
     def data_hash(self) -> str:
         """sha256 over the tickers, their row counts, dates and prices: provenance for a checkpoint."""
         h = hashlib.sha256()

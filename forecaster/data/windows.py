@@ -44,10 +44,8 @@ def reaching_back(
     after the first and target cross no flagged price); `kept` masks `rows`."""
     starts = rows + seq_len - length
     kept = starts >= universe.starts[universe.ticker_of(rows)]
-    if skip_flagged and universe.flagged is not None and universe.flagged.any():
-        seen = np.concatenate([[0], np.cumsum(universe.flagged, dtype=np.int64)])
-        safe = np.where(kept, starts, rows)  # an index that exists, for the rows already left out
-        kept &= seen[safe + length + 1] == seen[safe + 1]
+    if skip_flagged:
+        kept &= universe.free_of_flags(np.where(kept, starts, rows), length)  # (rows: any index that exists)
     return starts[kept], kept
 
 

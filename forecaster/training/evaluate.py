@@ -108,14 +108,13 @@ def calibrate(
     length = intervals.input_rows(method, seq_len)
     har = ()
     if method in intervals.COEFFICIENTS:
-        starts, _ = reaching_back(universe, fit_rows if fit_rows is not None else rows[:0], seq_len, length, True)
+        if fit_rows is None:
+            raise ValueError(f"the {method} interval method needs training windows to fit on")
+        starts, _ = reaching_back(universe, fit_rows, seq_len, length, True)
         if not len(starts):
             raise DataError(f"no training window has the {length} rows of history the {method} intervals read")
-        fit_windows, next_close = gather(universe, starts, length)
-        if method == "har60":
-            har = intervals.fit_har60(fit_windows, next_close)
-        else:
-            har = intervals.fit_har(fit_windows.astype(np.float64), universe.ohlc[starts + length].astype(np.float64))
+        fit_windows, _ = gather(universe, starts, length)
+        har = intervals.fit_coefficients(method, fit_windows, universe.ohlc[starts + length])
     starts, kept = reaching_back(universe, rows, seq_len, length, True)
     if not len(starts):
         raise DataError(f"no validation window has the {length} rows of history the {method} intervals read")
@@ -140,7 +139,7 @@ def held_out_intervals(
         starts, kept = reaching_back(universe, p["rows"] - seq_len, seq_len, length)
         windows, _ = gather(universe, starts, length)
         bounds = calibration.bounds(p["predicted"][kept], windows.astype(np.float64))
-        p["bounds"] = [np.where(kept, 0.0, np.nan) for _ in bounds]
+        p["bounds"] = [np.full(len(kept), np.nan) for _ in bounds]
         for full, b in zip(p["bounds"], bounds, strict=True):
             full[kept] = b
         span = universe.rows(k)

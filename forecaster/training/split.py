@@ -97,13 +97,7 @@ def index_windows(
     train, val, test = (np.concatenate(parts[p]) for p in ("train", "val", "test"))
     if not skip_flagged or universe.flagged is None or not universe.flagged.any():
         return WindowIndex(seq_len, splits, train, val, test)
-    # Flagged rows among rows s+1 .. s+seq_len of the window starting at s.
-    seen = np.concatenate([[0], np.cumsum(universe.flagged, dtype=np.int64)])
-
-    def clean(starts: np.ndarray) -> np.ndarray:
-        return starts[seen[starts + seq_len + 1] == seen[starts + 1]]
-
-    kept_train, kept_val = clean(train), clean(val)
+    kept_train, kept_val = (rows[universe.free_of_flags(rows, seq_len)] for rows in (train, val))
     skipped = len(train) - len(kept_train) + len(val) - len(kept_val)
     if not len(kept_train) or not len(kept_val):
         raise DataError("every training or validation window crosses a flagged price (price_flags): nothing to fit")

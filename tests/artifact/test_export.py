@@ -54,6 +54,16 @@ def test_export_then_verify_round_trip(ckpt, tmp_path):
     assert outcome.max_rel <= 1e-4 and outcome.n_windows == 300
 
 
+def test_a_checkpoint_whose_windows_are_shorter_than_the_model_reads_is_refused(ckpt, tmp_path):
+    from forecaster.errors import CheckpointError
+
+    data = checkpoint.load(ckpt)
+    checkpoint.save(ckpt, {**data, "parity_windows": data["parity_windows"][:, -20:]})  # har60 reads 60
+    with pytest.raises(CheckpointError, match="its held-out windows hold 20 rows, but the model reads 60"):
+        export(ckpt, tmp_path / "short.onnx")
+    assert not (tmp_path / "short.onnx").exists()
+
+
 @pytest.mark.parametrize("batch", [1, 7, 1000])
 def test_any_batch_size_matches_torch(exported, batch):
     ckpt, onnx_path = exported
