@@ -149,7 +149,7 @@ def gjr_garch_t(universe: Universe, through: int) -> tuple[np.ndarray, dict]:
     for k in range(len(universe)):
         span = universe.rows(k)
         r = np.diff(np.log(closes[span])) * 100  # percent, as arch is tuned for
-        bad = flagged[span][1:] | np.r_[flagged[span][2:], False]
+        bad = flagged[span][1:] | flagged[span][:-1]  # return i runs from row i to row i + 1
         r[bad] = 0.0
         n_fit = int(np.sum(universe.dates[span][1:] <= through))
         if n_fit < 250:

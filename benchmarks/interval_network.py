@@ -2,18 +2,18 @@
 
 Trained as issue 24 asks: one global model over the universe predicts the
 distribution of the next log return, a Student-t whose log scale is the har60
-HAR's (forecaster/intervals.py: its six features and fitted coefficients, the
-starting point) plus the LSTM's correction, read from the 59 days of the
-60-row window:
+HAR's (forecaster/intervals.py: its six features, its coefficients refitted on
+the network's training windows as the starting point) plus the LSTM's
+correction, read from the 59 days of the 60-row window:
 
     log scale = b0 + b . har60 features + head(LSTM(per-day inputs))
 
 Per day the LSTM sees the log range variance and the log return, both
 relative to the window's own 59-day mean range variance (so a $2 ticker and
 a $2,000 one, quiet or wild, look alike). The head starts at zero, so the
-untrained network is exactly the har60 HAR; training (Adam, Student-t
-negative log likelihood) moves it only when validation improves, and early
-stopping (patience PATIENCE epochs) keeps the best epoch. The scale is then
+untrained network is exactly that HAR; training (Adam, Student-t negative
+log likelihood) stops after PATIENCE epochs without a better validation
+likelihood and keeps the best epoch, the start (epoch 0) included. The scale is then
 calibrated by split conformal like every other method in
 benchmarks/interval_comparison.py.
 """
@@ -101,7 +101,8 @@ def train(universe: Universe, starts: np.ndarray, seed: int = 0) -> tuple[Spread
             days, features, target = data["val"]
             return float(nll(model, model(days, features), target))
 
-    best, best_state, history, waited = validation(), None, [], 0
+    best, history, waited = validation(), [], 0
+    best_state = {k: v.clone() for k, v in model.state_dict().items()}  # epoch 0: the HAR itself
     history.append({"epoch": 0, "val_nll": best, "seconds": 0.0})
     started = time.perf_counter()
     for epoch in range(1, MAX_EPOCHS + 1):
@@ -125,8 +126,7 @@ def train(universe: Universe, starts: np.ndarray, seed: int = 0) -> tuple[Spread
             waited += 1
             if waited >= PATIENCE:
                 break
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    model.load_state_dict(best_state)
     kept = min(history, key=lambda h: h["val_nll"])["epoch"]
     return model, {"history": history, "kept_epoch": kept, "train_windows": len(train_rows), "nu_start": nu}
 
