@@ -137,15 +137,18 @@ def judge_new_rows(
     t = schema.tickers.c
     owed = bulk.fetch_plain(conn, sa.select(t.ticker, t.judged_through).where(_OWED))
     by_anchor: dict[str | None, list[str]] = defaultdict(list)
+    judged = []  # (ticker, the first date judged, {date: (kind, ratio)} found from there)
     for ticker, judged_through in owed:
         if ticker in in_memory:
-            _replace(conn, ticker, *in_memory[ticker], None, now)
+            judged.append((ticker, *_judge(*in_memory[ticker], None)))
         else:
             by_anchor[judged_through].append(ticker)
     for anchor, tickers in by_anchor.items():
         for first in range(0, len(tickers), TICKERS_PER_QUERY):
             for ticker, prices in _recent_prices(conn, tickers[first : first + TICKERS_PER_QUERY], anchor):
-                _replace(conn, ticker, *prices, anchor, now)
+                judged.append((ticker, *_judge(*prices, anchor)))
+    for first in range(0, len(judged), TICKERS_PER_QUERY):
+        _store(conn, judged[first : first + TICKERS_PER_QUERY], now)
     if owed:
         conn.execute(schema.tickers.update().where(_OWED).values(judged_through=t.last_date))
 
@@ -198,34 +201,40 @@ def _recent_prices(conn: sa.Connection, tickers: list[str], anchor: str | None):
         at = end
 
 
-def _replace(
-    conn: sa.Connection, ticker: str, dates: np.ndarray, closes: np.ndarray, opens: np.ndarray, anchor, now: str
-) -> None:
-    """Store the flags of the rows after `anchor` (every row if None) and of
-    the REVERT_SESSIONS rows before it, replacing the ones stored there; a
-    flag that is unchanged keeps its detected_at."""
+def _judge(dates: np.ndarray, closes: np.ndarray, opens: np.ndarray, anchor) -> tuple[str | None, dict]:
+    """(since, found): the flags of the rows after `anchor` (every row if None)
+    and of the REVERT_SESSIONS rows before it, from `since` on (None: no row to judge)."""
     new_at = 0 if anchor is None else int(np.searchsorted(dates, anchor, side="right"))
     first = max(1, new_at - REVERT_SESSIONS)
     found = {str(dates[f.index]): (f.kind, f.ratio) for f in detect(closes, first, opens)}
+    return (str(dates[first]) if first < len(dates) else None), found
+
+
+def _store(conn: sa.Connection, judged: list[tuple[str, str | None, dict]], now: str) -> None:
+    """Replace the stored flags of each (ticker, since, found) from `since` on
+    by `found`: the stored ones of all these tickers in one read (a query per
+    ticker was most of a 5,000-ticker night), then only what changed
+    written; a flag that is unchanged keeps its detected_at."""
     f = schema.price_flags.c
-    since = str(dates[first]) if first < len(dates) else None
-    stored = (
-        {
-            d: (k, r)
-            for d, k, r in conn.execute(
-                sa.select(f.date, f.kind, f.ratio).where(f.ticker == ticker, f.date >= since)
-            ).all()
-        }
-        if since is not None
-        else {}
-    )
-    gone = [d for d in stored if found.get(d) != stored[d]]
-    if gone:
-        conn.execute(schema.price_flags.delete().where(f.ticker == ticker, f.date.in_(gone)))
-    fresh = [
-        {"ticker": ticker, "date": d, "kind": k, "ratio": r, "detected_at": now}
-        for d, (k, r) in found.items()
-        if stored.get(d) != (k, r)
-    ]
+    judging = {ticker: since for ticker, since, _ in judged if since is not None}
+    stored: dict[str, dict] = defaultdict(dict)
+    if judging:
+        query = sa.select(f.ticker, f.date, f.kind, f.ratio).where(
+            f.ticker.in_(list(judging)), f.date >= min(judging.values())
+        )
+        for ticker, d, k, r in bulk.fetch_plain(conn, query):
+            if d >= judging[ticker]:
+                stored[ticker][d] = (k, r)
+    fresh = []
+    for ticker, _, found in judged:
+        mine = stored.get(ticker, {})
+        gone = [d for d in mine if found.get(d) != mine[d]]
+        if gone:
+            conn.execute(schema.price_flags.delete().where(f.ticker == ticker, f.date.in_(gone)))
+        fresh += [
+            {"ticker": ticker, "date": d, "kind": k, "ratio": r, "detected_at": now}
+            for d, (k, r) in found.items()
+            if mine.get(d) != (k, r)
+        ]
     if fresh:
         conn.execute(schema.price_flags.insert(), fresh)
