@@ -24,8 +24,13 @@ as over the whole history.
 
 from __future__ import annotations
 
+import math
+from bisect import bisect_right
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import groupby, pairwise
+from operator import itemgetter
 
 import numpy as np
 import sqlalchemy as sa
@@ -43,6 +48,10 @@ SPLIT_TOLERANCE = 0.03  # within 3% of the factor
 SPLIT_OPEN_TOLERANCE = 0.25  # the open gapped by the ratio, give or take a quarter of the move
 CONTEXT = SCALE_RETURNS + 2 * REVERT_SESSIONS + 1  # rows before the first day judged that detection reads
 KINDS = ("split", "bad_print", "revert", "jump")
+# detect() looks at a move only if it is at least MIN_MOVE, and only from 2 x
+# REVERT_SESSIONS rows before the first row judged (a bad print that started
+# there may be undone in it): this many rows up to the last judged show them all.
+CANDIDATE_ROWS = 3 * REVERT_SESSIONS + 1
 
 
 @dataclass(frozen=True)
@@ -145,8 +154,19 @@ def judge_new_rows(
             by_anchor[judged_through].append(ticker)
     for anchor, tickers in by_anchor.items():
         for first in range(0, len(tickers), TICKERS_PER_QUERY):
-            for ticker, prices in _recent_prices(conn, tickers[first : first + TICKERS_PER_QUERY], anchor):
-                judged.append((ticker, *_judge(*prices, anchor)))
+            # Most nights no new move is large enough to be judged: the few rows
+            # that show it are read, and the context only where one is.
+            moved = []
+            for ticker, rows in _recent_rows(conn, tickers[first : first + TICKERS_PER_QUERY], anchor, CANDIDATE_ROWS):
+                if _any_large_move([close for _, close, _ in rows]):
+                    moved.append(ticker)
+                else:
+                    judged.append((ticker, _judged_since([d for d, _, _ in rows], anchor), {}))
+            for ticker, rows in _recent_rows(conn, moved, anchor, CONTEXT + REVERT_SESSIONS):
+                dates, closes, opens = zip(*rows, strict=True)
+                judged.append(
+                    (ticker, *_judge(np.array(dates, dtype=object), np.array(closes), np.array(opens), anchor))
+                )
     for first in range(0, len(judged), TICKERS_PER_QUERY):
         _store(conn, judged[first : first + TICKERS_PER_QUERY], now)
     if owed:
@@ -159,13 +179,15 @@ def any_owed(conn: sa.Connection) -> bool:
     return conn.execute(sa.select(sa.literal(1)).select_from(schema.tickers).where(_OWED).limit(1)).first() is not None
 
 
-def _recent_prices(conn: sa.Connection, tickers: list[str], anchor: str | None):
-    """(ticker, (dates, closes, opens)) for each ticker: every row if anchor is None,
-    else from the row CONTEXT + REVERT_SESSIONS rows before its first after
-    `anchor` on (what judging its new rows needs). Two index-only reads: each
+def _recent_rows(conn: sa.Connection, tickers: list[str], anchor: str | None, before: int):
+    """(ticker, [(date, close, open), ...] in date order) for each ticker: every
+    row if anchor is None, else from the row `before` rows before its first
+    after `anchor` on (every row if it has fewer). Two index-only reads: each
     ticker's start by a primary-key seek, then the rows from the earliest
     start, cut per ticker here (a join on per-ticker starts was planned as a
     scan of every row on PostgreSQL)."""
+    if not tickers:
+        return
     p, t = schema.prices.c, schema.tickers.c
     starts: dict[str, str | None] = dict.fromkeys(tickers)
     if anchor is not None:
@@ -175,39 +197,43 @@ def _recent_prices(conn: sa.Connection, tickers: list[str], anchor: str | None):
             .where(back.c.ticker == t.ticker, back.c.date <= anchor)
             .order_by(back.c.date.desc())
             .limit(1)
-            .offset(CONTEXT + REVERT_SESSIONS - 1)
+            .offset(before - 1)
             .scalar_subquery()
         )
         starts.update(bulk.fetch_plain(conn, sa.select(t.ticker, start).where(t.ticker.in_(tickers))))
     query = sa.select(p.ticker, p.date, p.close, p.open).where(p.ticker.in_(tickers))
     if None not in starts.values():  # every ticker has enough rows before: none is read whole
         query = query.where(p.date >= min(starts.values()))
-    rows = bulk.fetch_plain(conn, query.order_by(p.ticker, p.date))
-    at = 0
-    while at < len(rows):
-        ticker, end = rows[at][0], at
-        while end < len(rows) and rows[end][0] == ticker:
-            end += 1
+    for ticker, rows in groupby(bulk.fetch_plain(conn, query.order_by(p.ticker, p.date)), key=itemgetter(0)):
         first = starts[ticker]
-        mine = [r for r in rows[at:end] if first is None or r[1] >= first]
-        yield (
-            ticker,
-            (
-                np.array([r[1] for r in mine], dtype=object),
-                np.array([r[2] for r in mine], dtype=np.float64),
-                np.array([r[3] for r in mine], dtype=np.float64),
-            ),
-        )
-        at = end
+        yield ticker, [(d, close, open_) for _, d, close, open_ in rows if first is None or d >= first]
 
 
 def _judge(dates: np.ndarray, closes: np.ndarray, opens: np.ndarray, anchor) -> tuple[str | None, dict]:
     """(since, found): the flags of the rows after `anchor` (every row if None)
     and of the REVERT_SESSIONS rows before it, from `since` on (None: no row to judge)."""
-    new_at = 0 if anchor is None else int(np.searchsorted(dates, anchor, side="right"))
-    first = max(1, new_at - REVERT_SESSIONS)
+    first = _first_judged(dates, anchor)
     found = {str(dates[f.index]): (f.kind, f.ratio) for f in detect(closes, first, opens)}
-    return (str(dates[first]) if first < len(dates) else None), found
+    return _judged_since(dates, anchor), found
+
+
+def _first_judged(dates: Sequence[str], anchor) -> int:
+    """The first row judged: REVERT_SESSIONS before the first after `anchor`."""
+    new_at = 0 if anchor is None else bisect_right(dates, anchor)
+    return max(1, new_at - REVERT_SESSIONS)
+
+
+def _judged_since(dates: Sequence[str], anchor) -> str | None:
+    first = _first_judged(dates, anchor)
+    return str(dates[first]) if first < len(dates) else None
+
+
+def _any_large_move(closes: list[float]) -> bool:
+    """Whether detect() would look at any move of these closes (read with
+    CANDIDATE_ROWS). A hair below MIN_MOVE: math.log and NumPy's may differ
+    in the last bit, and a move looked at needlessly costs only a read."""
+    logs = [math.log(c) for c in closes]
+    return any(abs(b - a) >= MIN_MOVE - 1e-9 for a, b in pairwise(logs))
 
 
 def _store(conn: sa.Connection, judged: list[tuple[str, str | None, dict]], now: str) -> None:

@@ -101,6 +101,31 @@ def test_ingest_stores_the_flags_and_judges_the_newest_again_day_by_day(tmp_path
     assert rows(fresh, query) == rows(engine, query)
 
 
+def test_nights_of_one_to_three_new_rows_flag_what_one_ingest_of_the_whole_files_flags(tmp_path):
+    """A night reads the context of a ticker only when one of its newest rows
+    moved enough to be judged: events at every distance from a night's first
+    new row, and calm tickers, end with the flags of a single ingest."""
+    c = np.concatenate([with_event("decimal error"), with_event("split 2:1")[1:] * 0.5, with_event("crash")[1:] * 0.25])
+    c[420:422] /= 10  # a bad print of two sessions
+    for at in range(170, 290, 13):  # 45% up for two sessions, then back by a move too small to look at
+        c[at : at + 2] *= 1.45
+        c[at + 2] *= 1.08
+    days = pd.bdate_range(end="2017-11-10", periods=len(c))
+    series = {"evt": c, "cal": calm_closes(len(c), seed=3), "low": calm_closes(len(c), seed=4, level=2.0)}
+    engine = store.connect(f"sqlite:///{tmp_path / 'nightly.db'}")
+    n, step = 140, 0
+    while n < len(c):
+        n, step = min(len(c), n + 1 + step % 3), step + 1
+        for name, closes in series.items():
+            write_file(tmp_path / "d" / "Stocks", f"{name}.us.txt", ohlc_file(closes[:n], days[:n]))
+        ingest(engine, [tmp_path / "d"], settle=0)
+    fresh = store.connect(f"sqlite:///{tmp_path / 'whole.db'}")
+    ingest(fresh, [tmp_path / "d"], settle=0)
+    query = "SELECT ticker, date, kind, ratio FROM price_flags ORDER BY ticker, date"
+    assert rows(engine, query) == rows(fresh, query)
+    assert {kind for _, _, kind, _ in rows(engine, query)} == {"bad_print", "revert", "split", "jump"}
+
+
 def test_a_revised_history_clears_the_flags_it_explains(tmp_path):
     days = pd.bdate_range(end="2017-11-10", periods=200)
     c = with_event("split 2:1")
