@@ -111,12 +111,12 @@ def late_tickers(conn: sa.Connection, model: ModelFile, as_of: str, shard: Shard
     unscored = (
         conn.execute(
             sa.select(t.ticker)
-            .select_from(
-                schema.tickers.join(schema.prices, sa.and_(p.ticker == t.ticker, p.date == as_of))
-            )  # one key seek per ticker
             .where(
                 t.first_date <= as_of,
                 t.last_date >= as_of,
+                # One key seek per ticker, planned so without statistics too (a
+                # join was planned as a scan of every price on SQLite).
+                sa.exists().where(p.ticker == t.ticker, p.date == as_of),
                 ~sa.exists().where(q.model_id == model.sha256, q.ticker == t.ticker, q.as_of == as_of),
             )
             .order_by(t.ticker)

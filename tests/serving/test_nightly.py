@@ -74,6 +74,47 @@ def test_two_nights_on_real_data(any_engine, shared_data, tiny_model, tmp_path):
     assert rows(any_engine, "SELECT as_of FROM latest_predictions WHERE ticker = 'aaxj'") == [("2017-11-09",)]
 
 
+def price_scans(db_path, statements):
+    """The statements whose SQLite plan reads the whole prices table (a SCAN of
+    it or of an alias of it), with the plan's line: a night's cost would grow
+    with years of history instead of with tickers."""
+    import sqlite3
+
+    found = []
+    with sqlite3.connect(db_path) as con:
+        for sql in statements:
+            if not re.match(r"\s*(SELECT|WITH|INSERT|UPDATE|DELETE)", sql, re.IGNORECASE):
+                continue
+            names = {"prices", *re.findall(r"\bprices\s+(?:AS\s+)?(\w+)", sql, re.IGNORECASE)}
+            for *_, detail in con.execute("EXPLAIN QUERY PLAN " + sql):
+                words = detail.split()
+                if words[0] == "SCAN" and words[1] in names - {"AS", "WHERE", "JOIN", "ON"}:
+                    found.append((detail, " ".join(sql.split())[:300]))
+    return found
+
+
+def test_a_night_seeks_prices_by_key_and_never_scans_them(tmp_path, shared_data, tiny_model):
+    """Every statement of a night (ingest, flags, catch-up, scoring, the health
+    verdict), as SQLite plans it without statistics, as a fresh database has none."""
+    from forecaster.serving.nightly import catch_up
+    from forecaster.serving.status import health
+
+    data, db = tmp_path / "data", tmp_path / "night.db"
+    cut = cut_copy(shared_data, data, "2017-11-07")
+    engine = store.connect(f"sqlite:///{db}")
+    predict(engine, tiny_model, data=[data], device="cpu")
+    statements = []
+    sa.event.listen(engine, "connect", lambda dbapi, _: dbapi.set_trace_callback(statements.append))
+    engine.dispose()  # new connections, traced (SQLite gives each statement with its values)
+    append_next_day(data, cut)
+    assert catch_up(engine, tiny_model, data=[data], device="cpu").runs[0].n_predictions == 9
+    append_next_day(data, cut)
+    assert predict(engine, tiny_model, data=[data], device="cpu").runs[0].n_predictions == 9
+    health(engine, owed="2017-11-09", outcomes=False)
+    assert any("FROM prices" in sql for sql in statements)  # the trace saw the night's reads
+    assert price_scans(db, statements) == []
+
+
 @pytest.mark.slow
 def test_backfill_is_point_in_time(any_engine, shared_data, tiny_model):
     from forecaster.data.ingest import ingest
