@@ -568,11 +568,11 @@ def print_table(r: dict) -> None:
             f"| first ingest, {i['files']} smaller files, {i['rows']:,} rows | {i['seconds']:.1f} s = "
             f"{i['rows_per_s']:,.0f} rows/s |"
         )
-    for key in ("nightly", "nightly_short_history", "nightly_20_rows"):
+    for key, model in (("nightly", ""), ("nightly_short_history", ""), ("nightly_20_rows", ", the 20-row model")):
         if key in r:
             n = r[key]
             print(
-                f"| nightly run, {n['tickers']} tickers x {n['history_days']} days | "
+                f"| nightly run, {n['tickers']} tickers x {n['history_days']} days{model} | "
                 f"{n['seconds']:.2f} s, peak RSS {n['peak_rss_mb']:.0f} MB |"
             )
     if "history_cost_ratio" in r:
