@@ -154,10 +154,12 @@ def judge_new_rows(
             by_anchor[judged_through].append(ticker)
     for anchor, tickers in by_anchor.items():
         for first in range(0, len(tickers), TICKERS_PER_QUERY):
+            batch = tickers[first : first + TICKERS_PER_QUERY]
             # Most nights no new move is large enough to be judged: the few rows
-            # that show it are read, and the context only where one is.
-            moved = []
-            for ticker, rows in _recent_rows(conn, tickers[first : first + TICKERS_PER_QUERY], anchor, CANDIDATE_ROWS):
+            # that show it are read, and the context only where one is. Without
+            # an anchor every row is judged, so there is nothing to look at first.
+            moved = batch if anchor is None else []
+            for ticker, rows in _recent_rows(conn, batch, anchor, CANDIDATE_ROWS) if anchor is not None else ():
                 if _any_large_move([close for _, close, _ in rows]):
                     moved.append(ticker)
                 else:
@@ -201,12 +203,18 @@ def _recent_rows(conn: sa.Connection, tickers: list[str], anchor: str | None, be
             .scalar_subquery()
         )
         starts.update(bulk.fetch_plain(conn, sa.select(t.ticker, start).where(t.ticker.in_(tickers))))
-    query = sa.select(p.ticker, p.date, p.close, p.open).where(p.ticker.in_(tickers))
-    if None not in starts.values():  # every ticker has enough rows before: none is read whole
-        query = query.where(p.date >= min(starts.values()))
-    for ticker, rows in groupby(bulk.fetch_plain(conn, query.order_by(p.ticker, p.date)), key=itemgetter(0)):
-        first = starts[ticker]
-        yield ticker, [(d, close, open_) for _, d, close, open_ in rows if first is None or d >= first]
+    # A ticker with fewer rows before is read whole, on its own: one young
+    # ticker does not make the whole batch read its history.
+    bounded = [ticker for ticker, start in starts.items() if start is not None]
+    whole = [ticker for ticker, start in starts.items() if start is None]
+    query = sa.select(p.ticker, p.date, p.close, p.open).order_by(p.ticker, p.date)
+    reads = [query.where(p.ticker.in_(whole))] if whole else []
+    if bounded:
+        reads.append(query.where(p.ticker.in_(bounded), p.date >= min(starts[t] for t in bounded)))
+    for read in reads:
+        for ticker, rows in groupby(bulk.fetch_plain(conn, read), key=itemgetter(0)):
+            first = starts[ticker]
+            yield ticker, [(d, close, open_) for _, d, close, open_ in rows if first is None or d >= first]
 
 
 def _judge(dates: np.ndarray, closes: np.ndarray, opens: np.ndarray, anchor) -> tuple[str | None, dict]:

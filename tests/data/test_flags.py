@@ -118,6 +118,8 @@ def test_nights_of_one_to_three_new_rows_flag_what_one_ingest_of_the_whole_files
         n, step = min(len(c), n + 1 + step % 3), step + 1
         for name, closes in series.items():
             write_file(tmp_path / "d" / "Stocks", f"{name}.us.txt", ohlc_file(closes[:n], days[:n]))
+        if n > 300:  # a ticker listed later: read whole while it has few rows, beside the others' few
+            write_file(tmp_path / "d" / "Stocks", "new.us.txt", ohlc_file(c[300:n] * 3, days[300:n]))
         ingest(engine, [tmp_path / "d"], settle=0)
     fresh = store.connect(f"sqlite:///{tmp_path / 'whole.db'}")
     ingest(fresh, [tmp_path / "d"], settle=0)
