@@ -18,8 +18,9 @@ calibration leave out windows that cross a flagged day, and the nightly run
 marks a prediction whose window holds one. A flag is decided from the rows
 up to REVERT_SESSIONS after it, so the newest days are judged again by the
 next ingest (a jump may turn out a bad print); `detect` over any stretch
-that starts CONTEXT rows before the days in question gives the same flags
-as over the whole history.
+that starts CONTEXT rows before the days in question, told of a bad print
+still being undone there (`revert_in_progress` of the flags stored before),
+gives the same flags as over the whole history.
 """
 
 from __future__ import annotations
@@ -61,15 +62,19 @@ class Flag:
     ratio: float  # this close over the previous one
 
 
-def detect(closes: np.ndarray, first: int = 1, opens: np.ndarray | None = None) -> list[Flag]:
+def detect(closes: np.ndarray, first: int = 1, opens: np.ndarray | None = None, reverted_at: int = -1) -> list[Flag]:
     """Flags for rows first.. of one ticker's closes (in date order), with
     its opens when known (a split opens at the new level). Rows before
-    `first` are context only (CONTEXT of them are enough)."""
+    `first` are context only (CONTEXT of them are enough), and `reverted_at`
+    is the revert row of a bad print that started before them
+    (`revert_in_progress`; -1: none)."""
     closes = np.asarray(closes, dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         moves = np.diff(np.log(closes))  # moves[i - 1]: row i over row i - 1
     flags: list[Flag] = []
-    reverted_at = -1  # the revert row of the last bad print: not a jump of its own
+    # reverted_at: the revert row of the last bad print, not a move of its own.
+    # Bad prints can follow one another (a vendor's run of misplaced decimals),
+    # so whether a move is a revert can hang on the bad print before it.
     with np.errstate(invalid="ignore"):
         large = np.flatnonzero(np.abs(moves) >= MIN_MOVE) + 1  # rare: the rest needs no look
     # A bad print that started just before `first` explains a move after it.
@@ -91,6 +96,21 @@ def detect(closes: np.ndarray, first: int = 1, opens: np.ndarray | None = None) 
         else:
             flags.append(Flag(i, "jump", ratio))
     return [f for f in flags if f.index >= first]
+
+
+def revert_in_progress(kinds: dict[int, str], first: int) -> int:
+    """The revert row of a bad print that started before `first - 2 x
+    REVERT_SESSIONS` and is undone at or after it, from one ticker's flags
+    {row: kind} before `first` (final: the rows after them are known), or -1.
+    This is what detect() would have carried there over the whole history."""
+    start = first - 2 * REVERT_SESSIONS
+    for back in sorted((row for row, kind in kinds.items() if kind == "revert" and row >= start), reverse=True):
+        began = back
+        while kinds.get(began - 1) == "bad_print":
+            began -= 1
+        if began < start:
+            return back
+    return -1
 
 
 def _typical_move(previous: np.ndarray) -> float:
@@ -164,11 +184,12 @@ def judge_new_rows(
                     moved.append(ticker)
                 else:
                     judged.append((ticker, _judged_since([d for d, _, _ in rows], anchor), {}))
-            for ticker, rows in _recent_rows(conn, moved, anchor, CONTEXT + REVERT_SESSIONS):
+            context = dict(_recent_rows(conn, moved, anchor, CONTEXT + REVERT_SESSIONS))
+            earlier = _kinds_before(conn, context, anchor)
+            for ticker, rows in context.items():
                 dates, closes, opens = zip(*rows, strict=True)
-                judged.append(
-                    (ticker, *_judge(np.array(dates, dtype=object), np.array(closes), np.array(opens), anchor))
-                )
+                columns = np.array(dates, dtype=object), np.array(closes), np.array(opens)
+                judged.append((ticker, *_judge(*columns, anchor, earlier[ticker])))
     for first in range(0, len(judged), TICKERS_PER_QUERY):
         _store(conn, judged[first : first + TICKERS_PER_QUERY], now)
     if owed:
@@ -217,12 +238,43 @@ def _recent_rows(conn: sa.Connection, tickers: list[str], anchor: str | None, be
             yield ticker, [(d, close, open_) for _, d, close, open_ in rows if first is None or d >= first]
 
 
-def _judge(dates: np.ndarray, closes: np.ndarray, opens: np.ndarray, anchor) -> tuple[str | None, dict]:
+def _judge(
+    dates: np.ndarray, closes: np.ndarray, opens: np.ndarray, anchor, earlier: dict[str, str] | None = None
+) -> tuple[str | None, dict]:
     """(since, found): the flags of the rows after `anchor` (every row if None)
-    and of the REVERT_SESSIONS rows before it, from `since` on (None: no row to judge)."""
+    and of the REVERT_SESSIONS rows before it, from `since` on (None: no row to
+    judge). `earlier`: the stored flags {date: kind} of the rows just before."""
     first = _first_judged(dates, anchor)
-    found = {str(dates[f.index]): (f.kind, f.ratio) for f in detect(closes, first, opens)}
+    row_of = {str(d): i for i, d in enumerate(dates)}
+    kinds = {row_of[d]: kind for d, kind in (earlier or {}).items() if d in row_of}
+    reverted_at = revert_in_progress(kinds, first)
+    found = {str(dates[f.index]): (f.kind, f.ratio) for f in detect(closes, first, opens, reverted_at)}
     return _judged_since(dates, anchor), found
+
+
+def _kinds_before(conn: sa.Connection, context: dict[str, list], anchor) -> dict[str, dict[str, str]]:
+    """{ticker: {date: kind}} of the flags stored on the 3 x REVERT_SESSIONS
+    rows before each ticker's first row judged (where a bad print still being
+    undone there began), from its rows read with their context: final, since
+    the rows after them are known."""
+    f = schema.price_flags.c
+    bounds = {
+        ticker: (rows[max(0, first - 3 * REVERT_SESSIONS)][0], rows[first][0])
+        for ticker, rows in context.items()
+        if (first := _first_judged([d for d, _, _ in rows], anchor)) < len(rows)
+    }
+    kinds: dict[str, dict[str, str]] = {ticker: {} for ticker in context}
+    if bounds:
+        query = sa.select(f.ticker, f.date, f.kind).where(
+            f.ticker.in_(list(bounds)),
+            f.date >= min(low for low, _ in bounds.values()),
+            f.date < max(high for _, high in bounds.values()),
+        )
+        for ticker, d, kind in bulk.fetch_plain(conn, query):
+            low, high = bounds[ticker]
+            if low <= d < high:
+                kinds[ticker][d] = kind
+    return kinds
 
 
 def _first_judged(dates: Sequence[str], anchor) -> int:

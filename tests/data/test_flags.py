@@ -58,10 +58,18 @@ def test_a_move_is_judged_again_once_the_next_days_show_it_reverted():
 
 def test_judging_from_a_later_row_with_its_context_finds_what_the_whole_history_finds():
     c = np.concatenate([with_event("decimal error"), with_event("split 2:1")[1:] * 0.5])
+    c[[250, 251, 253, 254]] /= 10  # bad prints one after another: whether 253 reverts hangs on 250
+    c[[300, 302, 304]] /= 10
     whole = flags.detect(c)
+    assert [f.kind for f in whole if 250 <= f.index <= 305] == ["bad_print"] * 2 + ["revert"] + ["bad_print"] * 2 + [
+        "revert",
+        *["bad_print", "revert"] * 3,
+    ]
     for first in range(140, len(c)):
         start = max(0, first - flags.CONTEXT)
-        part = [(f.index + start, f.kind) for f in flags.detect(c[start:], first - start)]
+        before = {f.index - start: f.kind for f in whole if start <= f.index < first}
+        carried = flags.revert_in_progress(before, first - start)
+        part = [(f.index + start, f.kind) for f in flags.detect(c[start:], first - start, reverted_at=carried)]
         assert part == [(f.index, f.kind) for f in whole if f.index >= first], first
 
 
@@ -107,6 +115,8 @@ def test_nights_of_one_to_three_new_rows_flag_what_one_ingest_of_the_whole_files
     new row, and calm tickers, end with the flags of a single ingest."""
     c = np.concatenate([with_event("decimal error"), with_event("split 2:1")[1:] * 0.5, with_event("crash")[1:] * 0.25])
     c[420:422] /= 10  # a bad print of two sessions
+    for at in range(440, 560, 23):  # runs of bad prints, each undoing the one before
+        c[[at, at + 1, at + 3, at + 4, at + 6, at + 8]] /= 10
     for at in range(170, 290, 13):  # 45% up for two sessions, then back by a move too small to look at
         c[at : at + 2] *= 1.45
         c[at + 2] *= 1.08
