@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   := demo
 
-.PHONY: install test test-fast lint format postgres chromium demo bench seed-comparison scaling-comparison interval-comparison interval-end-to-end refit-comparison flag-comparison report-comparison clean
+.PHONY: install test test-fast lint format postgres chromium demo bench seed-comparison scaling-comparison interval-comparison interval-additions interval-end-to-end refit-comparison flag-comparison report-comparison clean
 
 install: $(STAMP)
 
@@ -65,6 +65,10 @@ bench: install
 interval-comparison: install
 	$(BIN)/pip install --quiet -e '.[interval-comparison]'
 	$(BIN)/python benchmarks/interval_comparison.py
+
+interval-additions: install
+	$(BIN)/pip install --quiet -e '.[interval-comparison]'
+	$(BIN)/python benchmarks/interval_additions.py
 
 interval-end-to-end: install
 	$(BIN)/pip install --quiet -e '.[interval-comparison]'
