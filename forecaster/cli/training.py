@@ -271,6 +271,16 @@ def info(model, as_json):
         f"seq_len {meta['seq_len']}, features {', '.join(meta['features'])}"
     )
     click.echo(f"scaling   {meta['scaling']['method']}")
+    click.echo(f"reads     {meta.get('input_rows', meta['seq_len'])} rows per ticker")
+    if calibration := meta.get("intervals"):
+        quantiles = ", ".join(
+            f"{round(100 * level)}% {q:.3f}"
+            for level, q in zip(calibration["levels"], calibration["quantiles"], strict=True)
+        )
+        click.echo(
+            f"intervals {calibration['method']} volatility, score quantiles {quantiles} "
+            f"(from {calibration['n']} validation windows)"
+        )
     click.echo(f"data      sha256 {training['data_sha256']}")
     for ticker, t in training["tickers"].items():
         m = meta["metrics"].get("tickers", {}).get(ticker, {})

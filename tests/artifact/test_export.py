@@ -179,6 +179,12 @@ def test_info_shows_the_metadata(onnx_path, tmp_path):
     assert f"sha256    {sha}" in result.output
     assert "2x8 LSTM, seq_len 20, features open, high, low, close" in result.output
     assert "aa         " in result.output and "held-out RMSE" in result.output
+    calibration = load_model(tmp_path / "m.onnx").metadata["intervals"]
+    q80, q95 = calibration["quantiles"]
+    assert f"reads     {load_model(tmp_path / 'm.onnx').input_rows} rows per ticker" in result.output
+    assert (
+        f"intervals {calibration['method']} volatility, score quantiles 80% {q80:.3f}, 95% {q95:.3f}" in result.output
+    )
 
 
 @pytest.mark.slow
