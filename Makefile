@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   := demo
 
-.PHONY: install test test-fast lint format postgres chromium demo bench seed-comparison scaling-comparison interval-comparison interval-additions interval-end-to-end refit-comparison flag-comparison report-comparison clean
+.PHONY: install test test-fast lint format postgres chromium demo bench seed-comparison scaling-comparison interval-comparison interval-additions interval-end-to-end health-queries refit-comparison flag-comparison report-comparison clean
 
 install: $(STAMP)
 
@@ -73,6 +73,9 @@ interval-additions: install
 interval-end-to-end: install
 	$(BIN)/pip install --quiet -e '.[interval-comparison]'
 	$(BIN)/python benchmarks/interval_end_to_end.py
+
+health-queries: install
+	$(BIN)/python benchmarks/health_queries.py
 
 refit-comparison: install
 	$(BIN)/python benchmarks/refit_comparison.py
