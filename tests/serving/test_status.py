@@ -78,29 +78,30 @@ def coverage_read_whole(engine, window):
             {"n": window},
         ).scalar()
         query = "SELECT COUNT(DISTINCT as_of), COUNT(*), AVG(in80) FROM prediction_outcomes WHERE served = 1 "
-        return tuple(conn.execute(sa.text(query + "AND in80 IS NOT NULL AND as_of >= :f"), {"f": first}).one())
+        found = conn.execute(sa.text(query + "AND in80 IS NOT NULL AND as_of >= :f"), {"f": first}).one()
+        return tuple(float(x) for x in found)  # PostgreSQL's AVG of integers is a Decimal
 
 
 @pytest.mark.slow
 def test_coverage_is_read_from_the_newest_runs_and_from_every_outcome_when_they_hold_too_few(
-    engine, shared_data, tiny_model
+    any_engine, shared_data, tiny_model
 ):
     """Coverage asks for the sessions of the model's last runs first, all only
     when those hold too few outcomes, and the realised ratio for the sessions
     of the runs since promotion: the figures are those of every outcome."""
-    scored(engine, tiny_model, shared_data)  # 30 sessions: 20 found among the newest runs', 60 not
+    scored(any_engine, tiny_model, shared_data)  # 30 sessions: 20 found among the newest runs', 60 not
     for unknown in (None, "2017-10-20"):  # then the outcomes of the newest 15 sessions unknown
         if unknown:
-            with engine.begin() as conn:
+            with any_engine.begin() as conn:
                 conn.execute(sa.text("DELETE FROM prices WHERE date > :d"), {"d": unknown})
-        h = health(engine, at=EVENING)
+        h = health(any_engine, at=EVENING)
         for window in ("20", "60"):
             c = h.coverage["80"][window]
             assert (c["sessions"], c["outcomes"], c["coverage"]) == pytest.approx(
-                coverage_read_whole(engine, int(window))
+                coverage_read_whole(any_engine, int(window))
             )
     assert h.coverage["80"]["20"]["sessions"] == 14  # 2017-10-02..2017-10-19: every session with an outcome
-    with engine.connect() as conn:  # the realised ratio, read with an as_of bound, is that of every outcome
+    with any_engine.connect() as conn:  # the realised ratio, read with an as_of bound, is that of every outcome
         ratio = conn.execute(
             sa.text(
                 "SELECT sqrt(AVG((error / last_close) * (error / last_close))) / "
@@ -108,7 +109,7 @@ def test_coverage_is_read_from_the_newest_runs_and_from_every_outcome_when_they_
                 "FROM prediction_outcomes WHERE served = 1 AND actual_close IS NOT NULL"
             )
         ).scalar()
-    assert h.realised_ratio == pytest.approx(ratio) and ratio != pytest.approx(1.0)
+    assert h.realised_ratio == pytest.approx(float(ratio)) and float(ratio) != pytest.approx(1.0)
 
 
 @pytest.mark.slow
