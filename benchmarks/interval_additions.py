@@ -5,7 +5,8 @@ and calibration windows, days scored, score relative to RiskMetrics').
 None of them is in the library; each was a candidate for the goal of 0.97x
 RiskMetrics' score (docs/intervals.md says what came of them):
 
-  asymmetric      conformal quantiles of the signed score, one per tail
+  asymmetric      the empirical quantiles of the signed score, one per tail
+                  (10% and 90%, 2.5% and 97.5%; no conformal rank)
   + friday        a regressor: the next weekday is after a weekend
   + actual gap    the log of the calendar days to the next row (known only
                   afterwards, holidays included: an upper bound for any calendar regressor)
@@ -22,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from forecaster import intervals as iv
-from forecaster.data.windows import gather, reaching_back
+from forecaster.data.windows import reaching_back
 from forecaster.features import CLOSE
 
 L, S = iv.LONG_ROWS, ic.SEQ_LEN
@@ -37,14 +38,13 @@ VARIANTS = (  # (label, the extra regressors, one quantile per tail)
 
 
 def every_evening(universe) -> np.ndarray:
-    """(N, 6) har60's features of the window ending at every row that has LONG_ROWS of history and a next row."""
+    """(N, 6) har60's features of the window ending at every row that has LONG_ROWS of history
+    (a ticker's last row too: the market factor of an evening knows nothing of who trades next)."""
     out = np.full((len(universe.dates), 6), np.nan)
-    ends = np.concatenate(
-        [np.arange(universe.starts[k] + L - 1, universe.starts[k + 1] - 1) for k in range(len(universe))]
-    )
+    ends = np.concatenate([np.arange(universe.starts[k] + L - 1, universe.starts[k + 1]) for k in range(len(universe))])
     for i in range(0, len(ends), ic.CHUNK):
         part = ends[i : i + ic.CHUNK]
-        windows, _ = gather(universe, part - L + 1, L)
+        windows = universe.ohlc[part[:, None] - L + 1 + np.arange(L)]
         out[part] = np.column_stack(iv.har60_features(windows.astype(np.float64)))
     return out
 
@@ -98,9 +98,10 @@ def main() -> int:
 
         if period == next(iter(ic.PERIODS)):
             print(
-                "| period | method | 80% score | coverage | stocks | ETFs | 95% score | coverage | stocks | ETFs | nu |"
+                "| period | method | 80% score | coverage | stocks | ETFs | 95% score | coverage | stocks | ETFs | nu "
+                "| added coefficients |"
             )
-            print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+            print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for label, extra, asymmetric in VARIANTS:
             design = {k: np.column_stack([c[""]] + ([c[extra]] if extra else [])) for k, c in columns.items()}
             b, nu = iv.fit_student_t_scale(design["fit"], fit_returns)
@@ -120,7 +121,8 @@ def main() -> int:
                 f"{fig[level]['stocks']['score_ratio']:.4f} | {fig[level]['etfs']['score_ratio']:.4f}"
                 for level in ("80", "95")
             ]
-            print(f"| {period} | {label} | {' | '.join(cells)} | {nu:.2f} |", flush=True)
+            extra_b = ", ".join(f"{x:+.3f}" for x in b[7:]) or "-"
+            print(f"| {period} | {label} | {' | '.join(cells)} | {nu:.2f} | {extra_b} |", flush=True)
     return 0
 
 

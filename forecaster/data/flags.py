@@ -66,8 +66,8 @@ def detect(closes: np.ndarray, first: int = 1, opens: np.ndarray | None = None, 
     """Flags for rows first.. of one ticker's closes (in date order), with
     its opens when known (a split opens at the new level). Rows before
     `first` are context only (CONTEXT of them are enough), and `reverted_at`
-    is the revert row of a bad print that started before them
-    (`revert_in_progress`; -1: none)."""
+    is the revert row of a bad print that started before the rows looked at
+    again (first - 2 x REVERT_SESSIONS on; `revert_in_progress`; -1: none)."""
     closes = np.asarray(closes, dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         moves = np.diff(np.log(closes))  # moves[i - 1]: row i over row i - 1
@@ -101,7 +101,8 @@ def detect(closes: np.ndarray, first: int = 1, opens: np.ndarray | None = None, 
 def revert_in_progress(kinds: dict[int, str], first: int) -> int:
     """The revert row of a bad print that started before `first - 2 x
     REVERT_SESSIONS` and is undone at or after it, from one ticker's flags
-    {row: kind} before `first` (final: the rows after them are known), or -1.
+    {row: kind} before `first` (final: the rows after them are known, and a
+    late row or an older schema has the ticker judged whole), or -1.
     This is what detect() would have carried there over the whole history."""
     start = first - 2 * REVERT_SESSIONS
     for back in sorted((row for row, kind in kinds.items() if kind == "revert" and row >= start), reverse=True):

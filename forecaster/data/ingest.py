@@ -201,6 +201,7 @@ def _write(engine: sa.Engine, results: list[FileResult], report: IngestReport, r
     now = utc_now()
     rejects, ledgers, dates = [], [], Counter()
     changed: dict[str, _Summary] = {}
+    backfilled: set[str] = set()  # tickers given rows dated before their newest stored
     # A ticker in two files of this batch (x.us.txt beside x.csv): the second
     # file must see the first one's rows, so those are inserted at once; all
     # other rows go in together at the end (one bulk insert, not one per file).
@@ -239,7 +240,10 @@ def _write(engine: sa.Engine, results: list[FileResult], report: IngestReport, r
                     else:
                         deferred.append(records)
                     dates.update(new.dates.tolist())
-                    changed[res.ticker] = summaries[res.ticker] = _merged(summaries.get(res.ticker), new)
+                    stored = summaries.get(res.ticker)
+                    if stored is not None and min(new.dates) <= stored.last_date:
+                        backfilled.add(res.ticker)  # a day that arrived late: judged with its neighbours again
+                    changed[res.ticker] = summaries[res.ticker] = _merged(stored, new)
             if res.ticker is None:
                 report.files_unreadable += 1
                 report.problems.append(f"{res.path}: {file_rejects[0].reason}")
@@ -307,6 +311,8 @@ def _write(engine: sa.Engine, results: list[FileResult], report: IngestReport, r
                 ).scalars()
             )
             conn.execute(schema.tickers.update().where(t.ticker.in_(names)).values(judged_through=None))
+        if backfilled:  # rows dated before the newest judged: the ticker is judged again from its first day
+            conn.execute(schema.tickers.update().where(t.ticker.in_(sorted(backfilled))).values(judged_through=None))
         flags.judge_new_rows(conn, now, whole)
         if revised:
             after = Counter(

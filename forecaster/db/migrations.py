@@ -95,6 +95,13 @@ def _add_price_flags(conn: sa.Connection) -> None:
         conn.exec_driver_sql("ALTER TABLE tickers ADD COLUMN judged_through VARCHAR(10)")
 
 
+def _judge_flags_again(conn: sa.Connection) -> None:
+    """Every stored history judged again by the next ingest: flags judged night
+    by night before 2026-12-02 could call the last revert of a run of bad
+    prints a split."""
+    conn.exec_driver_sql("UPDATE tickers SET judged_through = NULL")
+
+
 # MIGRATIONS[v] upgrades a database's tables from version v to v + 1 (the
 # views are rebuilt once after the last step). Never edit one that has
 # shipped: databases out there were upgraded by it.
@@ -106,4 +113,5 @@ MIGRATIONS = {
     5: _views_only,  # 6: latest_predictions keeps serving across a promotion, sessions_behind; outcomes' served
     6: _add_after_run_id,  # 7: promotions.after_run_id; served is the one prediction per ticker and as_of served
     7: _add_price_flags,  # 8: price_flags, tickers.judged_through (the next ingest judges every stored history)
+    8: _judge_flags_again,  # 9: the next ingest judges every stored history again (runs of bad prints)
 }

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from ..intervals import COLUMNS as INTERVAL_COLUMNS
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 # latest_predictions shows a ticker while its newest prediction is at most this
 # many sessions (dates with prices) behind the newest served: one that stopped
 # trading is retired from it, not shown as tomorrow's forecast for weeks.

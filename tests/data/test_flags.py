@@ -170,6 +170,42 @@ def test_an_older_database_judges_its_stored_history_on_the_next_ingest(tmp_path
         assert conn.execute(sa.text("SELECT COUNT(*) FROM tickers WHERE judged_through = last_date")).scalar() == 4
 
 
+def test_a_database_of_schema_8_judges_its_flags_again_on_the_next_ingest(tmp_path, sample_dir):
+    """Judged night by night before version 9, a run of bad prints could end in a split."""
+    db = tmp_path / "v8.db"
+    days = pd.bdate_range(end="2017-11-10", periods=200)
+    c = calm_closes()
+    c[[151, 152, 154, 155]] /= 10
+    write_file(sample_dir / "Stocks", "run.us.txt", ohlc_file(c, days))
+    engine = store.connect(f"sqlite:///{db}")
+    ingest(engine, [sample_dir], settle=0)
+    right = rows(engine, "SELECT ticker, date, kind FROM price_flags ORDER BY ticker, date")
+    assert right[-1] == ("run", f"{days[156]:%Y-%m-%d}", "revert")
+    with engine.begin() as conn:  # as version 8 could have left it
+        conn.exec_driver_sql(f"UPDATE price_flags SET kind = 'split' WHERE date = '{days[156]:%Y-%m-%d}'")
+        conn.exec_driver_sql("UPDATE schema_info SET version = 8")
+    engine.dispose()
+    ingest(store.connect(f"sqlite:///{db}"), [sample_dir], settle=0)  # nothing new in the files
+    assert rows(engine, "SELECT ticker, date, kind FROM price_flags ORDER BY ticker, date") == right
+
+
+def test_a_day_that_arrives_late_is_judged_with_its_neighbours(tmp_path):
+    """The vendor fills a missing day after later ones were stored and judged."""
+    days = pd.bdate_range(end="2017-11-10", periods=180)
+    c = calm_closes(180, seed=2)
+    c[150] /= 10  # a bad print, right again the next day: missing from the file until later
+    engine = store.connect(f"sqlite:///{tmp_path / 'late.db'}")
+    for n in range(140, 181, 3):
+        kept = [i for i in range(n) if i != 150 or n >= 170]
+        write_file(tmp_path / "d" / "Stocks", "lat.us.txt", ohlc_file(c[kept], days[kept]))
+        ingest(engine, [tmp_path / "d"], settle=0)
+    query = "SELECT ticker, date, kind FROM price_flags ORDER BY ticker, date"
+    assert rows(engine, query) == [
+        ("lat", f"{days[150]:%Y-%m-%d}", "bad_print"),
+        ("lat", f"{days[151]:%Y-%m-%d}", "revert"),
+    ]
+
+
 @pytest.mark.slow
 def test_the_real_universe_is_flagged_the_same_way_every_time(tmp_path, shared_universe):
     """400 real tickers: two fresh ingests flag the same days, every flag's
