@@ -131,7 +131,12 @@ def load_model(path: str | Path, device: str = "cpu") -> ModelFile:
 def describe(path: str | Path) -> dict:
     """What `forecaster info` prints: the metadata and the file's sha256."""
     model = load_model(path, "cpu")
-    return {"path": str(model.path), "sha256": model.sha256, **model.metadata}
+    numbers = {  # ONNX metadata holds strings: shown as the numbers they are
+        "seq_len": model.seq_len,
+        "input_rows": model.input_rows,
+        "train_input_extent": model.train_input_extent,
+    }
+    return {"path": str(model.path), "sha256": model.sha256, **model.metadata, **numbers}
 
 
 def nvidia_driver_present() -> bool:

@@ -271,8 +271,14 @@ def info(model, as_json):
         f"seq_len {meta['seq_len']}, features {', '.join(meta['features'])}"
     )
     click.echo(f"scaling   {meta['scaling']['method']}")
-    click.echo(f"reads     {meta.get('input_rows', meta['seq_len'])} rows per ticker")
-    if calibration := meta.get("intervals"):
+    calibration = meta.get("intervals")
+    why = ""
+    if meta["input_rows"] != meta["seq_len"] and calibration:
+        why = (
+            f" (the network the newest {meta['seq_len']}, the {calibration['method']} volatility {calibration['rows']})"
+        )
+    click.echo(f"reads     {meta['input_rows']} rows per ticker{why}")
+    if calibration:
         quantiles = ", ".join(
             f"{round(100 * level)}% {q:.3f}"
             for level, q in zip(calibration["levels"], calibration["quantiles"], strict=True)

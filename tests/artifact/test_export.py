@@ -1,3 +1,4 @@
+import json
 import shutil
 
 import numpy as np
@@ -181,10 +182,14 @@ def test_info_shows_the_metadata(onnx_path, tmp_path):
     assert "aa         " in result.output and "held-out RMSE" in result.output
     calibration = load_model(tmp_path / "m.onnx").metadata["intervals"]
     q80, q95 = calibration["quantiles"]
-    assert f"reads     {load_model(tmp_path / 'm.onnx').input_rows} rows per ticker" in result.output
+    assert "reads     60 rows per ticker (the network the newest 20, the har60 volatility 60)" in result.output
     assert (
-        f"intervals {calibration['method']} volatility, score quantiles 80% {q80:.3f}, 95% {q95:.3f}" in result.output
+        f"intervals {calibration['method']} volatility, score quantiles 80% {q80:.3f}, 95% {q95:.3f} "
+        f"(from {calibration['n']} validation windows)" in result.output
     )
+    said = json.loads(CliRunner().invoke(main, ["info", "--json", str(tmp_path / "m.onnx")]).output)
+    assert (said["seq_len"], said["input_rows"], said["intervals"]["method"]) == (20, 60, "har60")
+    assert isinstance(said["train_input_extent"], float) and said["sha256"] == sha
 
 
 @pytest.mark.slow
