@@ -67,18 +67,20 @@ def test_a_missed_night_is_failed_and_a_late_vendor_is_waiting(any_engine, share
     assert health(any_engine, at=dt.datetime(2017, 11, 10, 15, 0, tzinfo=dt.UTC)).exit_code == 0
 
 
-def coverage_read_whole(engine, window):
-    """The coverage of the newest `window` sessions with outcomes, from every stored outcome."""
+def coverage_read_whole(engine, model, window):
+    """The coverage of the newest `window` sessions with outcomes of the model's served predictions, from every
+    stored outcome."""
     with engine.connect() as conn:
         first = conn.execute(
             sa.text(
                 "SELECT MIN(as_of) FROM (SELECT DISTINCT as_of FROM prediction_outcomes "
-                "WHERE served = 1 AND in80 IS NOT NULL ORDER BY as_of DESC LIMIT :n) AS recent"
+                "WHERE model_id = :m AND served = 1 AND in80 IS NOT NULL ORDER BY as_of DESC LIMIT :n) AS recent"
             ),
-            {"n": window},
+            {"n": window, "m": model},
         ).scalar()
         query = "SELECT COUNT(DISTINCT as_of), COUNT(*), AVG(in80) FROM prediction_outcomes WHERE served = 1 "
-        found = conn.execute(sa.text(query + "AND in80 IS NOT NULL AND as_of >= :f"), {"f": first}).one()
+        query += "AND model_id = :m AND in80 IS NOT NULL AND as_of >= :f"
+        found = conn.execute(sa.text(query), {"f": first, "m": model}).one()
         return tuple(float(x) for x in found)  # PostgreSQL's AVG of integers is a Decimal
 
 
@@ -98,7 +100,7 @@ def test_coverage_is_read_from_the_newest_runs_and_from_every_outcome_when_they_
         for window in ("20", "60"):
             c = h.coverage["80"][window]
             assert (c["sessions"], c["outcomes"], c["coverage"]) == pytest.approx(
-                coverage_read_whole(any_engine, int(window))
+                coverage_read_whole(any_engine, h.model_id, int(window))
             )
     assert h.coverage["80"]["20"]["sessions"] == 14  # 2017-10-02..2017-10-19: every session with an outcome
     with any_engine.connect() as conn:  # the realised ratio, read with an as_of bound, is that of every outcome
