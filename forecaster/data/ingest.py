@@ -201,7 +201,7 @@ def _write(engine: sa.Engine, results: list[FileResult], report: IngestReport, r
     now = utc_now()
     rejects, ledgers, dates = [], [], Counter()
     changed: dict[str, _Summary] = {}
-    backfilled: set[str] = set()  # tickers given rows dated before their newest stored
+    backfilled: dict[str, str] = {}  # ticker -> the earliest new row dated before its newest stored
     # A ticker in two files of this batch (x.us.txt beside x.csv): the second
     # file must see the first one's rows, so those are inserted at once; all
     # other rows go in together at the end (one bulk insert, not one per file).
@@ -241,8 +241,8 @@ def _write(engine: sa.Engine, results: list[FileResult], report: IngestReport, r
                         deferred.append(records)
                     dates.update(new.dates.tolist())
                     stored = summaries.get(res.ticker)
-                    if stored is not None and min(new.dates) <= stored.last_date:
-                        backfilled.add(res.ticker)  # a day that arrived late: judged with its neighbours again
+                    if stored is not None and min(new.dates) <= stored.last_date:  # a day that arrived late
+                        backfilled[res.ticker] = min(backfilled.get(res.ticker, stored.last_date), min(new.dates))
                     changed[res.ticker] = summaries[res.ticker] = _merged(stored, new)
             if res.ticker is None:
                 report.files_unreadable += 1
@@ -311,8 +311,8 @@ def _write(engine: sa.Engine, results: list[FileResult], report: IngestReport, r
                 ).scalars()
             )
             conn.execute(schema.tickers.update().where(t.ticker.in_(names)).values(judged_through=None))
-        if backfilled:  # rows dated before the newest judged: the ticker is judged again from its first day
-            conn.execute(schema.tickers.update().where(t.ticker.in_(sorted(backfilled))).values(judged_through=None))
+        for ticker, earliest in backfilled.items():
+            _judge_again_from(conn, ticker, earliest)
         flags.judge_new_rows(conn, now, whole)
         if revised:
             after = Counter(
@@ -363,6 +363,20 @@ def _summaries(conn: sa.Connection, tickers: set[str]) -> dict[str, _Summary]:
         return {name: _Summary(*rest) for name, *rest in bulk.fetch_plain(conn, columns) if name in tickers}
     names = sorted(tickers)
     return {name: _Summary(*rest) for name, *rest in bulk.fetch_plain(conn, columns.where(t.ticker.in_(names)))}
+
+
+def _judge_again_from(conn: sa.Connection, ticker: str, earliest: str) -> None:
+    """A row dated `earliest` arrived after later ones were judged: the
+    ticker is judged again from there, as from a night whose first new row it
+    is (judged_through: its stored row before, if judged that far; NULL,
+    the whole history, if it has none)."""
+    t, before = schema.tickers.c, schema.prices.alias("before")
+    stored_before = (
+        sa.select(sa.func.max(before.c.date))
+        .where(before.c.ticker == t.ticker, before.c.date < earliest, before.c.date <= t.judged_through)
+        .scalar_subquery()
+    )
+    conn.execute(schema.tickers.update().where(t.ticker == ticker).values(judged_through=stored_before))
 
 
 def _merged(summary: _Summary | None, rows: Rows) -> _Summary:

@@ -189,16 +189,24 @@ def test_a_database_of_schema_8_judges_its_flags_again_on_the_next_ingest(tmp_pa
     assert rows(engine, "SELECT ticker, date, kind FROM price_flags ORDER BY ticker, date") == right
 
 
-def test_a_day_that_arrives_late_is_judged_with_its_neighbours(tmp_path):
-    """The vendor fills a missing day after later ones were stored and judged."""
+def test_a_day_that_arrives_late_is_judged_with_its_neighbours(tmp_path, monkeypatch, any_db_url):
+    """The vendor fills a missing day after later ones were stored and judged:
+    the ticker is judged again from there, not read whole."""
     days = pd.bdate_range(end="2017-11-10", periods=180)
     c = calm_closes(180, seed=2)
     c[150] /= 10  # a bad print, right again the next day: missing from the file until later
-    engine = store.connect(f"sqlite:///{tmp_path / 'late.db'}")
+    engine = store.connect(any_db_url)
+    anchors = []
+    recent_rows = flags._recent_rows
+    monkeypatch.setattr(
+        flags, "_recent_rows", lambda conn, t, anchor, n: anchors.append(anchor) or recent_rows(conn, t, anchor, n)
+    )
     for n in range(140, 181, 3):
         kept = [i for i in range(n) if i != 150 or n >= 170]
         write_file(tmp_path / "d" / "Stocks", "lat.us.txt", ohlc_file(c[kept], days[kept]))
         ingest(engine, [tmp_path / "d"], settle=0)
+        if n == 170:
+            assert f"{days[149]:%Y-%m-%d}" in anchors and None not in anchors
     query = "SELECT ticker, date, kind FROM price_flags ORDER BY ticker, date"
     assert rows(engine, query) == [
         ("lat", f"{days[150]:%Y-%m-%d}", "bad_print"),
