@@ -69,15 +69,8 @@ def main() -> int:
     universe, etf = ic.load(ic.SHARED / "universe")
     features = every_evening(universe)
     market = market_medians(universe, features)
-    for period, (through, first, last_day) in ic.PERIODS.items():
-        rows, targets = ic.windows_by_target(universe, S)
-        kept = ic.clean(universe, rows, S)
-        fit_rows, cal_rows = ic.fit_and_calibration(universe, kept, universe.dates[kept + S], through)
-        test = rows[(targets >= first) & (targets <= last_day)]
-        test = test[reaching_back(universe, test, S, L)[1]]
-        actual = universe.ohlc[test + S, CLOSE].astype(np.float64)
-        last = universe.ohlc[test + S - 1, CLOSE].astype(np.float64)
-        sigma = ic.riskmetrics_at(universe, test, S)
+    for period, span in ic.PERIODS.items():
+        fit_rows, cal_rows, test, actual, last, sigma = ic.period_windows(universe, span)
         if len(fit_rows) > iv.HAR_FIT_WINDOWS:  # the sample training fits on
             fit_rows = np.sort(np.random.default_rng(0).choice(fit_rows, iv.HAR_FIT_WINDOWS, replace=False))
         fit_starts, _ = reaching_back(universe, fit_rows, S, L, skip_flagged=True)

@@ -167,10 +167,10 @@ def gjr_garch_t(universe: Universe, through: int) -> tuple[np.ndarray, dict]:
     return sigma, dict(zip(names, np.median(np.array(fitted), axis=0).tolist(), strict=True)) if fitted else {}
 
 
-def evaluate(universe: Universe, etf: np.ndarray, period: tuple[int, int, int], network: bool = True) -> dict:
-    """Every method over one period: calibrated on the last VAL_FRACTION of
-    each ticker's fitting windows, scored on the days whose ticker has the
-    LONG_ROWS of history the longest window reads (the same days for all)."""
+def period_windows(universe: Universe, period: tuple[int, int, int]):
+    """(fitting rows, calibration rows, test rows, their next and last closes,
+    RiskMetrics' sigma on them) of one period: the windows every method is
+    fitted, calibrated and scored on (test days: those with LONG_ROWS of history)."""
     through, first, last_day = period
     rows, targets = windows_by_target(universe, SEQ_LEN)
     kept = clean(universe, rows, SEQ_LEN)
@@ -179,7 +179,15 @@ def evaluate(universe: Universe, etf: np.ndarray, period: tuple[int, int, int], 
     test = test[reaching_back(universe, test, SEQ_LEN, iv.LONG_ROWS)[1]]
     actual = universe.ohlc[test + SEQ_LEN, CLOSE].astype(np.float64)
     last = universe.ohlc[test + SEQ_LEN - 1, CLOSE].astype(np.float64)
-    sigma = riskmetrics_at(universe, test, SEQ_LEN)
+    return fit_rows, cal_rows, test, actual, last, riskmetrics_at(universe, test, SEQ_LEN)
+
+
+def evaluate(universe: Universe, etf: np.ndarray, period: tuple[int, int, int], network: bool = True) -> dict:
+    """Every method over one period: calibrated on the last VAL_FRACTION of
+    each ticker's fitting windows, scored on the days whose ticker has the
+    LONG_ROWS of history the longest window reads (the same days for all)."""
+    through = period[0]
+    fit_rows, cal_rows, test, actual, last, sigma = period_windows(universe, period)
     scales, extra = {}, {}  # per method: (calibration rows kept, their scale, the test days' scale)
     for method in METHODS:
         length = iv.input_rows(method, SEQ_LEN)

@@ -101,8 +101,9 @@ def detect(closes: np.ndarray, first: int = 1, opens: np.ndarray | None = None, 
 def revert_in_progress(kinds: dict[int, str], first: int) -> int:
     """The revert row of a bad print that started before `first - 2 x
     REVERT_SESSIONS` and is undone at or after it, from one ticker's flags
-    {row: kind} before `first` (final: the rows after them are known, and a
-    late row or an older schema has the ticker judged whole), or -1.
+    {row: kind} before `first` (final: the rows after them are known; a row
+    that arrives late is judged as a night's first new row, and an older
+    schema's flags are judged again whole), or -1.
     This is what detect() would have carried there over the whole history."""
     start = first - 2 * REVERT_SESSIONS
     for back in sorted((row for row, kind in kinds.items() if kind == "revert" and row >= start), reverse=True):
