@@ -12,11 +12,19 @@ RiskMetrics' score (docs/intervals.md says what came of them):
                   afterwards, holidays included: an upper bound for any calendar regressor)
   + market 3 / 6  the cross-sectional median, that evening over every ticker
                   with the rows, of har60's day, week and month features / of all six
+  + seasonal      for each of the last four quarters, the largest range variance
+                  within 2 rows of 63, 126, 189 and 252 rows before the target, as
+                  the log of its ratio to the month's mean when above it (0 below,
+                  and where the ticker's history is shorter): earnings come back
+                  every quarter, and daily prices carry no calendar of them
+  per ticker      the conformal quantiles per ticker, shrunk to the pooled ones
+                  with weight n / (n + SHRINK) for a ticker's n calibration windows
 """
 
 from __future__ import annotations
 
 import sys
+import warnings
 
 import interval_comparison as ic
 import numpy as np
@@ -24,16 +32,21 @@ import pandas as pd
 
 from forecaster import intervals as iv
 from forecaster.data.windows import reaching_back
-from forecaster.features import CLOSE
+from forecaster.intervals import CLOSE
 
 L, S = iv.LONG_ROWS, ic.SEQ_LEN
-VARIANTS = (  # (label, the extra regressors, one quantile per tail)
-    ("har60", None, False),
-    ("har60, asymmetric", None, True),
-    ("har60 + friday", "friday", False),
-    ("har60 + actual gap", "gap", False),
-    ("har60 + market 3", "market 3", False),
-    ("har60 + market 6", "market 6", False),
+QUARTER, BAND = 63, 2  # trading days in a quarter; rows either side an earnings day may fall
+SHRINK = 500  # calibration windows at which a ticker's own quantile weighs half
+VARIANTS = (  # (label, the extra regressors, the calibration: pooled, per tail or per ticker)
+    ("har60", (), "pooled"),
+    ("har60, asymmetric", (), "per tail"),
+    ("har60, per ticker", (), "per ticker"),
+    ("har60 + friday", ("friday",), "pooled"),
+    ("har60 + actual gap", ("gap",), "pooled"),
+    ("har60 + market 3", ("market 3",), "pooled"),
+    ("har60 + market 6", ("market 6",), "pooled"),
+    ("har60 + seasonal", ("seasonal",), "pooled"),
+    ("har60 + market 6 + seasonal", ("market 6", "seasonal"), "pooled"),
 )
 
 
@@ -58,6 +71,52 @@ def market_medians(universe, features: np.ndarray) -> np.ndarray:
     return medians.reindex(universe.dates).to_numpy()
 
 
+def row_variance(universe) -> np.ndarray:
+    """(N,) each row's range variance as har60 computes it (NaN for a ticker's
+    first row, a flagged row and the row after it: their move is not a price's)."""
+    o = universe.ohlc.astype(np.float64)
+    previous = np.r_[np.nan, o[:-1, CLOSE]]
+    previous[universe.starts[:-1]] = np.nan
+    # Each row as a window of two: only the first row's close enters the library's formula.
+    pairs = np.stack([np.repeat(previous[:, None], 4, axis=1), o], axis=1)
+    with np.errstate(invalid="ignore"):
+        v = iv.range_variance(pairs)[:, 0]
+    v[np.isnan(previous)] = np.nan
+    if universe.flagged is not None:
+        bad = universe.flagged.astype(bool)
+        v[bad | np.r_[False, bad[:-1]]] = np.nan
+    return v
+
+
+def seasonal(universe, v: np.ndarray, last_rows: np.ndarray, month: np.ndarray) -> np.ndarray:
+    """(B, 4) for each of the last four quarters before the target (the row
+    after `last_rows`): max(0, log of the largest v within BAND rows of it
+    over exp(month)); 0 where the ticker's history does not reach back."""
+    first = universe.starts[universe.ticker_of(last_rows)]
+    out = np.zeros((len(last_rows), 4))
+    for k in range(1, 5):
+        rows = (last_rows + 1 - QUARTER * k)[:, None] + np.arange(-BAND, BAND + 1)
+        values = np.where(rows >= first[:, None], v[np.clip(rows, 0, None)], np.nan)
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN bands: no history, no evidence
+            ratio = np.log(np.nanmax(values, axis=1)) - month
+        out[:, k - 1] = np.clip(np.nan_to_num(ratio, nan=0.0), 0.0, None)
+    return out
+
+
+def quantiles_per_ticker(universe, scores: np.ndarray, cal_rows: np.ndarray, level: float) -> np.ndarray:
+    """(n_tickers,) each ticker's conformal quantile of its calibration scores,
+    shrunk to the pooled one by its count."""
+    pooled = iv.conformal_quantile(scores, level)
+    tickers = universe.ticker_of(cal_rows)
+    out = np.full(len(universe), pooled)
+    for k in np.unique(tickers):
+        mine = scores[tickers == k]
+        weight = len(mine) / (len(mine) + SHRINK)
+        out[k] = weight * iv.conformal_quantile(mine, level) + (1 - weight) * pooled
+    return out
+
+
 def calendar(universe, last_rows: np.ndarray) -> dict[str, np.ndarray]:
     days = pd.to_datetime(universe.dates.astype(str), format="%Y%m%d")
     friday = (days.day_of_week.to_numpy()[last_rows] == 4).astype(float)
@@ -69,6 +128,7 @@ def main() -> int:
     universe, etf = ic.load(ic.SHARED / "universe")
     features = every_evening(universe)
     market = market_medians(universe, features)
+    v = row_variance(universe)
     for period, span in ic.PERIODS.items():
         fit_rows, cal_rows, test, actual, last, sigma = ic.period_windows(universe, span)
         if len(fit_rows) > iv.HAR_FIT_WINDOWS:  # the sample training fits on
@@ -82,6 +142,7 @@ def main() -> int:
                 **calendar(universe, e),
                 "market 3": market[e][:, :3],
                 "market 6": market[e],
+                "seasonal": seasonal(universe, v, e, features[e][:, 2]),
             }
             for name, e in ends.items()
         }
@@ -95,15 +156,18 @@ def main() -> int:
                 "| added coefficients |"
             )
             print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-        for label, extra, asymmetric in VARIANTS:
-            design = {k: np.column_stack([c[""]] + ([c[extra]] if extra else [])) for k, c in columns.items()}
+        for label, extra, calibration in VARIANTS:
+            design = {k: np.column_stack([c[""]] + [c[x] for x in extra]) for k, c in columns.items()}
             b, nu = iv.fit_student_t_scale(design["fit"], fit_returns)
             scale = {k: np.exp(b[0] + d @ np.array(b[1:])) for k, d in design.items()}
             signed = (cal_next - cal_last) / (cal_last * scale["cal"])
             bounds = []
             for level in iv.LEVELS:
-                if asymmetric:
+                if calibration == "per tail":
                     lo, hi = np.quantile(signed, [(1 - level) / 2, (1 + level) / 2])
+                elif calibration == "per ticker":
+                    hi = quantiles_per_ticker(universe, np.abs(signed), ends["cal"], level)[universe.ticker_of(test)]
+                    lo = -hi
                 else:
                     hi = iv.conformal_quantile(np.abs(signed), level)
                     lo = -hi
