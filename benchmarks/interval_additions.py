@@ -19,6 +19,9 @@ RiskMetrics' score (docs/intervals.md says what came of them):
                   every quarter, and daily prices carry no calendar of them
   per ticker      the conformal quantiles per ticker, shrunk to the pooled ones
                   with weight n / (n + SHRINK) for a ticker's n calibration windows
+  tracked         the pooled quantile times a multiplier that each session's misses
+                  over all tickers move by TRACKING x (miss rate - alpha) / alpha in
+                  its log, used from the next session on (nightly adaptation)
 """
 
 from __future__ import annotations
@@ -37,10 +40,12 @@ from forecaster.intervals import CLOSE
 L, S = iv.LONG_ROWS, ic.SEQ_LEN
 QUARTER, BAND = 63, 2  # trading days in a quarter; rows either side an earnings day may fall
 SHRINK = 500  # calibration windows at which a ticker's own quantile weighs half
+TRACKING = 0.01  # the tracker's step; 0.02, 0.05 and 0.1 were worse at 95% in both periods
 VARIANTS = (  # (label, the extra regressors, the calibration: pooled, per tail or per ticker)
     ("har60", (), "pooled"),
     ("har60, asymmetric", (), "per tail"),
     ("har60, per ticker", (), "per ticker"),
+    ("har60, tracked", (), "tracked"),
     ("har60 + friday", ("friday",), "pooled"),
     ("har60 + actual gap", ("gap",), "pooled"),
     ("har60 + market 3", ("market 3",), "pooled"),
@@ -117,6 +122,20 @@ def quantiles_per_ticker(universe, scores: np.ndarray, cal_rows: np.ndarray, lev
     return out
 
 
+def tracked(quantile: float, scores: np.ndarray, days: np.ndarray, level: float) -> np.ndarray:
+    """(B,) the test days' quantile, session by session: `quantile` times a
+    multiplier moved after each session by that session's share of `scores`
+    (the test days' normalised misses) beyond its quantile."""
+    alpha, log_multiplier = 1 - level, 0.0
+    session = np.unique(days, return_inverse=True)[1]
+    out = np.empty(len(scores))
+    for d in range(session.max() + 1):
+        today = session == d
+        out[today] = quantile * np.exp(log_multiplier)
+        log_multiplier += TRACKING * (np.mean(scores[today] > out[today]) - alpha) / alpha
+    return out
+
+
 def calendar(universe, last_rows: np.ndarray) -> dict[str, np.ndarray]:
     days = pd.to_datetime(universe.dates.astype(str), format="%Y%m%d")
     friday = (days.day_of_week.to_numpy()[last_rows] == 4).astype(float)
@@ -167,6 +186,10 @@ def main() -> int:
                     lo, hi = np.quantile(signed, [(1 - level) / 2, (1 + level) / 2])
                 elif calibration == "per ticker":
                     hi = quantiles_per_ticker(universe, np.abs(signed), ends["cal"], level)[universe.ticker_of(test)]
+                    lo = -hi
+                elif calibration == "tracked":
+                    misses = np.abs(actual - last) / (last * scale["test"])
+                    hi = tracked(iv.conformal_quantile(np.abs(signed), level), misses, universe.dates[test + S], level)
                     lo = -hi
                 else:
                     hi = iv.conformal_quantile(np.abs(signed), level)
