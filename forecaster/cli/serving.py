@@ -128,14 +128,20 @@ def predict(
         failure = first_line(exc)
         raise
     finally:  # a failed run is news for the metrics and the report too
-        if metrics_file:
-            from ..serving.prometheus import run_phases, write_health
+        if metrics_file or html:
+            from ..serving.after_run import write_after_run
+            from ..serving.prometheus import run_phases
 
-            warn(write_health(engine, metrics_file, calendar, run_phases(outcome), stale_share), log_format)
-        if html:
-            from ..serving.page import write_report
-
-            warn(write_report(engine, html, calendar, failure), log_format)
+            for problem in write_after_run(
+                engine,
+                calendar=calendar,
+                stale_share=stale_share,
+                metrics_file=metrics_file,
+                html_file=html,
+                phases=run_phases(outcome),
+                failure=failure,
+            ):
+                warn(problem, log_format)
     # Judged for the session asked for (the newest a backfill or a plain run
     # scored), not from the exchange calendar's clock: that would import the
     # calendar library into every night (0.4 s), and a late vendor is the
@@ -343,21 +349,23 @@ def daemon(
     "--plot", type=click.Path(dir_okay=False, path_type=Path), help="Write predicted vs actual closes as a PNG here."
 )
 @html_option
+@stale_share_option
 @at_option
 @calendar_option
 @db_option
 @reports_errors
-def report(since, ticker, model_id, by_model, plot, html, at, calendar, db):
+def report(since, ticker, model_id, by_model, plot, html, stale_share, at, calendar, db):
     """Realized accuracy of the served predictions (or of --model-id's) against
     the naive forecast: N, RMSE, MAE, naive RMSE, their ratio and direction
     accuracy, per ticker and overall; and of their 80% and 95% intervals
     against RiskMetrics': coverage, mean width and mean interval score (Winkler).
 
-    With --html, the night as a page for a browser instead: the health, the
-    forecasts for the next session (sortable, filterable), a chart per
-    --ticker (default: the widest and narrowest bands tonight and the last
-    night's largest misses), coverage over time beside RiskMetrics', and the
-    models and gate decisions; over the last 120 sessions unless --since.
+    With --html, the night as a page for a browser instead: the health (as
+    `status` judges it, --stale-share too), the forecasts for the next session
+    (sortable, filterable), a chart per --ticker (default: the widest and
+    narrowest bands tonight and the last night's largest misses), coverage
+    over time beside RiskMetrics', and the models and gate decisions; over the
+    last 120 sessions unless --since.
     """
     from ..evidence import DIRECTION_NOISE
     from ..serving.report import build_report, interval_table, plot_report
@@ -371,7 +379,9 @@ def report(since, ticker, model_id, by_model, plot, html, at, calendar, db):
             raise click.UsageError(
                 "--html draws the served predictions: give it without --model-id, --by-model, --plot"
             )
-        night = page.gather(engine, tickers=list(ticker), since=since, calendar=calendar, at=at)
+        night = page.gather(
+            engine, tickers=list(ticker), since=since, calendar=calendar, at=at, stale_share=stale_share
+        )
         click.echo(f"wrote {page.write(html, night)}: {len(night.forecasts)} forecasts, {len(night.charts)} charts")
         return
     rep = build_report(engine, since=since, ticker=ticker, model_id=model_id, by_model=by_model)

@@ -64,20 +64,20 @@ class NightlyJob:
             except Exception as exc:  # a bug: its traceback in the log, and the daemon keeps its schedule
                 log.exception("nightly run failed with an unexpected error")
                 failure = f"unexpected error: {first_line(exc)}"
-            if self.config.html_file:
-                from ..serving.page import write_report
+            from ..serving.after_run import write_after_run
+            from ..serving.prometheus import run_phases
 
-                failed = write_report(self.engine, self.config.html_file, self.config.calendar, failure)
-                if failed:
-                    log.error("%s", failed)
-            if self.config.metrics_file:
-                from ..serving.prometheus import run_phases, write_health
-
-                phases = run_phases(self.last_outcome)
-                config = self.config
-                failed = write_health(self.engine, config.metrics_file, config.calendar, phases, config.stale_share)
-                if failed:
-                    log.error("%s", failed)
+            config = self.config
+            for problem in write_after_run(
+                self.engine,
+                calendar=config.calendar,
+                stale_share=config.stale_share,
+                metrics_file=config.metrics_file,
+                html_file=config.html_file,
+                phases=run_phases(self.last_outcome),
+                failure=failure,
+            ):
+                log.error("%s", problem)
 
     def served_model_id(self) -> str:
         """The sha256 of the model this daemon serves now (the champion is looked up)."""

@@ -25,6 +25,7 @@ from ..db import schema
 from ..errors import DataError
 from ..files import strict_json, write_atomically
 from . import report as accuracy
+from .config import STALE_SHARE
 from .registry import REGISTRY_COLUMNS
 from .status import Health, health
 
@@ -62,7 +63,11 @@ def gather(
     failure: str | None = None,
     at: dt.datetime | None = None,
     after_run: bool = False,
+    stale_share: float = STALE_SHARE,
+    judged: Health | None = None,
 ) -> Night:
+    """The page's figures; its header `judged` (a run's verdict, serving.after_run),
+    else the health as `forecaster status` judges it at `at`."""
     from .registry import models_table
 
     with engine.connect() as conn:
@@ -83,7 +88,7 @@ def gather(
     rep = rep if rep and rep.overall["n"] else None
     night = Night(
         made_at=(at or dt.datetime.now(dt.UTC)).astimezone(dt.UTC).isoformat(timespec="seconds"),
-        health=health(engine, at=at, calendar=calendar),
+        health=judged or health(engine, at=at, calendar=calendar, stale_share=stale_share),
         failure=failure,
         after_run=after_run,
         forecasts=forecasts,
@@ -204,15 +209,14 @@ def write(path: Path, night: Night) -> Path:
     return Path(path)
 
 
-def write_report(
-    engine: sa.Engine, path: Path, calendar: str = DEFAULT_CALENDAR, failure: str | None = None
-) -> str | None:
-    """After a run (predict, the daemon): gather and write the page; what went
-    wrong, if it could not be written (a run's outcome never depends on it)."""
+def write_report(engine: sa.Engine, path: Path, judged: Health, failure: str | None = None) -> str | None:
+    """After a run (predict, the daemon; serving.after_run): gather and write
+    the page under the run's health verdict; what went wrong, if it could not
+    be written."""
     from ..errors import ForecasterError
 
     try:
-        write(path, gather(engine, calendar=calendar, failure=failure, after_run=True))
+        write(path, gather(engine, failure=failure, after_run=True, judged=judged))
     except (ForecasterError, OSError, sa.exc.SQLAlchemyError) as exc:
         return f"could not write the HTML report {path}: {exc}"
     return None

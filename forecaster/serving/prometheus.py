@@ -11,7 +11,6 @@ import datetime as dt
 from pathlib import Path
 
 from ..files import write_atomically
-from .config import STALE_SHARE
 from .status import EXIT_CODES, Health
 
 # name -> (type, help)
@@ -85,18 +84,12 @@ def write(path: Path, h: Health, phases: dict[str, float] | None = None) -> None
     write_atomically(Path(path), lambda fh: fh.write(text.encode()))
 
 
-def write_health(
-    engine, path: Path, calendar: str, phases: dict[str, float] | None = None, stale_share: float = STALE_SHARE
-) -> str | None:
-    """Judge the health now and write it to `path`, after a run (predict, the
-    daemon); what went wrong, if the metrics could not be written: a run's
-    own outcome never depends on its metrics file."""
-    from ..errors import ForecasterError
-    from .status import health
-
+def write_health(path: Path, judged: Health, phases: dict[str, float] | None = None) -> str | None:
+    """Write a run's health verdict (serving.after_run) to `path`; what went
+    wrong, if the file could not be written."""
     try:
-        write(path, health(engine, calendar=calendar, stale_share=stale_share), phases)
-    except (ForecasterError, OSError) as exc:
+        write(path, judged, phases)
+    except OSError as exc:
         return f"could not write the metrics file {path}: {exc}"
     return None
 

@@ -16,6 +16,7 @@ import pytest
 import sqlalchemy as sa
 from helpers import invoke, offline_chromium
 
+from forecaster.data.config import DEFAULT_CALENDAR
 from forecaster.data.ingest import ingest
 from forecaster.db import store
 from forecaster.errors import DataError
@@ -179,6 +180,46 @@ def test_the_failure_banner_names_the_error_and_a_page_without_outcomes_says_wha
     text = page.render(night)
     assert "The last run FAILED: the database is locked" in text
     assert "No prediction has an outcome yet" in text and "no successful run yet" in text
+
+
+@pytest.mark.slow
+def test_after_a_run_the_page_and_the_metrics_file_carry_one_verdict_under_the_operator_s_stale_share(
+    db, tmp_path, monkeypatch
+):
+    """Judged once for both (a large database reads its outcomes once), and the
+    page under the run's --stale-share, as the metrics file (it took the default)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from forecaster.serving import status
+    from forecaster.serving.after_run import write_after_run
+
+    engine = store.connect(db)
+    with engine.begin() as conn:  # two tickers' Friday closes gone: 2 of 9 stale
+        conn.execute(sa.text("DELETE FROM prices WHERE date = '2017-11-10' AND ticker IN ('aaxj', 'a')"))
+    verdicts = []
+
+    def judged_that_evening(engine, **settings):  # the clock of the night scored, not today's
+        verdicts.append(health(engine, at=EVENING, **settings))
+        return verdicts[-1]
+
+    monkeypatch.setattr(status, "health", judged_that_evening)
+    html, metrics = tmp_path / "night.html", tmp_path / "forecaster.prom"
+    for share, stale_state in ((0.05, "degraded"), (0.5, "ok")):
+        files = {"metrics_file": metrics, "html_file": html}
+        assert write_after_run(engine, calendar=DEFAULT_CALENDAR, stale_share=share, **files) == []
+        verdict = verdicts[-1]
+        assert next(c.state for c in verdict.checks if c.name == "stale") == stale_state
+        text = html.read_text()
+        assert f'id="state">{verdict.state.upper()} (exit {verdict.exit_code})' in text
+        assert f'<li class="{stale_state}"><b>stale</b> {stale_state}:' in text
+        [status_metric] = [
+            s.value
+            for f in text_string_to_metric_families(metrics.read_text())
+            for s in f.samples
+            if s.name == "forecaster_health_status"
+        ]
+        assert status_metric == verdict.exit_code
+    assert len(verdicts) == 2  # one verdict a run, for both files
 
 
 @pytest.mark.slow
