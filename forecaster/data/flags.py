@@ -35,6 +35,7 @@ from operator import itemgetter
 
 import numpy as np
 import sqlalchemy as sa
+from tqdm import tqdm
 
 from ..db import bulk, schema
 
@@ -154,17 +155,23 @@ def _level_holds(closes: np.ndarray, i: int) -> bool:
 
 
 TICKERS_PER_QUERY = 500  # bound parameters per query
+PROGRESS_MIN_HISTORIES = 20  # whole histories judged at once that get a progress bar
 _OWED = sa.or_(schema.tickers.c.judged_through.is_(None), schema.tickers.c.judged_through < schema.tickers.c.last_date)
 
 
 def judge_new_rows(
-    conn: sa.Connection, now: str, in_memory: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]
+    conn: sa.Connection,
+    now: str,
+    in_memory: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+    progress: bool = False,
 ) -> None:
     """Judge every ticker's rows after its `judged_through` (all of them where
     it is NULL), in the caller's transaction; the REVERT_SESSIONS days
     before are judged again, since what followed them is now known.
     `in_memory`: {ticker: (dates, closes, opens)} of tickers whose whole stored
-    history is at hand (a ticker new in this ingest), read from nowhere else."""
+    history is at hand (a ticker new in this ingest), read from nowhere else.
+    `progress`: a bar when many stored histories are judged whole (once, on a
+    database upgraded to a schema that judges again: tens of seconds at 5,000)."""
     t = schema.tickers.c
     owed = bulk.fetch_plain(conn, sa.select(t.ticker, t.judged_through).where(_OWED))
     by_anchor: dict[str | None, list[str]] = defaultdict(list)
@@ -174,6 +181,14 @@ def judge_new_rows(
             judged.append((ticker, *_judge(*in_memory[ticker], None)))
         else:
             by_anchor[judged_through].append(ticker)
+    whole = len(by_anchor.get(None, ()))
+    bar = tqdm(
+        total=whole,
+        desc="judging stored price histories (once)",
+        unit="ticker",
+        disable=not progress or whole < PROGRESS_MIN_HISTORIES,
+        leave=False,
+    )
     for anchor, tickers in by_anchor.items():
         for first in range(0, len(tickers), TICKERS_PER_QUERY):
             batch = tickers[first : first + TICKERS_PER_QUERY]
@@ -192,6 +207,9 @@ def judge_new_rows(
                 dates, closes, opens = zip(*rows, strict=True)
                 columns = np.array(dates, dtype=object), np.array(closes), np.array(opens)
                 judged.append((ticker, *_judge(*columns, anchor, earlier[ticker])))
+            if anchor is None:
+                bar.update(len(batch))
+    bar.close()
     for first in range(0, len(judged), TICKERS_PER_QUERY):
         _store(conn, judged[first : first + TICKERS_PER_QUERY], now)
     if owed:

@@ -151,14 +151,14 @@ def ingest(
         for batch in batches:
             report.files_skipped += batch.skipped
             if batch.results:
-                _write(engine, batch.results, report, set(revised.values()))
+                _write(engine, batch.results, report, set(revised.values()), progress=not quiet)
             bar.update(batch.files)
     store.refresh_statistics(engine, ["prices", "tickers", "price_dates", "price_flags"], report.rows_added)
     with engine.connect() as conn:
         owed = flags.any_owed(conn)
     if owed:  # stored rows never judged: a database from before price_flags
         with store.write_transaction(engine) as conn:
-            flags.judge_new_rows(conn, utc_now(), {})
+            flags.judge_new_rows(conn, utc_now(), {}, progress=progress)
     return report
 
 
@@ -193,7 +193,13 @@ def _revised_files(files: list[Path], tickers: Iterable[str], settle: float) -> 
     return {str(found[t][0]): t for t in wanted}
 
 
-def _write(engine: sa.Engine, results: list[FileResult], report: IngestReport, revise: set[str] = frozenset()) -> None:
+def _write(
+    engine: sa.Engine,
+    results: list[FileResult],
+    report: IngestReport,
+    revise: set[str] = frozenset(),
+    progress: bool = False,
+) -> None:
     """One transaction for a batch of files: each file's rows, rejections and
     ledger entry land together or not at all. The tickers' summaries are read
     inside it, under the write lock, so two ingests at once cannot both
@@ -313,7 +319,7 @@ def _write(engine: sa.Engine, results: list[FileResult], report: IngestReport, r
             conn.execute(schema.tickers.update().where(t.ticker.in_(names)).values(judged_through=None))
         for ticker, earliest in backfilled.items():
             _judge_again_from(conn, ticker, earliest)
-        flags.judge_new_rows(conn, now, whole)
+        flags.judge_new_rows(conn, now, whole, progress)
         if revised:
             after = Counter(
                 conn.execute(

@@ -170,6 +170,41 @@ def test_an_older_database_judges_its_stored_history_on_the_next_ingest(tmp_path
         assert conn.execute(sa.text("SELECT COUNT(*) FROM tickers WHERE judged_through = last_date")).scalar() == 4
 
 
+def test_judging_many_stored_histories_again_shows_its_progress(tmp_path, monkeypatch):
+    """The once-only pass after an upgrade takes tens of seconds at 5,000
+    tickers, inside the first write: a bar says what the ingest is doing."""
+    days = pd.bdate_range(end="2017-11-10", periods=60)
+    folder = tmp_path / "d" / "Stocks"
+    for k in range(flags.PROGRESS_MIN_HISTORIES + 5):
+        write_file(folder, f"t{k:02d}.us.txt", ohlc_file(calm_closes(60, seed=k), days))
+    db = f"sqlite:///{tmp_path / 'f.db'}"
+    ingest(store.connect(db), [tmp_path / "d"], settle=0)
+    bars = []
+
+    class Recorded:  # tqdm's part the pass uses
+        def __init__(self, **settings):
+            self.settings, self.done = settings, 0
+            bars.append(self)
+
+        def update(self, n):
+            self.done += n
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(flags, "tqdm", Recorded)
+    for progress in (True, False):
+        engine = store.connect(db)
+        with engine.begin() as conn:  # as an upgrade leaves it: every history owed
+            conn.exec_driver_sql("UPDATE tickers SET judged_through = NULL")
+        ingest(engine, [tmp_path / "d"], settle=0, progress=progress)
+        [bar] = bars[-1:]
+        assert bar.settings["total"] == bar.done == flags.PROGRESS_MIN_HISTORIES + 5
+        assert bar.settings["disable"] is not progress
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT COUNT(*) FROM tickers WHERE judged_through IS NULL")).scalar() == 0
+
+
 def test_a_database_of_schema_8_judges_its_flags_again_on_the_next_ingest(tmp_path, sample_dir):
     """Judged night by night before version 9, a run of bad prints could end in a split."""
     db = tmp_path / "v8.db"
