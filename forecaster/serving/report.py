@@ -23,17 +23,18 @@ from .dates import check_dates
 # Per group: RMSE and MAE of the model and of naive, and how often the model
 # got the direction of the move right (up, down or unchanged; a forecast
 # within DIRECTION_NOISE of the last close states no direction: evidence.py).
+# CAST: on PostgreSQL the AVG of a numeric literal is a Decimal, not a float.
 ACCURACY_SQL = """
     SELECT {group} COUNT(*) AS n,
            sqrt(AVG(error * error)) AS rmse, AVG(ABS(error)) AS mae,
            sqrt(AVG(naive_error * naive_error)) AS naive_rmse, AVG(ABS(naive_error)) AS naive_mae,
            sqrt(AVG((error / last_close) * (error / last_close))) AS relative_rmse,
            sqrt(AVG((naive_error / last_close) * (naive_error / last_close))) AS relative_naive_rmse,
-           AVG(CASE WHEN (CASE WHEN predicted_close > last_close * (1 + :noise) THEN 1
-                               WHEN predicted_close < last_close * (1 - :noise) THEN -1 ELSE 0 END)
-                       = (CASE WHEN actual_close > last_close THEN 1
-                               WHEN actual_close < last_close THEN -1 ELSE 0 END)
-                    THEN 1.0 ELSE 0.0 END) AS direction_accuracy
+           CAST(AVG(CASE WHEN (CASE WHEN predicted_close > last_close * (1 + :noise) THEN 1
+                                    WHEN predicted_close < last_close * (1 - :noise) THEN -1 ELSE 0 END)
+                            = (CASE WHEN actual_close > last_close THEN 1
+                                    WHEN actual_close < last_close THEN -1 ELSE 0 END)
+                         THEN 1.0 ELSE 0.0 END) AS DOUBLE PRECISION) AS direction_accuracy
     FROM prediction_outcomes
     WHERE actual_close IS NOT NULL AND {where}
     {group_by}

@@ -135,3 +135,20 @@ def test_report_summaries_stay_numbers_with_a_flat_ticker_and_with_two_outcomes(
     # Two outcomes per ticker: still numbers.
     two = build_report(engine, since="2017-11-08")
     assert {r["n"] for r in two.per_ticker} == {2} and two.overall["pooled_ratio"] > 0
+
+
+def test_report_and_scoreboard_figures_are_plain_numbers_on_every_engine(any_db_url, sample_dir, tiny_model):
+    """PostgreSQL's AVG of an integer or a numeric literal is a Decimal: the figures a
+    user's script reads (and the page's JSON) are floats on both engines."""
+    from forecaster.serving.registry import models_table
+
+    engine = store.connect(any_db_url)
+    promotion.promote(engine, tiny_model, "first")
+    predict(engine, "champion", data=[sample_dir], device="cpu", start="2017-11-06", end="2017-11-10")
+    report = build_report(engine)
+    for row in [report.overall, *report.per_ticker]:
+        figures = {k: v for k, v in row.items() if k != "ticker" and v is not None}
+        assert {k: type(v) for k, v in figures.items()} == {k: (int if k == "n" else float) for k in figures}
+        assert 0 <= row["direction_accuracy"] <= 1
+    for model in models_table(engine):
+        assert all(type(v) in (int, float, str, bool) for v in model.values() if v is not None), model
