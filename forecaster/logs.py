@@ -49,6 +49,19 @@ def configure(log_format: str = "text", debug: bool = False) -> None:
         logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.WARNING)
 
 
+def json_logger(command: str, debug: bool = False) -> logging.Logger:
+    """A batch command's logger once `--log-format json` is asked: every line
+    on stderr an object, as the daemon logs them."""
+    configure("json", debug)
+    return logging.getLogger(f"forecaster.{command}")
+
+
+def ingest_fields(report) -> dict:
+    """An ingest's counts as log fields (data.ingest.IngestReport)."""
+    names = ("files_read", "files_skipped", "files_unreadable", "rows_added", "rows_unchanged", "rows_rejected")
+    return {name: getattr(report, name) for name in (*names, "rows_waiting")}
+
+
 def run_fields(run) -> dict:
     """A nightly run's figures as log fields (serving.nightly.RunResult)."""
     return {

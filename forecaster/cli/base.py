@@ -166,7 +166,8 @@ log_format_option = option(
     type=click.Choice(["text", "json"]),
     default="text",
     show_default=True,
-    help="json: one object per line on stderr (time, level, event, fields), a run_finished event per run.",
+    help="json: one object per line on stderr (time, level, event, fields): ingest_finished, a run_finished "
+    "event per nightly run, retrain_decision per challenger, failed on an error.",
 )
 
 

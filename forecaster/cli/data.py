@@ -7,9 +7,12 @@ from pathlib import Path
 import click
 
 from ..data.config import SAMPLE_DAYS, SAMPLE_TICKERS
+from ..errors import DataError
 from .base import (
     calendar_option,
     db_option,
+    debugging,
+    log_format_option,
     main,
     open_store,
     option,
@@ -58,10 +61,11 @@ def sample_data(out_dir, n_tickers, days, seed, ar):
 )
 @settle_option
 @calendar_option
+@log_format_option
 @db_option
 @quiet_option
 @reports_errors
-def ingest(paths, revise, settle, calendar, db, quiet):
+def ingest(paths, revise, settle, calendar, log_format, db, quiet):
     """Load new rows from PATHS (*.txt / *.csv files; folders searched recursively).
 
     Unchanged files are skipped without being read; appended files cost only
@@ -72,10 +76,19 @@ def ingest(paths, revise, settle, calendar, db, quiet):
     from ..data.ingest import ingest as run_ingest
 
     tickers = [t for given in revise for t in parse_tickers(given)]
-    report = run_ingest(open_store(db), paths, progress=not quiet, revise=tickers, settle=settle, calendar=calendar)
-    for line in report.problems:
-        click.echo(f"unreadable: {line}", err=True)
-    click.echo(report.summary())
+    progress = not quiet and log_format == "text"
+    report = run_ingest(open_store(db), paths, progress=progress, revise=tickers, settle=settle, calendar=calendar)
+    if log_format == "json":
+        from .. import logs
+
+        log = logs.json_logger("ingest", debugging())
+        for line in report.problems:
+            log.warning("unreadable: %s", line, extra={"event": "file_unreadable"})
+        log.info(report.summary(), extra={"event": "ingest_finished", "fields": logs.ingest_fields(report)})
+    else:
+        for line in report.problems:
+            click.echo(f"unreadable: {line}", err=True)
+        click.echo(report.summary())
     refused = [r for r in report.revisions if r.refused]
     if refused:  # the rest was stored; a revision asked for and not made is a failure scripts must see
-        raise click.ClickException(f"{len(refused)} revision(s) refused: {', '.join(r.ticker for r in refused)}")
+        raise DataError(f"{len(refused)} revision(s) refused: {', '.join(r.ticker for r in refused)}")

@@ -8,7 +8,9 @@ import click
 
 from .base import (
     db_option,
+    debugging,
     job_option,
+    log_format_option,
     main,
     open_store,
     option,
@@ -39,10 +41,11 @@ def promote(model, reason, db):
 @main.command()
 @job_option
 @retrain_options
+@log_format_option
 @db_option
 @quiet_option
 @reports_errors
-def retrain(gate_days, min_improvement, gate, models_dir, train_device, db, quiet):
+def retrain(gate_days, min_improvement, gate, models_dir, train_device, log_format, db, quiet):
     """Train a challenger with the champion's settings and tickers (from its
     metadata), export and verify it, and judge it on the gate days: promoted
     only when it beats the champion beyond noise (its squared errors smaller
@@ -54,18 +57,39 @@ def retrain(gate_days, min_improvement, gate, models_dir, train_device, db, quie
     from ..lifecycle.retrain import retrain as run_retrain
     from ..signals import stop_on_signals
 
+    as_json = log_format == "json"
+    if as_json:
+        from .. import logs
+
+        log = logs.json_logger("retrain", debugging())
+
+    def say(line: str) -> None:  # the steps as they happen: training, export, the gate
+        if as_json:
+            log.info(line, extra={"event": "retrain_step"})
+        else:
+            click.echo(line, err=True)
+
     with stop_on_signals() as should_stop:
         outcomes = run_retrain(
             open_store(db),
             retrain_config(gate_days, min_improvement, gate, models_dir, train_device),
-            progress=not quiet,
+            progress=not quiet and not as_json,
             should_stop=should_stop,
-            say=lambda line: click.echo(line, err=True),
+            say=say,
         )
+    promoted = "the new champion serves from the next run (`forecaster predict --model champion` runs one now)"
     for o in outcomes:
-        click.echo(f"{o.decision}: {o.path} ({(o.model_id or '')[:12]})")
+        said = f"{o.decision}: {o.path} ({(o.model_id or '')[:12]})"
+        if as_json:
+            fields = {"decision": o.decision, "path": str(o.path or ""), "model": (o.model_id or "")[:12]}
+            log.info(said, extra={"event": "retrain_decision", "fields": {**fields, "reason": o.reason}})
+        else:
+            click.echo(said)
     if any(o.decision == Decision.PROMOTED for o in outcomes):
-        click.echo("the new champion serves from the next run (`forecaster predict --model champion` runs one now)")
+        if as_json:
+            log.info(promoted, extra={"event": "promoted"})
+        else:
+            click.echo(promoted)
 
 
 @main.command()

@@ -164,7 +164,8 @@ def predict(
         logs.configure("json", debugging())
         log = logging.getLogger("forecaster.predict")
         if outcome.ingest:
-            log.info("ingest: %s", outcome.ingest.summary(), extra={"event": "ingest_finished"})
+            fields = logs.ingest_fields(outcome.ingest)
+            log.info("ingest: %s", outcome.ingest.summary(), extra={"event": "ingest_finished", "fields": fields})
         for run_id in outcome.recovered:
             log.warning("marked abandoned run %s as failed", run_id, extra={"event": "run_recovered"})
         for run in outcome.runs:

@@ -161,7 +161,8 @@ class NightlyJob:
             started = time.perf_counter()
             report = ingest(self.engine, config.data, calendar=config.calendar, settle=config.settle)
             ingest_seconds = time.perf_counter() - started
-            log.info("ingest: %s", report.summary())
+            fields = logs.ingest_fields(report)
+            log.info("ingest: %s", report.summary(), extra={"event": "ingest_finished", "fields": fields})
         self.last_outcome = outcome = catch_up(
             self.engine,
             config.model,

@@ -137,3 +137,34 @@ def test_a_revision_is_read_only_from_a_file_left_alone_and_a_refused_one_fails_
     refused = invoke("ingest", path, "--revise", "x", "--db", db_url)
     assert refused.exit_code == 1 and "revision of x refused" in refused.output
     assert refused.output.endswith("Error: 1 revision(s) refused: x\n")
+
+
+def test_ingest_logs_json_lines_for_a_cron_job_s_log_collector(db_url, tmp_path):
+    """--log-format json: every stderr line an object, nothing on stdout; the
+    counts as fields, each unreadable file an event, a refused revision a failure."""
+    import json
+    import os
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "x.us.txt").write_text("Date,Open,High,Low,Close\n2017-01-03,1,1,1,1\n2017-01-04,1,1,1,1\n")
+    (folder / "empty.us.txt").write_text("")
+    done = invoke("ingest", folder, "--log-format", "json", "--db", db_url)
+    assert done.exit_code == 0 and done.stdout == ""
+    events = [json.loads(line) for line in done.stderr.splitlines()]
+    assert [e["event"] for e in events] == ["file_unreadable", "ingest_finished"]
+    assert "empty.us.txt" in events[0]["message"] and events[0]["level"] == "warning"
+    assert {k: events[1][k] for k in ("files_read", "files_unreadable", "rows_added", "rows_rejected")} == {
+        "files_read": 1,
+        "files_unreadable": 1,
+        "rows_added": 2,
+        "rows_rejected": 0,
+    }
+    path = folder / "x.us.txt"
+    path.write_text("Date,Open,High,Low,Close\n2017-01-03,2,2,2,2\n2017-01-04,x,2,2,2\n")
+    old = path.stat().st_mtime - 120
+    os.utime(path, (old, old))
+    refused = invoke("ingest", path, "--revise", "x", "--log-format", "json", "--db", db_url)
+    events = [json.loads(line) for line in refused.stderr.splitlines()]
+    assert refused.exit_code == 1 and [e["event"] for e in events] == ["ingest_finished", "failed"]
+    assert "revision of x refused" in events[0]["message"] and events[1]["message"] == "1 revision(s) refused: x"

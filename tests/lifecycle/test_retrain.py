@@ -6,6 +6,7 @@ gate waits for its nights; the daemon's retrain job (SQLite and PostgreSQL)."""
 
 import dataclasses
 import datetime as dt
+import json
 import signal
 import subprocess
 import sys
@@ -350,6 +351,16 @@ def test_retrain_and_models_from_the_command_line(db_url, world, tmp_path):
     assert decision == "rejected" and f"rejected: {tmp_path / 'm'}" in result.output and reason in result.output
     listed = runner.invoke(main, ["models", "--db", db_url]).output
     assert "rejected" in listed and "champion" in listed
+    # For a cron job's log collector: every stderr line an object, the decision with its reason as fields.
+    logged = runner.invoke(
+        main, ["retrain", "--gate-days", str(GATE_DAYS), "--min-improvement", "0.9", "--log-format", "json", *args]
+    )
+    assert logged.exit_code == 0 and logged.stdout == "", logged.output
+    events = [json.loads(line) for line in logged.stderr.splitlines()]
+    [decision] = [e for e in events if e["event"] == "retrain_decision"]
+    newest = rows(engine, "SELECT reason FROM promotions ORDER BY promotion_id DESC LIMIT 1")[0][0]
+    assert decision["decision"] == "rejected" and decision["reason"] == newest
+    assert {e["event"] for e in events} == {"retrain_step", "retrain_decision"}
 
 
 @pytest.mark.slow
