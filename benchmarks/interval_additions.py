@@ -17,6 +17,9 @@ RiskMetrics' score (docs/intervals.md says what came of them):
                   the log of its ratio to the month's mean when above it (0 below,
                   and where the ticker's history is shorter): earnings come back
                   every quarter, and daily prices carry no calendar of them
+  + split         the overnight and the intraday parts of the range variance
+                  apart: the log of each one's mean over the newest day, 5 days,
+                  22 days and all 59 (eight regressors beside har60's six)
   per ticker      the conformal quantiles per ticker, shrunk to the pooled ones
                   with weight n / (n + SHRINK) for a ticker's n calibration windows
   tracked         the pooled quantile times a multiplier that each session's misses
@@ -35,7 +38,7 @@ import pandas as pd
 
 from forecaster import intervals as iv
 from forecaster.data.windows import reaching_back
-from forecaster.intervals import CLOSE
+from forecaster.intervals import CLOSE, HIGH, LOW, OPEN
 
 L, S = iv.LONG_ROWS, ic.SEQ_LEN
 QUARTER, BAND = 63, 2  # trading days in a quarter; rows either side an earnings day may fall
@@ -51,6 +54,7 @@ VARIANTS = (  # (label, the extra regressors, the calibration: pooled, per tail 
     ("har60 + market 3", ("market 3",), "pooled"),
     ("har60 + market 6", ("market 6",), "pooled"),
     ("har60 + seasonal", ("seasonal",), "pooled"),
+    ("har60 + split", ("split",), "pooled"),
     ("har60 + market 6 + seasonal", ("market 6", "seasonal"), "pooled"),
 )
 
@@ -109,6 +113,22 @@ def seasonal(universe, v: np.ndarray, last_rows: np.ndarray, month: np.ndarray) 
     return out
 
 
+def split_parts(universe, last_rows: np.ndarray) -> np.ndarray:
+    """(B, 8) the log mean over the newest 1, 5, HAR_MONTH and all days of the
+    window's intraday (Garman-Klass) and overnight (squared gap) variances."""
+    out = []
+    for i in range(0, len(last_rows), ic.CHUNK):
+        part = last_rows[i : i + ic.CHUNK]
+        w = universe.ohlc[part[:, None] - L + 1 + np.arange(L)].astype(np.float64)
+        o, h, lo, c = (w[:, 1:, k] for k in (OPEN, HIGH, LOW, CLOSE))
+        floor = iv.MIN_VARIANCE / 2  # each part's share of har60's floor
+        intraday = np.clip(0.5 * np.log(h / lo) ** 2 - iv.GARMAN_KLASS * np.log(c / o) ** 2, floor, None)
+        overnight = np.maximum(np.log(o / w[:, :-1, CLOSE]) ** 2, floor)
+        spans = (1, iv.HAR_SHORT, iv.HAR_MONTH, L - 1)
+        out.append(np.column_stack([np.log(x[:, -n:].mean(1)) for x in (intraday, overnight) for n in spans]))
+    return np.concatenate(out)
+
+
 def quantiles_per_ticker(universe, scores: np.ndarray, cal_rows: np.ndarray, level: float) -> np.ndarray:
     """(n_tickers,) each ticker's conformal quantile of its calibration scores,
     shrunk to the pooled one by its count."""
@@ -162,6 +182,7 @@ def main() -> int:
                 "market 3": market[e][:, :3],
                 "market 6": market[e],
                 "seasonal": seasonal(universe, v, e, features[e][:, 2]),
+                "split": split_parts(universe, e),
             }
             for name, e in ends.items()
         }

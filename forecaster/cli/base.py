@@ -166,8 +166,8 @@ log_format_option = option(
     type=click.Choice(["text", "json"]),
     default="text",
     show_default=True,
-    help="json: one object per line on stderr (time, level, event, fields): ingest_finished, a run_finished "
-    "event per nightly run, retrain_decision per challenger, failed on an error.",
+    help="json: one object per line on stderr (time, level, logger, event, message, fields) for a log collector, "
+    "the error too (event failed); docs/operations.md lists the events.",
 )
 
 
@@ -206,7 +206,8 @@ stale_share_option = option(
     default=STALE_SHARE,
     show_default=True,
     type=click.FloatRange(0, 1),
-    help="Degraded (exit 3) when more than this share of the owed session's tickers has no close.",
+    help="The stale check is degraded (status's exit 3) when more than this share of the owed session's tickers "
+    "has no close.",
 )
 html_option = option(
     "--html",
@@ -302,24 +303,29 @@ def reports_errors(func):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             raise SystemExit(0) from None
         except ForecasterError as exc:
-            context = click.get_current_context()
-            if context.find_root().params.get("debug"):
+            if click.get_current_context().find_root().params.get("debug"):
                 raise
-            if context.params.get("log_format") == "json":  # every stderr line an object, the error too
-                import logging
-
-                from .. import logs
-
-                logs.configure("json", False)
-                logging.getLogger(f"forecaster.{context.command.name}").error(str(exc), extra={"event": "failed"})
-                raise SystemExit(getattr(exc, "exit_code", 1)) from None
-            failure = click.ClickException(str(exc))
-            failure.exit_code = getattr(exc, "exit_code", 1)
-            raise failure from None
+            _fail(str(exc), getattr(exc, "exit_code", 1))
         except OSError as exc:  # e.g. an output folder that cannot be written
-            raise click.ClickException(f"{exc.strerror}: {exc.filename}" if exc.filename else str(exc)) from None
+            _fail(f"{exc.strerror}: {exc.filename}" if exc.filename else str(exc), 1)
 
     return wrapper
+
+
+def _fail(said: str, exit_code: int):
+    """`Error: <said>` and the exit status; with --log-format json, a `failed` event instead."""
+    context = click.get_current_context()
+    if context.params.get("log_format") == "json":  # every stderr line an object, the error too
+        import logging
+
+        from .. import logs
+
+        logs.configure("json", False)
+        logging.getLogger(f"forecaster.{context.command.name}").error(said, extra={"event": "failed"})
+        raise SystemExit(exit_code) from None
+    failure = click.ClickException(said)
+    failure.exit_code = exit_code
+    raise failure from None
 
 
 def open_store(url: str, *, read_only: bool = False):

@@ -207,8 +207,8 @@ def judge_new_rows(
                 dates, closes, opens = zip(*rows, strict=True)
                 columns = np.array(dates, dtype=object), np.array(closes), np.array(opens)
                 judged.append((ticker, *_judge(*columns, anchor, earlier[ticker])))
-            if anchor is None:
-                bar.update(len(batch))
+                if anchor is None:
+                    bar.update(1)
     bar.close()
     for first in range(0, len(judged), TICKERS_PER_QUERY):
         _store(conn, judged[first : first + TICKERS_PER_QUERY], now)

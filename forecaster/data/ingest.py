@@ -151,7 +151,7 @@ def ingest(
         for batch in batches:
             report.files_skipped += batch.skipped
             if batch.results:
-                _write(engine, batch.results, report, set(revised.values()), progress=not quiet)
+                _write(engine, batch.results, report, set(revised.values()), progress)  # one file's write may judge all
             bar.update(batch.files)
     store.refresh_statistics(engine, ["prices", "tickers", "price_dates", "price_flags"], report.rows_added)
     with engine.connect() as conn:

@@ -77,7 +77,7 @@ class NightlyJob:
                 phases=run_phases(self.last_outcome),
                 failure=failure,
             ):
-                log.error("%s", problem)
+                log.warning("%s", problem, extra={"event": "warning"})  # as predict says it: the night stands
 
     def served_model_id(self) -> str:
         """The sha256 of the model this daemon serves now (the champion is looked up)."""

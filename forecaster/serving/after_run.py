@@ -13,7 +13,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from ..errors import ForecasterError
+from ..errors import ForecasterError, first_line
 
 
 def write_after_run(
@@ -26,20 +26,36 @@ def write_after_run(
     phases: dict[str, float] | None = None,
     failure: str | None = None,
 ) -> list[str]:
-    """Write whichever of the two is asked for; what went wrong, one line per file."""
-    from .page import write_report
-    from .prometheus import write_health
+    """Write whichever of the two is asked for, the metrics file first (what
+    alerts); what went wrong, one line per file. Whatever goes wrong, a bug
+    included, is said and leaves the other file and the run's outcome alone."""
+    from . import page, prometheus
     from .status import health
 
-    asked = [(what, path) for what, path in (("HTML report", html_file), ("metrics file", metrics_file)) if path]
+    def metrics(judged) -> None:
+        prometheus.write(metrics_file, judged, phases)
+
+    def report(judged) -> None:
+        page.write(html_file, page.gather(engine, failure=failure, after_run=True, judged=judged))
+
+    files = (("metrics file", metrics_file, metrics), ("HTML report", html_file, report))
+    asked = [(what, path, write) for what, path, write in files if path]
     if not asked:
         return []
     try:
         judged = health(engine, calendar=calendar, stale_share=stale_share)
-    except (ForecasterError, sa.exc.SQLAlchemyError) as exc:  # a lost or locked database: neither can be written
-        return [f"could not write the {what} {path}: {exc}" for what, path in asked]
-    problems = [
-        write_report(engine, html_file, judged, failure) if html_file else None,
-        write_health(metrics_file, judged, phases) if metrics_file else None,
-    ]
-    return [p for p in problems if p]
+    except Exception as exc:  # a lost or locked database (or a bug): neither can be written
+        return [f"could not write the {what} {path}: {_said(exc)}" for what, path, _ in asked]
+    problems = []
+    for what, path, write in asked:
+        try:
+            write(judged)
+        except Exception as exc:
+            problems.append(f"could not write the {what} {path}: {_said(exc)}")
+    return problems
+
+
+def _said(exc: Exception) -> str:
+    """A library error as it reads; anything else (a bug) with its type, to search for."""
+    known = isinstance(exc, ForecasterError | sa.exc.SQLAlchemyError | OSError)
+    return first_line(exc) if known else f"unexpected {type(exc).__name__}: {first_line(exc)}"

@@ -209,19 +209,6 @@ def write(path: Path, night: Night) -> Path:
     return Path(path)
 
 
-def write_report(engine: sa.Engine, path: Path, judged: Health, failure: str | None = None) -> str | None:
-    """After a run (predict, the daemon; serving.after_run): gather and write
-    the page under the run's health verdict; what went wrong, if it could not
-    be written."""
-    from ..errors import ForecasterError
-
-    try:
-        write(path, gather(engine, failure=failure, after_run=True, judged=judged))
-    except (ForecasterError, OSError, sa.exc.SQLAlchemyError) as exc:
-        return f"could not write the HTML report {path}: {exc}"
-    return None
-
-
 # ---- rendering ------------------------------------------------------------
 
 esc = html.escape

@@ -84,16 +84,6 @@ def write(path: Path, h: Health, phases: dict[str, float] | None = None) -> None
     write_atomically(Path(path), lambda fh: fh.write(text.encode()))
 
 
-def write_health(path: Path, judged: Health, phases: dict[str, float] | None = None) -> str | None:
-    """Write a run's health verdict (serving.after_run) to `path`; what went
-    wrong, if the file could not be written."""
-    try:
-        write(path, judged, phases)
-    except OSError as exc:
-        return f"could not write the metrics file {path}: {exc}"
-    return None
-
-
 def _epoch(iso: str) -> float:
     moment = dt.datetime.fromisoformat(iso)
     if moment.tzinfo is None:  # a date (as_of): its midnight, UTC

@@ -316,3 +316,34 @@ def test_sql_prints_csv_and_json_for_programs(sample_dir, db_url):
     assert json.loads(odd.output) == [{"raw": "00ff", "half": 0.5, "missing": None}]
     limited = invoke("sql", "select * from prices", "--format", "json", "--limit", "5", "--db", db_url)
     assert len(json.loads(limited.stdout)) == 5 and "(first 5 rows shown)" in limited.stderr
+
+
+@pytest.mark.parametrize(
+    "error, said",
+    [
+        (OSError(20, "Not a directory", "/srv/models/sub"), "Not a directory: /srv/models/sub"),
+        (None, "no champion to retrain"),
+    ],
+)
+def test_a_failure_is_one_error_line_or_one_failed_event(error, said):
+    """Library errors and OS errors alike: `Error: ...` in text, a `failed`
+    JSON event (and nothing else on stderr) with --log-format json."""
+    import json
+
+    import click
+
+    from forecaster.cli.base import log_format_option, reports_errors
+    from forecaster.errors import DataError
+
+    @click.command("retrain")
+    @log_format_option
+    @reports_errors
+    def failing(log_format):
+        raise error or DataError(said)
+
+    runner = CliRunner()
+    text = runner.invoke(failing, [])
+    assert text.exit_code == 1 and text.stderr == f"Error: {said}\n"
+    logged = runner.invoke(failing, ["--log-format", "json"])
+    [event] = [json.loads(line) for line in logged.stderr.splitlines()]
+    assert logged.exit_code == 1 and (event["event"], event["level"], event["message"]) == ("failed", "error", said)

@@ -193,11 +193,15 @@ def test_judging_many_stored_histories_again_shows_its_progress(tmp_path, monkey
             pass
 
     monkeypatch.setattr(flags, "tqdm", Recorded)
-    for progress in (True, False):
+    one = folder / "t00.us.txt"
+    for progress, paths in ((True, [tmp_path / "d"]), (False, [tmp_path / "d"]), (True, [one])):
         engine = store.connect(db)
         with engine.begin() as conn:  # as an upgrade leaves it: every history owed
             conn.exec_driver_sql("UPDATE tickers SET judged_through = NULL")
-        ingest(engine, [tmp_path / "d"], settle=0, progress=progress)
+        if paths == [one]:  # one changed file: its write judges every history, too few files for ingest's bar
+            with one.open("a") as fh:
+                fh.write("2017-11-13,50,50.5,49.5,50,1000,0\n")
+        ingest(engine, paths, settle=0, progress=progress)
         [bar] = bars[-1:]
         assert bar.settings["total"] == bar.done == flags.PROGRESS_MIN_HISTORIES + 5
         assert bar.settings["disable"] is not progress

@@ -222,6 +222,23 @@ def test_after_a_run_the_page_and_the_metrics_file_carry_one_verdict_under_the_o
     assert len(verdicts) == 2  # one verdict a run, for both files
 
 
+def test_a_page_that_cannot_be_made_leaves_the_metrics_file_and_the_run_alone(db, tmp_path, monkeypatch):
+    """A bug in the page's code is said in one line: the metrics file (what
+    alerts) is still written, and predict exits with its run's own status."""
+
+    def broken(*args, **kwargs):
+        raise ValueError("a bug in the page")
+
+    monkeypatch.setattr(page, "gather", broken)
+    html, metrics = tmp_path / "night.html", tmp_path / "forecaster.prom"
+    done = invoke(
+        "predict", "--model", "champion", "--as-of", "2017-11-10", "--html", html, "--metrics-file", metrics, "--db", db
+    )
+    assert done.exit_code == 0, done.output
+    assert f"could not write the HTML report {html}: unexpected ValueError: a bug in the page" in done.stderr
+    assert "forecaster_health_status" in metrics.read_text() and not html.exists()
+
+
 @pytest.mark.slow
 def test_the_daemon_rewrites_the_page_after_each_night(db, tmp_path, tiny_model):
     """daemon --once in a real process, with the job file's key."""
