@@ -9,6 +9,11 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def os_error_line(exc: OSError) -> str:
+    """An OS error as a person reads it: what went wrong, then the path."""
+    return f"{exc.strerror}: {exc.filename}" if exc.filename else str(exc)
+
+
 class ForecasterError(Exception):
     """Base class: something a user can act on, described in one line."""
 

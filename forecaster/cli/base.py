@@ -18,7 +18,7 @@ from ..artifact.config import DEFAULT_TOLERANCE
 from ..data.config import DEFAULT_CALENDAR, SETTLE_SECONDS
 from ..db.config import DEFAULT_DB_URL
 from ..devices import DEFAULT_DEVICE, DEVICES
-from ..errors import ForecasterError
+from ..errors import ForecasterError, os_error_line
 from ..lifecycle.config import GATES, DaemonConfig, RetrainConfig
 from ..serving.config import STALE_SHARE
 from ..training.config import TrainConfig
@@ -166,8 +166,8 @@ log_format_option = option(
     type=click.Choice(["text", "json"]),
     default="text",
     show_default=True,
-    help="json: one object per line on stderr (time, level, logger, event, message, fields) for a log collector, "
-    "the error too (event failed); docs/operations.md lists the events.",
+    help="json: the log on stderr as one object per line (time, level, logger, event, message, fields) for a log "
+    "collector, an error as a failed event (a usage error stays text); docs/operations.md lists the events.",
 )
 
 
@@ -307,7 +307,7 @@ def reports_errors(func):
                 raise
             _fail(str(exc), getattr(exc, "exit_code", 1))
         except OSError as exc:  # e.g. an output folder that cannot be written
-            _fail(f"{exc.strerror}: {exc.filename}" if exc.filename else str(exc), 1)
+            _fail(os_error_line(exc), 1)
 
     return wrapper
 

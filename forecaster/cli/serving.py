@@ -140,6 +140,7 @@ def predict(
                 html_file=html,
                 phases=run_phases(outcome),
                 failure=failure,
+                debug=debugging(),
             ):
                 warn(problem, log_format)
     # Judged for the session asked for (the newest a backfill or a plain run

@@ -59,10 +59,10 @@ class NightlyJob:
                 if not self.stop.is_set():
                     self.catch_up()
             except ForecasterError as exc:  # a lost database, a broken model: tomorrow is another night
-                log.error("nightly run failed: %s", exc)
+                log.error("nightly run failed: %s", exc, extra={"event": "failed"})
                 failure = str(exc)
             except Exception as exc:  # a bug: its traceback in the log, and the daemon keeps its schedule
-                log.exception("nightly run failed with an unexpected error")
+                log.exception("nightly run failed with an unexpected error", extra={"event": "failed"})
                 failure = f"unexpected error: {first_line(exc)}"
             from ..serving.after_run import write_after_run
             from ..serving.prometheus import run_phases
@@ -76,6 +76,7 @@ class NightlyJob:
                 html_file=config.html_file,
                 phases=run_phases(self.last_outcome),
                 failure=failure,
+                debug=config.debug,
             ):
                 log.warning("%s", problem, extra={"event": "warning"})  # as predict says it: the night stands
 

@@ -1,19 +1,22 @@
 """What a run leaves for those who watch it: the metrics file and the HTML
-page, written after `predict` or a daemon's night from one health verdict.
+page, written after `predict` or a daemon's night.
 
-One verdict, so the two never disagree (each judged on its own before, and the
-page with the default stale share whatever the operator set), and a large
-database reads its outcomes for the coverage once a night, not twice. A run's
-own outcome never depends on them: what could not be written comes back as
-a line to warn with."""
+Both come from one health verdict, judged once under the run's stale share,
+so the two never disagree and a large database reads its outcomes for the
+coverage once a night. The metrics file is written first: it is what alerts.
+Neither can change the run's outcome: whatever goes wrong in one (a full
+disk, a lost database, a bug) comes back as one line to warn with, and the
+other is still written. A file that could not be written keeps its previous
+version (both are replaced atomically)."""
 
 from __future__ import annotations
 
+import traceback
 from pathlib import Path
 
 import sqlalchemy as sa
 
-from ..errors import ForecasterError, first_line
+from ..errors import ForecasterError, first_line, os_error_line
 
 
 def write_after_run(
@@ -25,37 +28,41 @@ def write_after_run(
     html_file: Path | None = None,
     phases: dict[str, float] | None = None,
     failure: str | None = None,
+    debug: bool = False,
 ) -> list[str]:
-    """Write whichever of the two is asked for, the metrics file first (what
-    alerts); what went wrong, one line per file. Whatever goes wrong, a bug
-    included, is said and leaves the other file and the run's outcome alone."""
+    """Write whichever of the two is asked for; what went wrong, one line per
+    file (with `debug`, a bug's traceback after its line)."""
     from . import page, prometheus
     from .status import health
 
-    def metrics(judged) -> None:
-        prometheus.write(metrics_file, judged, phases)
-
-    def report(judged) -> None:
-        page.write(html_file, page.gather(engine, failure=failure, after_run=True, judged=judged))
-
-    files = (("metrics file", metrics_file, metrics), ("HTML report", html_file, report))
-    asked = [(what, path, write) for what, path, write in files if path]
-    if not asked:
+    if not (metrics_file or html_file):
         return []
     try:
         judged = health(engine, calendar=calendar, stale_share=stale_share)
-    except Exception as exc:  # a lost or locked database (or a bug): neither can be written
-        return [f"could not write the {what} {path}: {_said(exc)}" for what, path, _ in asked]
+    except Exception as exc:  # the database lost or locked, or a bug: neither file can be made
+        said = _said(exc, debug)
+        asked = (("metrics file", metrics_file), ("HTML report", html_file))
+        return [f"could not write the {what} {path}: {said}" for what, path in asked if path]
     problems = []
-    for what, path, write in asked:
+    if metrics_file:
         try:
-            write(judged)
+            prometheus.write(metrics_file, judged, phases)
         except Exception as exc:
-            problems.append(f"could not write the {what} {path}: {_said(exc)}")
+            problems.append(f"could not write the metrics file {metrics_file}: {_said(exc, debug)}")
+    if html_file:
+        try:
+            page.write(html_file, page.gather(engine, failure=failure, after_run=True, judged=judged))
+        except Exception as exc:
+            problems.append(f"could not write the HTML report {html_file}: {_said(exc, debug)}")
     return problems
 
 
-def _said(exc: Exception) -> str:
-    """A library error as it reads; anything else (a bug) with its type, to search for."""
-    known = isinstance(exc, ForecasterError | sa.exc.SQLAlchemyError | OSError)
-    return first_line(exc) if known else f"unexpected {type(exc).__name__}: {first_line(exc)}"
+def _said(exc: Exception, debug: bool) -> str:
+    """A library or OS error as it reads; anything else is a bug: its type, to
+    search for, and with `debug` its traceback."""
+    if isinstance(exc, OSError):
+        return os_error_line(exc)
+    if isinstance(exc, ForecasterError | sa.exc.SQLAlchemyError):
+        return first_line(exc)
+    said = f"unexpected {type(exc).__name__}: {first_line(exc)}"
+    return f"{said}\n{''.join(traceback.format_exception(exc)).rstrip()}" if debug else said

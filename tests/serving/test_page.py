@@ -237,6 +237,10 @@ def test_a_page_that_cannot_be_made_leaves_the_metrics_file_and_the_run_alone(db
     assert done.exit_code == 0, done.output
     assert f"could not write the HTML report {html}: unexpected ValueError: a bug in the page" in done.stderr
     assert "forecaster_health_status" in metrics.read_text() and not html.exists()
+    assert "Traceback" not in done.stderr
+    debugged = invoke("--debug", "predict", "--model", "champion", "--as-of", "2017-11-10", "--html", html, "--db", db)
+    assert debugged.exit_code == 0 and "Traceback (most recent call last)" in debugged.stderr
+    assert 'raise ValueError("a bug in the page")' in debugged.stderr
 
 
 @pytest.mark.slow
