@@ -98,26 +98,29 @@ def run_daemon(config: DaemonConfig) -> int:
         for name, trigger in schedules.items():
             log.info("next %s at %s", name, trigger.get_next_fire_time(None, dt.datetime.now(trigger.timezone)))
 
-    with daemon_lock(engine, config.db_url, config.shard, config.lock_path) as lock:
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
-        log.info("daemon started: model %s, schedule %r (%s)", config.model, config.cron, config.timezone)
-        for name, trigger in schedules.items():
-            scheduler.add_job(
-                guarded(lock, jobs[name]),
-                trigger,
-                id=name,
-                coalesce=True,
-                max_instances=1,
-                misfire_grace_time=config.misfire_grace,
-            )
-        threading.Thread(target=watch, args=(lock,), name="lock-check", daemon=True).start()
-        scheduler.add_job(guarded(lock, start_up), id="start-up")  # at once, in the job thread
-        scheduler.start()  # blocks until shut_down()
-        # shutdown(wait=False) returns while a job may still be writing: wait
-        # for it (it stops after its current run) before giving up the lock.
-        with nightly.busy:
-            pass
+    try:
+        with daemon_lock(engine, config.db_url, config.shard, config.lock_path) as lock:
+            signal.signal(signal.SIGTERM, on_signal)
+            signal.signal(signal.SIGINT, on_signal)
+            log.info("daemon started: model %s, schedule %r (%s)", config.model, config.cron, config.timezone)
+            for name, trigger in schedules.items():
+                scheduler.add_job(
+                    guarded(lock, jobs[name]),
+                    trigger,
+                    id=name,
+                    coalesce=True,
+                    max_instances=1,
+                    misfire_grace_time=config.misfire_grace,
+                )
+            threading.Thread(target=watch, args=(lock,), name="lock-check", daemon=True).start()
+            scheduler.add_job(guarded(lock, start_up), id="start-up")  # at once, in the job thread
+            scheduler.start()  # blocks until shut_down()
+            # shutdown(wait=False) returns while a job may still be writing: wait
+            # for it (it stops after its current run) before giving up the lock.
+            with nightly.busy:
+                pass
+    finally:
+        engine.dispose()  # SQLite checkpoints its WAL and removes it: no -wal file left beside the database
     log.info("daemon stopped")
     return EXIT_LOCK_LOST if lost.is_set() else 0
 
@@ -140,15 +143,18 @@ def run_once(config: DaemonConfig) -> int:
         log.info("%s received: stopping after the run in progress", signal.Signals(signum).name)
         stop.set()
 
-    with daemon_lock(engine, config.db_url, config.shard, config.lock_path):
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
-        nightly(scheduled=True)
-        if config.retrain_cron and not stop.is_set():
-            trigger = make_trigger(config.retrain_cron, config.timezone)
-            if retrain.owed(trigger, dt.datetime.now(dt.UTC)):
-                log.info("a scheduled retrain is owed: retraining now")
-                retrain()
-    h = health(engine, calendar=config.calendar, stale_share=config.stale_share)
+    try:
+        with daemon_lock(engine, config.db_url, config.shard, config.lock_path):
+            signal.signal(signal.SIGTERM, on_signal)
+            signal.signal(signal.SIGINT, on_signal)
+            nightly(scheduled=True)
+            if config.retrain_cron and not stop.is_set():
+                trigger = make_trigger(config.retrain_cron, config.timezone)
+                if retrain.owed(trigger, dt.datetime.now(dt.UTC)):
+                    log.info("a scheduled retrain is owed: retraining now")
+                    retrain()
+        h = health(engine, calendar=config.calendar, stale_share=config.stale_share)
+    finally:
+        engine.dispose()  # as in run_daemon: no -wal file left beside the database
     logs.log_health(log, h)
     return h.exit_code

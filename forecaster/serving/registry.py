@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from ..artifact.model_file import ModelFile, load_model
 from ..db import schema
 from ..db.schema import ModelStatus
-from ..errors import ForecasterError
+from ..errors import ForecasterError, StoreError
 from .config import MODEL_CHAMPION
 
 CHAMPION = MODEL_CHAMPION  # what `--model champion` names
@@ -97,6 +97,14 @@ def load_registered(entry: Registered, device: str = "cpu") -> ModelFile:
 REGISTRY_COLUMNS = ["model_id", "status", "trained_through", "promoted_at", "decision", "gate_ratio"]
 
 
+def _stored_json(text: str, where: str) -> dict:
+    """A JSON column this project wrote; a clear error if it was changed by hand."""
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise StoreError(f"{where} is not valid JSON ({exc}): was the database edited by hand?") from None
+
+
 def models_table(engine: sa.Engine) -> list[dict]:
     """Every registered or scoring model: status, trained through, its latest
     gate decision and figures, and its realised ratio to naive since promotion."""
@@ -113,7 +121,7 @@ def models_table(engine: sa.Engine) -> list[dict]:
         }
         out = []
         for r in rows:
-            through = trained_through(json.loads(r.metadata))
+            through = trained_through(_stored_json(r.metadata, f"models.metadata of model {r.model_id[:12]}"))
             # Since promotion: the predictions of runs started after it (a backfill included).
             realised = conn.execute(
                 sa.text(
@@ -125,7 +133,8 @@ def models_table(engine: sa.Engine) -> list[dict]:
                 {"m": r.model_id, "since": r.promoted_at or "9999"},
             ).one()
             gate = gates.get(r.model_id)
-            figures = json.loads(gate.metrics) if gate and gate.metrics else {}
+            where = f"promotions.metrics of model {r.model_id[:12]}"
+            figures = _stored_json(gate.metrics, where) if gate and gate.metrics else {}
             out.append(
                 {
                     "model_id": r.model_id,

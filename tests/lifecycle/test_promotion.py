@@ -153,6 +153,11 @@ def test_models_lists_status_training_end_and_realised_ratio_since_promotion(db_
     assert entry["trained_through"] == registry.trained_through(load_model(tiny_model).metadata)
     table = CliRunner().invoke(main, ["models", "--db", db_url]).output
     assert "champion" in table and entry["model_id"][:12] in table
+    with engine.begin() as conn:  # edited by hand: a clear error naming the column and the model
+        conn.execute(sa.text("UPDATE models SET metadata = '{not json'"))
+    broken = CliRunner().invoke(main, ["models", "--db", db_url])
+    assert broken.exit_code == 1 and broken.exception.__class__ is SystemExit
+    assert f"Error: models.metadata of model {entry['model_id'][:12]} is not valid JSON" in broken.output
 
 
 KILLED_MID_PROMOTION = """

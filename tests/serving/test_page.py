@@ -257,6 +257,8 @@ def test_the_daemon_rewrites_the_page_after_each_night(db, tmp_path, tiny_model)
     )
     assert done.returncode == 75, done.stderr[-2000:]  # years-old data: tonight's files are not in
     assert "Forecasts as of <b>2017-11-10</b>" in html.read_text()
+    database = Path(db.removeprefix("sqlite:///"))  # closed at exit, as every command leaves it: no WAL beside it
+    assert not database.with_name(database.name + "-wal").exists() and database.exists()
 
 
 @pytest.mark.slow
