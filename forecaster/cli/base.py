@@ -316,12 +316,9 @@ def _fail(said: str, exit_code: int):
     """`Error: <said>` and the exit status; with --log-format json, a `failed` event instead."""
     context = click.get_current_context()
     if context.params.get("log_format") == "json":  # every stderr line an object, the error too
-        import logging
-
         from .. import logs
 
-        logs.configure("json", False)
-        logging.getLogger(f"forecaster.{context.command.name}").error(said, extra={"event": "failed"})
+        logs.json_logger(context.command.name).error(said, extra={"event": "failed"})
         raise SystemExit(exit_code) from None
     failure = click.ClickException(said)
     failure.exit_code = exit_code

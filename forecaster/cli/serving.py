@@ -43,12 +43,9 @@ def warn(problem: str | None, log_format: str) -> None:
     if not problem:
         return
     if log_format == "json":
-        import logging
-
         from .. import logs
 
-        logs.configure("json", debugging())
-        logging.getLogger("forecaster.predict").warning(problem, extra={"event": "warning"})
+        logs.json_logger("predict", debugging()).warning(problem, extra={"event": "warning"})
     else:
         click.echo(f"warning: {problem}", err=True)
 
@@ -158,12 +155,9 @@ def predict(
         outcomes=False,  # the nightly path stays cheap: coverage is status's (and the metrics file's)
     )
     if log_format == "json":  # the same lines, as the daemon logs them
-        import logging
-
         from .. import logs
 
-        logs.configure("json", debugging())
-        log = logging.getLogger("forecaster.predict")
+        log = logs.json_logger("predict", debugging())
         if outcome.ingest:
             fields = logs.ingest_fields(outcome.ingest)
             log.info("ingest: %s", outcome.ingest.summary(), extra={"event": "ingest_finished", "fields": fields})

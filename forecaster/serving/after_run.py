@@ -32,7 +32,7 @@ def write_after_run(
 ) -> list[str]:
     """Write whichever of the two is asked for; what went wrong, one line per
     file (with `debug`, a bug's traceback after its line)."""
-    from . import page, prometheus
+    from . import prometheus
     from .status import health
 
     if not (metrics_file or html_file):
@@ -50,6 +50,8 @@ def write_after_run(
         except Exception as exc:
             problems.append(f"could not write the metrics file {metrics_file}: {_said(exc, debug)}")
     if html_file:
+        from . import page  # matplotlib and pandas (0.8 s): only for a night that draws the page
+
         try:
             page.write(html_file, page.gather(engine, failure=failure, after_run=True, judged=judged))
         except Exception as exc:

@@ -71,6 +71,11 @@ def test_a_night_of_appended_rows_imports_none_of_the_heavy_libraries(tiny_model
     run = without(NOT_NIGHTLY, *night)
     assert run.returncode == 0, run.stderr
     assert "as_of 2017-11-08: 9 predictions" in run.stdout
+    # A night that writes the metrics file draws no page: none of the page's charting libraries.
+    append_next_day(data, cut)
+    metrics = tmp_path / "forecaster.prom"
+    run = without(("torch", "onnx", "sklearn", "matplotlib"), *night, "--metrics-file", metrics)
+    assert run.returncode == 0 and "forecaster_health_status" in metrics.read_text(), run.stderr
     # The blocker works: a first run, on a new database, does need them.
     first = without(NOT_NIGHTLY, *night[:-4], "--db", f"sqlite:///{tmp_path / 'new.db'}", "--device", "cpu")
     assert first.returncode != 0 and "is not installed on this host" in first.stderr
